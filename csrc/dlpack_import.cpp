@@ -1,0 +1,184 @@
+#include "dlpack_import.h"
+
+#include <string>
+
+#include "dtypes.h"
+
+namespace tensorbridge {
+namespace {
+
+using namespace dlpack;
+
+constexpr const char* kOwnerName = "tensorbridge.dlpack_owner";
+constexpr const char* kVersionedOwnerName = "tensorbridge.dlpack_owner_versioned";
+
+bool cpu_readable(DLDeviceType type) {
+  return type == kDLCPU || type == kDLCUDAHost || type == kDLROCMHost;
+}
+
+// The owner capsules hand the managed tensor back to its producer when the
+// array that uses it is freed. Capsule destructors run with the GIL held.
+void release_legacy(PyObject* owner) {
+  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(owner, kOwnerName));
+  if (managed != nullptr && managed->deleter != nullptr) managed->deleter(managed);
+}
+
+void release_versioned(PyObject* owner) {
+  auto* managed = static_cast<DLManagedTensorVersioned*>(
+      PyCapsule_GetPointer(owner, kVersionedOwnerName));
+  if (managed != nullptr && managed->deleter != nullptr) managed->deleter(managed);
+}
+
+// A contract violation in the producer's tensor, detected before any read.
+// Returns an error message, or an empty string when the tensor is sound.
+std::string check_contract(const DLTensor& t) {
+  if (t.ndim < 0 || t.ndim > NPY_MAXDIMS) {
+    return "ndim=" + std::to_string(t.ndim) + " is outside [0, " +
+           std::to_string(NPY_MAXDIMS) + "]";
+  }
+  if (t.ndim > 0 && t.shape == nullptr) return "shape is NULL with ndim=" + std::to_string(t.ndim);
+  bool empty = false;
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] < 0) {
+      return "shape[" + std::to_string(i) + "]=" + std::to_string(t.shape[i]) + " is negative";
+    }
+    empty = empty || t.shape[i] == 0;
+  }
+  if (t.data == nullptr && !empty) return "data is NULL for a non-empty tensor";
+  return {};
+}
+
+}  // namespace
+
+ViewStatus view_dltensor(const DLTensor& t, bool writeable, PyObject* base, PyObject** out) {
+  if (!cpu_readable(t.device.device_type) || t.ndim < 0 || t.ndim > NPY_MAXDIMS) {
+    return ViewStatus::kUnsupported;
+  }
+  PyArray_Descr* descr = descr_for(t.dtype);
+  if (descr == nullptr) return ViewStatus::kUnsupported;
+
+  const npy_intp itemsize = PyDataType_ELSIZE(descr);
+  npy_intp shape[NPY_MAXDIMS];
+  npy_intp strides[NPY_MAXDIMS];
+  npy_intp row_major = itemsize;
+  for (int i = t.ndim - 1; i >= 0; --i) {
+    shape[i] = static_cast<npy_intp>(t.shape[i]);
+    if (t.strides == nullptr) {  // NULL strides mean compact row-major
+      strides[i] = row_major;
+      row_major *= shape[i] > 0 ? shape[i] : 1;
+    } else if (__builtin_mul_overflow(static_cast<npy_intp>(t.strides[i]), itemsize,
+                                      &strides[i])) {
+      Py_DECREF(descr);
+      PyErr_Format(PyExc_BufferError,
+                   "to_numpy: stride %lld of dimension %d overflows when scaled to bytes",
+                   static_cast<long long>(t.strides[i]), i);
+      return ViewStatus::kError;
+    }
+  }
+  char* data = static_cast<char*>(t.data);
+  if (data != nullptr) data += t.byte_offset;
+
+  // An empty tensor may have no memory at all; NumPy would then allocate, so
+  // point it at a valid dummy address instead (no element is ever read).
+  static char empty_storage[16];
+  if (data == nullptr) data = empty_storage;
+
+  PyObject* array = PyArray_NewFromDescr(&PyArray_Type, descr /* stolen */, t.ndim, shape,
+                                         strides, data, writeable ? NPY_ARRAY_WRITEABLE : 0,
+                                         nullptr);
+  if (array == nullptr) return ViewStatus::kError;
+  Py_INCREF(base);
+  if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(array), base) < 0) {
+    Py_DECREF(array);
+    return ViewStatus::kError;
+  }
+  *out = array;
+  return ViewStatus::kOk;
+}
+
+PyObject* array_from_capsule(PyObject* capsule) {
+  DLTensor* tensor = nullptr;
+  bool writeable = true;
+  PyObject* owner = nullptr;
+  // Refusing a tensor means handing it back: mark the capsule used first so
+  // that its own destructor does not call the deleter a second time.
+  auto refuse = [&](PyObject* type, const std::string& why) -> PyObject* {
+    PyErr_Format(type, "to_numpy: cannot import this DLPack tensor: %s", why.c_str());
+    return nullptr;
+  };
+
+  if (PyCapsule_IsValid(capsule, kVersionedCapsuleName)) {
+    auto* managed = static_cast<DLManagedTensorVersioned*>(
+        PyCapsule_GetPointer(capsule, kVersionedCapsuleName));
+    if (PyCapsule_SetName(capsule, kVersionedCapsuleNameUsed) < 0) return nullptr;
+    if (managed->version.major != kMajorVersion) {
+      const uint32_t major = managed->version.major;
+      if (managed->deleter != nullptr) managed->deleter(managed);
+      return refuse(PyExc_BufferError,
+                    "its DLPack major version is " + std::to_string(major) +
+                        ", tensorbridge reads version " + std::to_string(kMajorVersion) +
+                        "; upgrade tensorbridge or ask the producer for an older version");
+    }
+    owner = PyCapsule_New(managed, kVersionedOwnerName, release_versioned);
+    if (owner == nullptr) {
+      if (managed->deleter != nullptr) managed->deleter(managed);
+      return nullptr;
+    }
+    tensor = &managed->dl_tensor;
+    writeable = (managed->flags & kFlagReadOnly) == 0;
+  } else if (PyCapsule_IsValid(capsule, kCapsuleName)) {
+    auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, kCapsuleName));
+    if (PyCapsule_SetName(capsule, kCapsuleNameUsed) < 0) return nullptr;
+    owner = PyCapsule_New(managed, kOwnerName, release_legacy);
+    if (owner == nullptr) {
+      if (managed->deleter != nullptr) managed->deleter(managed);
+      return nullptr;
+    }
+    tensor = &managed->dl_tensor;
+  } else {
+    PyErr_Clear();
+    const char* name = PyCapsule_CheckExact(capsule) ? PyCapsule_GetName(capsule) : nullptr;
+    PyErr_Clear();
+    if (!PyCapsule_CheckExact(capsule)) {
+      PyErr_Format(PyExc_TypeError, "to_numpy: expected a DLPack capsule, got %.200s",
+                   Py_TYPE(capsule)->tp_name);
+    } else {
+      PyErr_Format(PyExc_BufferError,
+                   "to_numpy: expected a capsule named 'dltensor_versioned' or 'dltensor', got "
+                   "'%.200s' (a capsule named 'used_...' was already consumed: call __dlpack__ "
+                   "again for a fresh one)",
+                   name ? name : "NULL");
+    }
+    return nullptr;
+  }
+
+  // From here on `owner` holds the tensor: dropping it calls the deleter.
+  std::string broken = check_contract(*tensor);
+  if (!broken.empty()) {
+    Py_DECREF(owner);
+    return refuse(PyExc_BufferError, broken);
+  }
+  PyObject* array = nullptr;
+  switch (view_dltensor(*tensor, writeable, owner, &array)) {
+    case ViewStatus::kOk:
+      Py_DECREF(owner);  // the array holds its own reference
+      return array;
+    case ViewStatus::kError:
+      Py_DECREF(owner);
+      return nullptr;
+    case ViewStatus::kUnsupported:
+      break;
+  }
+  const DLTensor t = *tensor;
+  Py_DECREF(owner);
+  if (!cpu_readable(t.device.device_type)) {
+    return refuse(PyExc_BufferError,
+                  "its memory is on DLPack device type " + std::to_string(t.device.device_type) +
+                      ", which the CPU cannot read; ask the producer for a CPU copy");
+  }
+  return refuse(PyExc_TypeError, "its element type " + dtype_name(t.dtype) +
+                                     " has no NumPy dtype; convert it in the producer first "
+                                     "(bfloat16 and float8 need ml_dtypes >= 0.5)");
+}
+
+}  // namespace tensorbridge

@@ -1,0 +1,32 @@
+// DLPack tensors -> NumPy arrays (the consumer side of the protocol).
+#pragma once
+
+#include "dlpack.h"
+#include "numpy_api.h"
+
+namespace tensorbridge {
+
+enum class ViewStatus {
+  kOk,           // an array was made
+  kUnsupported,  // NumPy cannot view this tensor; no Python error is set
+  kError,        // a Python error is set
+};
+
+// Makes an array that views `tensor`'s memory and keeps `base` alive (a new
+// reference is taken). Unsupported: memory the CPU cannot read, element types
+// without a NumPy dtype, more dimensions than NumPy allows.
+ViewStatus view_dltensor(const dlpack::DLTensor& tensor, bool writeable, PyObject* base,
+                         PyObject** out);
+
+// Consumes a DLPack capsule ("dltensor_versioned" or legacy "dltensor") and
+// returns an array viewing its memory. Follows the consumer rules: the
+// capsule is renamed to "used_..." so that nobody consumes it twice, the
+// producer's deleter runs exactly once (when the array dies, or at once if
+// the tensor is refused), a major version other than ours is refused, the
+// READ_ONLY flag gives a read-only array, NULL strides mean row-major and
+// byte_offset is honoured. Errors: BufferError for a tensor that breaks the
+// contract or lives where the CPU cannot read it, TypeError for an element
+// type NumPy lacks.
+PyObject* array_from_capsule(PyObject* capsule);
+
+}  // namespace tensorbridge

@@ -1,0 +1,248 @@
+#include "exchange.h"
+
+#include "dlpack.h"
+#include "dlpack_import.h"
+
+namespace tensorbridge {
+namespace {
+
+using namespace dlpack;
+
+PyObject* g_fallback = nullptr;  // strong reference, set once at import
+bool g_fast_path = true;
+bool g_exchange_api = true;
+// torch.int8 and torch.uint8 (strong references, set with the first torch
+// type seen): torch reports its sub-byte integer dtypes (int1-int7,
+// uint1-uint7) to DLPack as 8-bit integers.
+PyObject* g_torch_int8 = nullptr;
+PyObject* g_torch_uint8 = nullptr;
+
+// What we learnt about a Python type: whether it publishes the exchange API
+// and whether it is a torch tensor (whose conj/neg bits and autograd state
+// the exchange API does not report). Types are held by a strong reference so
+// that a cached address can never be reused by another type. All guarded by
+// the GIL.
+struct TypeInfo {
+  PyTypeObject* type;
+  const DLPackExchangeAPI* api;  // nullptr: no usable exchange API
+  bool is_torch;
+};
+constexpr int kTypeCacheSize = 16;
+TypeInfo g_types[kTypeCacheSize];
+int g_type_count = 0;
+
+PyObject* intern(const char* text) {
+  PyObject* s = PyUnicode_InternFromString(text);
+  if (s == nullptr) Py_FatalError("tensorbridge: out of memory interning a name");
+  return s;
+}
+
+TypeInfo inspect_type(PyTypeObject* type) {
+  static PyObject* api_name = intern("__dlpack_c_exchange_api__");
+  TypeInfo info{type, nullptr, false};
+  PyObject* capsule = PyObject_GetAttr(reinterpret_cast<PyObject*>(type), api_name);
+  if (capsule == nullptr) {
+    PyErr_Clear();
+    return info;
+  }
+  auto* api = static_cast<const DLPackExchangeAPI*>(
+      PyCapsule_IsValid(capsule, kExchangeApiCapsuleName)
+          ? PyCapsule_GetPointer(capsule, kExchangeApiCapsuleName)
+          : nullptr);
+  // The capsule lives on the type, which we keep alive: the pointer stays valid.
+  Py_DECREF(capsule);
+  if (api != nullptr && api->header.version.major == kMajorVersion &&
+      api->dltensor_from_py_object_no_sync != nullptr) {
+    info.api = api;
+  }
+  // torch is necessarily imported when one of its tensors exists.
+  static PyObject* torch_name = intern("torch");
+  PyObject* torch = PyImport_GetModule(torch_name);
+  if (torch != nullptr) {
+    PyObject* tensor_type = PyObject_GetAttrString(torch, "Tensor");
+    if (tensor_type != nullptr && PyType_Check(tensor_type)) {
+      info.is_torch = PyType_IsSubtype(type, reinterpret_cast<PyTypeObject*>(tensor_type));
+    }
+    Py_XDECREF(tensor_type);
+    if (info.is_torch && g_torch_int8 == nullptr) {
+      g_torch_int8 = PyObject_GetAttrString(torch, "int8");
+      g_torch_uint8 = PyObject_GetAttrString(torch, "uint8");
+      if (g_torch_int8 == nullptr || g_torch_uint8 == nullptr) info.api = nullptr;
+    }
+    Py_DECREF(torch);
+  }
+  PyErr_Clear();
+  return info;
+}
+
+TypeInfo lookup_type(PyTypeObject* type) {
+  for (int i = 0; i < g_type_count; ++i) {
+    if (g_types[i].type == type) return g_types[i];
+  }
+  TypeInfo info = inspect_type(type);
+  if (g_type_count < kTypeCacheSize) {  // beyond that, inspect each time
+    Py_INCREF(type);
+    g_types[g_type_count++] = info;
+  }
+  return info;
+}
+
+// Calls a no-argument method returning a bool; -1 on error.
+int call_bool_method(PyObject* object, PyObject* name) {
+  PyObject* result = PyObject_VectorcallMethod(
+      name, &object, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  if (result == nullptr) return -1;
+  int truth = PyObject_IsTrue(result);
+  Py_DECREF(result);
+  return truth;
+}
+
+// torch without the exchange API (< 2.10): Tensor.numpy() succeeds exactly
+// when a plain view is right, and refuses everything else (grad, conj/neg
+// bits, bfloat16, devices, layouts), which the fallback then handles.
+PyObject* call_numpy_method(PyObject* x) {
+  static PyObject* numpy_name = intern("numpy");
+  PyObject* array =
+      PyObject_VectorcallMethod(numpy_name, &x, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  if (array == nullptr) PyErr_Clear();
+  return array;
+}
+
+// The conditions under which the arguments allow the fast path: `x` alone,
+// or with copy=None/False, out=None and any stream (streams do not apply to
+// CPU memory). Anything else, including unknown keywords, goes to Python.
+bool plain_arguments(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  if (PyVectorcall_NARGS(nargs) != 1) return false;
+  if (kwnames == nullptr) return true;
+  const Py_ssize_t count = PyTuple_GET_SIZE(kwnames);
+  for (Py_ssize_t i = 0; i < count; ++i) {
+    PyObject* name = PyTuple_GET_ITEM(kwnames, i);
+    PyObject* value = args[1 + i];
+    if (PyUnicode_CompareWithASCIIString(name, "copy") == 0) {
+      if (value != Py_None && value != Py_False) return false;
+    } else if (PyUnicode_CompareWithASCIIString(name, "out") == 0) {
+      if (value != Py_None) return false;
+    } else if (PyUnicode_CompareWithASCIIString(name, "stream") != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Returns a new array, or nullptr with no error set when Python must decide.
+// Errors raised by the producer on the way are swallowed: the fallback
+// repeats the conversion and reports them properly.
+PyObject* try_exchange(PyObject* x) {
+  static PyObject* is_neg = intern("is_neg");
+  static PyObject* is_conj = intern("is_conj");
+  static PyObject* requires_grad = intern("requires_grad");
+  static PyObject* detach = intern("detach");
+  static PyObject* dtype_name = intern("dtype");
+
+  const TypeInfo info = lookup_type(Py_TYPE(x));
+  if (info.api == nullptr || !g_exchange_api) {
+    return info.is_torch ? call_numpy_method(x) : nullptr;
+  }
+  DLTensor tensor;
+  if (info.api->dltensor_from_py_object_no_sync(x, &tensor) != 0) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  if (tensor.device.device_type != kDLCPU) return nullptr;
+
+  PyObject* base = x;
+  Py_INCREF(base);
+  if (info.is_torch && (tensor.dtype.code == kDLInt || tensor.dtype.code == kDLUInt) &&
+      tensor.dtype.bits == 8) {
+    PyObject* dtype = PyObject_GetAttr(x, dtype_name);
+    Py_XDECREF(dtype);  // torch dtypes are immortal singletons: compare by identity
+    if (dtype != g_torch_int8 && dtype != g_torch_uint8) {
+      PyErr_Clear();
+      return nullptr;
+    }
+  }
+  if (info.is_torch) {
+    // The exchange API reports the raw memory of conj- and neg-bit tensors;
+    // read as is, their values would be silently wrong.
+    if (call_bool_method(x, is_neg) != 0 ||
+        (tensor.dtype.code == kDLComplex && call_bool_method(x, is_conj) != 0)) {
+      PyErr_Clear();
+      Py_DECREF(base);
+      return nullptr;
+    }
+    // A view must not keep the autograd graph alive: hold a detached alias.
+    PyObject* grad = PyObject_GetAttr(x, requires_grad);
+    const int needs_grad = grad == nullptr ? -1 : PyObject_IsTrue(grad);
+    Py_XDECREF(grad);
+    if (needs_grad != 0) {
+      Py_DECREF(base);
+      base = needs_grad < 0 ? nullptr
+                            : PyObject_VectorcallMethod(
+                                  detach, &x, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+      if (base == nullptr) {
+        PyErr_Clear();
+        return nullptr;
+      }
+    }
+  }
+  PyObject* array = nullptr;
+  const ViewStatus status = view_dltensor(tensor, /*writeable=*/true, base, &array);
+  Py_DECREF(base);
+  if (status != ViewStatus::kOk) PyErr_Clear();
+  return array;
+}
+
+}  // namespace
+
+const char* const kToNumpyDoc =
+    "to_numpy(x, *, copy=None, out=None, stream=None)\n--\n\n"
+    "Convert a tensor or array-like to a NumPy array, without a copy when possible.\n\n"
+    "A drop-in for ``Tensor.numpy()`` that always works: CPU tensors of every\n"
+    "dtype (bfloat16 and float8 through ml_dtypes), tensors that require grad,\n"
+    "conj/neg-bit tensors, sparse tensors, GPU tensors, any ``__dlpack__``\n"
+    "producer, ``__array__`` objects and buffers.\n\n"
+    "Parameters\n----------\n"
+    "x : torch.Tensor, numpy.ndarray, DLPack producer, array-like with\n"
+    "    ``__array__`` or the buffer protocol.\n"
+    "copy : bool or None\n"
+    "    None: view when possible, copy when unavoidable. True: always return\n"
+    "    memory NumPy owns. False: raise BufferError if a copy would be needed.\n"
+    "out : numpy.ndarray, optional\n"
+    "    Writeable array of the result's exact shape and dtype to copy into.\n"
+    "stream : optional\n"
+    "    Stream to order a device copy on; ignored for CPU memory.\n\n"
+    "Returns\n-------\n"
+    "numpy.ndarray\n"
+    "    Same shape, dtype and strides as ``x.numpy()`` wherever that works; a\n"
+    "    view keeps its source alive (a tensor that requires grad through a\n"
+    "    detached alias, never its autograd graph).\n\n"
+    "Notes\n-----\n"
+    "A view does not stop ``x.resize_()`` from moving the tensor's memory, as\n"
+    "with ``np.from_dlpack``; ``x.numpy()`` forbids that resize. Do not grow a\n"
+    "tensor in place while a view of it is in use, or pass ``copy=True``.\n";
+
+PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  if (g_fast_path && plain_arguments(args, nargs, kwnames)) {
+    PyObject* x = args[0];
+    if (PyArray_CheckExact(x)) {
+      Py_INCREF(x);
+      return x;
+    }
+    if (PyObject* array = try_exchange(x)) return array;
+  }
+  if (g_fallback == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "to_numpy: tensorbridge was not initialised");
+    return nullptr;
+  }
+  return PyObject_Vectorcall(g_fallback, args, nargs, kwnames);
+}
+
+void set_fallback(PyObject* fallback) {
+  Py_XINCREF(fallback);
+  Py_XSETREF(g_fallback, fallback);
+}
+
+void set_fast_path(bool enabled) { g_fast_path = enabled; }
+void set_exchange_api(bool enabled) { g_exchange_api = enabled; }
+
+}  // namespace tensorbridge

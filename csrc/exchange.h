@@ -1,0 +1,26 @@
+// The fast path of `to_numpy`: torch tensors (and any producer publishing the
+// DLPack C exchange API) read with no Python-level DLPack call.
+#pragma once
+
+#include "numpy_api.h"
+
+namespace tensorbridge {
+
+// `to_numpy(x, *, copy=None, out=None, stream=None)`, METH_FASTCALL|KEYWORDS.
+// Handles the common case in C (a NumPy array, or CPU memory that NumPy can
+// view as is) and hands everything else, arguments untouched, to the Python
+// implementation registered with set_fallback.
+PyObject* to_numpy(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames);
+
+// Registers the Python implementation that handles what the fast path does not.
+void set_fallback(PyObject* fallback);
+
+// Turns the fast path off or on, and its use of the C exchange API (off, torch
+// tensors take Tensor.numpy() as with torch < 2.10). The tests run the whole
+// matrix in each mode.
+void set_fast_path(bool enabled);
+void set_exchange_api(bool enabled);
+
+extern const char* const kToNumpyDoc;
+
+}  // namespace tensorbridge

@@ -1,0 +1,223 @@
+"""``to_numpy`` beyond the native fast path.
+
+``tensorbridge._core.to_numpy`` handles NumPy arrays and plain CPU tensors in
+C and hands every other case here, arguments untouched: other producers, the
+cases that need a copy, ``out=``, ``copy=True`` and every error. Each source
+kind yields either a *view* of its memory, finished by ``_finish_view``, or is
+copied straight into NumPy-owned memory (one copy, never two).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from . import _core, _dtypes
+
+# DLPack device types whose memory the CPU can read directly.
+_CPU_READABLE_DEVICES = {1, 3, 11}  # CPU, CUDA host (pinned), ROCm host
+_DLPACK_MAX_VERSION = (1, 3)
+
+
+def install() -> None:
+    """Register this module's implementation as the native fast path's fallback."""
+    _core.set_fallback(to_numpy)
+
+
+def to_numpy(x, *, copy=None, out=None, stream=None):
+    if copy is not None and not isinstance(copy, bool):
+        raise TypeError(f"to_numpy: copy must be None, True or False, got {copy!r}")
+    if out is not None:
+        if copy is False:
+            raise ValueError(
+                "to_numpy: copy=False cannot be combined with out=, which always copies; "
+                "drop one of them"
+            )
+        _check_out_array(out)
+
+    if isinstance(x, np.ndarray):
+        return _finish_view(x, copy, out)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return _from_tensor(torch, x, copy, out)
+    if hasattr(type(x), "__dlpack__"):
+        return _from_dlpack(x, copy, out)
+    if hasattr(type(x), "__array__") or _has_buffer(x):
+        return _from_array_like(x, copy, out)
+    raise TypeError(
+        f"to_numpy: cannot convert an object of type {type(x).__qualname__!r}; pass a "
+        "torch tensor, a NumPy array, or an object with __dlpack__, __array__ or the "
+        "buffer protocol (for a Python sequence, call numpy.asarray on it first)"
+    )
+
+
+# -- torch -------------------------------------------------------------------
+
+
+def _from_tensor(torch, t, copy, out):
+    if t.device.type == "meta":
+        raise TypeError(
+            "to_numpy: x is a meta tensor, which has shape and dtype but no data; "
+            "materialise it first (for example with torch.empty_like(x, device='cpu'))"
+        )
+    result_dtype = _dtypes.numpy_dtype(t.dtype)  # refuses dtypes NumPy cannot hold
+    if t.requires_grad:
+        t = t.detach()  # views must not hold the autograd graph
+
+    why_copy = _why_tensor_needs_copy(torch, t)
+    if why_copy is None:
+        return _finish_view(_view_cpu_tensor(t, result_dtype), copy, out)
+    if copy is False:
+        raise BufferError(
+            f"to_numpy: copy=False, but {why_copy}, so NumPy cannot view it; "
+            "pass copy=None to allow the copy"
+        )
+    if out is None:
+        out = np.empty(tuple(t.shape), result_dtype)
+    else:
+        _check_out_matches(out, tuple(t.shape), result_dtype)
+    _copy_tensor_into(torch, out, t)
+    return out
+
+
+def _why_tensor_needs_copy(torch, t):
+    if t.layout != torch.strided:
+        return f"its layout is {t.layout} (it must be densified)"
+    if t.device.type != "cpu":
+        return f"its memory is on {t.device}"
+    if t.is_conj():
+        return "it has the conjugate bit set (x.resolve_conj() materialises it)"
+    if t.is_neg():
+        return "it has the negative bit set (x.resolve_neg() materialises it)"
+    if _dtypes.needs_widening(t.dtype):
+        return f"{t.dtype} has no NumPy dtype and is widened to complex64"
+    return None
+
+
+def _view_cpu_tensor(t, result_dtype: np.dtype) -> np.ndarray:
+    # .numpy() is the fastest Python-level route, and forbids resizing the
+    # storage while the view exists; ml_dtypes go through a same-size integer.
+    if result_dtype.kind == "V":
+        return t.view(_torch_dtype_of(result_dtype)).numpy().view(result_dtype)
+    return t.numpy()
+
+
+def _torch_dtype_of(numpy_dtype: np.dtype):
+    import torch
+
+    return torch.from_numpy(np.empty(0, _dtypes.same_size_integer(numpy_dtype))).dtype
+
+
+def _copy_tensor_into(torch, dst: np.ndarray, t) -> None:
+    """Copy ``t`` into ``dst`` in one pass; torch resolves conj/neg bits,
+    widens complex32 and reads any device."""
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    target = dst
+    if any(s < 0 for s in dst.strides):  # torch cannot wrap negative strides
+        target = np.empty(dst.shape, dst.dtype)
+    if target.dtype.kind == "V":
+        wrapped = torch.from_numpy(target.view(_dtypes.same_size_integer(target.dtype)))
+        wrapped = wrapped.view(t.dtype)
+    else:
+        wrapped = torch.from_numpy(target)
+    wrapped.copy_(t)
+    if target is not dst:
+        np.copyto(dst, target)
+
+
+# -- other producers -----------------------------------------------------------
+
+
+def _from_dlpack(x, copy, out):
+    device_type = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else 1
+    if int(device_type) in _CPU_READABLE_DEVICES:
+        return _finish_view(_core.array_from_capsule(_request_capsule(x)), copy, out)
+    if copy is False:
+        raise BufferError(
+            f"to_numpy: copy=False, but this {type(x).__qualname__} lives on DLPack device "
+            f"type {int(device_type)}, which the CPU cannot read; pass copy=None to allow the copy"
+        )
+    # Ask the producer itself for a host copy (DLPack >= 1.0 `dl_device`).
+    try:
+        capsule = x.__dlpack__(max_version=_DLPACK_MAX_VERSION, dl_device=(1, 0), copy=True)
+    except (TypeError, BufferError, NotImplementedError) as error:
+        raise BufferError(
+            f"to_numpy: this {type(x).__qualname__} lives on DLPack device type "
+            f"{int(device_type)} and its producer cannot copy it to the CPU ({error}); "
+            "copy it to host memory with the producer's own API first"
+        ) from error
+    array = _core.array_from_capsule(capsule)
+    if out is not None:
+        _check_out_matches(out, array.shape, array.dtype)
+        np.copyto(out, array, casting="no")
+        return out
+    return array if copy is None else array.copy(order="K")
+
+
+def _request_capsule(x):
+    # Ask for a versioned capsule first; producers older than DLPack 1.0 do
+    # not take max_version.
+    try:
+        return x.__dlpack__(max_version=_DLPACK_MAX_VERSION)
+    except TypeError:
+        return x.__dlpack__()
+
+
+def _has_buffer(x) -> bool:
+    try:
+        memoryview(x).release()
+    except TypeError:
+        return False
+    return True
+
+
+def _from_array_like(x, copy, out):
+    if copy is False and np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        try:
+            view = np.asarray(x, copy=False)
+        except ValueError as error:
+            raise BufferError(
+                f"to_numpy: copy=False, but this {type(x).__qualname__} can only be "
+                f"converted by copying ({error}); pass copy=None to allow the copy"
+            ) from error
+    else:
+        view = np.asarray(x)
+    return _finish_view(view, copy, out)
+
+
+# -- results -----------------------------------------------------------------
+
+
+def _finish_view(view: np.ndarray, copy, out):
+    if out is not None:
+        _check_out_matches(out, view.shape, view.dtype)
+        np.copyto(out, view, casting="no")
+        return out
+    if copy:
+        return view.copy(order="K")
+    return view
+
+
+def _check_out_array(out) -> None:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(
+            f"to_numpy: out must be a numpy.ndarray, got {type(out).__qualname__}; "
+            "allocate one with numpy.empty(shape, dtype) or tensorbridge.empty_pinned"
+        )
+    if not out.flags.writeable:
+        raise ValueError("to_numpy: out is read-only; pass a writeable array")
+
+
+def _check_out_matches(out: np.ndarray, shape, dtype) -> None:
+    if out.shape != tuple(shape):
+        raise ValueError(
+            f"to_numpy: out has shape {out.shape}, but the result has shape {tuple(shape)}; "
+            "pass an array of exactly that shape"
+        )
+    if out.dtype != dtype:
+        raise ValueError(
+            f"to_numpy: out has dtype {out.dtype}, but the result has dtype {dtype}; "
+            "pass an array of exactly that dtype"
+        )
