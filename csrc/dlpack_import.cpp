@@ -78,10 +78,8 @@ ViewStatus view_dltensor(const DLTensor& t, bool writeable, PyObject* base, PyOb
   char* data = static_cast<char*>(t.data);
   if (data != nullptr) data += t.byte_offset;
 
-  // An empty tensor may have no memory at all; NumPy would then allocate, so
-  // point it at a valid dummy address instead (no element is ever read).
-  static char empty_storage[16];
-  if (data == nullptr) data = empty_storage;
+  // An empty tensor may have no memory at all (data == NULL); NumPy then
+  // allocates a placeholder, exactly as for Tensor.numpy().
 
   PyObject* array = PyArray_NewFromDescr(&PyArray_Type, descr /* stolen */, t.ndim, shape,
                                          strides, data, writeable ? NPY_ARRAY_WRITEABLE : 0,

@@ -98,7 +98,7 @@ def _why_tensor_needs_copy(torch, t):
 def _view_cpu_tensor(t, result_dtype: np.dtype) -> np.ndarray:
     # .numpy() is the fastest Python-level route, and forbids resizing the
     # storage while the view exists; ml_dtypes go through a same-size integer.
-    if result_dtype.kind == "V":
+    if _dtypes.is_extended(result_dtype):
         return t.view(_torch_dtype_of(result_dtype)).numpy().view(result_dtype)
     return t.numpy()
 
@@ -117,7 +117,7 @@ def _copy_tensor_into(torch, dst: np.ndarray, t) -> None:
     target = dst
     if any(s < 0 for s in dst.strides):  # torch cannot wrap negative strides
         target = np.empty(dst.shape, dst.dtype)
-    if target.dtype.kind == "V":
+    if _dtypes.is_extended(target.dtype):
         wrapped = torch.from_numpy(target.view(_dtypes.same_size_integer(target.dtype)))
         wrapped = wrapped.view(t.dtype)
     else:

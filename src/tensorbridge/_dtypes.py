@@ -21,6 +21,7 @@ _EXTENDED = (
 _WIDENED = {"complex32": np.dtype("complex64")}
 
 _cache: dict[str, np.dtype] = {}
+_extended_dtypes: set[np.dtype] = set()
 
 
 def torch_dtype_name(dtype) -> str:
@@ -53,6 +54,11 @@ def needs_widening(torch_dtype) -> bool:
     return torch_dtype_name(torch_dtype) in _WIDENED
 
 
+def is_extended(dtype: np.dtype) -> bool:
+    """True for ml_dtypes dtypes, which torch.from_numpy and .numpy() refuse."""
+    return dtype in _extended_dtypes
+
+
 def same_size_integer(dtype: np.dtype) -> np.dtype:
     """An integer dtype of ``dtype``'s size, to move ml_dtypes data through torch."""
     return np.dtype(f"i{dtype.itemsize}")
@@ -67,7 +73,9 @@ def _extended(name: str) -> np.dtype:
             f"to_numpy: torch.{name} needs ml_dtypes.{name}, which ml_dtypes "
             f"{ml_dtypes.__version__} lacks; upgrade with 'pip install -U ml_dtypes'"
         )
-    return np.dtype(scalar)
+    dtype = np.dtype(scalar)
+    _extended_dtypes.add(dtype)
+    return dtype
 
 
 def _fix_for(name: str) -> str:

@@ -1,0 +1,96 @@
+"""Oracles and builders shared by the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import tensorbridge as tb
+
+# Every torch dtype to_numpy views, with the NumPy dtype it becomes.
+VIEWED_DTYPES = {
+    torch.bool: "bool",
+    torch.uint8: "uint8",
+    torch.uint16: "uint16",
+    torch.uint32: "uint32",
+    torch.uint64: "uint64",
+    torch.int8: "int8",
+    torch.int16: "int16",
+    torch.int32: "int32",
+    torch.int64: "int64",
+    torch.float16: "float16",
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.complex64: "complex64",
+    torch.complex128: "complex128",
+    torch.bfloat16: "bfloat16",
+    torch.float8_e4m3fn: "float8_e4m3fn",
+    torch.float8_e5m2: "float8_e5m2",
+    torch.float8_e4m3fnuz: "float8_e4m3fnuz",
+    torch.float8_e5m2fnuz: "float8_e5m2fnuz",
+    torch.float8_e8m0fnu: "float8_e8m0fnu",
+}
+
+EXTENDED_DTYPES = {torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
+                   torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.float8_e8m0fnu}
+
+
+def numpy_dtype(torch_dtype) -> np.dtype:
+    import ml_dtypes
+
+    name = VIEWED_DTYPES[torch_dtype]
+    return np.dtype(getattr(ml_dtypes, name, None) or name)
+
+
+def sample(shape, dtype, seed=0) -> torch.Tensor:
+    """A tensor of `shape` and `dtype` whose elements differ (so layout bugs show)."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(np.prod(shape)) if len(shape) else 1
+    if dtype == torch.bool:
+        flat = torch.rand(n, generator=g) > 0.5
+    elif dtype.is_complex:
+        real = torch.randn(n, 2, generator=g, dtype=torch.float64)
+        flat = torch.view_as_complex(real).to(dtype)
+    elif dtype.is_floating_point:
+        flat = (torch.randn(n, generator=g, dtype=torch.float64) * 4).to(dtype)
+    else:
+        info = torch.iinfo(dtype)
+        low = max(info.min, -100)
+        high = min(info.max, 100)
+        flat = torch.randint(low, high + 1, (n,), generator=g, dtype=torch.int64).to(dtype)
+    return flat.reshape(shape)
+
+
+def logical_bytes(t: torch.Tensor) -> np.ndarray:
+    """The oracle: the bytes of t's values in row-major order, for every dtype
+    (``.numpy(force=True)`` refuses bfloat16 and float8)."""
+    t = t.detach().resolve_conj().resolve_neg()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().copy()
+
+
+def array_bytes(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8).copy()
+
+
+def data_address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def is_view_of(a: np.ndarray, t: torch.Tensor) -> bool:
+    """True when `a` reads t's memory in place (empty tensors: vacuously)."""
+    if t.numel() == 0:
+        return True
+    return data_address(a) == t.data_ptr()
+
+
+def reference_numpy(t: torch.Tensor) -> np.ndarray:
+    """What ``t.numpy()`` gives, or would give if it took every dtype."""
+    t = t.detach()
+    if t.dtype in EXTENDED_DTYPES:
+        dtype = numpy_dtype(t.dtype)
+        return t.view(torch.int16 if dtype.itemsize == 2 else torch.int8).numpy().view(dtype)
+    return t.numpy()
+
+

@@ -1,0 +1,143 @@
+"""CPU tensors become zero-copy views, for every dtype, layout, grad state and
+subclass, on every route through to_numpy."""
+
+import numpy as np
+import pytest
+import torch
+
+import tensorbridge as tb
+from helpers import (VIEWED_DTYPES, array_bytes, data_address, is_view_of, logical_bytes,
+                     numpy_dtype, reference_numpy, sample)
+
+LAYOUTS = {
+    "contiguous": lambda base: base((3, 4)),
+    "transposed": lambda base: base((4, 3)).t(),
+    "stepped": lambda base: base((6, 8))[::2, 1::3],
+    "storage-offset": lambda base: base((20,))[5:12],
+    "zero-stride": lambda base: base((1, 4)).expand(3, 4),
+    "permuted": lambda base: base((2, 3, 4)).permute(2, 0, 1),
+    "0-d": lambda base: base(()),
+    "empty": lambda base: base((0, 3)),
+    "high-rank": lambda base: base((1,) * 30 + (2, 3)),
+}
+
+
+class PlainSubclass(torch.Tensor):
+    pass
+
+
+def build(dtype, layout, grad="none"):
+    def base(shape):
+        t = sample(shape, dtype)
+        if grad == "non-leaf":
+            t.requires_grad_()
+        return t
+
+    t = LAYOUTS[layout](base)
+    if grad == "non-leaf":
+        t = t.view_as(t)  # through the graph: has a grad_fn
+        assert t.grad_fn is not None
+    elif grad == "leaf":
+        t = t.detach().requires_grad_()
+    elif grad == "parameter":
+        t = torch.nn.Parameter(t.detach())
+    elif grad == "subclass":
+        t = t.as_subclass(PlainSubclass)
+    return t
+
+
+def assert_view_like_numpy(a, t):
+    expected = reference_numpy(t)
+    assert type(a) is np.ndarray
+    assert (a.shape, a.dtype, a.strides) == (expected.shape, expected.dtype, expected.strides)
+    np.testing.assert_array_equal(array_bytes(a), logical_bytes(t))
+    assert is_view_of(a, t)
+    assert a.flags.writeable
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", VIEWED_DTYPES, ids=str)
+def test_every_dtype_and_layout_is_a_view(path, dtype, layout):
+    t = build(dtype, layout)
+    assert_view_like_numpy(tb.to_numpy(t), t)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("grad", ["leaf", "non-leaf", "parameter", "subclass"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64, torch.bfloat16,
+                                   torch.float8_e4m3fn], ids=str)
+def test_grad_and_subclasses_are_views(path, dtype, layout, grad):
+    t = build(dtype, layout, grad)
+    a = tb.to_numpy(t)
+    assert_view_like_numpy(a, t)
+    if t.requires_grad:
+        # the view holds a detached alias, not the tensor and its graph
+        owner = a.base
+        while isinstance(owner, np.ndarray):
+            owner = owner.base
+        assert isinstance(owner, torch.Tensor) and not owner.requires_grad
+
+
+@pytest.mark.parametrize("grad_mode", [True, False])
+def test_grad_mode_does_not_matter(path, grad_mode):
+    t = torch.ones(3, requires_grad=True) * 2
+    with torch.set_grad_enabled(grad_mode):
+        a = tb.to_numpy(t)
+    assert is_view_of(a, t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int16, torch.bfloat16,
+                                   torch.float8_e5m2], ids=str)
+def test_writes_reach_the_tensor(path, dtype):
+    t = sample((4, 5), dtype)
+    a = tb.to_numpy(t)
+    assert not np.array_equal(logical_bytes(t[3]), logical_bytes(t[2]))
+    a[3] = a[2]
+    np.testing.assert_array_equal(logical_bytes(t[3]), logical_bytes(t[2]))
+    np.testing.assert_array_equal(array_bytes(a), logical_bytes(t))
+
+
+def test_inference_mode_tensors_are_views(path):
+    with torch.inference_mode():
+        t = torch.arange(6.0).reshape(2, 3)
+    a = tb.to_numpy(t)
+    assert is_view_of(a, t)
+    np.testing.assert_array_equal(a, [[0, 1, 2], [3, 4, 5]])
+
+
+def test_numpy_arrays_come_back_as_they_are(path):
+    a = np.arange(6).reshape(2, 3)[:, ::2]
+    assert tb.to_numpy(a) is a
+    assert tb.to_numpy(a, copy=False) is a
+    m = np.ma.masked_array([1, 2, 3], mask=[0, 1, 0])
+    assert tb.to_numpy(m) is m
+
+
+def test_plain_cpu_tensors_never_reach_python(monkeypatch):
+    from tensorbridge import _core, _convert
+
+    def fallback(*args, **kwargs):
+        raise AssertionError("the fast path handed a plain tensor to Python")
+
+    _core.set_fallback(fallback)
+    try:
+        for dtype in VIEWED_DTYPES:
+            t = sample((2, 3), dtype)
+            assert is_view_of(tb.to_numpy(t), t)
+            assert is_view_of(tb.to_numpy(t, copy=False, out=None, stream=None), t)
+        assert is_view_of(tb.to_numpy(torch.ones(2, requires_grad=True)), torch.ones(0))
+    finally:
+        _convert.install()
+
+
+def test_result_dtypes_are_the_documented_ones(path):
+    for dtype, name in VIEWED_DTYPES.items():
+        assert tb.to_numpy(torch.zeros(2, dtype=dtype)).dtype == numpy_dtype(dtype), name
+
+
+def test_view_of_a_view_shares_one_storage(path):
+    base = torch.arange(12, dtype=torch.float32)
+    a = tb.to_numpy(base[2:8])
+    b = tb.to_numpy(base[4:10])
+    assert np.shares_memory(a, b)
+    assert data_address(b) - data_address(a) == 8
