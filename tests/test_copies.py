@@ -1,0 +1,159 @@
+"""Copies happen only where unavoidable, and copy= / out= keep their contract."""
+
+import numpy as np
+import pytest
+import torch
+
+import tensorbridge as tb
+from helpers import array_bytes, is_view_of, logical_bytes, numpy_dtype, sample
+
+
+def conj(dtype):
+    return sample((3, 4), dtype).conj()
+
+
+def neg(dtype):
+    return torch._neg_view(sample((3, 4), dtype))
+
+
+def conj_imag(dtype):  # the usual source of a neg bit: the imaginary part of a conj view
+    return sample((3, 4), dtype).conj().imag
+
+
+def sparse_coo(dtype):
+    return sample((4, 5), dtype).relu().to_sparse()
+
+
+def sparse_csr(dtype):
+    return sample((4, 5), dtype).relu().to_sparse_csr()
+
+
+def complex32(dtype):
+    return sample((3, 4), torch.complex64).to(torch.complex32)
+
+
+def complex32_conj(dtype):
+    return complex32(dtype).conj()
+
+
+# source builder -> dtypes it applies to
+NEEDS_COPY = {
+    "conj": (conj, [torch.complex64, torch.complex128]),
+    "neg": (neg, [torch.float32, torch.int16, torch.bfloat16, torch.complex64]),
+    "conj-imag": (conj_imag, [torch.complex64]),
+    "sparse-coo": (sparse_coo, [torch.float32, torch.float64]),
+    "sparse-csr": (sparse_csr, [torch.float32]),
+    "complex32": (complex32, [torch.complex32]),
+    "complex32-conj": (complex32_conj, [torch.complex32]),
+}
+CASES = [(name, dtype) for name, (_, dtypes) in NEEDS_COPY.items() for dtype in dtypes]
+IDS = [f"{name}-{str(dtype)[6:]}" for name, dtype in CASES]
+
+
+def source(name, dtype):
+    return NEEDS_COPY[name][0](dtype)
+
+
+def expected_values(t):
+    """The values the copy must hold, computed by torch in full precision."""
+    t = t.detach().resolve_conj().resolve_neg()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    if t.dtype == torch.complex32:
+        t = t.to(torch.complex64)
+    return logical_bytes(t)
+
+
+@pytest.mark.parametrize(("name", "dtype"), CASES, ids=IDS)
+def test_unavoidable_copies_have_the_right_values(path, name, dtype):
+    t = source(name, dtype)
+    a = tb.to_numpy(t)
+    assert a.shape == tuple(t.shape)
+    if dtype != torch.complex32:
+        assert a.dtype == numpy_dtype(t.dtype)
+    else:
+        assert a.dtype == np.complex64
+    np.testing.assert_array_equal(array_bytes(a), expected_values(t))
+    assert a.flags.owndata and a.flags.writeable  # one copy, owned by NumPy
+
+
+@pytest.mark.parametrize(("name", "dtype"), CASES, ids=IDS)
+def test_copy_false_refuses_and_says_why(path, name, dtype):
+    t = source(name, dtype)
+    with pytest.raises(BufferError, match=r"to_numpy: copy=False, but .*copy=None"):
+        tb.to_numpy(t, copy=False)
+
+
+@pytest.mark.parametrize(("name", "dtype"), CASES, ids=IDS)
+def test_unavoidable_copies_go_straight_into_out(path, name, dtype):
+    t = source(name, dtype)
+    out = np.empty(tuple(t.shape), np.complex64 if dtype == torch.complex32
+                   else numpy_dtype(t.dtype))
+    assert tb.to_numpy(t, out=out) is out
+    np.testing.assert_array_equal(array_bytes(out), expected_values(t))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn,
+                                   torch.complex128, torch.bool], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "zero-stride"])
+def test_copy_true_returns_memory_numpy_owns(path, dtype, layout):
+    t = sample((3, 4), dtype)
+    t = {"contiguous": t, "transposed": t.t(), "zero-stride": t[:1].expand(3, 4)}[layout]
+    a = tb.to_numpy(t, copy=True)
+    assert a.flags.owndata and a.base is None and a.flags.writeable
+    assert not is_view_of(a, t)
+    np.testing.assert_array_equal(array_bytes(a), logical_bytes(t))
+    a[...] = a[0, 0]  # the copy is private: the tensor does not change
+    assert not np.array_equal(array_bytes(a), logical_bytes(t))
+
+
+def test_copy_true_on_a_transposed_tensor_keeps_its_memory_order(path):
+    t = sample((3, 4), torch.float32).t()
+    assert tb.to_numpy(t, copy=True).flags.f_contiguous
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_copy_false_on_a_viewable_tensor_is_a_view(path, dtype):
+    t = sample((3, 4), dtype).t()
+    assert is_view_of(tb.to_numpy(t, copy=False), t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64], ids=str)
+@pytest.mark.parametrize("out_layout", ["c", "f", "negative-strides"])
+def test_out_receives_a_copy_of_a_view(path, dtype, out_layout):
+    t = sample((3, 4), dtype).t()
+    ndtype = numpy_dtype(dtype)
+    out = {
+        "c": lambda: np.empty((4, 3), ndtype),
+        "f": lambda: np.empty((4, 3), ndtype, order="F"),
+        "negative-strides": lambda: np.empty((4, 3), ndtype)[::-1, ::-1],
+    }[out_layout]()
+    assert tb.to_numpy(t, out=out) is out
+    np.testing.assert_array_equal(array_bytes(out), logical_bytes(t))
+    assert not np.shares_memory(out, tb.to_numpy(t))
+
+
+@pytest.mark.parametrize("name", ["conj", "neg"])
+def test_out_with_negative_strides_receives_a_resolved_copy(path, name):
+    t = source(name, torch.complex64)
+    out = np.empty((3, 4), np.complex64)[::-1]
+    tb.to_numpy(t, out=out)
+    np.testing.assert_array_equal(array_bytes(out), expected_values(t))
+
+
+def test_out_with_grad_tensor(path):
+    t = torch.arange(6.0, requires_grad=True) * 2
+    out = np.zeros(6, np.float32)
+    tb.to_numpy(t, out=out)
+    np.testing.assert_array_equal(out, np.arange(6.0) * 2)
+
+
+def test_copy_true_for_other_producers(path):
+    a = np.arange(6.0)
+    c = tb.to_numpy(a, copy=True)
+    assert c.flags.owndata and not np.shares_memory(a, c)
+    np.testing.assert_array_equal(c, a)
+    m = memoryview(bytearray(b"abcd"))
+    c = tb.to_numpy(m, copy=True)
+    assert c.flags.owndata and c.flags.writeable
+    np.testing.assert_array_equal(c, [97, 98, 99, 100])

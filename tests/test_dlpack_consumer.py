@@ -1,0 +1,199 @@
+"""The DLPack consumer rules, driven by a producer that can break each one."""
+
+import gc
+
+import numpy as np
+import pytest
+
+import tensorbridge as tb
+from dlpack_producer import READ_ONLY, Producer, capsule_name
+from helpers import data_address
+
+import_capsule = tb._core.array_from_capsule
+
+
+def test_asks_for_a_versioned_capsule_first():
+    p = Producer(np.arange(6.0))
+    a = tb.to_numpy(p)
+    assert p.requests == [{"max_version": (1, 3)}]
+    np.testing.assert_array_equal(a, np.arange(6.0))
+    assert data_address(a) == data_address(p.array)
+
+
+def test_legacy_producers_get_a_second_plain_request():
+    p = Producer(np.arange(6.0), versioned=False)
+    a = tb.to_numpy(p)
+    assert p.requests == [{"max_version": (1, 3)}, {}]
+    np.testing.assert_array_equal(a, np.arange(6.0))
+
+
+@pytest.mark.parametrize("versioned", [True, False])
+def test_capsule_is_renamed_and_deleter_runs_exactly_once(versioned, collect_garbage):
+    p = Producer(np.arange(4, dtype=np.int32))
+    capsule = p.capsule(versioned=versioned)
+    a = import_capsule(capsule)
+    assert capsule_name(capsule) == ("used_dltensor_versioned" if versioned else "used_dltensor")
+    del capsule
+    collect_garbage()
+    assert p.deleted == 0  # the array still uses the memory
+    np.testing.assert_array_equal(a, [0, 1, 2, 3])
+    del a
+    collect_garbage()
+    assert p.deleted == 1
+
+
+def test_a_used_capsule_is_refused():
+    p = Producer(np.arange(3.0))
+    capsule = p.capsule()
+    a = import_capsule(capsule)
+    with pytest.raises(BufferError, match="already consumed"):
+        import_capsule(capsule)
+    del a
+
+
+def test_unconsumed_capsule_is_freed_by_its_producer(collect_garbage):
+    p = Producer(np.arange(3.0))
+    capsule = p.capsule()
+    del capsule
+    collect_garbage()
+    assert p.deleted == 1
+
+
+@pytest.mark.parametrize("major", [0, 2, 99])
+def test_major_version_mismatch_is_refused_and_deleted_once(major, collect_garbage):
+    p = Producer(np.arange(3.0), version=(major, 0))
+    capsule = p.capsule()
+    with pytest.raises(BufferError, match=f"major version is {major}"):
+        import_capsule(capsule)
+    assert p.deleted == 1
+    del capsule
+    collect_garbage()
+    assert p.deleted == 1
+
+
+def test_newer_minor_version_is_accepted():
+    p = Producer(np.arange(3.0), version=(1, 99))
+    np.testing.assert_array_equal(tb.to_numpy(p), [0, 1, 2])
+
+
+def test_read_only_flag_gives_a_read_only_array():
+    p = Producer(np.arange(3.0), flags=READ_ONLY)
+    a = tb.to_numpy(p)
+    assert not a.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        a[0] = 1
+    assert tb.to_numpy(Producer(np.arange(3.0))).flags.writeable
+
+
+def test_null_strides_mean_row_major():
+    base = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    a = tb.to_numpy(Producer(base, strides=None))
+    assert a.strides == base.strides
+    np.testing.assert_array_equal(a, base)
+
+
+def test_byte_offset_is_honoured():
+    base = np.arange(10, dtype=np.float32)
+    p = Producer(base, shape=(4,), byte_offset=3 * 4)
+    np.testing.assert_array_equal(tb.to_numpy(p), [3, 4, 5, 6])
+
+
+def test_explicit_and_negative_strides():
+    base = np.arange(24, dtype=np.float64).reshape(4, 6)
+    view = base[::-1, ::2]
+    np.testing.assert_array_equal(tb.to_numpy(Producer(view)), view)
+
+
+def test_zero_strides_and_empty_tensors():
+    base = np.arange(3.0)
+    a = tb.to_numpy(Producer(base, ndim=2, shape=(4, 3), strides=(0, 1)))
+    np.testing.assert_array_equal(a, np.broadcast_to(base, (4, 3)))
+    empty = tb.to_numpy(Producer(np.empty((0, 5), np.float32), data=None))
+    assert empty.shape == (0, 5)
+
+
+def test_zero_dimensional_tensor():
+    a = tb.to_numpy(Producer(np.array(7.5)))
+    assert a.shape == () and a[()] == 7.5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"ndim": -1}, BufferError, "ndim=-1"),
+        ({"ndim": 100000}, BufferError, "ndim=100000"),
+        ({"data": None}, BufferError, "data is NULL"),
+        ({"shape": (-2,)}, BufferError, r"shape\[0\]=-2"),
+        ({"dtype": (99, 32, 1)}, TypeError, "type code 99"),
+        ({"dtype": (2, 32, 4)}, TypeError, "float32x4"),
+        ({"dtype": (5, 32, 1)}, TypeError, "complex32"),
+        ({"dtype": (17, 4, 1)}, TypeError, "float4_e2m1fn"),
+        ({"dtype": (0, 4, 1)}, TypeError, "int4"),
+        ({"device": (2, 0)}, BufferError, "CPU cannot read"),
+    ],
+    ids=lambda v: str(v) if not isinstance(v, dict) else next(iter(v)),
+)
+def test_malformed_tensors_are_refused_and_deleted(overrides, error, message, collect_garbage):
+    p = Producer(np.arange(4, dtype=np.float32), **overrides)
+    capsule = p.capsule()
+    with pytest.raises(error, match=message):
+        import_capsule(capsule)
+    del capsule
+    collect_garbage()
+    assert p.deleted == 1
+
+
+def test_objects_that_are_not_capsules():
+    with pytest.raises(TypeError, match="expected a DLPack capsule, got int"):
+        import_capsule(3)
+    import ctypes
+
+    ctypes.pythonapi.PyCapsule_New.restype = ctypes.py_object
+    ctypes.pythonapi.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    other = ctypes.pythonapi.PyCapsule_New(1, b"something_else", None)
+    with pytest.raises(BufferError, match="'something_else'"):
+        import_capsule(other)
+
+
+def test_device_memory_is_requested_as_a_host_copy():
+    # A producer on a device the CPU cannot read is asked for a host copy
+    # (DLPack 1.0's dl_device/copy); one that hands back device memory anyway
+    # is refused rather than read.
+    p = Producer(np.arange(3.0), device=(2, 0))
+    with pytest.raises(BufferError, match="CPU cannot read"):
+        tb.to_numpy(p)
+    assert p.requests[-1] == {"max_version": (1, 3), "dl_device": (1, 0), "copy": True}
+    with pytest.raises(BufferError, match="copy=False, but"):
+        tb.to_numpy(p, copy=False)
+
+
+def test_producer_that_cannot_copy_to_the_host_is_reported():
+    class NoHostCopy(Producer):
+        def __dlpack__(self, **kwargs):
+            if "dl_device" in kwargs:
+                raise BufferError("no route to host")
+            return super().__dlpack__(**kwargs)
+
+    with pytest.raises(BufferError, match=r"cannot copy it to the CPU \(no route to host\)"):
+        tb.to_numpy(NoHostCopy(np.arange(3.0), device=(2, 0)))
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int8", "uint64", "float16", "complex128"])
+def test_numpy_as_a_dlpack_producer(dtype):
+    class OnlyDLPack:
+        def __init__(self, array):
+            self.array = array
+
+        def __dlpack__(self, **kwargs):
+            return self.array.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self.array.__dlpack_device__()
+
+    base = np.ones((3, 4), dtype)[:, 1:]
+    a = tb.to_numpy(OnlyDLPack(base))
+    np.testing.assert_array_equal(a, base)
+    assert np.shares_memory(a, base) and a.strides == base.strides
+    readonly = base.copy()
+    readonly.flags.writeable = False
+    assert not tb.to_numpy(OnlyDLPack(readonly)).flags.writeable
