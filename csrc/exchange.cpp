@@ -11,11 +11,36 @@ using namespace dlpack;
 PyObject* g_fallback = nullptr;  // strong reference, set once at import
 bool g_fast_path = true;
 bool g_exchange_api = true;
-// torch.int8 and torch.uint8 (strong references, set with the first torch
-// type seen): torch reports its sub-byte integer dtypes (int1-int7,
-// uint1-uint7) to DLPack as 8-bit integers.
-PyObject* g_torch_int8 = nullptr;
-PyObject* g_torch_uint8 = nullptr;
+// torch dtypes that Tensor.numpy() accepts (strong references, looked up with
+// the first torch type seen; torch dtypes are singletons, compared by
+// identity). torch reports its sub-byte integer dtypes (int1-int7,
+// uint1-uint7) to DLPack as 8-bit integers, so those two are also kept apart.
+constexpr const char* kNumpyNativeTorchDtypes[] = {
+    "int8", "uint8", "bool", "int16", "int32", "int64", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128"};
+constexpr int kNumpyNativeCount = sizeof(kNumpyNativeTorchDtypes) / sizeof(const char*);
+PyObject* g_numpy_native[kNumpyNativeCount] = {};
+PyObject*& g_torch_int8 = g_numpy_native[0];
+PyObject*& g_torch_uint8 = g_numpy_native[1];
+
+bool load_torch_dtypes(PyObject* torch) {
+  if (g_numpy_native[0] != nullptr) return true;
+  for (int i = 0; i < kNumpyNativeCount; ++i) {
+    g_numpy_native[i] = PyObject_GetAttrString(torch, kNumpyNativeTorchDtypes[i]);
+    if (g_numpy_native[i] == nullptr) {
+      for (int j = 0; j < i; ++j) Py_CLEAR(g_numpy_native[j]);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool is_numpy_native(PyObject* torch_dtype) {
+  for (PyObject* native : g_numpy_native) {
+    if (native == torch_dtype) return true;
+  }
+  return false;
+}
 
 // What we learnt about a Python type: whether it publishes the exchange API
 // and whether it is a torch tensor (whose conj/neg bits and autograd state
@@ -64,11 +89,8 @@ TypeInfo inspect_type(PyTypeObject* type) {
       info.is_torch = PyType_IsSubtype(type, reinterpret_cast<PyTypeObject*>(tensor_type));
     }
     Py_XDECREF(tensor_type);
-    if (info.is_torch && g_torch_int8 == nullptr) {
-      g_torch_int8 = PyObject_GetAttrString(torch, "int8");
-      g_torch_uint8 = PyObject_GetAttrString(torch, "uint8");
-      if (g_torch_int8 == nullptr || g_torch_uint8 == nullptr) info.api = nullptr;
-    }
+    // Without these the torch checks cannot run: no fast path for this type.
+    if (info.is_torch && !load_torch_dtypes(torch)) info.is_torch = false, info.api = nullptr;
     Py_DECREF(torch);
   }
   PyErr_Clear();
@@ -97,17 +119,6 @@ int call_bool_method(PyObject* object, PyObject* name) {
   return truth;
 }
 
-// torch without the exchange API (< 2.10): Tensor.numpy() succeeds exactly
-// when a plain view is right, and refuses everything else (grad, conj/neg
-// bits, bfloat16, devices, layouts), which the fallback then handles.
-PyObject* call_numpy_method(PyObject* x) {
-  static PyObject* numpy_name = intern("numpy");
-  PyObject* array =
-      PyObject_VectorcallMethod(numpy_name, &x, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
-  if (array == nullptr) PyErr_Clear();
-  return array;
-}
-
 // The conditions under which the arguments allow the fast path: `x` alone,
 // or with copy=None/False, out=None and any stream (streams do not apply to
 // CPU memory). Anything else, including unknown keywords, goes to Python.
@@ -129,19 +140,71 @@ bool plain_arguments(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames)
   return true;
 }
 
+// Whether the exchange API's raw view of a torch tensor shows its values: it
+// reports conj- and neg-bit tensors as their raw memory (the values would be
+// silently wrong), and sub-byte integer dtypes as 8-bit ones.
+bool torch_memory_is_plain(PyObject* x, const DLTensor& tensor) {
+  static PyObject* is_neg = intern("is_neg");
+  static PyObject* is_conj = intern("is_conj");
+  static PyObject* dtype_name = intern("dtype");
+
+  if ((tensor.dtype.code == kDLInt || tensor.dtype.code == kDLUInt) && tensor.dtype.bits == 8) {
+    PyObject* dtype = PyObject_GetAttr(x, dtype_name);
+    Py_XDECREF(dtype);  // torch dtypes are singletons that outlive us: compare by identity
+    if (dtype != g_torch_int8 && dtype != g_torch_uint8) return false;
+  }
+  if (call_bool_method(x, is_neg) != 0) return false;
+  return tensor.dtype.code != kDLComplex || call_bool_method(x, is_conj) == 0;
+}
+
+// The object a view of torch tensor `x` keeps alive: `x` itself, or a
+// detached alias when `x` requires grad, so that the view never holds the
+// autograd graph. New reference; nullptr on error.
+PyObject* torch_view_base(PyObject* x) {
+  static PyObject* requires_grad = intern("requires_grad");
+  static PyObject* detach = intern("detach");
+
+  PyObject* grad = PyObject_GetAttr(x, requires_grad);
+  const int needs_grad = grad == nullptr ? -1 : PyObject_IsTrue(grad);
+  Py_XDECREF(grad);
+  if (needs_grad < 0) return nullptr;
+  if (needs_grad == 0) {
+    Py_INCREF(x);
+    return x;
+  }
+  return PyObject_VectorcallMethod(detach, &x, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+}
+
+// torch without the exchange API (< 2.10): Tensor.numpy() views exactly what
+// a plain view is right for, and refuses the rest (conj/neg bits, devices,
+// layouts), which the fallback then handles. A refusal costs a C++ exception
+// (tens of microseconds), so the common ones, grad and dtype, are screened
+// here first.
+PyObject* numpy_method_view(PyObject* x) {
+  static PyObject* numpy_name = intern("numpy");
+  static PyObject* dtype_name = intern("dtype");
+
+  PyObject* dtype = PyObject_GetAttr(x, dtype_name);
+  Py_XDECREF(dtype);
+  if (!is_numpy_native(dtype)) return nullptr;
+  PyObject* base = torch_view_base(x);
+  PyObject* array =
+      base == nullptr ? nullptr
+                      : PyObject_VectorcallMethod(numpy_name, &base,
+                                                  1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  Py_XDECREF(base);
+  return array;
+}
+
 // Returns a new array, or nullptr with no error set when Python must decide.
 // Errors raised by the producer on the way are swallowed: the fallback
 // repeats the conversion and reports them properly.
-PyObject* try_exchange(PyObject* x) {
-  static PyObject* is_neg = intern("is_neg");
-  static PyObject* is_conj = intern("is_conj");
-  static PyObject* requires_grad = intern("requires_grad");
-  static PyObject* detach = intern("detach");
-  static PyObject* dtype_name = intern("dtype");
-
+PyObject* try_fast_view(PyObject* x) {
   const TypeInfo info = lookup_type(Py_TYPE(x));
   if (info.api == nullptr || !g_exchange_api) {
-    return info.is_torch ? call_numpy_method(x) : nullptr;
+    PyObject* array = info.is_torch ? numpy_method_view(x) : nullptr;
+    if (array == nullptr) PyErr_Clear();
+    return array;
   }
   DLTensor tensor;
   if (info.api->dltensor_from_py_object_no_sync(x, &tensor) != 0) {
@@ -149,46 +212,17 @@ PyObject* try_exchange(PyObject* x) {
     return nullptr;
   }
   if (tensor.device.device_type != kDLCPU) return nullptr;
-
-  PyObject* base = x;
-  Py_INCREF(base);
-  if (info.is_torch && (tensor.dtype.code == kDLInt || tensor.dtype.code == kDLUInt) &&
-      tensor.dtype.bits == 8) {
-    PyObject* dtype = PyObject_GetAttr(x, dtype_name);
-    Py_XDECREF(dtype);  // torch dtypes are immortal singletons: compare by identity
-    if (dtype != g_torch_int8 && dtype != g_torch_uint8) {
-      PyErr_Clear();
-      return nullptr;
-    }
+  if (info.is_torch && !torch_memory_is_plain(x, tensor)) {
+    PyErr_Clear();
+    return nullptr;
   }
-  if (info.is_torch) {
-    // The exchange API reports the raw memory of conj- and neg-bit tensors;
-    // read as is, their values would be silently wrong.
-    if (call_bool_method(x, is_neg) != 0 ||
-        (tensor.dtype.code == kDLComplex && call_bool_method(x, is_conj) != 0)) {
-      PyErr_Clear();
-      Py_DECREF(base);
-      return nullptr;
-    }
-    // A view must not keep the autograd graph alive: hold a detached alias.
-    PyObject* grad = PyObject_GetAttr(x, requires_grad);
-    const int needs_grad = grad == nullptr ? -1 : PyObject_IsTrue(grad);
-    Py_XDECREF(grad);
-    if (needs_grad != 0) {
-      Py_DECREF(base);
-      base = needs_grad < 0 ? nullptr
-                            : PyObject_VectorcallMethod(
-                                  detach, &x, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
-      if (base == nullptr) {
-        PyErr_Clear();
-        return nullptr;
-      }
-    }
-  }
+  PyObject* base = info.is_torch ? torch_view_base(x) : (Py_INCREF(x), x);
   PyObject* array = nullptr;
-  const ViewStatus status = view_dltensor(tensor, /*writeable=*/true, base, &array);
-  Py_DECREF(base);
-  if (status != ViewStatus::kOk) PyErr_Clear();
+  if (base == nullptr ||
+      view_dltensor(tensor, /*writeable=*/true, base, &array) != ViewStatus::kOk) {
+    PyErr_Clear();
+  }
+  Py_XDECREF(base);
   return array;
 }
 
@@ -228,7 +262,7 @@ PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject*
       Py_INCREF(x);
       return x;
     }
-    if (PyObject* array = try_exchange(x)) return array;
+    if (PyObject* array = try_fast_view(x)) return array;
   }
   if (g_fallback == nullptr) {
     PyErr_SetString(PyExc_RuntimeError, "to_numpy: tensorbridge was not initialised");

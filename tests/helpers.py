@@ -67,7 +67,8 @@ def logical_bytes(t: torch.Tensor) -> np.ndarray:
     t = t.detach().resolve_conj().resolve_neg()
     if t.layout != torch.strided:
         t = t.to_dense()
-    return t.contiguous().reshape(-1).view(torch.uint8).numpy().copy()
+    dense = torch.empty(t.shape, dtype=t.dtype).copy_(t)  # row-major, even when empty
+    return dense.reshape(-1).view(torch.uint8).numpy().copy()
 
 
 def array_bytes(a: np.ndarray) -> np.ndarray:
@@ -94,3 +95,16 @@ def reference_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+
+
+class OnlyDLPack:
+    """Exposes an array through DLPack alone, so that to_numpy takes that route."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, **kwargs):
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()

@@ -7,7 +7,7 @@ import pytest
 
 import tensorbridge as tb
 from dlpack_producer import READ_ONLY, Producer, capsule_name
-from helpers import data_address
+from helpers import OnlyDLPack, data_address
 
 import_capsule = tb._core.array_from_capsule
 
@@ -180,16 +180,6 @@ def test_producer_that_cannot_copy_to_the_host_is_reported():
 
 @pytest.mark.parametrize("dtype", ["bool", "int8", "uint64", "float16", "complex128"])
 def test_numpy_as_a_dlpack_producer(dtype):
-    class OnlyDLPack:
-        def __init__(self, array):
-            self.array = array
-
-        def __dlpack__(self, **kwargs):
-            return self.array.__dlpack__(**kwargs)
-
-        def __dlpack_device__(self):
-            return self.array.__dlpack_device__()
-
     base = np.ones((3, 4), dtype)[:, 1:]
     a = tb.to_numpy(OnlyDLPack(base))
     np.testing.assert_array_equal(a, base)

@@ -46,7 +46,7 @@ def to_numpy(x, *, copy=None, out=None, stream=None):
     if hasattr(type(x), "__array__") or _has_buffer(x):
         return _from_array_like(x, copy, out)
     raise TypeError(
-        f"to_numpy: cannot convert an object of type {type(x).__qualname__!r}; pass a "
+        f"to_numpy: cannot convert an object of type {type(x).__name__!r}; pass a "
         "torch tensor, a NumPy array, or an object with __dlpack__, __array__ or the "
         "buffer protocol (for a Python sequence, call numpy.asarray on it first)"
     )
@@ -136,7 +136,7 @@ def _from_dlpack(x, copy, out):
         return _finish_view(_core.array_from_capsule(_request_capsule(x)), copy, out)
     if copy is False:
         raise BufferError(
-            f"to_numpy: copy=False, but this {type(x).__qualname__} lives on DLPack device "
+            f"to_numpy: copy=False, but this {type(x).__name__} lives on DLPack device "
             f"type {int(device_type)}, which the CPU cannot read; pass copy=None to allow the copy"
         )
     # Ask the producer itself for a host copy (DLPack >= 1.0 `dl_device`).
@@ -144,7 +144,7 @@ def _from_dlpack(x, copy, out):
         capsule = x.__dlpack__(max_version=_DLPACK_MAX_VERSION, dl_device=(1, 0), copy=True)
     except (TypeError, BufferError, NotImplementedError) as error:
         raise BufferError(
-            f"to_numpy: this {type(x).__qualname__} lives on DLPack device type "
+            f"to_numpy: this {type(x).__name__} lives on DLPack device type "
             f"{int(device_type)} and its producer cannot copy it to the CPU ({error}); "
             "copy it to host memory with the producer's own API first"
         ) from error
@@ -179,7 +179,7 @@ def _from_array_like(x, copy, out):
             view = np.asarray(x, copy=False)
         except ValueError as error:
             raise BufferError(
-                f"to_numpy: copy=False, but this {type(x).__qualname__} can only be "
+                f"to_numpy: copy=False, but this {type(x).__name__} can only be "
                 f"converted by copying ({error}); pass copy=None to allow the copy"
             ) from error
     else:
@@ -203,7 +203,7 @@ def _finish_view(view: np.ndarray, copy, out):
 def _check_out_array(out) -> None:
     if not isinstance(out, np.ndarray):
         raise TypeError(
-            f"to_numpy: out must be a numpy.ndarray, got {type(out).__qualname__}; "
+            f"to_numpy: out must be a numpy.ndarray, got {type(out).__name__}; "
             "allocate one with numpy.empty(shape, dtype) or tensorbridge.empty_pinned"
         )
     if not out.flags.writeable:

@@ -1,0 +1,134 @@
+"""Every refusal: the exception type, and a message naming the function, the
+offending value and the fix."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import tensorbridge as tb
+
+UNSUPPORTED = {
+    "float4_e2m1fn_x2": r"t\.view\(torch\.uint8\)",
+    "int1": r"t\.to\(torch\.int8\)",
+    "int2": r"t\.to\(torch\.int8\)",
+    "int3": r"t\.to\(torch\.int8\)",
+    "int4": r"t\.to\(torch\.int8\)",
+    "int5": r"t\.to\(torch\.int8\)",
+    "int6": r"t\.to\(torch\.int8\)",
+    "int7": r"t\.to\(torch\.int8\)",
+    "uint1": r"t\.to\(torch\.uint8\)",
+    "uint2": r"t\.to\(torch\.uint8\)",
+    "uint3": r"t\.to\(torch\.uint8\)",
+    "uint4": r"t\.to\(torch\.uint8\)",
+    "uint5": r"t\.to\(torch\.uint8\)",
+    "uint6": r"t\.to\(torch\.uint8\)",
+    "uint7": r"t\.to\(torch\.uint8\)",
+    "bits8": r"t\.view\(torch\.uint8\)",
+    "bits16": r"t\.view\(torch\.uint8\)",
+    "bits1x8": r"t\.view\(torch\.uint8\)",
+    "bits2x4": r"t\.view\(torch\.uint8\)",
+    "bits4x2": r"t\.view\(torch\.uint8\)",
+}
+
+
+@pytest.mark.parametrize("name", [n for n in UNSUPPORTED if hasattr(torch, n)])
+def test_dtypes_without_a_numpy_equivalent(path, name):
+    t = torch.empty(4, dtype=getattr(torch, name))
+    with pytest.raises(TypeError, match=rf"^to_numpy: torch\.{name} has no NumPy dtype; .*"
+                                        + UNSUPPORTED[name]):
+        tb.to_numpy(t)
+    with pytest.raises(TypeError, match=rf"torch\.{name}"):
+        tb.to_numpy(t, copy=True)
+
+
+@pytest.mark.parametrize("dtype", ["qint8", "quint8", "qint32"])
+def test_quantized_tensors(path, dtype):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # quantized creation is deprecated
+        q = torch.quantize_per_tensor(torch.ones(3), 0.1, 0, getattr(torch, dtype))
+    with pytest.raises(TypeError, match=rf"torch\.{dtype} has no NumPy dtype; .*dequantize"):
+        tb.to_numpy(q)
+
+
+def test_meta_tensors(path):
+    with pytest.raises(TypeError, match=r"^to_numpy: .*meta tensor.*no data"):
+        tb.to_numpy(torch.empty(2, 3, device="meta"))
+
+
+@pytest.mark.parametrize("value", [[1, 2, 3], (1.0,), 3, 2.5, "abc", None, object(), {"a": 1}])
+def test_objects_that_are_not_arrays(path, value):
+    with pytest.raises(TypeError, match=rf"^to_numpy: cannot convert an object of type "
+                                        rf"'{type(value).__name__}'; .*__dlpack__.*"):
+        tb.to_numpy(value)
+
+
+@pytest.mark.parametrize("copy", ["yes", 1, 0, np.bool_(True)])
+def test_copy_must_be_none_or_a_bool(path, copy):
+    with pytest.raises(TypeError, match=rf"to_numpy: copy must be None, True or False, got "
+                                        rf"{copy!r}"):
+        tb.to_numpy(torch.ones(2), copy=copy)
+
+
+def test_out_must_be_a_writeable_ndarray(path):
+    t = torch.ones(2, 3)
+    with pytest.raises(TypeError, match="to_numpy: out must be a numpy.ndarray, got list"):
+        tb.to_numpy(t, out=[0] * 6)
+    readonly = np.empty((2, 3), np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match="to_numpy: out is read-only"):
+        tb.to_numpy(t, out=readonly)
+
+
+@pytest.mark.parametrize("source", ["view", "copy", "numpy"])
+def test_out_must_match_shape_and_dtype_exactly(path, source):
+    t = {"view": torch.ones(2, 3), "copy": torch.ones(2, 3, dtype=torch.cfloat).conj(),
+         "numpy": np.ones((2, 3), np.float32)}[source]
+    dtype = np.complex64 if source == "copy" else np.float32
+    for shape in [(3, 2), (6,), (2, 3, 1), (1, 2, 3), (2, 4)]:
+        with pytest.raises(ValueError, match=rf"to_numpy: out has shape \({shape[0]},"
+                                             rf".*result has shape \(2, 3\)"):
+            tb.to_numpy(t, out=np.empty(shape, dtype))
+    with pytest.raises(ValueError, match=r"to_numpy: out has dtype float64, but the result "
+                                         r"has dtype (float32|complex64)"):
+        tb.to_numpy(t, out=np.empty((2, 3), np.float64))
+
+
+def test_copy_false_with_out_is_contradictory(path):
+    with pytest.raises(ValueError, match="copy=False cannot be combined with out="):
+        tb.to_numpy(torch.ones(2), copy=False, out=np.empty(2, np.float32))
+
+
+def test_unknown_and_positional_arguments(path):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'dtype'"):
+        tb.to_numpy(torch.ones(2), dtype=np.float64)
+    with pytest.raises(TypeError):
+        tb.to_numpy(torch.ones(2), True)
+    with pytest.raises(TypeError):
+        tb.to_numpy()
+
+
+def test_array_like_that_needs_a_copy_with_copy_false(path):
+    class Listy:
+        def __array__(self, dtype=None, copy=None):
+            if copy is False:
+                raise ValueError("cannot view a list")
+            return np.array([1, 2, 3])
+
+    with pytest.raises(BufferError, match="to_numpy: copy=False, but this Listy can only "
+                                          "be converted by copying"):
+        tb.to_numpy(Listy(), copy=False)
+    np.testing.assert_array_equal(tb.to_numpy(Listy()), [1, 2, 3])
+
+
+def test_errors_raised_by_the_producer_propagate(path):
+    class Broken:
+        def __dlpack__(self, **kwargs):
+            raise RuntimeError("producer exploded")
+
+        def __dlpack_device__(self):
+            return (1, 0)
+
+    with pytest.raises(RuntimeError, match="producer exploded"):
+        tb.to_numpy(Broken())

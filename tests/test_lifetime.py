@@ -1,0 +1,125 @@
+"""Views keep their source alive, never the autograd graph, and nothing leaks."""
+
+import gc
+import sys
+import weakref
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+import tensorbridge as tb
+from dlpack_producer import Producer
+from helpers import array_bytes, logical_bytes, sample
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64], ids=str)
+@pytest.mark.parametrize("grad", [False, True])
+def test_view_outlives_its_deleted_source(path, dtype, grad, collect_garbage):
+    t = sample((64, 64), dtype)
+    if grad and dtype.is_floating_point:
+        t.requires_grad_()
+    expected = logical_bytes(t)
+    a = tb.to_numpy(t[3:])
+    del t
+    collect_garbage()
+    churn = [torch.full((64, 64), 7, dtype=dtype) for _ in range(50)]  # reuse freed memory
+    np.testing.assert_array_equal(array_bytes(a), expected[expected.size // 64 * 3:])
+    del churn
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_array_releases_its_source(path, grad, collect_garbage):
+    # The tensor's memory belongs to a NumPy buffer we can watch with a weakref.
+    buffer = np.ones(1000, np.float32)
+    memory_alive = weakref.ref(buffer)
+    t = torch.from_numpy(buffer).requires_grad_(grad)
+    del buffer
+    a = tb.to_numpy(t * 1 if grad else t)
+    del t
+    collect_garbage()
+    if not grad:
+        assert memory_alive() is not None  # the array keeps the memory alive
+    del a
+    collect_garbage()
+    assert memory_alive() is None
+
+
+class _GraphSentinel:
+    pass
+
+
+class _HoldInGraph(torch.autograd.Function):
+    """Doubles its input and keeps `sentinel` alive for as long as the graph is."""
+
+    @staticmethod
+    def forward(ctx, x, sentinel):
+        ctx.sentinel = sentinel
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 2, None
+
+
+def test_view_of_a_non_leaf_does_not_keep_the_graph_alive(path, collect_garbage):
+    sentinel = _GraphSentinel()
+    graph_alive = weakref.ref(sentinel)
+    y = _HoldInGraph.apply(torch.arange(4.0, requires_grad=True), sentinel)
+    del sentinel
+    assert y.grad_fn is not None and graph_alive() is not None
+    a = tb.to_numpy(y)
+    del y
+    collect_garbage()
+    assert graph_alive() is None
+    np.testing.assert_array_equal(a, [0, 2, 4, 6])
+
+
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _leak_sources():
+    neg = torch._neg_view(torch.ones(64))
+    return {
+        "float32": torch.ones(256),
+        "requires-grad": torch.ones(256, requires_grad=True),
+        "bfloat16": torch.ones(256, dtype=torch.bfloat16),
+        "int4-error": torch.empty(8, dtype=torch.int4),
+        "conj-copy": torch.ones(64, dtype=torch.complex64).conj(),
+        "neg-copy": neg,
+        "numpy": np.ones(256),
+        "list-error": [1.0, 2.0],
+    }
+
+
+@pytest.mark.parametrize("kind", list(_leak_sources()))
+def test_no_leak_over_100k_conversions(path, kind, collect_garbage):
+    x = _leak_sources()[kind]
+    is_error = kind.endswith("-error")
+
+    def convert_many(n):
+        for _ in range(n):
+            try:
+                tb.to_numpy(x)
+            except TypeError:
+                if not is_error:
+                    raise
+
+    convert_many(10_000)  # warm caches and allocator pools
+    collect_garbage()
+    refs, rss = sys.getrefcount(x), _rss()
+    convert_many(100_000)
+    collect_garbage()
+    assert sys.getrefcount(x) == refs
+    grown = _rss() - rss
+    assert grown < 4 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 100k conversions"
+
+
+def test_every_dlpack_capsule_is_released(collect_garbage):
+    p = Producer(np.arange(16.0))
+    for _ in range(2000):
+        tb.to_numpy(p)
+    collect_garbage()
+    assert p.deleted == 2000
