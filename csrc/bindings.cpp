@@ -34,6 +34,13 @@ PYBIND11_MODULE(_core, m) {
         return py::reinterpret_steal<py::object>(array);
       },
       py::arg("capsule"), "Consume a DLPack capsule and return a NumPy array viewing it.");
+  m.def(
+      "fast_view",
+      [](py::handle x) -> py::object {
+        PyObject* array = tb::fast_view(x.ptr());
+        return array ? py::reinterpret_steal<py::object>(array) : py::none();
+      },
+      py::arg("x"), "A zero-copy view of a plain CPU tensor, or None.");
   m.def("set_fallback", [](py::object fallback) { tb::set_fallback(fallback.ptr()); });
   m.def("set_fast_path", &tb::set_fast_path, py::arg("enabled"));
   m.def("set_exchange_api", &tb::set_exchange_api, py::arg("enabled"));

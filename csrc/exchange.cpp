@@ -196,10 +196,9 @@ PyObject* numpy_method_view(PyObject* x) {
   return array;
 }
 
-// Returns a new array, or nullptr with no error set when Python must decide.
-// Errors raised by the producer on the way are swallowed: the fallback
-// repeats the conversion and reports them properly.
-PyObject* try_fast_view(PyObject* x) {
+}  // namespace
+
+PyObject* fast_view(PyObject* x) {
   const TypeInfo info = lookup_type(Py_TYPE(x));
   if (info.api == nullptr || !g_exchange_api) {
     PyObject* array = info.is_torch ? numpy_method_view(x) : nullptr;
@@ -225,8 +224,6 @@ PyObject* try_fast_view(PyObject* x) {
   Py_XDECREF(base);
   return array;
 }
-
-}  // namespace
 
 const char* const kToNumpyDoc =
     "to_numpy(x, *, copy=None, out=None, stream=None)\n--\n\n"
@@ -262,7 +259,7 @@ PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject*
       Py_INCREF(x);
       return x;
     }
-    if (PyObject* array = try_fast_view(x)) return array;
+    if (PyObject* array = fast_view(x)) return array;
   }
   if (g_fallback == nullptr) {
     PyErr_SetString(PyExc_RuntimeError, "to_numpy: tensorbridge was not initialised");

@@ -12,6 +12,11 @@ namespace tensorbridge {
 // implementation registered with set_fallback.
 PyObject* to_numpy(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames);
 
+// A zero-copy view of `x` when it is a CPU tensor that NumPy can view as is
+// (new reference), or nullptr with no Python error set when it is anything
+// else: the fast path's decision, shared with the Python fallback.
+PyObject* fast_view(PyObject* x);
+
 // Registers the Python implementation that handles what the fast path does not.
 void set_fallback(PyObject* fallback);
 

@@ -4,9 +4,11 @@ import pytest
 
 from tensorbridge import _convert, _core
 
-# The three routes a torch CPU tensor can take through to_numpy: the C fast
-# path over the DLPack C exchange API (torch >= 2.10), the C fast path over
-# Tensor.numpy() (older torch), and the pure-Python implementation.
+# The routes a torch CPU tensor can take through to_numpy: "exchange", the C
+# fast path over the DLPack C exchange API (torch >= 2.10); "numpy-method",
+# the C fast path over Tensor.numpy() (older torch); "python", every call
+# dispatched by the Python implementation (which still views plain tensors
+# through the native route that applies).
 PATHS = ["exchange", "numpy-method", "python"]
 
 

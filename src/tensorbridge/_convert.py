@@ -96,8 +96,10 @@ def _why_tensor_needs_copy(torch, t):
 
 
 def _view_cpu_tensor(t, result_dtype: np.dtype) -> np.ndarray:
-    # .numpy() is the fastest Python-level route, and forbids resizing the
-    # storage while the view exists; ml_dtypes go through a same-size integer.
+    view = _core.fast_view(t)  # the native route, when it applies
+    if view is not None:
+        return view
+    # ml_dtypes go through a same-size integer, which Tensor.numpy() takes.
     if _dtypes.is_extended(result_dtype):
         return t.view(_torch_dtype_of(result_dtype)).numpy().view(result_dtype)
     return t.numpy()
