@@ -62,6 +62,17 @@ PyObject* intern(const char* text) {
   return s;
 }
 
+// Whether `a` and `b` resolve attribute `name` to the same object.
+bool same_attribute(PyTypeObject* a, PyObject* b, const char* name) {
+  PyObject* from_a = PyObject_GetAttrString(reinterpret_cast<PyObject*>(a), name);
+  PyObject* from_b = PyObject_GetAttrString(b, name);
+  const bool same = from_a != nullptr && from_a == from_b;
+  Py_XDECREF(from_a);
+  Py_XDECREF(from_b);
+  PyErr_Clear();
+  return same;
+}
+
 TypeInfo inspect_type(PyTypeObject* type) {
   static PyObject* api_name = intern("__dlpack_c_exchange_api__");
   TypeInfo info{type, nullptr, false};
@@ -87,6 +98,15 @@ TypeInfo inspect_type(PyTypeObject* type) {
     PyObject* tensor_type = PyObject_GetAttrString(torch, "Tensor");
     if (tensor_type != nullptr && PyType_Check(tensor_type)) {
       info.is_torch = PyType_IsSubtype(type, reinterpret_cast<PyTypeObject*>(tensor_type));
+    }
+    // A subclass with its own __torch_dispatch__ (a wrapper, FakeTensor,
+    // DTensor) has no plain memory: the exchange API would hand out a
+    // meaningless pointer. Python copies it through torch instead.
+    if (info.is_torch && !same_attribute(type, tensor_type, "__torch_dispatch__")) {
+      Py_DECREF(tensor_type);
+      Py_DECREF(torch);
+      PyErr_Clear();
+      return TypeInfo{type, nullptr, false};
     }
     Py_XDECREF(tensor_type);
     // Without these the torch checks cannot run: no fast path for this type.

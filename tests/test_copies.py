@@ -157,3 +157,45 @@ def test_copy_true_for_other_producers(path):
     c = tb.to_numpy(m, copy=True)
     assert c.flags.owndata and c.flags.writeable
     np.testing.assert_array_equal(c, [97, 98, 99, 100])
+
+
+class Wrapper(torch.Tensor):
+    """A wrapper subclass: its own memory is a placeholder; values live in `elem`."""
+
+    @staticmethod
+    def __new__(cls, elem):
+        return torch.Tensor._make_wrapper_subclass(cls, elem.shape, dtype=elem.dtype,
+                                                   device=elem.device)
+
+    def __init__(self, elem):
+        self.elem = elem
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        from torch.utils._pytree import tree_map
+
+        def unwrap(x):
+            return x.elem if isinstance(x, Wrapper) else x
+
+        return func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dispatch_subclasses_are_copied_through_torch(path, dtype):
+    # The exchange API hands out the wrapper's placeholder pointer: reading it
+    # would return garbage. The values must come through __torch_dispatch__.
+    elem = sample((3, 4), dtype)
+    a = tb.to_numpy(Wrapper(elem))
+    np.testing.assert_array_equal(array_bytes(a), logical_bytes(elem))
+    assert a.flags.owndata
+    with pytest.raises(BufferError, match="its own __torch_dispatch__"):
+        tb.to_numpy(Wrapper(elem), copy=False)
+
+
+def test_fake_tensors_have_no_values(path):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        fake = torch.ones(3)
+    with pytest.raises(TypeError, match="cannot read the values of this FakeTensor"):
+        tb.to_numpy(fake)

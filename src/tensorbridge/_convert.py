@@ -77,11 +77,26 @@ def _from_tensor(torch, t, copy, out):
         out = np.empty(tuple(t.shape), result_dtype)
     else:
         _check_out_matches(out, tuple(t.shape), result_dtype)
-    _copy_tensor_into(torch, out, t)
+    try:
+        _copy_tensor_into(torch, out, t)
+    except Exception as error:
+        if not _has_own_dispatch(torch, t):
+            raise
+        raise TypeError(
+            f"to_numpy: cannot read the values of this {type(t).__name__} (a tensor subclass "
+            f"with its own __torch_dispatch__): {error}; convert it to a plain tensor first"
+        ) from error
     return out
 
 
+def _has_own_dispatch(torch, t) -> bool:
+    return type(t).__torch_dispatch__ is not torch.Tensor.__torch_dispatch__
+
+
 def _why_tensor_needs_copy(torch, t):
+    if _has_own_dispatch(torch, t):
+        return (f"it is a {type(t).__name__}, a tensor subclass with its own "
+                "__torch_dispatch__, whose memory is not plain")
     if t.layout != torch.strided:
         return f"its layout is {t.layout} (it must be densified)"
     if t.device.type != "cpu":
