@@ -62,59 +62,68 @@ PyObject* intern(const char* text) {
   return s;
 }
 
-// Whether `a` and `b` resolve attribute `name` to the same object.
-bool same_attribute(PyTypeObject* a, PyObject* b, const char* name) {
-  PyObject* from_a = PyObject_GetAttrString(reinterpret_cast<PyObject*>(a), name);
-  PyObject* from_b = PyObject_GetAttrString(b, name);
-  const bool same = from_a != nullptr && from_a == from_b;
-  Py_XDECREF(from_a);
-  Py_XDECREF(from_b);
-  PyErr_Clear();
-  return same;
-}
-
-TypeInfo inspect_type(PyTypeObject* type) {
+// The exchange API a type publishes, if it is one we can call.
+const DLPackExchangeAPI* exchange_api_of(PyTypeObject* type) {
   static PyObject* api_name = intern("__dlpack_c_exchange_api__");
-  TypeInfo info{type, nullptr, false};
   PyObject* capsule = PyObject_GetAttr(reinterpret_cast<PyObject*>(type), api_name);
   if (capsule == nullptr) {
     PyErr_Clear();
-    return info;
+    return nullptr;
   }
   auto* api = static_cast<const DLPackExchangeAPI*>(
       PyCapsule_IsValid(capsule, kExchangeApiCapsuleName)
           ? PyCapsule_GetPointer(capsule, kExchangeApiCapsuleName)
           : nullptr);
-  // The capsule lives on the type, which we keep alive: the pointer stays valid.
+  // The capsule lives on the type, which the cache keeps alive: the pointer stays valid.
   Py_DECREF(capsule);
-  if (api != nullptr && api->header.version.major == kMajorVersion &&
-      api->dltensor_from_py_object_no_sync != nullptr) {
-    info.api = api;
-  }
-  // torch is necessarily imported when one of its tensors exists.
+  const bool usable = api != nullptr && api->header.version.major == kMajorVersion &&
+                      api->dltensor_from_py_object_no_sync != nullptr;
+  return usable ? api : nullptr;
+}
+
+enum class TorchKind {
+  kNotTorch,
+  kPlain,     // torch.Tensor or a subclass whose memory is the tensor's own
+  kDispatch,  // a subclass with its own __torch_dispatch__ (a wrapper,
+              // FakeTensor, DTensor): the exchange API would hand out a
+              // meaningless pointer, so Python copies it through torch
+};
+
+TorchKind torch_kind(PyTypeObject* type) {
   static PyObject* torch_name = intern("torch");
+  static PyObject* tensor_name = intern("Tensor");
+  static PyObject* dispatch_name = intern("__torch_dispatch__");
+  // torch is necessarily imported when one of its tensors exists.
   PyObject* torch = PyImport_GetModule(torch_name);
-  if (torch != nullptr) {
-    PyObject* tensor_type = PyObject_GetAttrString(torch, "Tensor");
-    if (tensor_type != nullptr && PyType_Check(tensor_type)) {
-      info.is_torch = PyType_IsSubtype(type, reinterpret_cast<PyTypeObject*>(tensor_type));
-    }
-    // A subclass with its own __torch_dispatch__ (a wrapper, FakeTensor,
-    // DTensor) has no plain memory: the exchange API would hand out a
-    // meaningless pointer. Python copies it through torch instead.
-    if (info.is_torch && !same_attribute(type, tensor_type, "__torch_dispatch__")) {
-      Py_DECREF(tensor_type);
-      Py_DECREF(torch);
-      PyErr_Clear();
-      return TypeInfo{type, nullptr, false};
-    }
-    Py_XDECREF(tensor_type);
-    // Without these the torch checks cannot run: no fast path for this type.
-    if (info.is_torch && !load_torch_dtypes(torch)) info.is_torch = false, info.api = nullptr;
-    Py_DECREF(torch);
+  if (torch == nullptr) {
+    PyErr_Clear();
+    return TorchKind::kNotTorch;
   }
+  TorchKind kind = TorchKind::kNotTorch;
+  PyObject* tensor_type = PyObject_GetAttr(torch, tensor_name);
+  if (tensor_type != nullptr && PyType_Check(tensor_type) &&
+      PyType_IsSubtype(type, reinterpret_cast<PyTypeObject*>(tensor_type))) {
+    PyObject* own = PyObject_GetAttr(reinterpret_cast<PyObject*>(type), dispatch_name);
+    PyObject* inherited = PyObject_GetAttr(tensor_type, dispatch_name);
+    // Without torch's dtypes the checks cannot run: treat it as not plain.
+    const bool plain = own != nullptr && own == inherited && load_torch_dtypes(torch);
+    kind = plain ? TorchKind::kPlain : TorchKind::kDispatch;
+    Py_XDECREF(own);
+    Py_XDECREF(inherited);
+  }
+  Py_XDECREF(tensor_type);
+  Py_DECREF(torch);
   PyErr_Clear();
-  return info;
+  return kind;
+}
+
+TypeInfo inspect_type(PyTypeObject* type) {
+  switch (torch_kind(type)) {
+    case TorchKind::kPlain: return TypeInfo{type, exchange_api_of(type), true};
+    case TorchKind::kDispatch: return TypeInfo{type, nullptr, false};
+    case TorchKind::kNotTorch: break;
+  }
+  return TypeInfo{type, exchange_api_of(type), false};
 }
 
 TypeInfo lookup_type(PyTypeObject* type) {

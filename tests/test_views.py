@@ -125,9 +125,18 @@ def test_plain_cpu_tensors_never_reach_python(monkeypatch):
             t = sample((2, 3), dtype)
             assert is_view_of(tb.to_numpy(t), t)
             assert is_view_of(tb.to_numpy(t, copy=False, out=None, stream=None), t)
-        assert is_view_of(tb.to_numpy(torch.ones(2, requires_grad=True)), torch.ones(0))
+        grad = torch.ones(2, requires_grad=True)
+        assert is_view_of(tb.to_numpy(grad), grad)
+        # A tensor type without the exchange API, as in torch < 2.10, still
+        # takes the native route (over Tensor.numpy()).
+        old_torch = sample((2, 3), torch.float32).as_subclass(WithoutExchangeApi)
+        assert is_view_of(tb.to_numpy(old_torch), old_torch)
     finally:
         _convert.install()
+
+
+class WithoutExchangeApi(torch.Tensor):
+    __dlpack_c_exchange_api__ = None
 
 
 def test_result_dtypes_are_the_documented_ones(path):
