@@ -3,9 +3,15 @@
 #include "numpy_api.h"
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <stdexcept>
+
+#include "cuda_driver.h"
 #include "dlpack_import.h"
 #include "exchange.h"
+#include "pinned_pool.h"
+#include "transfer.h"
 
 namespace py = pybind11;
 namespace tb = tensorbridge;
@@ -17,6 +23,33 @@ namespace {
 PyMethodDef to_numpy_def = {
     "to_numpy", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(tb::to_numpy)),
     METH_FASTCALL | METH_KEYWORDS, tb::kToNumpyDoc};
+
+// Pinned memory handed to Python: a buffer whose block returns to the pool
+// when the last view of it dies.
+class PinnedBuffer {
+ public:
+  explicit PinnedBuffer(size_t bytes) : bytes_(bytes), block_(tb::PinnedPool::instance().acquire(bytes)) {}
+  ~PinnedBuffer() { tb::PinnedPool::instance().release(block_); }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  py::buffer_info buffer() {
+    return py::buffer_info(block_.data, 1, "B", 1, {static_cast<py::ssize_t>(bytes_)}, {1}, false);
+  }
+  uintptr_t address() const { return reinterpret_cast<uintptr_t>(block_.data); }
+
+ private:
+  size_t bytes_;
+  tb::Block block_;
+};
+
+void* writable_address(const py::buffer& buffer) {
+  py::buffer_info info = buffer.request(/*writable=*/true);
+  return info.ptr;
+}
+
+tb::cuda::CUstream as_stream(uintptr_t handle) {
+  return reinterpret_cast<tb::cuda::CUstream>(handle);
+}
 
 }  // namespace
 
@@ -44,4 +77,93 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_fallback", [](py::object fallback) { tb::set_fallback(fallback.ptr()); });
   m.def("set_fast_path", &tb::set_fast_path, py::arg("enabled"));
   m.def("set_exchange_api", &tb::set_exchange_api, py::arg("enabled"));
+
+  // -- the CUDA engine: driver, pinned pool, transfers --------------------
+  py::register_exception<tb::cuda::DriverError>(m, "DriverError", PyExc_RuntimeError);
+  py::register_exception<std::length_error>(m, "PinnedLimitError", PyExc_MemoryError);
+  m.def("cuda_available", &tb::cuda::available);
+  m.def("driver_version", &tb::cuda::driver_version);
+  m.def("device_count", &tb::cuda::device_count);
+  m.def("device_name", &tb::cuda::device_name, py::arg("ordinal"));
+
+  py::class_<tb::Transfer, std::shared_ptr<tb::Transfer>>(m, "Transfer")
+      .def("done", &tb::Transfer::done)
+      .def("wait", &tb::Transfer::wait, py::arg("timeout_seconds"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("error", &tb::Transfer::error);
+
+  py::class_<PinnedBuffer>(m, "PinnedBuffer", py::buffer_protocol())
+      .def(py::init<size_t>(), py::arg("nbytes"))
+      .def_property_readonly("address", &PinnedBuffer::address)
+      .def_buffer(&PinnedBuffer::buffer);
+
+  m.def("pinned_stats", [] {
+    const tb::PinnedStats s = tb::PinnedPool::instance().stats();
+    py::dict d;
+    d["reserved_bytes"] = s.reserved_bytes;
+    d["in_use_bytes"] = s.in_use_bytes;
+    d["cached_bytes"] = s.cached_bytes;
+    d["peak_bytes"] = s.peak_bytes;
+    d["limit_bytes"] = s.limit_bytes;
+    d["alloc_count"] = s.alloc_count;
+    d["hit_count"] = s.hit_count;
+    return d;
+  });
+  m.def("empty_pinned_cache", [] { tb::PinnedPool::instance().empty_cache(); },
+        py::call_guard<py::gil_scoped_release>());
+  m.def("set_pinned_limit", [](size_t bytes) { tb::PinnedPool::instance().set_limit(bytes); },
+        py::arg("nbytes"), py::call_guard<py::gil_scoped_release>());
+  m.def("set_staging_chunk_bytes", &tb::set_staging_chunk_bytes, py::arg("nbytes"));
+
+  m.def(
+      "copy_to_host",
+      [](int device, uintptr_t src, size_t nbytes, uintptr_t stream, const py::buffer& dst,
+         bool dst_pinned) {
+        void* out = writable_address(dst);
+        py::gil_scoped_release release;
+        tb::copy_to_host({device, src, nbytes}, as_stream(stream), out, dst_pinned);
+      },
+      py::arg("device"), py::arg("src"), py::arg("nbytes"), py::arg("stream"), py::arg("dst"),
+      py::arg("dst_pinned"));
+  m.def(
+      "copy_to_host_async",
+      [](int device, uintptr_t src, size_t nbytes, uintptr_t stream, const py::buffer& dst,
+         bool dst_pinned) {
+        void* out = writable_address(dst);
+        py::gil_scoped_release release;
+        return tb::copy_to_host_async({device, src, nbytes}, as_stream(stream), out, dst_pinned);
+      },
+      py::arg("device"), py::arg("src"), py::arg("nbytes"), py::arg("stream"), py::arg("dst"),
+      py::arg("dst_pinned"));
+  m.def(
+      "copy_many_to_host",
+      [](int device, const std::vector<std::pair<uintptr_t, size_t>>& srcs, uintptr_t stream,
+         const std::vector<py::buffer>& dsts) {
+        if (srcs.size() != dsts.size()) throw std::invalid_argument("srcs and dsts differ in length");
+        std::vector<tb::DeviceSpan> spans;
+        std::vector<void*> outs;
+        for (size_t i = 0; i < srcs.size(); ++i) {
+          spans.push_back({device, srcs[i].first, srcs[i].second});
+          outs.push_back(writable_address(dsts[i]));
+        }
+        py::gil_scoped_release release;
+        tb::copy_many_to_host(spans, as_stream(stream), outs);
+      },
+      py::arg("device"), py::arg("srcs"), py::arg("stream"), py::arg("dsts"));
+  m.def(
+      "copy_to_device",
+      [](const py::buffer& src, bool src_pinned, int device, uintptr_t dst, size_t nbytes,
+         uintptr_t stream) {
+        py::buffer_info info = src.request();
+        if (static_cast<size_t>(info.size * info.itemsize) < nbytes) {
+          throw std::invalid_argument("source buffer is smaller than nbytes");
+        }
+        const void* in = info.ptr;
+        py::gil_scoped_release release;
+        return tb::copy_to_device(in, src_pinned, {device, dst, nbytes}, as_stream(stream));
+      },
+      py::arg("src"), py::arg("src_pinned"), py::arg("device"), py::arg("dst"), py::arg("nbytes"),
+      py::arg("stream"));
+  m.def("wait_for_all_transfers", &tb::wait_for_all_transfers,
+        py::call_guard<py::gil_scoped_release>());
 }

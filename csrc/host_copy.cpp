@@ -1,0 +1,107 @@
+#include "host_copy.h"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace tensorbridge {
+namespace {
+
+constexpr size_t kMinPiece = 4u << 20;
+constexpr unsigned kMaxThreads = 8;
+
+// A fixed set of threads taking copy pieces from one queue. All fields
+// guarded by mutex_; threads are detached and live as long as the process.
+class CopyThreads {
+ public:
+  static CopyThreads& instance() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+      g_instance = new CopyThreads();
+      // Threads do not survive fork: a child builds its own set on demand.
+      pthread_atfork(nullptr, nullptr, [] { g_instance = new CopyThreads(); });
+    });
+    return *g_instance;
+  }
+
+  unsigned helpers() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    start_locked();
+    return static_cast<unsigned>(threads_started_);
+  }
+
+  void submit(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      start_locked();
+      tasks_.push_back(std::move(task));
+    }
+    ready_.notify_one();
+  }
+
+ private:
+  static inline CopyThreads* g_instance = nullptr;
+
+  void start_locked() {
+    if (threads_started_ > 0) return;
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    threads_started_ = std::min(kMaxThreads, cores) - 1;  // the caller copies too
+    for (int i = 0; i < threads_started_; ++i) std::thread([this] { run(); }).detach();
+  }
+
+  void run() {
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        ready_.wait(lock, [this] { return !tasks_.empty(); });
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      task();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<std::function<void()>> tasks_;
+  int threads_started_ = 0;
+};
+
+}  // namespace
+
+void parallel_memcpy(void* dst, const void* src, size_t bytes) {
+  auto* out = static_cast<char*>(dst);
+  const auto* in = static_cast<const char*>(src);
+  CopyThreads& threads = CopyThreads::instance();
+  const size_t pieces = std::min<size_t>(bytes / kMinPiece, threads.helpers() + 1);
+  if (pieces <= 1) {
+    std::memcpy(out, in, bytes);
+    return;
+  }
+  const size_t piece = (bytes / pieces + 4095) / 4096 * 4096;
+  std::mutex mutex;
+  std::condition_variable finished;
+  size_t remaining = pieces - 1;
+  for (size_t i = 1; i < pieces; ++i) {
+    const size_t begin = i * piece;
+    const size_t length = i + 1 == pieces ? bytes - begin : piece;
+    threads.submit([&, begin, length] {
+      std::memcpy(out + begin, in + begin, length);
+      std::lock_guard<std::mutex> lock(mutex);
+      if (--remaining == 0) finished.notify_one();
+    });
+  }
+  std::memcpy(out, in, std::min(piece, bytes));
+  std::unique_lock<std::mutex> lock(mutex);
+  finished.wait(lock, [&] { return remaining == 0; });
+}
+
+}  // namespace tensorbridge

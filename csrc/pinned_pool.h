@@ -1,0 +1,77 @@
+// PinnedPool: a cache of page-locked host memory blocks.
+//
+// Design note. Allocating pinned memory costs 0.3 to 1 s per GB, so blocks are
+// cached and reused. A block handed back may still be the source or target of
+// an asynchronous copy: it is released together with the event recorded after
+// that copy, and reused only once the event has completed (queried on each
+// acquire, never waited for). Requests are rounded to the page (small) or to
+// 2 MiB (large), not to powers of two, and served best-fit from the cache but
+// never from a block more than twice the size asked for.
+//
+// A limit bounds the pinned bytes reserved (in use + cached). `acquire` with
+// `must_fit` (empty_pinned, pinned out=) raises when the limit or the driver
+// refuses; conversions ask with `try_acquire` and stage in smaller chunks when
+// refused. On an allocation failure the cache is freed and the allocation
+// retried once.
+//
+// After fork, the child's pool is empty: the parent's blocks are forgotten,
+// never used or freed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "cuda_driver.h"
+
+namespace tensorbridge {
+
+struct Block {
+  void* data;
+  size_t size;  // as allocated: >= the size asked for
+};
+
+struct PinnedStats {
+  size_t reserved_bytes, in_use_bytes, cached_bytes, peak_bytes, limit_bytes;
+  uint64_t alloc_count, hit_count;
+};
+
+class PinnedPool {
+ public:
+  static PinnedPool& instance();
+
+  // A block of at least `bytes`. Throws std::length_error when the limit
+  // forbids it and cuda::DriverError when the driver refuses.
+  Block acquire(size_t bytes);
+  // The same, but returns a block with data == nullptr instead of throwing
+  // when the limit (or the driver, after a retry) refuses.
+  Block try_acquire(size_t bytes);
+  // Hands a block back; reusable once `after` (if any) has completed. The
+  // pool takes ownership of the event and destroys it.
+  void release(Block block, cuda::CUevent after = nullptr);
+
+  PinnedStats stats();
+  // Frees every cached block whose copies have completed.
+  void empty_cache();
+  void set_limit(size_t bytes);
+
+ private:
+  PinnedPool();
+  struct Pending {
+    Block block;
+    cuda::CUevent event;
+  };
+  Block acquire_locked(size_t bytes, bool must_fit);
+  void collect_completed_locked();
+  void free_cached_locked();
+
+  // All fields guarded by mutex_.
+  std::mutex mutex_;
+  std::multimap<size_t, void*> cached_;  // size -> block, free for reuse
+  std::vector<Pending> pending_;         // released, waiting for their event
+  PinnedStats stats_{};
+};
+
+}  // namespace tensorbridge

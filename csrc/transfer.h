@@ -1,0 +1,87 @@
+// Transfer: copies between device memory and host memory, and their completion.
+//
+// Design note. Every copy is enqueued on the caller's stream (the producer's
+// current stream, or `stream=`): it is then ordered after the work already
+// queued there, and later work on that stream (the kernels that could
+// overwrite the source) is ordered after it, with no extra events.
+//
+// Device -> ordinary host memory streams through pinned chunks from the
+// PinnedPool: while chunk k is in flight, host threads drain chunk k-1 into
+// the destination. Device -> pinned memory is one direct copy. Many small
+// tensors are packed into one pinned block with one submission
+// (cuMemcpyBatchAsync where the driver has it) and one event.
+//
+// Asynchronous copies are enqueued in full before the call returns (staged in
+// one pinned block, or straight into a pinned destination) so that nothing
+// queued on the stream afterwards can overwrite the source first; the
+// completion thread waits for the event, drains staging into the destination
+// and marks the Transfer finished. When the pinned limit forbids staging a
+// whole copy at once, the copy runs synchronously and the Transfer is
+// returned finished.
+//
+// All functions here are called without the GIL and never touch Python.
+// Pinned blocks are returned to the pool only after the copies that used them
+// have completed (or with the event that says when).
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cuda_driver.h"
+
+namespace tensorbridge {
+
+class Transfer {
+ public:
+  // Whether the copy has finished (successfully or not). Never blocks.
+  bool done() const;
+  // Waits until finished; false if `timeout_seconds` (< 0: forever) passed first.
+  bool wait(double timeout_seconds) const;
+  // The driver's error text; empty on success. Meaningful once done().
+  std::string error() const;
+
+  void finish(std::string error = {});
+  static std::shared_ptr<Transfer> finished(std::string error = {});
+
+ private:
+  mutable std::mutex mutex_;  // guards finished_ and error_
+  mutable std::condition_variable changed_;
+  bool finished_ = false;
+  std::string error_;
+};
+
+struct DeviceSpan {
+  int device;
+  cuda::CUdeviceptr data;
+  size_t bytes;
+};
+
+// Device -> host, returning when the bytes are in `dst`.
+void copy_to_host(const DeviceSpan& src, cuda::CUstream stream, void* dst, bool dst_pinned);
+
+// Device -> host, enqueued before returning; see the design note.
+std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, cuda::CUstream stream,
+                                             void* dst, bool dst_pinned);
+
+// Many device spans of one device -> host destinations, packed: one pinned
+// block, one submission where the driver allows, one event. Returns when done.
+void copy_many_to_host(const std::vector<DeviceSpan>& srcs, cuda::CUstream stream,
+                       const std::vector<void*>& dsts);
+
+// Host -> device through pinned staging (or directly from pinned memory).
+// Returns once `src` may be reused; the returned Transfer finishes when the
+// device copy has completed (until then a pinned `src` must stay alive).
+std::shared_ptr<Transfer> copy_to_device(const void* src, bool src_pinned, const DeviceSpan& dst,
+                                         cuda::CUstream stream);
+
+// Blocks until the completion thread has nothing left (interpreter exit).
+void wait_for_all_transfers();
+
+// Chunk size used by staging; tests lower it to exercise the pipeline.
+void set_staging_chunk_bytes(size_t bytes);
+
+}  // namespace tensorbridge

@@ -1,0 +1,642 @@
+// A stand-in for libcuda.so.1, built by the test suite, that enforces the
+// rules of the real driver so that what passes against it also holds on a GPU:
+//
+// - every call but the few that need none requires a context current on the
+//   calling thread (CUDA_ERROR_INVALID_CONTEXT otherwise), and cuInit first;
+// - "device" memory is host memory mapped PROT_NONE: host code that touches a
+//   device pointer crashes. Only the stand-in's own copy routines reach it,
+//   through a second, readable mapping of the same pages;
+// - asynchronous work runs on one worker thread per stream, after an optional
+//   delay per copy; a copy between device memory and unregistered (pageable)
+//   host memory is synchronous, as the real driver makes it;
+// - every entry point is counted, and any can be made to fail;
+// - after fork, every call fails with CUDA_ERROR_NOT_INITIALIZED.
+//
+// The functions named standin_* are its control panel, called by the tests
+// through ctypes; the cu* functions are reached through cuGetProcAddress.
+#include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+using CUresult = int;
+using CUdeviceptr = uintptr_t;
+constexpr CUresult kSuccess = 0, kInvalidValue = 1, kOutOfMemory = 2, kNotInitialized = 3,
+                   kInvalidDevice = 101, kInvalidContext = 201, kNotFound = 500,
+                   kNotReady = 600;
+
+struct Context {
+  int device;
+};
+
+// ---- accounting and failure injection -------------------------------------
+
+struct Failure {
+  long skip = 0;   // successful calls to let through first
+  long times = 0;  // then this many failures
+  CUresult result = 0;
+};
+
+std::mutex g_mutex;  // guards everything below not marked atomic
+std::unordered_map<std::string, long> g_calls;
+std::unordered_map<std::string, Failure> g_failures;
+std::unordered_map<std::string, int> g_versions;  // cudaVersion asked per symbol
+std::atomic<bool> g_initialized{false};
+std::atomic<bool> g_forked{false};
+std::atomic<long> g_delay_min_us{0}, g_delay_max_us{0};
+int g_device_count = 2;
+Context g_primary[16];
+thread_local Context* t_current = nullptr;
+
+// Counts the call and says whether an injected failure applies.
+CUresult enter(const char* name) {
+  if (g_forked) return kNotInitialized;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  ++g_calls[name];
+  auto it = g_failures.find(name);
+  if (it != g_failures.end()) {
+    Failure& f = it->second;
+    if (f.skip > 0) {
+      --f.skip;
+    } else if (f.times > 0) {
+      --f.times;
+      return f.result;
+    }
+  }
+  return kSuccess;
+}
+
+#define ENTER(name)                           \
+  if (CUresult r = enter(name); r != kSuccess) \
+    return r;                                 \
+  if (!g_initialized) return kNotInitialized;
+#define NEED_CONTEXT \
+  if (t_current == nullptr) return kInvalidContext;
+
+void delay() {
+  const long low = g_delay_min_us, high = g_delay_max_us;
+  if (high <= 0) return;
+  thread_local std::mt19937 random{std::random_device{}()};
+  const long us = low + static_cast<long>(random() % static_cast<unsigned long>(high - low + 1));
+  std::this_thread::sleep_for(std::chrono::microseconds(us));
+}
+
+// ---- memory ----------------------------------------------------------------
+
+struct DeviceAllocation {
+  size_t size;
+  char* alias;  // readable and writable view of the same pages
+  int device;
+};
+std::map<uintptr_t, DeviceAllocation> g_device_memory;  // by base address
+std::map<uintptr_t, size_t> g_pinned;                   // host ranges, by base address
+
+size_t page_rounded(size_t bytes) {
+  const size_t page = 4096;
+  return std::max(page, (bytes + page - 1) / page * page);
+}
+
+// The readable alias for [ptr, ptr+bytes) of device memory, or nullptr.
+char* device_alias(CUdeviceptr ptr, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  auto it = g_device_memory.upper_bound(ptr);
+  if (it == g_device_memory.begin()) return nullptr;
+  --it;
+  if (ptr + bytes > it->first + it->second.size) return nullptr;
+  return it->second.alias + (ptr - it->first);
+}
+
+bool in_device_memory(const void* host) { return device_alias(reinterpret_cast<uintptr_t>(host), 1); }
+
+bool is_pinned(const void* host, size_t bytes) {
+  const auto p = reinterpret_cast<uintptr_t>(host);
+  std::lock_guard<std::mutex> lock(g_mutex);
+  auto it = g_pinned.upper_bound(p);
+  if (it == g_pinned.begin()) return false;
+  --it;
+  return p + bytes <= it->first + it->second;
+}
+
+CUdeviceptr allocate_device(int device, size_t bytes) {
+  const size_t size = page_rounded(bytes);
+  const int fd = memfd_create("standin-device-memory", 0);
+  if (fd < 0 || ftruncate(fd, static_cast<off_t>(size)) != 0) return 0;
+  void* device_view = mmap(nullptr, size, PROT_NONE, MAP_SHARED, fd, 0);
+  void* alias = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (device_view == MAP_FAILED || alias == MAP_FAILED) return 0;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  const auto base = reinterpret_cast<uintptr_t>(device_view);
+  g_device_memory[base] = DeviceAllocation{size, static_cast<char*>(alias), device};
+  return base;
+}
+
+// ---- streams and events ----------------------------------------------------
+
+struct Stream {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::deque<std::function<void()>> tasks;
+  size_t pending = 0;
+  bool worker_started = false;
+
+  void push(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (!worker_started) {
+        std::thread([this] { run(); }).detach();
+        worker_started = true;
+      }
+      tasks.push_back(std::move(task));
+      ++pending;
+    }
+    changed.notify_all();
+  }
+
+  void run() {
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock<std::mutex> lock(mutex);
+        changed.wait(lock, [this] { return !tasks.empty(); });
+        task = std::move(tasks.front());
+        tasks.pop_front();
+      }
+      task();
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        --pending;
+      }
+      changed.notify_all();
+    }
+  }
+
+  void drain() {
+    std::unique_lock<std::mutex> lock(mutex);
+    changed.wait(lock, [this] { return pending == 0; });
+  }
+};
+
+Stream* g_legacy = new Stream();  // handles 0 and 1 (and 2, per-thread default)
+
+Stream* stream_of(void* handle) {
+  const auto h = reinterpret_cast<uintptr_t>(handle);
+  return h <= 2 ? g_legacy : static_cast<Stream*>(handle);
+}
+
+struct Event {
+  std::mutex mutex;
+  std::condition_variable changed;
+  uint64_t recorded = 0;   // sequence number of the latest record
+  uint64_t completed = 0;  // highest record the stream has reached
+};
+
+void complete(Event* e, uint64_t sequence) {
+  {
+    std::lock_guard<std::mutex> lock(e->mutex);
+    e->completed = std::max(e->completed, sequence);
+  }
+  e->changed.notify_all();
+}
+
+void wait_event(Event* e, uint64_t sequence) {
+  std::unique_lock<std::mutex> lock(e->mutex);
+  e->changed.wait(lock, [&] { return e->completed >= sequence; });
+}
+
+// Runs a copy on `stream`; synchronous when `wait` (pageable host memory).
+void enqueue_copy(void* stream, char* dst, const char* src, size_t bytes, bool wait) {
+  Stream* s = stream_of(stream);
+  auto done = std::make_shared<Event>();
+  s->push([=] {
+    delay();
+    std::memcpy(dst, src, bytes);
+    complete(done.get(), 1);
+  });
+  if (wait) wait_event(done.get(), 1);
+}
+
+}  // namespace
+
+// ---- the driver API ----------------------------------------------------------
+
+extern "C" {
+
+CUresult cuInit(unsigned flags) {
+  if (CUresult r = enter("cuInit"); r != kSuccess) return r;
+  if (flags != 0) return kInvalidValue;
+  g_initialized = true;
+  return kSuccess;
+}
+
+CUresult cuDriverGetVersion(int* version) {
+  if (CUresult r = enter("cuDriverGetVersion"); r != kSuccess) return r;
+  *version = 12080;
+  return kSuccess;
+}
+
+CUresult cuGetErrorName(CUresult error, const char** text) {
+  static const std::map<CUresult, const char*> names = {
+      {0, "CUDA_SUCCESS"}, {1, "CUDA_ERROR_INVALID_VALUE"}, {2, "CUDA_ERROR_OUT_OF_MEMORY"},
+      {3, "CUDA_ERROR_NOT_INITIALIZED"}, {101, "CUDA_ERROR_INVALID_DEVICE"},
+      {201, "CUDA_ERROR_INVALID_CONTEXT"}, {500, "CUDA_ERROR_NOT_FOUND"},
+      {600, "CUDA_ERROR_NOT_READY"}, {700, "CUDA_ERROR_ILLEGAL_ADDRESS"},
+      {999, "CUDA_ERROR_UNKNOWN"}};
+  auto it = names.find(error);
+  if (it == names.end()) return kInvalidValue;
+  *text = it->second;
+  return kSuccess;
+}
+
+CUresult cuGetErrorString(CUresult error, const char** text) {
+  static const std::map<CUresult, const char*> texts = {
+      {0, "no error"}, {1, "invalid argument"}, {2, "out of memory"},
+      {3, "initialization error"}, {101, "invalid device ordinal"},
+      {201, "invalid device context"}, {500, "named symbol not found"},
+      {600, "device not ready"}, {700, "an illegal memory access was encountered"},
+      {999, "unknown error"}};
+  auto it = texts.find(error);
+  if (it == texts.end()) return kInvalidValue;
+  *text = it->second;
+  return kSuccess;
+}
+
+CUresult cuDeviceGetCount(int* count) {
+  ENTER("cuDeviceGetCount");
+  *count = g_device_count;
+  return kSuccess;
+}
+
+CUresult cuDeviceGet(int* device, int ordinal) {
+  ENTER("cuDeviceGet");
+  if (ordinal < 0 || ordinal >= g_device_count) return kInvalidDevice;
+  *device = ordinal;
+  return kSuccess;
+}
+
+CUresult cuDeviceGetName(char* name, int length, int device) {
+  ENTER("cuDeviceGetName");
+  if (device < 0 || device >= g_device_count) return kInvalidDevice;
+  std::snprintf(name, static_cast<size_t>(length), "tensorbridge stand-in GPU %d", device);
+  return kSuccess;
+}
+
+CUresult cuDevicePrimaryCtxRetain(Context** context, int device) {
+  ENTER("cuDevicePrimaryCtxRetain");
+  if (device < 0 || device >= g_device_count) return kInvalidDevice;
+  g_primary[device].device = device;
+  *context = &g_primary[device];
+  return kSuccess;
+}
+
+CUresult cuDevicePrimaryCtxRelease(int device) {
+  ENTER("cuDevicePrimaryCtxRelease");
+  return device < 0 || device >= g_device_count ? kInvalidDevice : kSuccess;
+}
+
+CUresult cuCtxGetCurrent(Context** context) {
+  ENTER("cuCtxGetCurrent");
+  *context = t_current;
+  return kSuccess;
+}
+
+CUresult cuCtxSetCurrent(Context* context) {
+  ENTER("cuCtxSetCurrent");
+  t_current = context;
+  return kSuccess;
+}
+
+CUresult cuMemHostAlloc(void** pointer, size_t bytes, unsigned) {
+  ENTER("cuMemHostAlloc");
+  NEED_CONTEXT;
+  void* memory = mmap(nullptr, page_rounded(bytes), PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (memory == MAP_FAILED) return kOutOfMemory;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_pinned[reinterpret_cast<uintptr_t>(memory)] = page_rounded(bytes);
+  *pointer = memory;
+  return kSuccess;
+}
+
+CUresult cuMemFreeHost(void* pointer) {
+  ENTER("cuMemFreeHost");
+  NEED_CONTEXT;
+  size_t size = 0;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    auto it = g_pinned.find(reinterpret_cast<uintptr_t>(pointer));
+    if (it == g_pinned.end()) return kInvalidValue;
+    size = it->second;
+    g_pinned.erase(it);
+  }
+  munmap(pointer, size);
+  return kSuccess;
+}
+
+CUresult cuMemAlloc(CUdeviceptr* pointer, size_t bytes) {
+  ENTER("cuMemAlloc");
+  NEED_CONTEXT;
+  *pointer = allocate_device(t_current->device, bytes);
+  return *pointer ? kSuccess : kOutOfMemory;
+}
+
+CUresult cuMemFree(CUdeviceptr pointer) {
+  ENTER("cuMemFree");
+  NEED_CONTEXT;
+  g_legacy->drain();  // like the real one, freeing waits for work in flight
+  std::lock_guard<std::mutex> lock(g_mutex);
+  auto it = g_device_memory.find(pointer);
+  if (it == g_device_memory.end()) return kInvalidValue;
+  munmap(reinterpret_cast<void*>(it->first), it->second.size);
+  munmap(it->second.alias, it->second.size);
+  g_device_memory.erase(it);
+  return kSuccess;
+}
+
+CUresult cuMemcpyDtoHAsync(void* dst, CUdeviceptr src, size_t bytes, void* stream) {
+  ENTER("cuMemcpyDtoHAsync");
+  NEED_CONTEXT;
+  char* from = device_alias(src, bytes);
+  if (from == nullptr || dst == nullptr || in_device_memory(dst)) return kInvalidValue;
+  enqueue_copy(stream, static_cast<char*>(dst), from, bytes, !is_pinned(dst, bytes));
+  return kSuccess;
+}
+
+CUresult cuMemcpyHtoDAsync(CUdeviceptr dst, const void* src, size_t bytes, void* stream) {
+  ENTER("cuMemcpyHtoDAsync");
+  NEED_CONTEXT;
+  char* to = device_alias(dst, bytes);
+  if (to == nullptr || src == nullptr || in_device_memory(src)) return kInvalidValue;
+  enqueue_copy(stream, to, static_cast<const char*>(src), bytes, !is_pinned(src, bytes));
+  return kSuccess;
+}
+
+struct MemcpyAttributes {
+  int src_access_order;
+  int src_location[2];
+  int dst_location[2];
+  unsigned flags;
+};
+
+CUresult cuMemcpyBatchAsync(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count,
+                            MemcpyAttributes* attrs, size_t* attr_indices, size_t attr_count,
+                            size_t* fail_index, void* stream) {
+  ENTER("cuMemcpyBatchAsync");
+  NEED_CONTEXT;
+  if (count == 0 || attr_count == 0 || attrs == nullptr || attr_indices == nullptr ||
+      attr_indices[0] != 0 || attrs[0].src_access_order != 1) {
+    return kInvalidValue;
+  }
+  std::vector<std::tuple<char*, const char*, size_t>> copies;
+  bool pageable = false;
+  for (size_t i = 0; i < count; ++i) {
+    char* from = device_alias(srcs[i], sizes[i]);
+    auto* to = reinterpret_cast<char*>(dsts[i]);
+    if (from == nullptr || in_device_memory(to)) {
+      if (fail_index) *fail_index = i;
+      return kInvalidValue;
+    }
+    pageable = pageable || !is_pinned(to, sizes[i]);
+    copies.emplace_back(to, from, sizes[i]);
+  }
+  Stream* s = stream_of(stream);
+  auto done = std::make_shared<Event>();
+  s->push([=] {
+    delay();
+    for (auto& [to, from, bytes] : copies) std::memcpy(to, from, bytes);
+    complete(done.get(), 1);
+  });
+  if (pageable) wait_event(done.get(), 1);
+  return kSuccess;
+}
+
+CUresult cuStreamCreate(void** stream, unsigned) {
+  ENTER("cuStreamCreate");
+  NEED_CONTEXT;
+  *stream = new Stream();
+  return kSuccess;
+}
+
+CUresult cuStreamDestroy(void* stream) {
+  ENTER("cuStreamDestroy");
+  NEED_CONTEXT;
+  stream_of(stream)->drain();  // streams are never freed: a worker may still hold one
+  return kSuccess;
+}
+
+CUresult cuStreamSynchronize(void* stream) {
+  ENTER("cuStreamSynchronize");
+  NEED_CONTEXT;
+  stream_of(stream)->drain();
+  return kSuccess;
+}
+
+CUresult cuEventCreate(Event** event, unsigned) {
+  ENTER("cuEventCreate");
+  NEED_CONTEXT;
+  *event = new Event();
+  return kSuccess;
+}
+
+CUresult cuEventDestroy(Event* event) {
+  ENTER("cuEventDestroy");
+  NEED_CONTEXT;
+  // Like the real driver, destroying a recorded event is allowed: resources go
+  // once the stream is done with it. A pending stream task may still touch it.
+  if (event == nullptr) return kInvalidValue;
+  return kSuccess;
+}
+
+CUresult cuEventRecord(Event* event, void* stream) {
+  ENTER("cuEventRecord");
+  NEED_CONTEXT;
+  uint64_t sequence;
+  {
+    std::lock_guard<std::mutex> lock(event->mutex);
+    sequence = ++event->recorded;
+  }
+  stream_of(stream)->push([event, sequence] { complete(event, sequence); });
+  return kSuccess;
+}
+
+CUresult cuEventQuery(Event* event) {
+  ENTER("cuEventQuery");
+  NEED_CONTEXT;
+  std::lock_guard<std::mutex> lock(event->mutex);
+  return event->completed >= event->recorded ? kSuccess : kNotReady;
+}
+
+CUresult cuEventSynchronize(Event* event) {
+  ENTER("cuEventSynchronize");
+  NEED_CONTEXT;
+  uint64_t sequence;
+  {
+    std::lock_guard<std::mutex> lock(event->mutex);
+    sequence = event->recorded;
+  }
+  wait_event(event, sequence);
+  return kSuccess;
+}
+
+CUresult cuStreamWaitEvent(void* stream, Event* event, unsigned) {
+  ENTER("cuStreamWaitEvent");
+  NEED_CONTEXT;
+  uint64_t sequence;
+  {
+    std::lock_guard<std::mutex> lock(event->mutex);
+    sequence = event->recorded;
+  }
+  stream_of(stream)->push([event, sequence] { wait_event(event, sequence); });
+  return kSuccess;
+}
+
+// The entry points served through cuGetProcAddress.
+const std::unordered_map<std::string, void*>& entry_points() {
+  static const std::unordered_map<std::string, void*> table = {
+#define ENTRY(name) {#name, reinterpret_cast<void*>(&name)}
+      ENTRY(cuInit), ENTRY(cuDriverGetVersion), ENTRY(cuGetErrorName), ENTRY(cuGetErrorString),
+      ENTRY(cuDeviceGetCount), ENTRY(cuDeviceGet), ENTRY(cuDeviceGetName),
+      ENTRY(cuDevicePrimaryCtxRetain), ENTRY(cuDevicePrimaryCtxRelease), ENTRY(cuCtxGetCurrent),
+      ENTRY(cuCtxSetCurrent), ENTRY(cuMemHostAlloc), ENTRY(cuMemFreeHost), ENTRY(cuMemAlloc),
+      ENTRY(cuMemFree), ENTRY(cuMemcpyDtoHAsync), ENTRY(cuMemcpyHtoDAsync),
+      ENTRY(cuMemcpyBatchAsync), ENTRY(cuStreamCreate), ENTRY(cuStreamDestroy),
+      ENTRY(cuStreamSynchronize), ENTRY(cuEventCreate), ENTRY(cuEventDestroy),
+      ENTRY(cuEventRecord), ENTRY(cuEventQuery), ENTRY(cuEventSynchronize),
+      ENTRY(cuStreamWaitEvent),
+#undef ENTRY
+  };
+  return table;
+}
+
+CUresult cuGetProcAddress_v2(const char* symbol, void** function, int version, uint64_t,
+                             int* status) {
+  if (CUresult r = enter("cuGetProcAddress"); r != kSuccess) return r;
+  *function = nullptr;
+  if (status) *status = 0;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_versions[symbol] = version;
+  }
+  const std::string name = symbol;
+  if (name == "cuMemcpyBatchAsync" && (version < 12080 || std::getenv("STANDIN_NO_BATCH_COPY"))) {
+    return kNotFound;
+  }
+  auto it = entry_points().find(name);
+  if (it == entry_points().end()) return kNotFound;
+  *function = it->second;
+  return kSuccess;
+}
+
+CUresult cuGetProcAddress(const char* symbol, void** function, int version, uint64_t flags) {
+  return cuGetProcAddress_v2(symbol, function, version, flags, nullptr);
+}
+
+// ---- the control panel -------------------------------------------------------
+
+long standin_calls(const char* name) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  auto it = g_calls.find(name);
+  return it == g_calls.end() ? 0 : it->second;
+}
+
+int standin_version_asked(const char* name) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  auto it = g_versions.find(name);
+  return it == g_versions.end() ? -1 : it->second;
+}
+
+void standin_reset() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_calls.clear();
+  g_failures.clear();
+  g_delay_min_us = 0;
+  g_delay_max_us = 0;
+}
+
+// The next calls of `name`, after `skip` successful ones, fail `times` times.
+void standin_fail(const char* name, int result, long skip, long times) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_failures[name] = Failure{skip, times, result};
+}
+
+void standin_set_delay_us(long min_us, long max_us) {
+  g_delay_min_us = min_us;
+  g_delay_max_us = max_us;
+}
+
+// Device memory for the tests' producers, without needing a context.
+CUdeviceptr standin_malloc(int device, size_t bytes) { return allocate_device(device, bytes); }
+
+void standin_free(CUdeviceptr pointer) {
+  g_legacy->drain();
+  std::lock_guard<std::mutex> lock(g_mutex);
+  auto it = g_device_memory.find(pointer);
+  if (it == g_device_memory.end()) return;
+  munmap(reinterpret_cast<void*>(it->first), it->second.size);
+  munmap(it->second.alias, it->second.size);
+  g_device_memory.erase(it);
+}
+
+// Synchronous host <-> device copies for the tests' oracle.
+int standin_write(CUdeviceptr dst, const void* src, size_t bytes) {
+  char* to = device_alias(dst, bytes);
+  if (to == nullptr) return kInvalidValue;
+  std::memcpy(to, src, bytes);
+  return kSuccess;
+}
+
+int standin_read(void* dst, CUdeviceptr src, size_t bytes) {
+  char* from = device_alias(src, bytes);
+  if (from == nullptr) return kInvalidValue;
+  std::memcpy(dst, from, bytes);
+  return kSuccess;
+}
+
+// A stream for the tests' producers (their "current stream").
+void* standin_stream_create() { return new Stream(); }
+
+// A fake kernel on `stream`: after `delay_us`, sets `bytes` bytes at `dst` to `value`.
+int standin_enqueue_fill(void* stream, CUdeviceptr dst, int value, size_t bytes, long delay_us) {
+  char* to = device_alias(dst, bytes);
+  if (to == nullptr) return kInvalidValue;
+  stream_of(stream)->push([=] {
+    std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+    std::memset(to, value, bytes);
+  });
+  return kSuccess;
+}
+
+void standin_synchronize(void* stream) { stream_of(stream)->drain(); }
+
+long standin_live_pinned_bytes() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  long total = 0;
+  for (auto& [base, size] : g_pinned) total += static_cast<long>(size);
+  return total;
+}
+
+}  // extern "C"
+
+// After fork the child's driver is unusable, as with the real one.
+__attribute__((constructor)) static void standin_setup() {
+  if (const char* count = std::getenv("STANDIN_DEVICES")) g_device_count = std::atoi(count);
+  pthread_atfork(nullptr, nullptr, [] { g_forked = true; });
+}
