@@ -10,6 +10,8 @@
 #include "cuda_driver.h"
 #include "dlpack_import.h"
 #include "exchange.h"
+#include "growable_buffer.h"
+#include "host_copy.h"
 #include "pinned_pool.h"
 #include "transfer.h"
 
@@ -74,6 +76,14 @@ PYBIND11_MODULE(_core, m) {
         return array ? py::reinterpret_steal<py::object>(array) : py::none();
       },
       py::arg("x"), "A zero-copy view of a plain CPU tensor, or None.");
+  m.def(
+      "describe_capsule",
+      [](py::handle capsule) {
+        PyObject* result = tb::describe_capsule(capsule.ptr());
+        if (result == nullptr) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(result);
+      },
+      py::arg("capsule"), "Consume a DLPack capsule and describe where its memory is.");
   m.def("set_fallback", [](py::object fallback) { tb::set_fallback(fallback.ptr()); });
   m.def("set_fast_path", &tb::set_fast_path, py::arg("enabled"));
   m.def("set_exchange_api", &tb::set_exchange_api, py::arg("enabled"));
@@ -164,6 +174,33 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("src"), py::arg("src_pinned"), py::arg("device"), py::arg("dst"), py::arg("nbytes"),
       py::arg("stream"));
+  py::class_<tb::GrowableBuffer, std::shared_ptr<tb::GrowableBuffer>>(m, "GrowableBuffer")
+      .def(py::init<>())
+      .def("reserve", &tb::GrowableBuffer::reserve, py::arg("nbytes"))
+      .def("shrink_to", &tb::GrowableBuffer::shrink_to, py::arg("nbytes"))
+      .def_property_readonly("capacity", &tb::GrowableBuffer::capacity)
+      .def(
+          "view",
+          [](std::shared_ptr<tb::GrowableBuffer> self, size_t offset, size_t nbytes) {
+            return std::make_unique<tb::BufferView>(std::move(self), offset, nbytes);
+          },
+          py::arg("offset"), py::arg("nbytes"));
+  py::class_<tb::BufferView>(m, "BufferView", py::buffer_protocol())
+      .def_buffer([](tb::BufferView& v) {
+        return py::buffer_info(v.data, 1, "B", 1, {static_cast<py::ssize_t>(v.size)}, {1}, false);
+      });
+  m.def(
+      "host_copy",
+      [](const py::buffer& dst, const py::buffer& src) {
+        py::buffer_info out = dst.request(true), in = src.request();
+        const size_t bytes = static_cast<size_t>(in.size * in.itemsize);
+        if (static_cast<size_t>(out.size * out.itemsize) != bytes) {
+          throw std::invalid_argument("host_copy: sizes differ");
+        }
+        py::gil_scoped_release release;
+        tb::parallel_memcpy(out.ptr, in.ptr, bytes);
+      },
+      py::arg("dst"), py::arg("src"), "Copy between two contiguous buffers on several threads.");
   m.def("wait_for_all_transfers", &tb::wait_for_all_transfers,
         py::call_guard<py::gil_scoped_release>());
 }

@@ -94,81 +94,89 @@ ViewStatus view_dltensor(const DLTensor& t, bool writeable, PyObject* base, PyOb
   return ViewStatus::kOk;
 }
 
-PyObject* array_from_capsule(PyObject* capsule) {
-  DLTensor* tensor = nullptr;
-  bool writeable = true;
-  PyObject* owner = nullptr;
-  // Refusing a tensor means handing it back: mark the capsule used first so
-  // that its own destructor does not call the deleter a second time.
-  auto refuse = [&](PyObject* type, const std::string& why) -> PyObject* {
-    PyErr_Format(type, "to_numpy: cannot import this DLPack tensor: %s", why.c_str());
-    return nullptr;
-  };
+namespace {
 
+// A consumed capsule: `owner` (a new reference) holds the managed tensor and
+// calls its deleter when dropped; `tensor` points into it.
+struct Taken {
+  PyObject* owner = nullptr;  // nullptr: a Python error is set
+  const DLTensor* tensor = nullptr;
+  bool writeable = true;
+};
+
+PyObject* refuse(PyObject* type, const std::string& why) {
+  PyErr_Format(type, "to_numpy: cannot import this DLPack tensor: %s", why.c_str());
+  return nullptr;
+}
+
+Taken take_capsule(PyObject* capsule) {
+  Taken taken;
   if (PyCapsule_IsValid(capsule, kVersionedCapsuleName)) {
     auto* managed = static_cast<DLManagedTensorVersioned*>(
         PyCapsule_GetPointer(capsule, kVersionedCapsuleName));
-    if (PyCapsule_SetName(capsule, kVersionedCapsuleNameUsed) < 0) return nullptr;
+    // Renamed before anything else, so that the capsule's own destructor
+    // never calls the deleter a second time.
+    if (PyCapsule_SetName(capsule, kVersionedCapsuleNameUsed) < 0) return taken;
     if (managed->version.major != kMajorVersion) {
       const uint32_t major = managed->version.major;
       if (managed->deleter != nullptr) managed->deleter(managed);
-      return refuse(PyExc_BufferError,
-                    "its DLPack major version is " + std::to_string(major) +
-                        ", tensorbridge reads version " + std::to_string(kMajorVersion) +
-                        "; upgrade tensorbridge or ask the producer for an older version");
+      refuse(PyExc_BufferError,
+             "its DLPack major version is " + std::to_string(major) +
+                 ", tensorbridge reads version " + std::to_string(kMajorVersion) +
+                 "; upgrade tensorbridge or ask the producer for an older version");
+      return taken;
     }
-    owner = PyCapsule_New(managed, kVersionedOwnerName, release_versioned);
-    if (owner == nullptr) {
+    taken.owner = PyCapsule_New(managed, kVersionedOwnerName, release_versioned);
+    if (taken.owner == nullptr) {
       if (managed->deleter != nullptr) managed->deleter(managed);
-      return nullptr;
+      return taken;
     }
-    tensor = &managed->dl_tensor;
-    writeable = (managed->flags & kFlagReadOnly) == 0;
+    taken.tensor = &managed->dl_tensor;
+    taken.writeable = (managed->flags & kFlagReadOnly) == 0;
   } else if (PyCapsule_IsValid(capsule, kCapsuleName)) {
     auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, kCapsuleName));
-    if (PyCapsule_SetName(capsule, kCapsuleNameUsed) < 0) return nullptr;
-    owner = PyCapsule_New(managed, kOwnerName, release_legacy);
-    if (owner == nullptr) {
+    if (PyCapsule_SetName(capsule, kCapsuleNameUsed) < 0) return taken;
+    taken.owner = PyCapsule_New(managed, kOwnerName, release_legacy);
+    if (taken.owner == nullptr) {
       if (managed->deleter != nullptr) managed->deleter(managed);
-      return nullptr;
+      return taken;
     }
-    tensor = &managed->dl_tensor;
+    taken.tensor = &managed->dl_tensor;
   } else {
-    PyErr_Clear();
-    const char* name = PyCapsule_CheckExact(capsule) ? PyCapsule_GetName(capsule) : nullptr;
     PyErr_Clear();
     if (!PyCapsule_CheckExact(capsule)) {
       PyErr_Format(PyExc_TypeError, "to_numpy: expected a DLPack capsule, got %.200s",
                    Py_TYPE(capsule)->tp_name);
-    } else {
-      PyErr_Format(PyExc_BufferError,
-                   "to_numpy: expected a capsule named 'dltensor_versioned' or 'dltensor', got "
-                   "'%.200s' (a capsule named 'used_...' was already consumed: call __dlpack__ "
-                   "again for a fresh one)",
-                   name ? name : "NULL");
+      return taken;
     }
-    return nullptr;
+    const char* name = PyCapsule_GetName(capsule);
+    PyErr_Clear();
+    PyErr_Format(PyExc_BufferError,
+                 "to_numpy: expected a capsule named 'dltensor_versioned' or 'dltensor', got "
+                 "'%.200s' (a capsule named 'used_...' was already consumed: call __dlpack__ "
+                 "again for a fresh one)",
+                 name ? name : "NULL");
+    return taken;
   }
-
   // From here on `owner` holds the tensor: dropping it calls the deleter.
-  std::string broken = check_contract(*tensor);
+  const std::string broken = check_contract(*taken.tensor);
   if (!broken.empty()) {
-    Py_DECREF(owner);
-    return refuse(PyExc_BufferError, broken);
+    Py_CLEAR(taken.owner);
+    refuse(PyExc_BufferError, broken);
   }
+  return taken;
+}
+
+}  // namespace
+
+PyObject* array_from_capsule(PyObject* capsule) {
+  Taken taken = take_capsule(capsule);
+  if (taken.owner == nullptr) return nullptr;
   PyObject* array = nullptr;
-  switch (view_dltensor(*tensor, writeable, owner, &array)) {
-    case ViewStatus::kOk:
-      Py_DECREF(owner);  // the array holds its own reference
-      return array;
-    case ViewStatus::kError:
-      Py_DECREF(owner);
-      return nullptr;
-    case ViewStatus::kUnsupported:
-      break;
-  }
-  const DLTensor t = *tensor;
-  Py_DECREF(owner);
+  const ViewStatus status = view_dltensor(*taken.tensor, taken.writeable, taken.owner, &array);
+  const DLTensor t = *taken.tensor;
+  Py_DECREF(taken.owner);  // on success the array holds its own reference
+  if (status != ViewStatus::kUnsupported) return array;
   if (!cpu_readable(t.device.device_type)) {
     return refuse(PyExc_BufferError,
                   "its memory is on DLPack device type " + std::to_string(t.device.device_type) +
@@ -177,6 +185,26 @@ PyObject* array_from_capsule(PyObject* capsule) {
   return refuse(PyExc_TypeError, "its element type " + dtype_name(t.dtype) +
                                      " has no NumPy dtype; convert it in the producer first "
                                      "(bfloat16 and float8 need ml_dtypes >= 0.5)");
+}
+
+PyObject* describe_capsule(PyObject* capsule) {
+  Taken taken = take_capsule(capsule);
+  if (taken.owner == nullptr) return nullptr;
+  const DLTensor& t = *taken.tensor;
+  PyObject* shape = PyTuple_New(t.ndim);
+  PyObject* strides = t.strides ? PyTuple_New(t.ndim) : (Py_INCREF(Py_None), Py_None);
+  for (int i = 0; i < t.ndim && shape && strides; ++i) {
+    PyTuple_SET_ITEM(shape, i, PyLong_FromLongLong(t.shape[i]));
+    if (t.strides) PyTuple_SET_ITEM(strides, i, PyLong_FromLongLong(t.strides[i]));
+  }
+  PyObject* descr = reinterpret_cast<PyObject*>(descr_for(t.dtype));
+  if (descr == nullptr) descr = (Py_INCREF(Py_None), Py_None);
+  const auto address = reinterpret_cast<uintptr_t>(t.data) + t.byte_offset;
+  PyObject* result = Py_BuildValue("(NiiKNNNs)", taken.owner, static_cast<int>(t.device.device_type),
+                                   static_cast<int>(t.device.device_id),
+                                   static_cast<unsigned long long>(address), shape, strides, descr,
+                                   dtype_name(t.dtype).c_str());
+  return result;
 }
 
 }  // namespace tensorbridge

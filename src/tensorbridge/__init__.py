@@ -9,7 +9,30 @@ __version__ = "0.1.0"
 
 from ._core import to_numpy
 from . import _convert
+from ._collect import collect
+from ._convert import to_numpy_async
+from ._cuda import (
+    Transfer,
+    cuda_available,
+    empty_pinned,
+    empty_pinned_cache,
+    pinned_memory_stats,
+    set_pinned_memory_limit,
+    to_device,
+)
 
 _convert.install()
 
-__all__ = ["to_numpy", "__version__"]
+__all__ = [
+    "Transfer",
+    "__version__",
+    "collect",
+    "cuda_available",
+    "empty_pinned",
+    "empty_pinned_cache",
+    "pinned_memory_stats",
+    "set_pinned_memory_limit",
+    "to_device",
+    "to_numpy",
+    "to_numpy_async",
+]

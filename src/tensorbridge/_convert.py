@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import _core, _dtypes
+from . import _core, _cuda, _dtypes
 
 # DLPack device types whose memory the CPU can read directly.
 _CPU_READABLE_DEVICES = {1, 3, 11}  # CPU, CUDA host (pinned), ROCm host
@@ -40,9 +40,9 @@ def to_numpy(x, *, copy=None, out=None, stream=None):
         return _finish_view(x, copy, out)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
-        return _from_tensor(torch, x, copy, out)
+        return _from_tensor(torch, x, copy, out, stream)
     if hasattr(type(x), "__dlpack__"):
-        return _from_dlpack(x, copy, out)
+        return _from_dlpack(x, copy, out, stream)
     if hasattr(type(x), "__array__") or _has_buffer(x):
         return _from_array_like(x, copy, out)
     raise TypeError(
@@ -55,13 +55,47 @@ def to_numpy(x, *, copy=None, out=None, stream=None):
 # -- torch -------------------------------------------------------------------
 
 
-def _from_tensor(torch, t, copy, out):
+def to_numpy_async(x, *, out=None, stream=None):
+    """Start copying `x` to a NumPy array and return a :class:`Transfer` at once.
+
+    Device memory is copied in stream order (after the work queued on
+    ``stream``, default the producer's current stream, at call time) without
+    blocking; ``Transfer.wait()`` returns the array. Anything else is
+    converted by :func:`to_numpy` and given as an already-finished Transfer.
+    """
+    if out is not None:
+        _check_out_array(out)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor) and x.device.type == "cuda":
+        _dtypes.numpy_dtype(x.dtype)
+        return _cuda.tensor_to_numpy(torch, x, out, stream, asynchronous=True)
+    device = _dlpack_device(x) if not isinstance(x, np.ndarray) else None
+    if device is not None and device[0] in _cuda.CUDA_DEVICE_TYPES:
+        return _cuda.dlpack_to_numpy(x, device[1], out, stream, asynchronous=True)
+    return _cuda.Transfer.finished(to_numpy(x, out=out, stream=stream))
+
+
+def _dlpack_device(x):
+    if not hasattr(type(x), "__dlpack__"):
+        return None
+    if not hasattr(x, "__dlpack_device__"):
+        return (1, 0)
+    device_type, device_id = x.__dlpack_device__()
+    return int(device_type), int(device_id)
+
+
+def _from_tensor(torch, t, copy, out, stream):
     if t.device.type == "meta":
         raise TypeError(
             "to_numpy: x is a meta tensor, which has shape and dtype but no data; "
             "materialise it first (for example with torch.empty_like(x, device='cpu'))"
         )
     result_dtype = _dtypes.numpy_dtype(t.dtype)  # refuses dtypes NumPy cannot hold
+    if t.device.type == "cuda" and not _has_own_dispatch(torch, t):
+        if copy is False:
+            raise BufferError(f"to_numpy: copy=False, but its memory is on {t.device}, so NumPy "
+                              "cannot view it; pass copy=None to allow the copy")
+        return _cuda.tensor_to_numpy(torch, t, out, stream, asynchronous=False)
     if t.requires_grad:
         t = t.detach()  # views must not hold the autograd graph
 
@@ -147,22 +181,24 @@ def _copy_tensor_into(torch, dst: np.ndarray, t) -> None:
 # -- other producers -----------------------------------------------------------
 
 
-def _from_dlpack(x, copy, out):
-    device_type = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else 1
-    if int(device_type) in _CPU_READABLE_DEVICES:
+def _from_dlpack(x, copy, out, stream):
+    device_type, device_id = _dlpack_device(x)
+    if device_type in _CPU_READABLE_DEVICES:
         return _finish_view(_core.array_from_capsule(_request_capsule(x)), copy, out)
     if copy is False:
         raise BufferError(
             f"to_numpy: copy=False, but this {type(x).__name__} lives on DLPack device "
-            f"type {int(device_type)}, which the CPU cannot read; pass copy=None to allow the copy"
+            f"type {device_type}, which the CPU cannot read; pass copy=None to allow the copy"
         )
+    if device_type in _cuda.CUDA_DEVICE_TYPES and _cuda.cuda_available():
+        return _cuda.dlpack_to_numpy(x, device_id, out, stream, asynchronous=False)
     # Ask the producer itself for a host copy (DLPack >= 1.0 `dl_device`).
     try:
         capsule = x.__dlpack__(max_version=_DLPACK_MAX_VERSION, dl_device=(1, 0), copy=True)
     except (TypeError, BufferError, NotImplementedError) as error:
         raise BufferError(
             f"to_numpy: this {type(x).__name__} lives on DLPack device type "
-            f"{int(device_type)} and its producer cannot copy it to the CPU ({error}); "
+            f"{device_type} and its producer cannot copy it to the CPU ({error}); "
             "copy it to host memory with the producer's own API first"
         ) from error
     array = _core.array_from_capsule(capsule)

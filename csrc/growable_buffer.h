@@ -1,0 +1,52 @@
+// GrowableBuffer: host memory that grows in place, for `collect`.
+//
+// The memory is an anonymous mapping grown with mremap, which moves page
+// tables, never bytes: growing costs no copy and no second buffer, so peak
+// memory stays at what was written. Untouched capacity is never backed by
+// pages. Large buffers ask for transparent huge pages.
+//
+// Moving the mapping would leave any exported view dangling, so growth is
+// refused while a BufferView is alive (the Python layer takes views only for
+// the duration of one write, and the final one for the result).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+namespace tensorbridge {
+
+class GrowableBuffer {
+ public:
+  GrowableBuffer() = default;
+  ~GrowableBuffer();
+  GrowableBuffer(const GrowableBuffer&) = delete;
+  GrowableBuffer& operator=(const GrowableBuffer&) = delete;
+
+  // Ensures at least `bytes` of capacity (growing by at least half). Throws
+  // std::logic_error while views are alive, std::bad_alloc when the OS refuses.
+  void reserve(size_t bytes);
+  // Gives back capacity beyond `bytes` (no move).
+  void shrink_to(size_t bytes);
+  char* data() const { return data_; }
+  size_t capacity() const { return capacity_; }
+
+  int live_views = 0;  // maintained by BufferView; guarded by the GIL
+
+ private:
+  char* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+// A window [offset, offset + size) of a GrowableBuffer that keeps it alive.
+struct BufferView {
+  BufferView(std::shared_ptr<GrowableBuffer> owner, size_t offset, size_t size);
+  ~BufferView();
+  BufferView(const BufferView&) = delete;
+  BufferView& operator=(const BufferView&) = delete;
+
+  std::shared_ptr<GrowableBuffer> owner;
+  char* data;
+  size_t size;
+};
+
+}  // namespace tensorbridge

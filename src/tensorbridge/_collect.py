@@ -1,0 +1,215 @@
+"""``collect``: many batches into one array, each written straight into its
+slice, without a list of batches and without ``np.concatenate``.
+
+With no ``out=``, the result lives in a GrowableBuffer that grows in place
+(mremap moves page tables, not bytes), so peak memory stays at the result's
+size plus one batch. Small GPU batches are packed: up to ``_PACK_COUNT`` of
+them become one submission of the engine and one event.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from . import _core, _cuda, _dtypes
+from ._convert import _dlpack_device, to_numpy
+
+_PACK_BYTES = 64 << 10  # a batch at most this large waits to be packed with others
+_PACK_COUNT = 1024
+
+
+def collect(batches, *, out=None):
+    """Gather an iterable of batches (CPU or GPU tensors, arrays, any DLPack
+    producer) with the same trailing shape and dtype into one array.
+
+    Each batch is written straight into its slice of the result; the iterable
+    is consumed once and never materialised. ``out=`` receives the rows and
+    must hold exactly as many as the batches bring.
+
+    Raises ValueError for an empty iterable, a batch whose trailing shape or
+    dtype differs from the first one's, or an ``out=`` too small or too large;
+    an exception raised by the iterable propagates and nothing is returned
+    (rows already written into ``out=`` stay written).
+    """
+    try:
+        iterator = iter(batches)
+    except TypeError:
+        raise TypeError(f"collect: batches must be an iterable of tensors or arrays, got "
+                        f"{type(batches).__name__}") from None
+    if out is not None and not isinstance(out, np.ndarray):
+        raise TypeError(f"collect: out must be a numpy.ndarray, got {type(out).__name__}")
+    if out is not None and not out.flags.writeable:
+        raise ValueError("collect: out is read-only; pass a writeable array")
+    writer = _Writer(out)
+    for index, batch in enumerate(iterator):
+        writer.add(index, batch)
+    return writer.finish()
+
+
+class _Writer:
+    def __init__(self, out):
+        self.out = out
+        self.buffer = None if out is not None else _core.GrowableBuffer()
+        self.rows = 0
+        self.trailing = None
+        self.dtype = None
+        self.pending = []  # small device batches: (offset_rows, device batch)
+
+    # -- one batch -----------------------------------------------------------------
+
+    def add(self, index, batch):
+        source = _DeviceBatch.of(batch)
+        array = None
+        if source is None:
+            array = to_numpy(batch)
+            shape, dtype = array.shape, array.dtype
+        else:
+            shape, dtype = source.shape, source.dtype
+        self._check(index, shape, dtype)
+        rows = shape[0]
+        first_row = self.rows
+        self._make_room(first_row + rows)
+        self.rows += rows
+        if source is None:
+            self._write_host(first_row, rows, array)
+        elif source.nbytes <= _PACK_BYTES:
+            self.pending.append((first_row, source))
+            if len(self.pending) >= _PACK_COUNT:
+                self._flush()
+        else:
+            self._flush()
+            source.copy_into(self._rows_view(first_row, rows))
+
+    def _check(self, index, shape, dtype):
+        if len(shape) == 0:
+            raise ValueError(f"collect: batch {index} is 0-d; every batch needs a leading "
+                             "(row) dimension, e.g. x[None] for a single row")
+        if self.trailing is None:
+            self.trailing, self.dtype = tuple(shape[1:]), dtype
+            if self.out is not None:
+                self._check_out()
+            return
+        if tuple(shape[1:]) != self.trailing:
+            raise ValueError(f"collect: batch {index} has shape {tuple(shape)}, but batch 0 "
+                             f"has trailing shape {self.trailing}; every batch must share it")
+        if dtype != self.dtype:
+            raise ValueError(f"collect: batch {index} has dtype {dtype}, but batch 0 has "
+                             f"{self.dtype}; convert the batches to one dtype first")
+
+    def _check_out(self):
+        if self.out.shape[1:] != self.trailing or self.out.dtype != self.dtype:
+            raise ValueError(f"collect: out has shape {self.out.shape} and dtype "
+                             f"{self.out.dtype}, but the batches are (n, *{self.trailing}) "
+                             f"{self.dtype}; pass a matching array")
+
+    @property
+    def _row_bytes(self):
+        return int(np.prod(self.trailing, dtype=np.int64)) * self.dtype.itemsize
+
+    def _make_room(self, rows):
+        if self.out is not None:
+            if rows > len(self.out):
+                raise ValueError(f"collect: out has {len(self.out)} rows, but the batches bring "
+                                 f"at least {rows}; pass a larger array")
+            return
+        self.buffer.reserve(max(rows * self._row_bytes, 1))
+
+    def _rows_view(self, first_row, rows):
+        """A writable array over rows [first_row, first_row + rows) of the result."""
+        if self.out is not None:
+            return self.out[first_row:first_row + rows]
+        window = self.buffer.view(first_row * self._row_bytes, rows * self._row_bytes)
+        return np.frombuffer(window, np.uint8).view(self.dtype).reshape((rows, *self.trailing))
+
+    def _write_host(self, first_row, rows, array):
+        target = self._rows_view(first_row, rows)
+        if array.flags.c_contiguous and target.flags.c_contiguous and array.nbytes >= 1 << 20:
+            _core.host_copy(_as_bytes(target), _as_bytes(array))  # several threads
+        else:
+            np.copyto(target, array, casting="no")
+
+    def _flush(self):
+        if not self.pending:
+            return
+        by_device = {}
+        for first_row, source in self.pending:
+            by_device.setdefault((source.device, source.stream), []).append((first_row, source))
+        self.pending = []
+        start = min(row for group in by_device.values() for row, _ in group)
+        end = max(row + s.shape[0] for group in by_device.values() for row, s in group)
+        window = _as_bytes(self._rows_view(start, end - start))
+        row_bytes = self._row_bytes
+        for (device, stream), group in by_device.items():
+            destinations = [window[(row - start) * row_bytes:(row - start) * row_bytes + s.nbytes]
+                            for row, s in group]
+            _core.copy_many_to_host(device, [(s.address, s.nbytes) for _, s in group], stream,
+                                    destinations)
+
+    # -- the result ------------------------------------------------------------------
+
+    def finish(self):
+        if self.trailing is None:
+            raise ValueError("collect: batches is empty; pass at least one batch (an empty "
+                             "one, with zero rows, sets the trailing shape and dtype)")
+        self._flush()
+        if self.out is not None:
+            if self.rows != len(self.out):
+                raise ValueError(f"collect: the batches bring {self.rows} rows, but out has "
+                                 f"{len(self.out)}; pass an array of exactly that many rows")
+            return self.out
+        nbytes = self.rows * self._row_bytes
+        if nbytes == 0:
+            return np.empty((self.rows, *self.trailing), self.dtype)
+        self.buffer.shrink_to(nbytes)
+        return self._rows_view(0, self.rows)
+
+
+def _as_bytes(array):
+    return array.reshape(-1).view(np.uint8)
+
+
+class _DeviceBatch:
+    """A batch in CUDA memory, made plain and contiguous on its device."""
+
+    __slots__ = ("device", "stream", "address", "nbytes", "shape", "dtype", "keep")
+
+    @classmethod
+    def of(cls, batch):
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(batch, torch.Tensor):
+            if batch.device.type != "cuda":
+                return None
+            self = cls()
+            self.device = batch.device.index or 0
+            self.stream = torch.cuda.current_stream(self.device).cuda_stream
+            self.dtype = _dtypes.numpy_dtype(batch.dtype)
+            t = _cuda._plain_contiguous(torch, batch, self.device, self.stream, False)
+            self.address, self.keep = t.data_ptr(), t
+            self.shape = tuple(t.shape)
+            self.nbytes = t.numel() * t.element_size()
+            return self
+        device = _dlpack_device(batch) if not isinstance(batch, np.ndarray) else None
+        if device is None or device[0] not in _cuda.CUDA_DEVICE_TYPES:
+            return None
+        self = cls()
+        self.device = device[1]
+        self.stream = _cuda._producer_stream(device[1])
+        try:
+            capsule = batch.__dlpack__(stream=self.stream, max_version=(1, 3))
+        except TypeError:
+            capsule = batch.__dlpack__(stream=self.stream)
+        owner, _, _, address, shape, strides, dtype, name = _core.describe_capsule(capsule)
+        if dtype is None:
+            raise TypeError(f"collect: a batch holds {name}, which has no NumPy dtype")
+        if strides is not None and strides != _cuda._row_major(shape):
+            raise BufferError("collect: a CUDA batch is not contiguous; make it contiguous in "
+                              "its producer first")
+        self.keep, self.address, self.shape, self.dtype = owner, address, shape, dtype
+        self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return self
+
+    def copy_into(self, target):
+        _core.copy_to_host(self.device, self.address, self.nbytes, self.stream, _as_bytes(target),
+                           False)

@@ -1,0 +1,358 @@
+"""Device memory: pinned helpers, ``Transfer``, and the routes that move CUDA
+tensors (torch, CuPy, any DLPack producer) through the native engine.
+
+The engine (``csrc/transfer.cpp``) enqueues every copy on one stream: the one
+given as ``stream=``, else the producer's current stream. Python's part is to
+find the memory, the stream and the result array, and to keep sources and
+destinations alive until the copies that use them have completed, including
+when a ``Transfer`` is dropped unawaited.
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+
+import numpy as np
+
+from . import _core, _dtypes
+
+_KDL_CUDA = 2
+_KDL_CUDA_MANAGED = 13
+CUDA_DEVICE_TYPES = {_KDL_CUDA, _KDL_CUDA_MANAGED}
+_LEGACY_STREAM = 1  # DLPack's and the driver's name for the legacy default stream
+
+# -- driver and pinned memory ----------------------------------------------------
+
+
+def cuda_available() -> bool:
+    """Whether a CUDA driver loads and reports at least one GPU. Never raises."""
+    try:
+        return bool(_core.cuda_available())
+    except Exception:  # noqa: BLE001 - the promise is "never raises"
+        return False
+
+
+_ZERO_STATS = dict.fromkeys(
+    ("reserved_bytes", "in_use_bytes", "cached_bytes", "peak_bytes", "limit_bytes",
+     "alloc_count", "hit_count"), 0)
+
+
+def pinned_memory_stats() -> dict:
+    """The pinned pool's counters (all zero without a CUDA driver)."""
+    if not cuda_available():
+        return dict(_ZERO_STATS)
+    return _core.pinned_stats()
+
+
+def empty_pinned_cache() -> None:
+    """Free the cached pinned blocks that no copy uses any more."""
+    _core.empty_pinned_cache()
+
+
+def set_pinned_memory_limit(nbytes: int) -> None:
+    """Bound the pinned bytes tensorbridge reserves (in use + cached).
+
+    Conversions never fail because of the limit (they stage in smaller
+    chunks); only ``empty_pinned`` and pinned ``out=`` arrays can.
+    """
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
+        raise TypeError(f"set_pinned_memory_limit: nbytes must be an int, got {nbytes!r}")
+    if nbytes < 0:
+        raise ValueError(f"set_pinned_memory_limit: nbytes must be >= 0, got {nbytes}")
+    _core.set_pinned_limit(int(nbytes))
+
+
+def empty_pinned(shape, dtype) -> np.ndarray:
+    """An uninitialised array in page-locked memory, from tensorbridge's pool.
+
+    Copies between it and a GPU run at link speed and asynchronously. Its
+    block returns to the pool when the array (and every view of it) is gone.
+    """
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if any(not isinstance(n, (int, np.integer)) or n < 0 for n in shape):
+        raise ValueError(f"empty_pinned: shape must hold non-negative ints, got {shape}")
+    if not cuda_available():
+        raise RuntimeError("empty_pinned: no CUDA driver was found, and pinned memory needs "
+                           "one; use numpy.empty on machines without a GPU")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    try:
+        buffer = _core.PinnedBuffer(max(nbytes, 1))
+    except MemoryError as error:
+        raise MemoryError(f"empty_pinned: {error}") from error
+    return np.frombuffer(buffer, np.uint8, count=nbytes).view(dtype).reshape(shape)
+
+
+def is_pinned(array: np.ndarray) -> bool:
+    """Whether `array` views memory of an ``empty_pinned`` block."""
+    owner = array
+    while owner is not None:
+        if isinstance(owner, _core.PinnedBuffer):
+            return True
+        owner = owner.obj if isinstance(owner, memoryview) else getattr(owner, "base", None)
+    return False
+
+
+# -- Transfer ------------------------------------------------------------------
+
+# Copies whose Transfer was dropped before they completed, with what they
+# use: (native transfer, objects to keep alive). Swept on each new transfer.
+_in_flight: list = []
+_in_flight_lock = threading.Lock()
+
+
+def keep_alive_until_done(native, *objects) -> None:
+    with _in_flight_lock:
+        _in_flight[:] = [entry for entry in _in_flight if not entry[0].done()]
+        if not native.done():
+            _in_flight.append((native, objects))
+
+
+@atexit.register
+def _finish_copies_in_flight() -> None:
+    # At interpreter exit, let every copy complete before its memory goes.
+    if _in_flight:
+        _core.wait_for_all_transfers()
+        _in_flight.clear()
+
+
+class Transfer:
+    """A device-to-host copy in progress, from :func:`to_numpy_async`.
+
+    ``done()`` never blocks; ``wait(timeout=None)`` (alias ``result()``)
+    returns the array, or raises the copy's error (``RuntimeError`` with the
+    driver's text) or ``TimeoutError``. Dropping a Transfer unawaited is safe:
+    its source and destination stay alive until the copy has completed.
+    """
+
+    __slots__ = ("_native", "_array", "_keep")
+
+    def __init__(self, native, array, keep=()):
+        self._native = native
+        self._array = array
+        self._keep = keep
+
+    @classmethod
+    def finished(cls, array) -> "Transfer":
+        return cls(None, array)
+
+    def done(self) -> bool:
+        return self._native is None or self._native.done()
+
+    def wait(self, timeout=None) -> np.ndarray:
+        if self._native is not None:
+            seconds = -1.0 if timeout is None else float(timeout)
+            if timeout is not None and seconds < 0:
+                raise ValueError(f"Transfer.wait: timeout must be >= 0 or None, got {timeout!r}")
+            if not self._native.wait(seconds):
+                raise TimeoutError(f"Transfer.wait: the copy did not finish within {timeout} s")
+            error = self._native.error()
+            if error:
+                raise RuntimeError(f"Transfer.wait: the device copy failed: {error}")
+            self._keep = ()
+        return self._array
+
+    result = wait
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "in flight"
+        return f"<tensorbridge.Transfer {state}, {self._array.shape} {self._array.dtype}>"
+
+    def __del__(self):
+        native = getattr(self, "_native", None)
+        if native is not None and not native.done():
+            keep_alive_until_done(native, self._array, self._keep)
+
+
+# -- streams -------------------------------------------------------------------
+
+
+def stream_handle(stream) -> int:
+    """The CUstream handle for `stream`: an int, a torch or CuPy stream, or
+    any object with ``__cuda_stream__``."""
+    if isinstance(stream, bool):
+        raise TypeError(f"to_numpy: stream must be a CUDA stream, got {stream!r}")
+    if isinstance(stream, (int, np.integer)):
+        if stream < 0:
+            raise ValueError(f"to_numpy: stream handle must be >= 0, got {stream}")
+        return int(stream)
+    if hasattr(stream, "__cuda_stream__"):
+        return int(stream.__cuda_stream__()[1])
+    for attribute in ("cuda_stream", "ptr"):  # torch.cuda.Stream, cupy.cuda.Stream
+        handle = getattr(stream, attribute, None)
+        if isinstance(handle, (int, np.integer)):
+            return int(handle)
+    raise TypeError(
+        f"to_numpy: stream must be a torch or CuPy stream, an object with __cuda_stream__, or "
+        f"an int CUstream handle; got {type(stream).__name__}"
+    )
+
+
+def _producer_stream(device: int) -> int:
+    """The current stream of the library that made a tensor, if we know it."""
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        with cupy.cuda.Device(device):
+            return int(cupy.cuda.get_current_stream().ptr) or _LEGACY_STREAM
+    return _LEGACY_STREAM
+
+
+# -- device -> host ----------------------------------------------------------------
+
+
+def _destination(shape, dtype, out):
+    """(array to return, contiguous buffer to copy into, is it pinned)."""
+    if out is None:
+        result = np.empty(shape, dtype)
+        return result, result, False
+    if out.shape != tuple(shape):
+        raise ValueError(f"to_numpy: out has shape {out.shape}, but the result has shape "
+                         f"{tuple(shape)}; pass an array of exactly that shape")
+    if out.dtype != dtype:
+        raise ValueError(f"to_numpy: out has dtype {out.dtype}, but the result has dtype "
+                         f"{dtype}; pass an array of exactly that dtype")
+    if out.flags.c_contiguous:
+        return out, out, is_pinned(out)
+    return out, np.empty(shape, dtype), False  # copied into `out` afterwards
+
+
+def _as_bytes(array: np.ndarray) -> np.ndarray:
+    return array.reshape(-1).view(np.uint8)
+
+
+def copy_device_memory(device, address, nbytes, stream, shape, dtype, out, asynchronous,
+                       keep):
+    """Copy `nbytes` of row-major device memory into a new or given array."""
+    result, target, pinned = _destination(shape, dtype, out)
+    if asynchronous:
+        native = _core.copy_to_host_async(device, address, nbytes, stream, _as_bytes(target),
+                                          pinned)
+        if target is not result:  # not contiguous: finish synchronously into `out`
+            native.wait(-1.0)
+            if native.error():
+                raise RuntimeError(f"to_numpy_async: the device copy failed: {native.error()}")
+            np.copyto(result, target)
+            return Transfer.finished(result)
+        return Transfer(native, result, (keep, target))
+    _core.copy_to_host(device, address, nbytes, stream, _as_bytes(target), pinned)
+    if target is not result:
+        np.copyto(result, target)
+    return result
+
+
+def tensor_to_numpy(torch, t, out, stream, asynchronous):
+    """A torch CUDA tensor, through the engine."""
+    device = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    handle = (stream_handle(stream) if stream is not None
+              else torch.cuda.current_stream(device).cuda_stream)
+    dtype = _dtypes.numpy_dtype(t.dtype)
+    t = _plain_contiguous(torch, t, device, handle, stream is not None)
+    nbytes = t.numel() * t.element_size()
+    return copy_device_memory(device, t.data_ptr(), nbytes, handle, tuple(t.shape), dtype, out,
+                              asynchronous, t)
+
+
+def _plain_contiguous(torch, t, device, handle, on_given_stream):
+    """`t` as plain row-major values on its device, made there (on the copy's
+    stream) only when needed: autograd, layout, conj/neg bits, complex32."""
+    def prepare(t):
+        if t.requires_grad:
+            t = t.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        t = t.resolve_conj().resolve_neg()
+        if _dtypes.needs_widening(t.dtype):
+            t = t.to(torch.complex64)
+        return t.contiguous()
+
+    if not on_given_stream:
+        return prepare(t)
+    with torch.cuda.stream(torch.cuda.ExternalStream(handle, device=torch.device("cuda", device))):
+        return prepare(t)
+
+
+def dlpack_to_numpy(x, device_id, out, stream, asynchronous):
+    """Any DLPack producer in CUDA memory, through the engine."""
+    handle = stream_handle(stream) if stream is not None else _producer_stream(device_id)
+    # The consumer names its stream: the producer orders its pending work
+    # before anything we enqueue there.
+    try:
+        capsule = x.__dlpack__(stream=handle, max_version=(1, 3))
+    except TypeError:
+        capsule = x.__dlpack__(stream=handle)
+    owner, _, device, address, shape, strides, dtype, dtype_name = _core.describe_capsule(capsule)
+    if dtype is None:
+        raise TypeError(f"to_numpy: this {type(x).__name__} holds {dtype_name}, which has no "
+                        "NumPy dtype; convert it in the producer first")
+    if strides is not None and strides != _row_major(shape):
+        raise BufferError(
+            f"to_numpy: this {type(x).__name__} in CUDA memory has strides {strides} (elements), "
+            f"not row-major for shape {shape}; make it contiguous in the producer first "
+            "(for CuPy: cupy.ascontiguousarray)")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return copy_device_memory(device, address, nbytes, handle, shape, dtype, out, asynchronous,
+                              owner)
+
+
+def _row_major(shape):
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+# -- host -> device ----------------------------------------------------------------
+
+
+def to_device(a, device, *, dtype=None, stream=None):
+    """Copy host data to a torch tensor on `device`, through pinned staging.
+
+    ``a`` is anything :func:`to_numpy` takes; ``dtype`` (a torch dtype)
+    converts on the host first. The copy is enqueued on ``stream`` (default:
+    torch's current stream on that device) and the call returns once the host
+    memory may be reused; like ``non_blocking=True``, but never reading
+    memory that changes afterwards.
+    """
+    import torch
+
+    from ._convert import to_numpy
+
+    target = torch.device(device)
+    if target.type != "cuda":
+        raise ValueError(f"to_device: device must be a CUDA device, got {str(target)!r}; "
+                         "for the CPU use torch.from_numpy(tb.to_numpy(a))")
+    if not cuda_available():
+        raise RuntimeError("to_device: no CUDA driver was found")
+    index = target.index if target.index is not None else torch.cuda.current_device()
+    if isinstance(a, torch.Tensor) and a.is_cuda:
+        return a.to(device=torch.device("cuda", index), dtype=dtype)
+    host = to_numpy(a)
+    if dtype is not None and dtype != _torch_dtype(torch, host.dtype):
+        host = to_numpy(_host_tensor(torch, host).to(dtype))
+    host = np.ascontiguousarray(host)
+    torch_dtype = _torch_dtype(torch, host.dtype)
+    result = torch.empty(host.shape, dtype=torch_dtype, device=torch.device("cuda", index))
+    handle = (stream_handle(stream) if stream is not None
+              else torch.cuda.current_stream(index).cuda_stream)
+    native = _core.copy_to_device(_as_bytes(host), is_pinned(host), index, result.data_ptr(),
+                                  host.nbytes, handle)
+    keep_alive_until_done(native, host)
+    return result
+
+
+def _host_tensor(torch, array):
+    """A CPU tensor viewing `array` (ml_dtypes through a same-size integer)."""
+    array = np.ascontiguousarray(array)
+    if _dtypes.is_extended(array.dtype):
+        return torch.from_numpy(array.view(_dtypes.same_size_integer(array.dtype))).view(
+            _torch_dtype(torch, array.dtype))
+    return torch.from_numpy(array)
+
+
+def _torch_dtype(torch, numpy_dtype):
+    if _dtypes.is_extended(numpy_dtype):
+        return getattr(torch, numpy_dtype.name)
+    return torch.from_numpy(np.empty(0, numpy_dtype)).dtype
