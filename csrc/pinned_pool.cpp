@@ -134,6 +134,18 @@ void PinnedPool::release(Block block, cuda::CUevent after) {
   stats_.cached_bytes += block.size;
 }
 
+void PinnedPool::retire(Block block) {
+  if (block.data == nullptr) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_.in_use_bytes -= block.size;
+  stats_.reserved_bytes -= block.size;
+  try {
+    cuda::DeviceGuard guard(0);
+    cuda::driver().cuMemFreeHost(block.data);  // on failure the memory is lost, never reused
+  } catch (const cuda::DriverError&) {
+  }
+}
+
 PinnedStats PinnedPool::stats() {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!pending_.empty()) {

@@ -52,6 +52,11 @@ class PinnedPool {
   // pool takes ownership of the event and destroys it.
   void release(Block block, cuda::CUevent after = nullptr);
 
+  // Frees a block whose copies are in an unknown state (after a driver
+  // failure) instead of caching it: freeing pinned memory waits for the
+  // device, so it can never be handed out while a copy still touches it.
+  void retire(Block block);
+
   PinnedStats stats();
   // Frees every cached block whose copies have completed.
   void empty_cache();

@@ -159,15 +159,16 @@ class Completer {
 
 // Hands staging blocks back after a failure: the copies that used them may
 // still be in flight, so each goes back with an event recorded after them;
-// if even that fails the block is never reused (leaked, not corrupted).
+// if even that fails the block is retired (freed, never reused).
 void release_after_failure(std::vector<Block>& blocks, CUstream stream) {
   for (Block& block : blocks) {
     CUevent event = nullptr;
     if (driver().cuEventCreate(&event, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS &&
         driver().cuEventRecord(event, stream) == CUDA_SUCCESS) {
       PinnedPool::instance().release(block, event);
-    } else if (event != nullptr) {
-      driver().cuEventDestroy(event);
+    } else {
+      if (event != nullptr) driver().cuEventDestroy(event);
+      PinnedPool::instance().retire(block);
     }
   }
   blocks.clear();
@@ -276,8 +277,10 @@ std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, CUstream str
     const size_t bytes = src.bytes;
     Completer::instance().submit({transfer, src.device, done.release(),
                                   [staging, dst, bytes](bool ok) {
-                                    // A failed wait leaves the block's state unknown: never reuse it.
-                                    if (!ok) return;
+                                    if (!ok) {  // the block's state is unknown
+                                      PinnedPool::instance().retire(staging);
+                                      return;
+                                    }
                                     parallel_memcpy(dst, staging.data, bytes);
                                     PinnedPool::instance().release(staging);
                                   }});

@@ -27,3 +27,62 @@ def collect_garbage():
     gc.collect()
     yield gc.collect
     gc.collect()
+
+
+# -- the CUDA driver the engine tests run against ------------------------------
+#
+# By default: the stand-in driver (tests/standin), built here and named by
+# TENSORBRIDGE_LIBCUDA before anything loads a driver. With
+# TENSORBRIDGE_TEST_DRIVER=real (scripts/gpu_check.sh on a GPU machine): the
+# real libcuda, and the stand-in tests skip themselves.
+import os  # noqa: E402
+
+REAL_DRIVER = os.environ.get("TENSORBRIDGE_TEST_DRIVER") == "real"
+_standin = None
+
+
+def pytest_configure(config):
+    global _standin
+    if REAL_DRIVER:
+        return
+    from standin.build import StandIn, build
+
+    library = build()
+    os.environ["TENSORBRIDGE_LIBCUDA"] = str(library)
+    os.environ.setdefault("STANDIN_DEVICES", "2")
+    _standin = StandIn(library)
+
+
+@pytest.fixture
+def standin():
+    """The stand-in's control panel, reset; checks the pool is clean after."""
+    if _standin is None:
+        pytest.skip("runs against the stand-in driver only")
+    import tensorbridge as tb
+    from tensorbridge import _core
+
+    _standin.reset()
+    yield _standin
+    _standin.reset()
+    _core.wait_for_all_transfers()
+    gc.collect()
+    stats = tb.pinned_memory_stats()
+    tb.set_pinned_memory_limit(_DEFAULT_LIMIT)
+    _core.set_staging_chunk_bytes(16 << 20)
+    assert stats["in_use_bytes"] == 0, stats
+
+
+_DEFAULT_LIMIT = 4 << 30
+
+
+def pytest_collection_modifyitems(config, items):
+    # GPU tests need a real GPU, found by tensorbridge's own probe.
+    import tensorbridge as tb
+
+    if REAL_DRIVER and tb.cuda_available():
+        return
+    skip = pytest.mark.skip(reason="no GPU found by tensorbridge.cuda_available() on the real "
+                                   "driver (run with TENSORBRIDGE_TEST_DRIVER=real on a GPU)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -203,7 +203,7 @@ class _DeviceBatch:
         owner, _, _, address, shape, strides, dtype, name = _core.describe_capsule(capsule)
         if dtype is None:
             raise TypeError(f"collect: a batch holds {name}, which has no NumPy dtype")
-        if strides is not None and strides != _cuda._row_major(shape):
+        if not _cuda.is_row_major(shape, strides):
             raise BufferError("collect: a CUDA batch is not contiguous; make it contiguous in "
                               "its producer first")
         self.keep, self.address, self.shape, self.dtype = owner, address, shape, dtype

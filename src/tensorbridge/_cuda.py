@@ -286,7 +286,7 @@ def dlpack_to_numpy(x, device_id, out, stream, asynchronous):
     if dtype is None:
         raise TypeError(f"to_numpy: this {type(x).__name__} holds {dtype_name}, which has no "
                         "NumPy dtype; convert it in the producer first")
-    if strides is not None and strides != _row_major(shape):
+    if not is_row_major(shape, strides):
         raise BufferError(
             f"to_numpy: this {type(x).__name__} in CUDA memory has strides {strides} (elements), "
             f"not row-major for shape {shape}; make it contiguous in the producer first "
@@ -296,12 +296,17 @@ def dlpack_to_numpy(x, device_id, out, stream, asynchronous):
                               owner)
 
 
-def _row_major(shape):
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
+def is_row_major(shape, strides) -> bool:
+    """Whether DLPack element strides (None: row-major) describe compact row-major
+    memory; dimensions of size 1, and empty tensors, do not constrain them."""
+    if strides is None or 0 in shape:
+        return True
+    step = 1
+    for n, stride in zip(reversed(shape), reversed(strides)):
+        if n != 1 and stride != step:
+            return False
+        step *= n
+    return True
 
 
 # -- host -> device ----------------------------------------------------------------

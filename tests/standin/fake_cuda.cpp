@@ -196,6 +196,24 @@ struct Stream {
 };
 
 Stream* g_legacy = new Stream();  // handles 0 and 1 (and 2, per-thread default)
+std::vector<Stream*> g_streams{g_legacy};  // every stream; guarded by g_mutex
+
+Stream* new_stream() {
+  auto* stream = new Stream();
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_streams.push_back(stream);
+  return stream;
+}
+
+// Like the real driver, freeing memory waits for the work in flight.
+void drain_all_streams() {
+  std::vector<Stream*> streams;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    streams = g_streams;
+  }
+  for (Stream* stream : streams) stream->drain();
+}
 
 Stream* stream_of(void* handle) {
   const auto h = reinterpret_cast<uintptr_t>(handle);
@@ -339,6 +357,7 @@ CUresult cuMemHostAlloc(void** pointer, size_t bytes, unsigned) {
 CUresult cuMemFreeHost(void* pointer) {
   ENTER("cuMemFreeHost");
   NEED_CONTEXT;
+  drain_all_streams();
   size_t size = 0;
   {
     std::lock_guard<std::mutex> lock(g_mutex);
@@ -361,7 +380,7 @@ CUresult cuMemAlloc(CUdeviceptr* pointer, size_t bytes) {
 CUresult cuMemFree(CUdeviceptr pointer) {
   ENTER("cuMemFree");
   NEED_CONTEXT;
-  g_legacy->drain();  // like the real one, freeing waits for work in flight
+  drain_all_streams();
   std::lock_guard<std::mutex> lock(g_mutex);
   auto it = g_device_memory.find(pointer);
   if (it == g_device_memory.end()) return kInvalidValue;
@@ -431,7 +450,7 @@ CUresult cuMemcpyBatchAsync(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes,
 CUresult cuStreamCreate(void** stream, unsigned) {
   ENTER("cuStreamCreate");
   NEED_CONTEXT;
-  *stream = new Stream();
+  *stream = new_stream();
   return kSuccess;
 }
 
@@ -585,8 +604,9 @@ void standin_set_delay_us(long min_us, long max_us) {
 // Device memory for the tests' producers, without needing a context.
 CUdeviceptr standin_malloc(int device, size_t bytes) { return allocate_device(device, bytes); }
 
+// Frees at once, without waiting for work in flight: a test producer that
+// frees its memory the moment its DLPack deleter runs.
 void standin_free(CUdeviceptr pointer) {
-  g_legacy->drain();
   std::lock_guard<std::mutex> lock(g_mutex);
   auto it = g_device_memory.find(pointer);
   if (it == g_device_memory.end()) return;
@@ -611,7 +631,7 @@ int standin_read(void* dst, CUdeviceptr src, size_t bytes) {
 }
 
 // A stream for the tests' producers (their "current stream").
-void* standin_stream_create() { return new Stream(); }
+void* standin_stream_create() { return new_stream(); }
 
 // A fake kernel on `stream`: after `delay_us`, sets `bytes` bytes at `dst` to `value`.
 int standin_enqueue_fill(void* stream, CUdeviceptr dst, int value, size_t bytes, long delay_us) {
@@ -625,6 +645,13 @@ int standin_enqueue_fill(void* stream, CUdeviceptr dst, int value, size_t bytes,
 }
 
 void standin_synchronize(void* stream) { stream_of(stream)->drain(); }
+
+// Holds `stream` until the int at `flag` becomes non-zero (set by a test thread).
+void standin_enqueue_gate(void* stream, volatile int* flag) {
+  stream_of(stream)->push([flag] {
+    while (*flag == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  });
+}
 
 long standin_live_pinned_bytes() {
   std::lock_guard<std::mutex> lock(g_mutex);
