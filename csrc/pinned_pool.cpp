@@ -96,10 +96,10 @@ Block PinnedPool::acquire_locked(size_t bytes, bool must_fit) {
   }
   const cuda::Driver& d = cuda::driver();
   void* data = nullptr;
-  cuda::CUresult result = d.cuMemHostAlloc(&data, size, cuda::CU_MEMHOSTALLOC_PORTABLE);
+  cuda::CUresult result = d.cuMemHostAlloc(&data, size, cuda::kMemHostAllocPortable);
   if (result != cuda::CUDA_SUCCESS) {
     free_cached_locked();  // drop what we hold and retry once
-    result = d.cuMemHostAlloc(&data, size, cuda::CU_MEMHOSTALLOC_PORTABLE);
+    result = d.cuMemHostAlloc(&data, size, cuda::kMemHostAllocPortable);
   }
   if (result != cuda::CUDA_SUCCESS) {
     if (!must_fit) return Block{nullptr, 0};
