@@ -71,6 +71,11 @@ def cases(quick: bool):
         "t.float().numpy()": lambda: bf16_big.float().numpy(),
         "tb.to_numpy(t)": lambda: tb.to_numpy(bf16_big),
     }
+    batches = [np.full((1024, 512), i, np.float64) for i in range(16 if quick else 64)]
+    yield f"collect {len(batches)} x 4 MiB CPU batches", "np.concatenate(batches)", {
+        "np.concatenate(batches)": lambda: np.concatenate(batches),
+        "tb.collect(batches)": lambda: tb.collect(batches),
+    }
     yield f"float8_e4m3fn, {n_big >> 20} Mi elements", "t.float().numpy()", {
         "t.float().numpy()": lambda: fp8_big.float().numpy(),
         "tb.to_numpy(t)": lambda: tb.to_numpy(fp8_big),
@@ -85,6 +90,26 @@ def import_overhead_s(repeats: int) -> dict:
     values = [float(subprocess.run([sys.executable, "-c", code], capture_output=True,
                                    text=True, check=True).stdout) for _ in range(repeats)]
     return {"median_s": statistics.median(values), "max_s": max(values)}
+
+
+def collect_peak_memory(batch_count: int) -> dict:
+    """Peak RSS growth, as a multiple of the result, of gathering `batch_count`
+    generated 4 MiB batches (each freed after use), in fresh processes."""
+    # The peak is read from VmHWM after resetting it (a forked child inherits
+    # its parent's ru_maxrss, which would hide the growth).
+    code = ("import numpy as np, tensorbridge as tb\n"
+            "def peak():\n"
+            "    line = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+            "    return int(line.split()[1]) * 1024\n"
+            "gen = (np.full((1024, 512), i, np.float64) for i in range({n}))\n"
+            "open('/proc/self/clear_refs', 'w').write('5')\n"
+            "before = peak()\n"
+            "r = {how}\n"
+            "print((peak() - before) / r.nbytes)")
+    ways = {"list + np.concatenate": "np.concatenate(list(gen))", "tb.collect": "tb.collect(gen)"}
+    return {name: float(subprocess.run([sys.executable, "-c", code.format(n=batch_count, how=how)],
+                                       capture_output=True, text=True, check=True).stdout)
+            for name, how in ways.items()}
 
 
 def main(argv=None) -> int:
@@ -110,6 +135,10 @@ def main(argv=None) -> int:
             print(f"  {name:46} {r['median_s'] * 1e6:9.3f}us {r['iqr_s'] * 1e6:8.3f}us "
                   f"{ratio:6.2f}x")
         report["cases"].append({"case": title, "baseline": baseline, "methods": results})
+    peak = collect_peak_memory(16 if args.quick else 64)
+    report["collect_peak_memory_x_result"] = peak
+    print("collect peak memory / result: " +
+          ", ".join(f"{name} {value:.2f}x" for name, value in peak.items()))
     imp = import_overhead_s(5 if args.quick else 15)
     report["import_tensorbridge_s"] = imp
     print(f"import tensorbridge (after numpy): median {imp['median_s'] * 1e3:.1f} ms, "

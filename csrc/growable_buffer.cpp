@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <new>
 #include <stdexcept>
 
@@ -14,6 +15,12 @@ constexpr size_t kHugePage = 2u << 20;
 
 size_t page_rounded(size_t bytes) { return std::max(kPage, (bytes + kPage - 1) / kPage * kPage); }
 
+// Small buffers by the page, large ones by the huge page.
+size_t huge_page_rounded(size_t bytes) {
+  if (bytes < kHugePage) return page_rounded(bytes);
+  return (bytes + kHugePage - 1) / kHugePage * kHugePage;
+}
+
 void advise_huge_pages(char* data, size_t bytes) {
   if (bytes >= kHugePage) madvise(data, bytes, MADV_HUGEPAGE);  // a hint: failure is harmless
 }
@@ -24,15 +31,34 @@ GrowableBuffer::~GrowableBuffer() {
   if (data_ != nullptr) munmap(data_, capacity_);
 }
 
+// A fresh address range of `bytes`, 2 MiB aligned so that the kernel can back
+// it with huge pages, and inaccessible until something is mapped over it.
+char* reserve_aligned(size_t bytes) {
+  void* raw = mmap(nullptr, bytes + kHugePage, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) throw std::bad_alloc();
+  auto* start = static_cast<char*>(raw);
+  char* aligned = reinterpret_cast<char*>(
+      (reinterpret_cast<uintptr_t>(start) + kHugePage - 1) / kHugePage * kHugePage);
+  if (aligned > start) munmap(start, static_cast<size_t>(aligned - start));
+  const size_t tail = static_cast<size_t>(start + bytes + kHugePage - (aligned + bytes));
+  if (tail > 0) munmap(aligned + bytes, tail);
+  return aligned;
+}
+
 void GrowableBuffer::reserve(size_t bytes) {
   if (bytes <= capacity_) return;
   if (live_views > 0) throw std::logic_error("GrowableBuffer: cannot grow while views are alive");
-  const size_t wanted = page_rounded(std::max(bytes, capacity_ + capacity_ / 2));
+  const size_t wanted = huge_page_rounded(std::max(bytes, capacity_ + capacity_ / 2));
+  char* target = reserve_aligned(wanted);
+  // Move the written pages (page tables only, no bytes) onto the new range.
   void* grown = data_ == nullptr
-                    ? mmap(nullptr, wanted, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-                    : mremap(data_, capacity_, wanted, MREMAP_MAYMOVE);
-  if (grown == MAP_FAILED) throw std::bad_alloc();
+                    ? (mprotect(target, wanted, PROT_READ | PROT_WRITE) == 0 ? target : MAP_FAILED)
+                    : mremap(data_, capacity_, wanted, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+  if (grown == MAP_FAILED) {
+    munmap(target, wanted);
+    throw std::bad_alloc();
+  }
   data_ = static_cast<char*>(grown);
   capacity_ = wanted;
   advise_huge_pages(data_, capacity_);

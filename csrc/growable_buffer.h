@@ -3,7 +3,8 @@
 // The memory is an anonymous mapping grown with mremap, which moves page
 // tables, never bytes: growing costs no copy and no second buffer, so peak
 // memory stays at what was written. Untouched capacity is never backed by
-// pages. Large buffers ask for transparent huge pages.
+// pages. Large buffers are 2 MiB aligned and ask for transparent huge pages:
+// a fresh result is written once, and its page faults are most of the cost.
 //
 // Moving the mapping would leave any exported view dangling, so growth is
 // refused while a BufferView is alive (the Python layer takes views only for

@@ -43,8 +43,17 @@ def collect(batches, *, out=None):
     if out is not None and not out.flags.writeable:
         raise ValueError("collect: out is read-only; pass a writeable array")
     writer = _Writer(out)
-    for index, batch in enumerate(iterator):
+    index = 0
+    while True:
+        # No reference to a batch outlives its write: the producer may free
+        # it before making the next one.
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
         writer.add(index, batch)
+        del batch
+        index += 1
     return writer.finish()
 
 
