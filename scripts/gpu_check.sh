@@ -90,7 +90,7 @@ fi
 
 if env -u TENSORBRIDGE_LIBCUDA "$PY" -c 'import tensorbridge as tb, sys; sys.exit(not tb.cuda_available())' 2>/dev/null; then
   run_stage tests 200 env -u TENSORBRIDGE_LIBCUDA TENSORBRIDGE_TEST_DRIVER=real \
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py
+    "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_readme.py
 else
   run_stage tests 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_device_engine.py tests/test_gpu.py
 fi

@@ -3,12 +3,22 @@
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def test_readme_python_examples_run():
-    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+def test_readme_cpu_examples_run():
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "cuda" not in b]
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+
+
+@pytest.mark.gpu
+def test_readme_gpu_examples_run():
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "cuda" in b]
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
