@@ -1,0 +1,64 @@
+"""ToNumpy: a pipeline step that turns tensors in X into NumPy arrays."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .._convert import to_numpy
+
+
+class ToNumpy(TransformerMixin, BaseEstimator):
+    """Convert ``X`` (torch tensors on any device, CuPy, any DLPack producer,
+    array-likes) to a NumPy array, zero-copy for CPU memory.
+
+    A stateless first step for pipelines fed tensors. ``y`` never reaches
+    pipeline steps: a CPU tensor ``y`` works as it is (scikit-learn converts
+    it through NumPy); convert any other with ``tensorbridge.to_numpy(y)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from tensorbridge.sklearn import ToNumpy
+    >>> make_pipeline(ToNumpy(), StandardScaler()).fit_transform(torch.ones(3, 2)).shape
+    (3, 2)
+    """
+
+    def fit(self, X, y=None):
+        """Record ``n_features_in_`` (and ``feature_names_in_``)."""
+        self._validate(X, reset=True)
+        return self
+
+    def transform(self, X):
+        """``X`` as a NumPy array: a view of CPU tensors and arrays wherever
+        possible, whatever their dtype (bfloat16 and float8 included)."""
+        check_is_fitted(self)
+        return self._validate(X, reset=False)
+
+    def _validate(self, X, reset):
+        if is_tensor_like(X):
+            X = to_numpy(X)
+        # Keep any numeric dtype as it is (no copy); only text and objects
+        # go through scikit-learn's numeric conversion, which refuses strings.
+        keep = isinstance(X, np.ndarray) and X.dtype.kind not in "OUS"
+        return validate_data(self, X, reset=reset, dtype=None if keep else "numeric",
+                             ensure_all_finite=False, allow_nd=False)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+def is_tensor_like(X) -> bool:
+    """A torch tensor, or any DLPack producer that is not a NumPy array."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(X, torch.Tensor):
+        return True
+    return hasattr(type(X), "__dlpack__") and type(X).__module__.split(".")[0] != "numpy"
