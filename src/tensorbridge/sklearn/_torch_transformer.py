@@ -84,9 +84,6 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """Validate ``X`` and place a copy of the module on the device."""
         import torch
 
-        if not callable(self.module):
-            raise TypeError(f"TorchTransformer: module must be a torch module or a callable, "
-                            f"got {type(self.module).__name__}")
         self.device_ = self._resolve_device(torch)
         self.dtype_ = self._resolve_dtype(torch)
         X = self._validate(X, reset=True)
@@ -130,22 +127,24 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return module.eval()
 
     def _validate(self, X, reset):
-        """X as a 2-D NumPy array (or a CUDA tensor, checked where it is)."""
+        """X as a NumPy array of 2 or more dimensions (or a CUDA tensor, checked where it is)."""
         if is_tensor_like(X):
             import torch
 
             if isinstance(X, torch.Tensor) and X.is_cuda:
                 return self._validate_cuda(X, reset)
             X = to_numpy(X)
-        return validate_data(self, X, reset=reset, dtype="numeric", ensure_min_samples=1)
+        # Images and other N-d samples are welcome: the module sees them as they are.
+        return validate_data(self, X, reset=reset, dtype="numeric", ensure_min_samples=1,
+                             allow_nd=True)
 
     def _validate_cuda(self, X, reset):
         import torch
 
         name = type(self).__name__
-        if X.ndim != 2:
-            raise ValueError(f"{name}: expected 2-D X, got a tensor of shape {tuple(X.shape)}; "
-                             "reshape it to (n_samples, n_features)")
+        if X.ndim < 2:
+            raise ValueError(f"{name}: expected X of at least 2 dimensions, got a tensor of "
+                             f"shape {tuple(X.shape)}; reshape it to (n_samples, n_features)")
         if X.shape[0] < 1:
             raise ValueError(f"{name}: X has 0 samples; at least 1 is required")
         if reset:
