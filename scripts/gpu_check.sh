@@ -13,6 +13,8 @@
 #   tests        tests/test_gpu.py on the real driver when a GPU is found,
 #                else the engine tests against the stand-in driver
 #   bench        benchmarks/gpu_transfer.py ("not measured" without a GPU)
+#   bench_sklearn benchmarks/torch_transformer.py (CPU, and GPU when present)
+#   fixture      a TorchTransformer fitted on the GPU, pickled for tests/fixtures
 # Exit status: 0 when no stage failed (skipped stages say why in the JSON).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -89,13 +91,27 @@ else
 fi
 
 if env -u TENSORBRIDGE_LIBCUDA "$PY" -c 'import tensorbridge as tb, sys; sys.exit(not tb.cuda_available())' 2>/dev/null; then
-  run_stage tests 200 env -u TENSORBRIDGE_LIBCUDA TENSORBRIDGE_TEST_DRIVER=real \
+  run_stage tests 150 env -u TENSORBRIDGE_LIBCUDA TENSORBRIDGE_TEST_DRIVER=real \
     "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_readme.py
 else
-  run_stage tests 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_device_engine.py tests/test_gpu.py
+  run_stage tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_device_engine.py tests/test_gpu.py
 fi
 
-run_stage bench 240 env -u TENSORBRIDGE_LIBCUDA "$PY" benchmarks/gpu_transfer.py ${QUICK:+--quick} --json "$OUT/gpu_transfer.json"
+run_stage bench 150 env -u TENSORBRIDGE_LIBCUDA "$PY" benchmarks/gpu_transfer.py ${QUICK:+--quick} --json "$OUT/gpu_transfer.json"
+run_stage bench_sklearn 90 env -u TENSORBRIDGE_LIBCUDA "$PY" benchmarks/torch_transformer.py --quick --json "$OUT/torch_transformer.json"
+
+# A TorchTransformer fitted on this machine's GPU, for tests/fixtures: CI
+# checks that it loads where no GPU exists.
+run_stage fixture 60 env -u TENSORBRIDGE_LIBCUDA "$PY" - "$OUT/torch_transformer_cuda.pkl" <<'PY'
+import sys, joblib, numpy as np, torch
+from tensorbridge.sklearn import TorchTransformer
+if not torch.cuda.is_available():
+    print("no CUDA GPU: fixture not written"); sys.exit(0)
+torch.manual_seed(0)
+model = TorchTransformer(torch.nn.Linear(4, 3), device="cuda").fit(np.ones((8, 4), np.float32))
+joblib.dump(model, sys.argv[1])
+print("wrote", sys.argv[1], model.device_)
+PY
 
 echo "== summary in $OUT/gpu_check.json"
 cat "$OUT/gpu_check.json"

@@ -113,3 +113,15 @@ def test_every_device():
     for index in range(torch.cuda.device_count()):
         t = cuda_sample((1000,), torch.float32, device=f"cuda:{index}")
         np.testing.assert_array_equal(tb.to_numpy(t), t.cpu().numpy())
+
+
+def test_torch_transformer_on_the_gpu_matches_the_cpu():
+    from tensorbridge.sklearn import TorchTransformer
+
+    X = np.random.default_rng(0).standard_normal((5000, 32)).astype(np.float32)
+    module = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    on_gpu = TorchTransformer(module, batch_size=512, device="cuda").fit(X)
+    on_cpu = TorchTransformer(module, batch_size=512, device="cpu").fit(X)
+    np.testing.assert_allclose(on_gpu.transform(X), on_cpu.transform(X), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(on_gpu.transform(torch.from_numpy(X).cuda()), on_cpu.transform(X),
+                               rtol=1e-4, atol=1e-5)

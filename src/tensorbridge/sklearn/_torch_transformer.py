@@ -167,6 +167,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return self._run(torch, self._validate(X, reset=False))
 
     def _run(self, torch, X):
+        if self.device_.type == "cuda":
+            return self._run_pipelined(torch, X)
         module, batch_size = self.module_, self.batch_size
 
         def outputs():
@@ -183,6 +185,53 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                     yield self._flatten(torch, self._select(result), batch.shape[0])
 
         return collect(outputs())
+
+    def _run_pipelined(self, torch, X):
+        """On a GPU: while batch k computes, batch k+1 is uploaded on one side
+        stream and batch k-1's output downloaded on another, straight into its
+        rows of the result."""
+        from .._cuda import to_device
+        from .._convert import to_numpy_async
+
+        device, batch_size = self.device_, self.batch_size
+        compute = torch.cuda.current_stream(device)
+        upload, download = torch.cuda.Stream(device), torch.cuda.Stream(device)
+
+        def send(start):
+            batch = X[start:start + batch_size]
+            with torch.cuda.stream(upload):
+                if isinstance(batch, torch.Tensor):
+                    return batch.to(device=device, dtype=self.dtype_, non_blocking=True)
+                return to_device(batch, device, dtype=self.dtype_, stream=upload)
+
+        result, transfers = None, []
+        incoming = send(0)
+        with torch.inference_mode():
+            for start in range(0, X.shape[0], batch_size):
+                compute.wait_stream(upload)
+                batch = incoming
+                batch.record_stream(compute)  # allocated on `upload`, used here
+                if start + batch_size < X.shape[0]:
+                    incoming = send(start + batch_size)
+                try:
+                    output = self.module_(batch)
+                except Exception as error:
+                    raise RuntimeError(
+                        f"TorchTransformer: the module raised {type(error).__name__} on a "
+                        f"batch of shape {tuple(batch.shape)} {batch.dtype} on {device}: "
+                        f"{error}") from error
+                output = self._flatten(torch, self._select(output), batch.shape[0])
+                if result is None:
+                    from .._dtypes import numpy_dtype
+
+                    result = np.empty((X.shape[0], output.shape[1]), numpy_dtype(output.dtype))
+                download.wait_stream(compute)
+                output.record_stream(download)
+                rows = result[start:start + output.shape[0]]
+                transfers.append(to_numpy_async(output, out=rows, stream=download))
+        for transfer in transfers:
+            transfer.wait()
+        return result
 
     def _to_device(self, torch, batch):
         if isinstance(batch, np.ndarray):
