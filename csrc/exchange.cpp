@@ -148,25 +148,31 @@ int call_bool_method(PyObject* object, PyObject* name) {
   return truth;
 }
 
-// The conditions under which the arguments allow the fast path: `x` alone,
-// or with copy=None/False, out=None and any stream (streams do not apply to
-// CPU memory). Anything else, including unknown keywords, goes to Python.
-bool plain_arguments(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
-  if (PyVectorcall_NARGS(nargs) != 1) return false;
-  if (kwnames == nullptr) return true;
-  const Py_ssize_t count = PyTuple_GET_SIZE(kwnames);
+// What the arguments ask of the fast path: `x` alone, or with copy=None,
+// True or False, out=None and any stream (streams do not apply to CPU
+// memory). Anything else, unknown keywords included, goes to Python.
+enum class Request { kPython, kView, kCopy };
+
+Request classify(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  if (PyVectorcall_NARGS(nargs) != 1) return Request::kPython;
+  Request request = Request::kView;
+  const Py_ssize_t count = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
   for (Py_ssize_t i = 0; i < count; ++i) {
     PyObject* name = PyTuple_GET_ITEM(kwnames, i);
     PyObject* value = args[1 + i];
     if (PyUnicode_CompareWithASCIIString(name, "copy") == 0) {
-      if (value != Py_None && value != Py_False) return false;
+      if (value == Py_True) {
+        request = Request::kCopy;
+      } else if (value != Py_None && value != Py_False) {
+        return Request::kPython;
+      }
     } else if (PyUnicode_CompareWithASCIIString(name, "out") == 0) {
-      if (value != Py_None) return false;
+      if (value != Py_None) return Request::kPython;
     } else if (PyUnicode_CompareWithASCIIString(name, "stream") != 0) {
-      return false;
+      return Request::kPython;
     }
   }
-  return true;
+  return request;
 }
 
 // Whether the exchange API's raw view of a torch tensor shows its values: it
@@ -282,13 +288,23 @@ const char* const kToNumpyDoc =
     "tensor in place while a view of it is in use, or pass ``copy=True``.\n";
 
 PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
-  if (g_fast_path && plain_arguments(args, nargs, kwnames)) {
+  const Request request = g_fast_path ? classify(args, nargs, kwnames) : Request::kPython;
+  if (request != Request::kPython) {
     PyObject* x = args[0];
+    PyObject* view = nullptr;
     if (PyArray_CheckExact(x)) {
       Py_INCREF(x);
-      return x;
+      view = x;
+    } else {
+      view = fast_view(x);
     }
-    if (PyObject* array = fast_view(x)) return array;
+    if (view != nullptr && request == Request::kView) return view;
+    if (view != nullptr) {  // copy=True: memory NumPy owns, in the view's order
+      PyObject* copy =
+          PyArray_NewCopy(reinterpret_cast<PyArrayObject*>(view), NPY_KEEPORDER);
+      Py_DECREF(view);
+      return copy;
+    }
   }
   if (g_fallback == nullptr) {
     PyErr_SetString(PyExc_RuntimeError, "to_numpy: tensorbridge was not initialised");

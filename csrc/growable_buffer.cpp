@@ -3,6 +3,8 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <cstdint>
 #include <new>
 #include <stdexcept>
@@ -12,6 +14,7 @@ namespace {
 
 constexpr size_t kPage = 4096;
 constexpr size_t kHugePage = 2u << 20;
+constexpr size_t kHeapLimit = 32u << 20;
 
 size_t page_rounded(size_t bytes) { return std::max(kPage, (bytes + kPage - 1) / kPage * kPage); }
 
@@ -28,7 +31,12 @@ void advise_huge_pages(char* data, size_t bytes) {
 }  // namespace
 
 GrowableBuffer::~GrowableBuffer() {
-  if (data_ != nullptr) munmap(data_, capacity_);
+  if (data_ == nullptr) return;
+  if (mapped_) {
+    munmap(data_, capacity_);
+  } else {
+    std::free(data_);
+  }
 }
 
 // A fresh address range of `bytes`, 2 MiB aligned so that the kernel can back
@@ -49,24 +57,39 @@ char* reserve_aligned(size_t bytes) {
 void GrowableBuffer::reserve(size_t bytes) {
   if (bytes <= capacity_) return;
   if (live_views > 0) throw std::logic_error("GrowableBuffer: cannot grow while views are alive");
-  const size_t wanted = huge_page_rounded(std::max(bytes, capacity_ + capacity_ / 2));
-  char* target = reserve_aligned(wanted);
-  // Move the written pages (page tables only, no bytes) onto the new range.
-  void* grown = data_ == nullptr
-                    ? (mprotect(target, wanted, PROT_READ | PROT_WRITE) == 0 ? target : MAP_FAILED)
-                    : mremap(data_, capacity_, wanted, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+  const size_t wanted = std::max(bytes, capacity_ + capacity_ / 2);
+  if (wanted <= kHeapLimit) {
+    void* grown = std::realloc(data_, wanted);
+    if (grown == nullptr) throw std::bad_alloc();
+    data_ = static_cast<char*>(grown);
+    capacity_ = wanted;
+    return;
+  }
+  const size_t mapped_size = huge_page_rounded(wanted);
+  char* target = reserve_aligned(mapped_size);
+  void* grown = MAP_FAILED;
+  if (mapped_) {
+    // Move the written pages (page tables only, no bytes) onto the new range.
+    grown = mremap(data_, capacity_, mapped_size, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+  } else if (mprotect(target, mapped_size, PROT_READ | PROT_WRITE) == 0) {
+    grown = target;
+    advise_huge_pages(target, mapped_size);
+    if (data_ != nullptr) std::memcpy(target, data_, capacity_);  // at most kHeapLimit, once
+  }
   if (grown == MAP_FAILED) {
-    munmap(target, wanted);
+    munmap(target, mapped_size);
     throw std::bad_alloc();
   }
+  if (!mapped_) std::free(data_);
   data_ = static_cast<char*>(grown);
-  capacity_ = wanted;
+  capacity_ = mapped_size;
+  mapped_ = true;
   advise_huge_pages(data_, capacity_);
 }
 
 void GrowableBuffer::shrink_to(size_t bytes) {
   const size_t wanted = page_rounded(bytes);
-  if (data_ == nullptr || wanted >= capacity_) return;
+  if (data_ == nullptr || !mapped_ || wanted >= capacity_) return;
   if (live_views > 0) throw std::logic_error("GrowableBuffer: cannot shrink while views are alive");
   if (mremap(data_, capacity_, wanted, 0) != MAP_FAILED) capacity_ = wanted;
 }

@@ -1,10 +1,12 @@
 // GrowableBuffer: host memory that grows in place, for `collect`.
 //
-// The memory is an anonymous mapping grown with mremap, which moves page
-// tables, never bytes: growing costs no copy and no second buffer, so peak
-// memory stays at what was written. Untouched capacity is never backed by
-// pages. Large buffers are 2 MiB aligned and ask for transparent huge pages:
-// a fresh result is written once, and its page faults are most of the cost.
+// Up to kHeapLimit the memory comes from malloc/realloc: small results reuse
+// memory the allocator already has, with no page faults. Beyond, it is an
+// anonymous mapping grown with mremap, which moves page tables, never bytes:
+// growing costs no copy and no second buffer, so peak memory stays at what was
+// written, and untouched capacity is never backed by pages. Those mappings are
+// 2 MiB aligned and ask for transparent huge pages: a large result is written
+// once, and its page faults are most of the cost.
 //
 // Moving the mapping would leave any exported view dangling, so growth is
 // refused while a BufferView is alive (the Python layer takes views only for
@@ -36,6 +38,7 @@ class GrowableBuffer {
  private:
   char* data_ = nullptr;
   size_t capacity_ = 0;
+  bool mapped_ = false;  // data_ is a mapping (else a malloc block)
 };
 
 // A window [offset, offset + size) of a GrowableBuffer that keeps it alive.

@@ -1,0 +1,437 @@
+"""The benchmark suite behind ``tensorbridge bench``.
+
+Every method is a call as people write it (``t.numpy()``, ``np.from_dlpack(t)``,
+``tb.to_numpy(t)``), timed on the same data in interleaved rounds: warm-up
+first, then rounds in which each method of a case runs once, until the repeats
+are done or the case's time budget is spent. CPU wall time and, on a GPU,
+CUDA event time are reported apart: median and interquartile range, bytes/s,
+and ratios to the case's baseline and to the ceilings (host memcpy; a raw
+pinned device-to-host copy on a GPU).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from . import _core
+from ._collect import collect
+from ._convert import to_numpy_async
+from ._cuda import cuda_available, empty_pinned, pinned_memory_stats
+
+to_numpy = _core.to_numpy
+
+HOST_CEILING = "host memcpy (memory ceiling)"
+LINK_CEILING = "raw pinned copy (link ceiling)"
+
+
+@dataclass
+class Settings:
+    quick: bool = False
+    devices: tuple = ("cpu", "cuda")
+    repeats: int = 15
+    budget_s: float = 2.0
+    workflows: bool = True
+
+    @classmethod
+    def make(cls, quick, devices, repeats=None, budget_s=None, workflows=True):
+        base = cls(quick=quick, devices=tuple(devices), workflows=workflows,
+                   repeats=5 if quick else 15, budget_s=0.25 if quick else 2.0)
+        if repeats is not None:
+            base.repeats = repeats
+        if budget_s is not None:
+            base.budget_s = budget_s
+        return base
+
+
+@dataclass
+class Case:
+    """Methods that do the same work on the same data; `baseline` anchors ratios."""
+
+    title: str
+    device: str
+    nbytes: int
+    baseline: str
+    methods: dict
+    ceiling: str | None = None
+    sync: object = None  # callable, for device work
+    skipped: dict = field(default_factory=dict)  # method -> why it cannot run here
+
+
+def run(settings: Settings, progress=None) -> dict:
+    """Run every case the machine supports; returns the JSON-ready report."""
+    report = {"settings": vars(settings).copy(), "versions": versions(), "hardware": hardware(),
+              "results": [], "skipped": []}
+    report["settings"]["devices"] = list(settings.devices)
+    # Each case's data is made just before it runs and freed after, so that
+    # the largest sizes fit in memory.
+    plan = list(build_cases(settings, report["skipped"]))
+    for index, make_case in enumerate(plan):
+        case = make_case()
+        if progress:
+            progress(index, len(plan), case.title)
+        report["results"].extend(measure_case(case, settings))
+        for method, why in case.skipped.items():
+            report["skipped"].append({"case": case.title, "method": method, "reason": why})
+        del case
+        gc.collect()
+    if progress:
+        progress(len(plan), len(plan), "done")
+    return report
+
+
+# -- timing ----------------------------------------------------------------------
+
+
+def measure_case(case: Case, settings: Settings) -> list:
+    sync = case.sync or (lambda: None)
+    events = _cuda_events() if case.device == "cuda" else None
+
+    def call(fn):  # a device method's work ends when the device is done
+        fn()
+        sync()
+
+    # Warm up, and calibrate: each sample repeats a method enough times to
+    # last about 1/(repeats * methods) of the budget (at least 100 us), so that
+    # sub-microsecond calls are not drowned by the clock.
+    numbers = {}
+    target = max(1e-4, settings.budget_s / (settings.repeats * len(case.methods)))
+    for name, fn in case.methods.items():
+        call(fn)
+        start = time.perf_counter()
+        call(fn)
+        single = max(time.perf_counter() - start, 1e-7)
+        numbers[name] = max(1, min(100_000, int(target / single)))
+    samples = {name: ([], []) for name in case.methods}
+    deadline = time.perf_counter() + settings.budget_s
+    rounds = 0
+    while rounds < settings.repeats and (rounds < 3 or time.perf_counter() < deadline):
+        for name, fn in case.methods.items():
+            wall, gpu = samples[name]
+            number = numbers[name]
+            if events:
+                events[0].record()
+            start = time.perf_counter()
+            for _ in range(number):
+                call(fn)
+            wall.append((time.perf_counter() - start) / number)
+            if events:
+                events[1].record()
+                events[1].synchronize()
+                gpu.append(events[0].elapsed_time(events[1]) / 1e3 / number)
+        rounds += 1
+    rows = []
+    for name, (wall, gpu) in samples.items():
+        row = {"case": case.title, "device": case.device, "method": name, "bytes": case.nbytes,
+               "rounds": len(wall), "calls_per_round": numbers[name], **_summary(wall, "")}
+        if gpu:
+            row.update(_summary(gpu, "gpu_"))
+        row["bytes_per_s"] = case.nbytes / row["median_s"] if case.nbytes else None
+        rows.append(row)
+    medians = {row["method"]: row["median_s"] for row in rows}
+    for row in rows:
+        row["ratio_to_baseline"] = row["median_s"] / medians[case.baseline]
+        if case.ceiling in medians:
+            row["ratio_to_ceiling"] = row["median_s"] / medians[case.ceiling]
+    return rows
+
+
+def _summary(values, prefix):
+    if len(values) > 1:
+        q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    else:
+        q1 = median = q3 = values[0]
+    return {f"{prefix}median_s": median, f"{prefix}iqr_s": q3 - q1}
+
+
+def _cuda_events():
+    import torch
+
+    return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+
+# -- what is measured ---------------------------------------------------------------
+
+
+def _sizes(quick):
+    sizes = [1 << 10, 64 << 10, 4 << 20] + ([] if quick else [64 << 20, 512 << 20])
+    budget = _available_memory() // 8  # source, result and ceilings must all fit
+    return [n for n in sizes if n <= budget]
+
+
+def _available_memory():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def build_cases(settings: Settings, skipped: list):
+    """Yields one factory per case: each makes its data only when called."""
+    try:
+        import torch
+    except ImportError:
+        skipped.append({"case": "*", "method": "every torch method",
+                        "reason": "torch is not installed"})
+        torch = None
+    if "cpu" in settings.devices:
+        for nbytes in _sizes(settings.quick):
+            yield partial(_cpu_float32, torch, nbytes)
+        if torch is not None:
+            yield partial(_cpu_grad, torch)
+            for nbytes in (2048, 16 << 20):
+                yield partial(_cpu_bfloat16, torch, nbytes)
+        yield partial(_cpu_collect, 16 if settings.quick else 64)
+    if "cuda" in settings.devices:
+        if torch is None or not torch.cuda.is_available():
+            skipped.append({"case": "*", "method": "every CUDA method",
+                            "reason": "no CUDA GPU found (torch.cuda.is_available() is False)"})
+        else:
+            for nbytes in _sizes(settings.quick) + ([] if settings.quick else [1 << 30]):
+                yield partial(_cuda_float32, torch, nbytes)
+            yield partial(_cuda_small, torch)
+    if settings.workflows and torch is not None:
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            skipped.append({"case": "workflows", "method": "*",
+                            "reason": "scikit-learn is not installed"})
+            return
+        on_gpu = "cuda" in settings.devices and torch.cuda.is_available()
+        device = "cuda" if on_gpu else "cpu"
+        rows = 20_000 if settings.quick else 100_000
+        yield partial(_workflow_features, torch, device, rows)
+        yield partial(_workflow_scaling, torch, device, rows)
+        yield partial(_workflow_augmentation, torch, 2000 if settings.quick else 10_000)
+
+
+def _cpu_float32(torch, nbytes):
+    source = np.ones(nbytes // 4, np.float32)
+    host_out = np.empty_like(source)
+    methods = {HOST_CEILING: lambda: np.copyto(host_out, source)}
+    if torch is not None:
+        t = torch.from_numpy(source.copy())
+        methods.update({
+            "t.numpy()": lambda: t.numpy(),
+            "np.asarray(t)": lambda: np.asarray(t),
+            "np.from_dlpack(t)": lambda: np.from_dlpack(t),
+            "t.detach().cpu().numpy()": lambda: t.detach().cpu().numpy(),
+            "t.numpy(force=True)": lambda: t.numpy(force=True),
+            "tb.to_numpy(t)": lambda: to_numpy(t),
+            "tb.to_numpy(t, copy=True)": lambda: to_numpy(t, copy=True),
+        })
+    baseline = "t.numpy()" if torch is not None else HOST_CEILING
+    return Case(f"cpu float32 {_size(nbytes)}", "cpu", nbytes, baseline, methods, HOST_CEILING)
+
+
+def _cpu_grad(torch):
+    grad = torch.ones(1024, requires_grad=True)
+    return Case("cpu float32 requires_grad 4 KiB", "cpu", 4096, "t.detach().numpy()", {
+        "t.detach().numpy()": lambda: grad.detach().numpy(),
+        "tb.to_numpy(t)": lambda: to_numpy(grad)})
+
+
+def _cpu_bfloat16(torch, nbytes):
+    bf16 = torch.ones(nbytes // 2, dtype=torch.bfloat16)
+    f32 = torch.ones(nbytes // 2)
+    return Case(f"cpu bfloat16 {_size(nbytes)}", "cpu", nbytes, ".float().numpy()", {
+        ".float().numpy()": lambda: bf16.float().numpy(),
+        "float32 t.numpy() (same count)": lambda: f32.numpy(),
+        "tb.to_numpy(t)": lambda: to_numpy(bf16)})
+
+
+def _cpu_collect(count):
+    batches = [np.full((1024, 512), i, np.float64) for i in range(count)]
+    return Case(f"cpu collect {count} x 4 MiB", "cpu", count * (4 << 20), "np.concatenate(list)",
+                {"np.concatenate(list)": lambda: np.concatenate(list(batches)),
+                 "tb.collect(batches)": lambda: collect(batches)})
+
+
+def _cuda_float32(torch, nbytes):
+    try:
+        import cupy
+    except ImportError:
+        cupy = None
+    t = torch.ones(nbytes // 4, device="cuda")
+    pinned_t = torch.empty(t.shape, pin_memory=True)
+    pinned = empty_pinned(t.shape, np.float32) if cuda_available() else None
+    host, host_out = np.ones(t.shape, np.float32), np.empty(t.shape, np.float32)
+    methods = {
+        ".cpu().numpy()": lambda: t.cpu().numpy(),
+        "non_blocking=True + sync": lambda: t.to("cpu", non_blocking=True).numpy(),
+        LINK_CEILING: lambda: pinned_t.copy_(t, non_blocking=True),
+        HOST_CEILING: lambda: np.copyto(host_out, host),
+        "tb.to_numpy(t)": lambda: to_numpy(t),
+        "tb.to_numpy_async(t).wait()": lambda: to_numpy_async(t).wait(),
+    }
+    skipped = {}
+    if pinned is not None:
+        methods["tb.to_numpy(t, out=pinned)"] = lambda: to_numpy(t, out=pinned)
+    else:
+        skipped["tb.to_numpy(t, out=pinned)"] = "tensorbridge found no CUDA driver"
+    if cupy is not None:
+        methods["cupy.asnumpy(x)"] = lambda: cupy.asnumpy(cupy.from_dlpack(t))
+    else:
+        skipped["cupy.asnumpy(x)"] = "CuPy is not installed"
+    return Case(f"cuda float32 {_size(nbytes)}", "cuda", nbytes, ".cpu().numpy()", methods,
+                LINK_CEILING, torch.cuda.synchronize, skipped)
+
+
+def _cuda_small(torch):
+    small = [torch.ones(1024, device="cuda") for _ in range(1000)]
+    return Case("cuda 1000 x 4 KiB", "cuda", 1000 * 4096, ".cpu().numpy() loop", {
+        ".cpu().numpy() loop": lambda: [x.cpu().numpy() for x in small],
+        "tb.collect(tensors)": lambda: collect(small)}, sync=torch.cuda.synchronize)
+
+
+def _feature_model(torch, device):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(),
+                               torch.nn.Linear(512, 128)).to(device).eval()
+
+
+def _workflow_features(torch, device, rows):
+    """Workflow 1: features from a torch module (for a LogisticRegression)."""
+    from .sklearn import TorchTransformer
+
+    X = np.random.default_rng(0).standard_normal((rows, 256)).astype(np.float32)
+    model = _feature_model(torch, device)
+
+    def hand_written():
+        with torch.no_grad():
+            parts = [model(torch.from_numpy(X[i:i + 4096]).to(device)).cpu().numpy()
+                     for i in range(0, rows, 4096)]
+        return np.concatenate(parts)
+
+    transformer = TorchTransformer(model, batch_size=4096, device=device).fit(X[:8])
+    return Case(f"workflow: feature extraction ({device})", device, X.nbytes, "hand-written loop",
+                {"hand-written loop": hand_written,
+                 "TorchTransformer.transform": lambda: transformer.transform(X)},
+                sync=torch.cuda.synchronize if device == "cuda" else None)
+
+
+def _workflow_scaling(torch, device, rows):
+    """Workflow 2: a large tensor in batches -> StandardScaler."""
+    from sklearn.preprocessing import StandardScaler
+
+    data = torch.randn(rows, 256)
+    model = _feature_model(torch, device)
+
+    def list_and_concatenate():
+        with torch.no_grad():
+            parts = [model(batch.to(device)).cpu().numpy() for batch in data.split(4096)]
+        return StandardScaler().fit_transform(np.concatenate(parts))
+
+    def with_collect():
+        with torch.inference_mode():
+            features = collect(model(batch.to(device)) for batch in data.split(4096))
+        return StandardScaler().fit_transform(features)
+
+    return Case(f"workflow: batches -> StandardScaler ({device})", device, data.numel() * 4,
+                "list + np.concatenate", {"list + np.concatenate": list_and_concatenate,
+                                          "tb.collect": with_collect},
+                sync=torch.cuda.synchronize if device == "cuda" else None)
+
+
+def _workflow_augmentation(torch, count):
+    """Workflow 3: augmented image views, flattened (for a RandomForest)."""
+    images = torch.rand(count, 1, 16, 16)
+
+    def views():
+        return (images, torch.flip(images, dims=[-1]), torch.rot90(images, 1, dims=[-2, -1]))
+
+    return Case("workflow: augmented views -> flattened (cpu)", "cpu", images.numel() * 12,
+                "np.concatenate(views)", {
+                    "np.concatenate(views)": lambda: np.concatenate(
+                        [v.reshape(len(v), -1).numpy() for v in views()]),
+                    "tb.collect(views)": lambda: collect(v.reshape(len(v), -1) for v in views())})
+
+
+def _size(nbytes):
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift:
+            return f"{nbytes >> shift} {unit}"
+    return f"{nbytes} B"
+
+
+# -- context --------------------------------------------------------------------
+
+
+def versions() -> dict:
+    from . import __version__
+
+    found = {"tensorbridge": __version__, "python": platform.python_version(),
+             "numpy": np.__version__}
+    for name in ("ml_dtypes", "torch", "cupy", "sklearn"):
+        module = sys.modules.get(name)
+        if module is None:
+            try:
+                module = __import__(name)
+            except Exception:  # noqa: BLE001 - reported as missing
+                module = None
+        found[name] = getattr(module, "__version__", None)
+    return found
+
+
+def hardware() -> dict:
+    info = {"machine": platform.machine(), "cpus": os.cpu_count(), "cpu": _cpu_model(),
+            "memory_bytes": _total_memory(), "cuda_driver": None, "gpus": []}
+    if cuda_available():
+        info["cuda_driver"] = _core.driver_version()
+        info["gpus"] = [_core.device_name(i) for i in range(_core.device_count())]
+    return info
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _total_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def quick_measurements() -> dict:
+    """Host memcpy and (with a GPU) pinned link bandwidth, 64 MiB each, for `info`."""
+    nbytes = 64 << 20
+    src, dst = np.ones(nbytes, np.uint8), np.empty(nbytes, np.uint8)
+    np.copyto(dst, src)
+    start = time.perf_counter()
+    for _ in range(5):
+        np.copyto(dst, src)
+    result = {"host_memcpy_GB_per_s": 5 * nbytes / (time.perf_counter() - start) / 1e9}
+    try:
+        import torch
+    except ImportError:
+        return result
+    if torch.cuda.is_available() and cuda_available():
+        t = torch.ones(nbytes // 4, device="cuda")
+        out = empty_pinned(t.shape, np.float32)
+        to_numpy(t, out=out)
+        start = time.perf_counter()
+        for _ in range(5):
+            to_numpy(t, out=out)
+        result["device_to_pinned_GB_per_s"] = 5 * nbytes / (time.perf_counter() - start) / 1e9
+    result["pinned_pool"] = pinned_memory_stats()
+    return result

@@ -1,0 +1,178 @@
+"""The ``tensorbridge`` command (also ``python -m tensorbridge``).
+
+    tensorbridge bench [--quick] [--device cpu|cuda|all] [--json PATH|-] [--plot PATH.png]
+    tensorbridge info
+
+Exit status: 0 ok, 1 failure, 2 usage error. Nothing is written but the
+paths named on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tensorbridge",
+        description="Measure and inspect tensorbridge's conversions on this machine.")
+    commands = parser.add_subparsers(dest="command", metavar="{bench,info}", required=True)
+
+    bench = commands.add_parser(
+        "bench", help="compare conversion methods side by side",
+        description="Time every conversion method this machine supports (torch, NumPy, "
+                    "CuPy, tensorbridge) on the same data, with ratios to the baselines "
+                    "and to the memory and link ceilings, and the seed's three workflows.")
+    bench.add_argument("--quick", action="store_true",
+                       help="small sizes and short budgets (well under a minute)")
+    bench.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                       help="which memory to measure (default: all; CUDA only when found)")
+    bench.add_argument("--json", metavar="PATH",
+                       help="also write the full report as JSON ('-' for standard output)")
+    bench.add_argument("--plot", metavar="PATH.png",
+                       help="also plot throughput against size (needs matplotlib: "
+                            "pip install 'tensorbridge[bench]')")
+    bench.add_argument("--repeats", type=_positive_int, metavar="N",
+                       help="rounds per case (default: 15, 5 with --quick)")
+    bench.add_argument("--budget", type=_positive_float, metavar="SECONDS",
+                       help="time budget per case once 3 rounds are done")
+    bench.add_argument("--no-workflows", action="store_true",
+                       help="skip the three end-to-end workflows")
+
+    commands.add_parser("info", help="versions, CUDA driver, GPUs, pinned pool, quick bandwidths",
+                        description="Show what tensorbridge finds on this machine.")
+    args = parser.parse_args(argv)
+    try:
+        return _bench(args) if args.command == "bench" else _info()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 1
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _bench(args) -> int:
+    from . import _bench as bench
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("tensorbridge bench: --plot needs matplotlib; install it with "
+                  "pip install 'tensorbridge[bench]'", file=sys.stderr)
+            return 1
+    devices = ("cpu", "cuda") if args.device == "all" else (args.device,)
+    settings = bench.Settings.make(args.quick, devices, args.repeats, args.budget,
+                                   workflows=not args.no_workflows)
+    report = bench.run(settings, progress=_progress_bar)
+    to_stdout = args.json == "-"
+    _print_table(report, sys.stderr if to_stdout else sys.stdout)
+    if args.json:
+        text = json.dumps(report, indent=2, default=str)
+        if to_stdout:
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    if args.plot:
+        _plot(report, args.plot)
+    return 0
+
+
+def _progress_bar(done, total, label):
+    width = 30
+    filled = width * done // max(total, 1)
+    line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label}"
+    if sys.stderr.isatty():
+        print(f"\r{line[:100]:<100}", end="\n" if done == total else "", file=sys.stderr,
+              flush=True)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _print_table(report, out):
+    header = (f"{'method':38} {'median':>11} {'spread':>10} {'GPU time':>11} {'GB/s':>8} "
+              f"{'vs base':>8} {'vs ceil':>8}")
+    case = None
+    for row in report["results"]:
+        if row["case"] != case:
+            case = row["case"]
+            print(f"\n{case}\n{header}", file=out)
+        gpu = f"{row['gpu_median_s'] * 1e6:9.1f}us" if "gpu_median_s" in row else " " * 11
+        rate = f"{row['bytes_per_s'] / 1e9:8.2f}" if row.get("bytes_per_s") else " " * 8
+        ceiling = f"{row['ratio_to_ceiling']:7.2f}x" if "ratio_to_ceiling" in row else " " * 8
+        print(f"{row['method'][:38]:38} {row['median_s'] * 1e6:9.2f}us "
+              f"{row['iqr_s'] * 1e6:8.2f}us {gpu} {rate} {row['ratio_to_baseline']:7.2f}x "
+              f"{ceiling}", file=out)
+    for skip in report["skipped"]:
+        print(f"skipped: {skip['method']} ({skip['case']}): {skip['reason']}", file=out)
+    print("\nmedian: per call; spread: interquartile range; vs base: time / the case's first "
+          "method; vs ceil: time / the memory (CPU) or link (GPU) ceiling", file=out)
+
+
+def _plot(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for axis, device in zip(axes, ("cpu", "cuda")):
+        rows = [r for r in report["results"] if r["device"] == device
+                and r["case"].startswith(f"{device} float32") and r.get("bytes_per_s")]
+        for method in dict.fromkeys(r["method"] for r in rows):
+            points = sorted((r["bytes"], r["bytes_per_s"] / 1e9) for r in rows
+                            if r["method"] == method)
+            axis.plot(*zip(*points), marker="o", label=method)
+        axis.set(xscale="log", yscale="log", xlabel="bytes", ylabel="GB/s",
+                 title=f"{device}: throughput against size" + ("" if rows else " (not measured)"))
+        if rows:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _info() -> int:
+    from . import _bench as bench
+    from ._cuda import cuda_available, pinned_memory_stats
+
+    print("versions:")
+    for name, version in bench.versions().items():
+        print(f"  {name:13} {version or 'not installed'}")
+    hardware = bench.hardware()
+    print(f"cpu: {hardware['cpu']} ({hardware['cpus']} cores), memory "
+          f"{(hardware['memory_bytes'] or 0) / 2**30:.1f} GiB")
+    if cuda_available():
+        version = hardware["cuda_driver"]
+        print(f"CUDA driver: {version // 1000}.{version % 1000 // 10}")
+        for index, name in enumerate(hardware["gpus"]):
+            print(f"  cuda:{index} {name}")
+    else:
+        print("CUDA driver: not found (CPU conversions only)")
+    stats = pinned_memory_stats()
+    print(f"pinned pool: limit {stats['limit_bytes'] / 2**30:.2f} GiB, reserved "
+          f"{stats['reserved_bytes']} B, in use {stats['in_use_bytes']} B")
+    figures = bench.quick_measurements()
+    print(f"host memcpy: {figures['host_memcpy_GB_per_s']:.1f} GB/s")
+    if "device_to_pinned_GB_per_s" in figures:
+        print(f"GPU -> pinned: {figures['device_to_pinned_GB_per_s']:.1f} GB/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
