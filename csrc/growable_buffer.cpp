@@ -14,7 +14,7 @@ namespace {
 
 constexpr size_t kPage = 4096;
 constexpr size_t kHugePage = 2u << 20;
-constexpr size_t kHeapLimit = 32u << 20;
+constexpr size_t kHeapLimit = 8u << 20;
 
 size_t page_rounded(size_t bytes) { return std::max(kPage, (bytes + kPage - 1) / kPage * kPage); }
 

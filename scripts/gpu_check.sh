@@ -12,8 +12,8 @@
 #   abi          our driver prototypes against this machine's own cuda.h
 #   tests        tests/test_gpu.py on the real driver when a GPU is found,
 #                else the engine tests against the stand-in driver
-#   bench        benchmarks/gpu_transfer.py ("not measured" without a GPU)
-#   bench_sklearn benchmarks/torch_transformer.py (CPU, and GPU when present)
+#   bench        tensorbridge bench: CPU, the GPU ("skipped" without one) and
+#                the workflows (TorchTransformer on the GPU when present)
 #   fixture      a TorchTransformer fitted on the GPU, pickled for tests/fixtures
 # Exit status: 0 when no stage failed (skipped stages say why in the JSON).
 set -uo pipefail
@@ -97,8 +97,7 @@ else
   run_stage tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_device_engine.py tests/test_gpu.py
 fi
 
-run_stage bench 90 env -u TENSORBRIDGE_LIBCUDA "$PY" benchmarks/gpu_transfer.py ${QUICK:+--quick} --json "$OUT/gpu_transfer.json"
-run_stage bench_sklearn 60 env -u TENSORBRIDGE_LIBCUDA "$PY" benchmarks/torch_transformer.py --quick --json "$OUT/torch_transformer.json"
+run_stage bench 150 env -u TENSORBRIDGE_LIBCUDA "$PY" -m tensorbridge bench --device all ${QUICK:+--quick} --json "$OUT/bench.json"
 
 # A TorchTransformer fitted on this machine's GPU, for tests/fixtures: CI
 # checks that it loads where no GPU exists.

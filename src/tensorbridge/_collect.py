@@ -43,6 +43,8 @@ def collect(batches, *, out=None):
     if out is not None and not out.flags.writeable:
         raise ValueError("collect: out is read-only; pass a writeable array")
     writer = _Writer(out)
+    if isinstance(batches, (list, tuple)):
+        writer.expect_rows(_total_rows(batches))  # one allocation instead of growing
     index = 0
     while True:
         # No reference to a batch outlives its write: the producer may free
@@ -57,6 +59,17 @@ def collect(batches, *, out=None):
     return writer.finish()
 
 
+def _total_rows(batches):
+    """Rows a sequence of batches will bring, if every batch tells its shape."""
+    total = 0
+    for batch in batches:
+        shape = getattr(batch, "shape", None)
+        if shape is None or len(shape) == 0:
+            return None
+        total += int(shape[0])
+    return total
+
+
 class _Writer:
     def __init__(self, out):
         self.out = out
@@ -65,6 +78,10 @@ class _Writer:
         self.trailing = None
         self.dtype = None
         self.pending = []  # small device batches: (offset_rows, device batch)
+        self.expected_rows = None  # known up front for sequences
+
+    def expect_rows(self, rows):
+        self.expected_rows = rows
 
     # -- one batch -----------------------------------------------------------------
 
@@ -123,6 +140,8 @@ class _Writer:
                 raise ValueError(f"collect: out has {len(self.out)} rows, but the batches bring "
                                  f"at least {rows}; pass a larger array")
             return
+        if self.expected_rows is not None and rows <= self.expected_rows:
+            rows = self.expected_rows
         self.buffer.reserve(max(rows * self._row_bytes, 1))
 
     def _rows_view(self, first_row, rows):
