@@ -83,9 +83,42 @@ def run(settings: Settings, progress=None) -> dict:
             report["skipped"].append({"case": case.title, "method": method, "reason": why})
         del case
         gc.collect()
+    if "cpu" in settings.devices:
+        report["collect_peak_memory"] = collect_peak_memory(16 if settings.quick else 64)
     if progress:
         progress(len(plan), len(plan), "done")
     return report
+
+
+_PEAK_PROBE = """
+import numpy as np, tensorbridge as tb
+def peak():  # VmHWM, reset below: a child inherits its parent's ru_maxrss
+    line = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+    return int(line.split()[1]) * 1024
+batches = (np.full((1024, 512), i, np.float64) for i in range({count}))  # 4 MiB each
+open("/proc/self/clear_refs", "w").write("5")
+before = peak()
+result = {how}
+print((peak() - before) / result.nbytes)
+"""
+
+
+def collect_peak_memory(count: int) -> dict:
+    """Peak resident memory growth, as a multiple of the result, of gathering
+    `count` generated 4 MiB batches (each freed after use), in fresh processes."""
+    import subprocess
+
+    ways = {"list + np.concatenate": "np.concatenate(list(batches))",
+            "tb.collect": "tb.collect(batches)"}
+    figures = {}
+    for name, how in ways.items():
+        try:
+            out = subprocess.run([sys.executable, "-c", _PEAK_PROBE.format(count=count, how=how)],
+                                 capture_output=True, text=True, check=True, timeout=120).stdout
+            figures[name] = float(out)
+        except (subprocess.SubprocessError, OSError, ValueError) as error:
+            figures[name] = f"not measured: {error}"
+    return figures
 
 
 # -- timing ----------------------------------------------------------------------

@@ -118,6 +118,11 @@ def _print_table(report, out):
         print(f"{row['method'][:38]:38} {row['median_s'] * 1e6:9.2f}us "
               f"{row['iqr_s'] * 1e6:8.2f}us {gpu} {rate} {row['ratio_to_baseline']:7.2f}x "
               f"{ceiling}", file=out)
+    peak = report.get("collect_peak_memory")
+    if peak:
+        print("\ncollect, peak memory growth / result: " + ", ".join(
+            f"{name} {value:.2f}x" if isinstance(value, float) else f"{name} {value}"
+            for name, value in peak.items()), file=out)
     for skip in report["skipped"]:
         print(f"skipped: {skip['method']} ({skip['case']}): {skip['reason']}", file=out)
     print("\nmedian: per call; spread: interquartile range; vs base: time / the case's first "
