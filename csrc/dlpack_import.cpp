@@ -17,16 +17,22 @@ bool cpu_readable(DLDeviceType type) {
 }
 
 // The owner capsules hand the managed tensor back to its producer when the
-// array that uses it is freed. Capsule destructors run with the GIL held.
-void release_legacy(PyObject* owner) {
-  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(owner, kOwnerName));
+// array that uses it is freed. Capsule destructors run with the GIL held, but
+// possibly while an exception propagates (an array dropped during unwinding):
+// the producer's deleter may run Python code, so the pending exception is set
+// aside around it and restored after.
+template <class Managed>
+void release(PyObject* owner, const char* name) {
+  PyObject *type, *value, *traceback;
+  PyErr_Fetch(&type, &value, &traceback);
+  auto* managed = static_cast<Managed*>(PyCapsule_GetPointer(owner, name));
   if (managed != nullptr && managed->deleter != nullptr) managed->deleter(managed);
+  PyErr_Restore(type, value, traceback);
 }
 
+void release_legacy(PyObject* owner) { release<DLManagedTensor>(owner, kOwnerName); }
 void release_versioned(PyObject* owner) {
-  auto* managed = static_cast<DLManagedTensorVersioned*>(
-      PyCapsule_GetPointer(owner, kVersionedOwnerName));
-  if (managed != nullptr && managed->deleter != nullptr) managed->deleter(managed);
+  release<DLManagedTensorVersioned>(owner, kVersionedOwnerName);
 }
 
 // A contract violation in the producer's tensor, detected before any read.

@@ -1,4 +1,5 @@
 import gc
+import sys
 
 import pytest
 
@@ -86,3 +87,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and any(fuzz.FUZZ_CASES.values()):
+        cases = ", ".join(f"{name} {count}" for name, count in fuzz.FUZZ_CASES.items())
+        terminalreporter.write_line(f"fuzz cases tried: {cases}")

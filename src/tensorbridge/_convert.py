@@ -184,7 +184,10 @@ def _copy_tensor_into(torch, dst: np.ndarray, t) -> None:
 def _from_dlpack(x, copy, out, stream):
     device_type, device_id = _dlpack_device(x)
     if device_type in _CPU_READABLE_DEVICES:
-        return _finish_view(_core.array_from_capsule(_request_capsule(x)), copy, out)
+        # Held in a local, the capsule outlives an error raised while reading
+        # it: its producer's destructor then never runs with an exception pending.
+        capsule = _request_capsule(x)
+        return _finish_view(_core.array_from_capsule(capsule), copy, out)
     if copy is False:
         raise BufferError(
             f"to_numpy: copy=False, but this {type(x).__name__} lives on DLPack device "

@@ -105,9 +105,19 @@ _in_flight_lock = threading.Lock()
 
 def keep_alive_until_done(native, *objects) -> None:
     with _in_flight_lock:
-        _in_flight[:] = [entry for entry in _in_flight if not entry[0].done()]
+        _release_finished_locked()
         if not native.done():
             _in_flight.append((native, objects))
+
+
+def release_finished() -> None:
+    """Let go of what finished dropped transfers kept alive."""
+    with _in_flight_lock:
+        _release_finished_locked()
+
+
+def _release_finished_locked() -> None:
+    _in_flight[:] = [entry for entry in _in_flight if not entry[0].done()]
 
 
 @atexit.register
