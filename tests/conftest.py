@@ -44,6 +44,10 @@ _standin = None
 
 def pytest_configure(config):
     global _standin
+    if os.environ.get("TENSORBRIDGE_SANITIZE") and "ASAN_OPTIONS" in os.environ:
+        # Leak detection in this process only: in every child (each would
+        # import torch) it costs about a minute and checks nothing of ours.
+        os.environ["ASAN_OPTIONS"] += ":detect_leaks=0"
     if REAL_DRIVER:
         return
     from standin.build import StandIn, build

@@ -11,7 +11,7 @@ import torch
 
 import tensorbridge as tb
 from dlpack_producer import Producer
-from helpers import array_bytes, logical_bytes, sample
+from helpers import SANITIZED, array_bytes, logical_bytes, sample
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64], ids=str)
@@ -114,7 +114,8 @@ def test_no_leak_over_100k_conversions(path, kind, collect_garbage):
     collect_garbage()
     assert sys.getrefcount(x) == refs
     grown = _rss() - rss
-    assert grown < 4 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 100k conversions"
+    if not SANITIZED:  # ASan's quarantine holds freed memory: RSS says nothing there
+        assert grown < 4 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 100k conversions"
 
 
 def test_every_dlpack_capsule_is_released(collect_garbage):

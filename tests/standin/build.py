@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import pathlib
 import subprocess
 import tempfile
@@ -12,13 +13,18 @@ SOURCE = pathlib.Path(__file__).with_name("fake_cuda.cpp")
 
 
 def build() -> pathlib.Path:
-    """Compile the stand-in once per source version; returns the library path."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    """Compile the stand-in once per source version and sanitizer; returns the
+    library path. Under TENSORBRIDGE_SANITIZE (the checked builds of .ci/run)
+    the stand-in is instrumented too, so that the sanitizer sees its threads'
+    synchronisation."""
+    sanitize = os.environ.get("TENSORBRIDGE_SANITIZE", "")
+    flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"] if sanitize else []
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
     target = pathlib.Path(tempfile.gettempdir()) / f"tensorbridge-standin-{digest}" / "libcuda.so.1"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")
-        subprocess.run(["g++", "-std=c++17", "-O1", "-g", "-shared", "-fPIC", "-pthread",
+        subprocess.run(["g++", "-std=c++17", "-O1", "-g", "-shared", "-fPIC", "-pthread", *flags,
                         str(SOURCE), "-o", str(partial)], check=True)
         partial.replace(target)
     return target
