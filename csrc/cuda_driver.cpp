@@ -1,11 +1,11 @@
 #include "cuda_driver.h"
 
+#include "per_process.h"
+
 #include <dlfcn.h>
-#include <pthread.h>
 
 #include <cstdlib>
 #include <mutex>
-#include <new>
 #include <vector>
 
 namespace tensorbridge::cuda {
@@ -36,16 +36,9 @@ struct State {
   std::vector<CUcontext> contexts;  // primary context per ordinal, retained once
 };
 
-State& state() {
-  static State* s = new State();  // never destroyed: driver calls may run at exit
-  return *s;
-}
-
-void forget_parent_state() {
-  // The child has one thread; the parent's driver handles, contexts and
-  // pinned memory are meaningless here and must not be touched or freed.
-  new (&state()) State();
-}
+// A forked child gets a fresh State: the parent's driver handles and
+// contexts are meaningless there (and the real driver refuses anyway).
+State& state() { return per_process<State>(); }
 
 void load(State& s) {
   s.attempted = true;
@@ -100,8 +93,6 @@ void load(State& s) {
 }
 
 const Driver* try_driver() {
-  static std::once_flag atfork_once;
-  std::call_once(atfork_once, [] { pthread_atfork(nullptr, nullptr, forget_parent_state); });
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   if (!s.attempted) load(s);

@@ -1,6 +1,6 @@
 #include "host_copy.h"
 
-#include <pthread.h>
+#include "per_process.h"
 
 #include <algorithm>
 #include <condition_variable>
@@ -17,19 +17,12 @@ namespace {
 constexpr size_t kMinPiece = 4u << 20;
 constexpr unsigned kMaxThreads = 8;
 
-// A fixed set of threads taking copy pieces from one queue. All fields
-// guarded by mutex_; threads are detached and live as long as the process.
+// A fixed set of threads taking copy pieces from one queue, started on first
+// use. All fields guarded by mutex_; threads are detached and live as long as
+// the process (a forked child starts its own set: see per_process).
 class CopyThreads {
  public:
-  static CopyThreads& instance() {
-    static std::once_flag once;
-    std::call_once(once, [] {
-      g_instance = new CopyThreads();
-      // Threads do not survive fork: a child builds its own set on demand.
-      pthread_atfork(nullptr, nullptr, [] { g_instance = new CopyThreads(); });
-    });
-    return *g_instance;
-  }
+  static CopyThreads& instance() { return per_process<CopyThreads>(); }
 
   unsigned helpers() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -47,8 +40,6 @@ class CopyThreads {
   }
 
  private:
-  static inline CopyThreads* g_instance = nullptr;
-
   void start_locked() {
     if (threads_started_ > 0) return;
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());

@@ -1,6 +1,7 @@
 #include "pinned_pool.h"
 
-#include <pthread.h>
+#include "per_process.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,18 +31,7 @@ size_t default_limit() {
 
 }  // namespace
 
-PinnedPool* g_pool = nullptr;  // never destroyed: copies may still end at exit
-
-PinnedPool& PinnedPool::instance() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    g_pool = new PinnedPool();
-    // A child after fork starts with an empty pool; the parent's blocks (and
-    // a mutex another parent thread may have held) are forgotten, not freed.
-    pthread_atfork(nullptr, nullptr, [] { g_pool = new PinnedPool(); });
-  });
-  return *g_pool;
-}
+PinnedPool& PinnedPool::instance() { return per_process<PinnedPool>(); }
 
 PinnedPool::PinnedPool() { stats_.limit_bytes = default_limit(); }
 

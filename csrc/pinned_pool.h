@@ -40,7 +40,8 @@ struct PinnedStats {
 
 class PinnedPool {
  public:
-  static PinnedPool& instance();
+  static PinnedPool& instance();  // one per process; a forked child gets an empty one
+  PinnedPool();
 
   // A block of at least `bytes`. Throws std::length_error when the limit
   // forbids it and cuda::DriverError when the driver refuses.
@@ -63,7 +64,6 @@ class PinnedPool {
   void set_limit(size_t bytes);
 
  private:
-  PinnedPool();
   struct Pending {
     Block block;
     cuda::CUevent event;

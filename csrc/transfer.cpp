@@ -1,7 +1,5 @@
 #include "transfer.h"
 
-#include <pthread.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -12,6 +10,7 @@
 #include <utility>
 
 #include "host_copy.h"
+#include "per_process.h"
 #include "pinned_pool.h"
 
 namespace tensorbridge {
@@ -91,15 +90,7 @@ class Completer {
     std::function<void(bool ok)> then;  // may be empty
   };
 
-  static Completer& instance() {
-    static std::once_flag once;
-    std::call_once(once, [] {
-      g_instance = new Completer();
-      // The thread does not survive fork; the parent's jobs are not ours.
-      pthread_atfork(nullptr, nullptr, [] { g_instance = new Completer(); });
-    });
-    return *g_instance;
-  }
+  static Completer& instance() { return per_process<Completer>(); }
 
   void submit(Job job) {
     {
@@ -120,8 +111,6 @@ class Completer {
   }
 
  private:
-  static inline Completer* g_instance = nullptr;
-
   void run() {
     for (;;) {
       Job job;

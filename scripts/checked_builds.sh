@@ -31,7 +31,7 @@ for stage in $stages; do
       site=$(build address,undefined asan)
       # C++ exceptions need libstdc++ preloaded beside libasan (python is C).
       LD_PRELOAD="$(preload asan)" TENSORBRIDGE_SANITIZE=address,undefined \
-      ASAN_OPTIONS="detect_leaks=1:fast_unwind_on_malloc=0" \
+      ASAN_OPTIONS="detect_leaks=1" \
       LSAN_OPTIONS="suppressions=$PWD/tests/sanitizers/lsan.supp:print_suppressions=0" \
       UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" PYTHONPATH="$site" \
         "$PY" -m pytest -q -p no:cacheprovider tests
