@@ -149,9 +149,13 @@ class Transfer:
         return cls(None, array)
 
     def done(self) -> bool:
+        """Whether the copy has finished (successfully or not). Never blocks."""
         return self._native is None or self._native.done()
 
     def wait(self, timeout=None) -> np.ndarray:
+        """The array, once the copy has finished (the GIL is released while
+        waiting). Raises TimeoutError after `timeout` seconds, or
+        RuntimeError with the driver's text if the copy failed."""
         if self._native is not None:
             seconds = -1.0 if timeout is None else float(timeout)
             if timeout is not None and seconds < 0:
