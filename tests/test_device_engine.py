@@ -155,9 +155,32 @@ def test_stream_argument_orders_the_copy_on_that_stream(standin):
     assert x.requests[-1]["stream"] == stream  # the producer was told the consumer's stream
 
 
-def test_non_contiguous_device_memory_is_refused_with_the_fix(standin):
-    x = DeviceArray(standin, values((4, 6)), shape=(4, 3), strides=(6, 2))
-    with pytest.raises(BufferError, match="not row-major.*contiguous"):
+@pytest.mark.parametrize(("shape", "strides", "view"), [
+    ((4, 3), (6, 2), lambda a: a[:, ::2]),            # every other column: runs of 1 element
+    ((4, 5), (6, 1), lambda a: a[:, :5]),             # padded rows: runs of 5
+    ((2, 3, 2), (12, 4, 1), lambda a: a.reshape(2, 3, 4)[:, :, :2]),
+])
+def test_strided_device_memory_is_copied_as_its_runs(standin, shape, strides, view):
+    base = values((4, 6))
+    expected = view(base)
+    assert expected.shape == shape
+    x = DeviceArray(standin, base, ndim=len(shape), shape=shape, strides=strides)
+    np.testing.assert_array_equal(tb.to_numpy(x), expected)
+    np.testing.assert_array_equal(tb.to_numpy_async(x).wait(), expected)
+    assert standin.calls("cuMemcpyBatchAsync") == 2
+
+
+def test_collect_takes_strided_device_batches(standin):
+    base = values((4, 6))
+    strided = DeviceArray(standin, base, shape=(4, 3), strides=(6, 2))
+    plain = DeviceArray(standin, base[:2, :3])
+    np.testing.assert_array_equal(tb.collect([strided, plain]),
+                                  np.concatenate([base[:, ::2], base[:2, :3]]))
+
+
+def test_too_fragmented_device_memory_is_refused_with_the_fix(standin):
+    x = DeviceArray(standin, values((300, 300)), shape=(300, 300), strides=(1, 300))  # transposed
+    with pytest.raises(BufferError, match="90000 separate pieces; make it contiguous"):
         tb.to_numpy(x)
 
 

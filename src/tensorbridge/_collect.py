@@ -100,7 +100,7 @@ class _Writer:
         self.rows += rows
         if source is None:
             self._write_host(first_row, rows, array)
-        elif source.nbytes <= _PACK_BYTES:
+        elif source.nbytes <= _PACK_BYTES and source.strides is None:
             self.pending.append((first_row, source))
             if len(self.pending) >= _PACK_COUNT:
                 self._flush()
@@ -201,7 +201,7 @@ def _as_bytes(array):
 class _DeviceBatch:
     """A batch in CUDA memory, made plain and contiguous on its device."""
 
-    __slots__ = ("device", "stream", "address", "nbytes", "shape", "dtype", "keep")
+    __slots__ = ("device", "stream", "address", "nbytes", "shape", "dtype", "keep", "strides")
 
     @classmethod
     def of(cls, batch):
@@ -217,6 +217,7 @@ class _DeviceBatch:
             self.address, self.keep = t.data_ptr(), t
             self.shape = tuple(t.shape)
             self.nbytes = t.numel() * t.element_size()
+            self.strides = None
             return self
         device = _dlpack_device(batch) if not isinstance(batch, np.ndarray) else None
         if device is None or device[0] not in _cuda.CUDA_DEVICE_TYPES:
@@ -231,13 +232,16 @@ class _DeviceBatch:
         owner, _, _, address, shape, strides, dtype, name = _core.describe_capsule(capsule)
         if dtype is None:
             raise TypeError(f"collect: a batch holds {name}, which has no NumPy dtype")
-        if not _cuda.is_row_major(shape, strides):
-            raise BufferError("collect: a CUDA batch is not contiguous; make it contiguous in "
-                              "its producer first")
+        # Strided batches are copied as their contiguous runs (see copy_into).
+        self.strides = None if _cuda.is_row_major(shape, strides) else strides
         self.keep, self.address, self.shape, self.dtype = owner, address, shape, dtype
         self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         return self
 
     def copy_into(self, target):
+        if self.strides is not None:
+            _cuda.copy_strided(self.device, self.address, self.stream, self.shape, self.strides,
+                               self.dtype, target)
+            return
         _core.copy_to_host(self.device, self.address, self.nbytes, self.stream, _as_bytes(target),
                            False)

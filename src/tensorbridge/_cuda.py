@@ -301,13 +301,46 @@ def dlpack_to_numpy(x, device_id, out, stream, asynchronous):
         raise TypeError(f"to_numpy: this {type(x).__name__} holds {dtype_name}, which has no "
                         "NumPy dtype; convert it in the producer first")
     if not is_row_major(shape, strides):
-        raise BufferError(
-            f"to_numpy: this {type(x).__name__} in CUDA memory has strides {strides} (elements), "
-            f"not row-major for shape {shape}; make it contiguous in the producer first "
-            "(for CuPy: cupy.ascontiguousarray)")
+        # Strided device memory: its contiguous runs, gathered in one packed copy.
+        result = copy_strided(device, address, handle, shape, strides, dtype, out)
+        return Transfer.finished(result) if asynchronous else result
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     return copy_device_memory(device, address, nbytes, handle, shape, dtype, out, asynchronous,
                               owner)
+
+
+_MAX_RUNS = 1 << 16  # beyond, a strided copy is better made contiguous on the device
+
+
+def copy_strided(device, address, stream, shape, strides, dtype, out):
+    """Copy strided device memory as its contiguous runs (row-major inner
+    blocks), packed into one submission, straight into the result."""
+    itemsize = dtype.itemsize
+    inner = len(shape)  # the trailing dimensions [inner:] are compact
+    step = 1
+    while inner > 0 and (shape[inner - 1] == 1 or strides[inner - 1] == step):
+        step *= shape[inner - 1]
+        inner -= 1
+    outer = shape[:inner]
+    runs = int(np.prod(outer, dtype=np.int64))
+    if runs > _MAX_RUNS:
+        raise BufferError(
+            f"to_numpy: CUDA memory of shape {shape} and strides {strides} (elements) falls into "
+            f"{runs} separate pieces; make it contiguous in the producer first "
+            "(for CuPy: cupy.ascontiguousarray)")
+    run_bytes = step * itemsize
+    starts = np.zeros(outer, np.int64) if outer else np.zeros((), np.int64)
+    for axis, (n, stride) in enumerate(zip(outer, strides[:inner])):
+        index = np.arange(n, dtype=np.int64).reshape((-1,) + (1,) * (len(outer) - axis - 1))
+        starts = starts + index * stride * itemsize
+    result, target, _ = _destination(shape, dtype, out)
+    flat = _as_bytes(target)
+    sources = [(address + int(start), run_bytes) for start in starts.reshape(-1)]
+    destinations = [flat[i * run_bytes:(i + 1) * run_bytes] for i in range(runs)]
+    _core.copy_many_to_host(device, sources, stream, destinations)
+    if target is not result:
+        np.copyto(result, target)
+    return result
 
 
 def is_row_major(shape, strides) -> bool:
