@@ -42,9 +42,8 @@ def collect(batches, *, out=None):
         raise TypeError(f"collect: out must be a numpy.ndarray, got {type(out).__name__}")
     if out is not None and not out.flags.writeable:
         raise ValueError("collect: out is read-only; pass a writeable array")
-    writer = _Writer(out)
-    if isinstance(batches, (list, tuple)):
-        writer.expect_rows(_total_rows(batches))  # one allocation instead of growing
+    # A sequence tells its size up front: one allocation instead of growing.
+    writer = _Writer(out, _total_rows(batches) if isinstance(batches, (list, tuple)) else None)
     index = 0
     while True:
         # No reference to a batch outlives its write: the producer may free
@@ -71,17 +70,14 @@ def _total_rows(batches):
 
 
 class _Writer:
-    def __init__(self, out):
+    def __init__(self, out, expected_rows=None):
         self.out = out
         self.buffer = None if out is not None else _core.GrowableBuffer()
         self.rows = 0
         self.trailing = None
         self.dtype = None
         self.pending = []  # small device batches: (offset_rows, device batch)
-        self.expected_rows = None  # known up front for sequences
-
-    def expect_rows(self, rows):
-        self.expected_rows = rows
+        self.expected_rows = expected_rows  # known up front for sequences, else None
 
     # -- one batch -----------------------------------------------------------------
 
