@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import _core, _cuda, _dtypes
+from . import _core, _cuda
 from ._convert import _dlpack_device, to_numpy
 
 _PACK_BYTES = 64 << 10  # a batch at most this large waits to be packed with others
@@ -82,7 +82,7 @@ class _Writer:
     # -- one batch -----------------------------------------------------------------
 
     def add(self, index, batch):
-        source = _DeviceBatch.of(batch)
+        source = _device_memory(batch)
         array = None
         if source is None:
             array = to_numpy(batch)
@@ -194,50 +194,12 @@ def _as_bytes(array):
     return array.reshape(-1).view(np.uint8)
 
 
-class _DeviceBatch:
-    """A batch in CUDA memory, made plain and contiguous on its device."""
-
-    __slots__ = ("device", "stream", "address", "nbytes", "shape", "dtype", "keep", "strides")
-
-    @classmethod
-    def of(cls, batch):
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(batch, torch.Tensor):
-            if batch.device.type != "cuda":
-                return None
-            self = cls()
-            self.device = batch.device.index or 0
-            self.stream = torch.cuda.current_stream(self.device).cuda_stream
-            self.dtype = _dtypes.numpy_dtype(batch.dtype)
-            t = _cuda._plain_contiguous(torch, batch, self.device, self.stream, False)
-            self.address, self.keep = t.data_ptr(), t
-            self.shape = tuple(t.shape)
-            self.nbytes = t.numel() * t.element_size()
-            self.strides = None
-            return self
-        device = _dlpack_device(batch) if not isinstance(batch, np.ndarray) else None
-        if device is None or device[0] not in _cuda.CUDA_DEVICE_TYPES:
-            return None
-        self = cls()
-        self.device = device[1]
-        self.stream = _cuda._producer_stream(device[1])
-        try:
-            capsule = batch.__dlpack__(stream=self.stream, max_version=(1, 3))
-        except TypeError:
-            capsule = batch.__dlpack__(stream=self.stream)
-        owner, _, _, address, shape, strides, dtype, name = _core.describe_capsule(capsule)
-        if dtype is None:
-            raise TypeError(f"collect: a batch holds {name}, which has no NumPy dtype")
-        # Strided batches are copied as their contiguous runs (see copy_into).
-        self.strides = None if _cuda.is_row_major(shape, strides) else strides
-        self.keep, self.address, self.shape, self.dtype = owner, address, shape, dtype
-        self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        return self
-
-    def copy_into(self, target):
-        if self.strides is not None:
-            _cuda.copy_strided(self.device, self.address, self.stream, self.shape, self.strides,
-                               self.dtype, target)
-            return
-        _core.copy_to_host(self.device, self.address, self.nbytes, self.stream, _as_bytes(target),
-                           False)
+def _device_memory(batch):
+    """The batch's CUDA memory, or None for a batch in host memory."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(batch, torch.Tensor):
+        return _cuda.DeviceMemory.of_tensor(torch, batch) if batch.is_cuda else None
+    device = _dlpack_device(batch) if not isinstance(batch, np.ndarray) else None
+    if device is None or device[0] not in _cuda.CUDA_DEVICE_TYPES:
+        return None
+    return _cuda.DeviceMemory.of_dlpack(batch, device[1], caller="collect")

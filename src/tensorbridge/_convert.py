@@ -67,11 +67,12 @@ def to_numpy_async(x, *, out=None, stream=None):
         _check_out_array(out)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor) and x.device.type == "cuda":
-        _dtypes.numpy_dtype(x.dtype)
-        return _cuda.tensor_to_numpy(torch, x, out, stream, asynchronous=True)
+        memory = _cuda.DeviceMemory.of_tensor(torch, x, stream)
+        return _cuda.copy_device_memory(memory, out, asynchronous=True)
     device = _dlpack_device(x) if not isinstance(x, np.ndarray) else None
     if device is not None and device[0] in _cuda.CUDA_DEVICE_TYPES:
-        return _cuda.dlpack_to_numpy(x, device[1], out, stream, asynchronous=True)
+        memory = _cuda.DeviceMemory.of_dlpack(x, device[1], stream)
+        return _cuda.copy_device_memory(memory, out, asynchronous=True)
     return _cuda.Transfer.finished(to_numpy(x, out=out, stream=stream))
 
 
@@ -95,7 +96,8 @@ def _from_tensor(torch, t, copy, out, stream):
         if copy is False:
             raise BufferError(f"to_numpy: copy=False, but its memory is on {t.device}, so NumPy "
                               "cannot view it; pass copy=None to allow the copy")
-        return _cuda.tensor_to_numpy(torch, t, out, stream, asynchronous=False)
+        memory = _cuda.DeviceMemory.of_tensor(torch, t, stream)
+        return _cuda.copy_device_memory(memory, out, asynchronous=False)
     if t.requires_grad:
         t = t.detach()  # views must not hold the autograd graph
 
@@ -194,7 +196,8 @@ def _from_dlpack(x, copy, out, stream):
             f"type {device_type}, which the CPU cannot read; pass copy=None to allow the copy"
         )
     if device_type in _cuda.CUDA_DEVICE_TYPES and _cuda.cuda_available():
-        return _cuda.dlpack_to_numpy(x, device_id, out, stream, asynchronous=False)
+        memory = _cuda.DeviceMemory.of_dlpack(x, device_id, stream)
+        return _cuda.copy_device_memory(memory, out, asynchronous=False)
     # Ask the producer itself for a host copy (DLPack >= 1.0 `dl_device`).
     try:
         capsule = x.__dlpack__(max_version=_DLPACK_MAX_VERSION, dl_device=(1, 0), copy=True)

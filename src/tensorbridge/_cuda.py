@@ -221,12 +221,9 @@ def _destination(shape, dtype, out):
     if out is None:
         result = np.empty(shape, dtype)
         return result, result, False
-    if out.shape != tuple(shape):
-        raise ValueError(f"to_numpy: out has shape {out.shape}, but the result has shape "
-                         f"{tuple(shape)}; pass an array of exactly that shape")
-    if out.dtype != dtype:
-        raise ValueError(f"to_numpy: out has dtype {out.dtype}, but the result has dtype "
-                         f"{dtype}; pass an array of exactly that dtype")
+    from ._convert import _check_out_matches
+
+    _check_out_matches(out, shape, dtype)
     if out.flags.c_contiguous:
         return out, out, is_pinned(out)
     return out, np.empty(shape, dtype), False  # copied into `out` afterwards
@@ -236,36 +233,70 @@ def _as_bytes(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1).view(np.uint8)
 
 
-def copy_device_memory(device, address, nbytes, stream, shape, dtype, out, asynchronous,
-                       keep):
-    """Copy `nbytes` of row-major device memory into a new or given array."""
-    result, target, pinned = _destination(shape, dtype, out)
-    if asynchronous:
-        native = _core.copy_to_host_async(device, address, nbytes, stream, _as_bytes(target),
-                                          pinned)
-        if target is not result:  # not contiguous: finish synchronously into `out`
-            native.wait(-1.0)
-            if native.error():
-                raise RuntimeError(f"to_numpy_async: the device copy failed: {native.error()}")
-            np.copyto(result, target)
-            return Transfer.finished(result)
-        return Transfer(native, result, (keep, target))
-    _core.copy_to_host(device, address, nbytes, stream, _as_bytes(target), pinned)
+class DeviceMemory:
+    """Values in CUDA memory, as the engine copies them: where they are, the
+    stream their copy is ordered on, their layout, and what keeps them alive."""
+
+    __slots__ = ("device", "stream", "address", "shape", "strides", "dtype", "nbytes", "keep")
+
+    def __init__(self, device, stream, address, shape, strides, dtype, keep):
+        self.device, self.stream, self.address = device, stream, address
+        self.shape, self.dtype, self.keep = tuple(shape), dtype, keep
+        self.strides = None if is_row_major(shape, strides) else tuple(strides)
+        self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+    @classmethod
+    def of_tensor(cls, torch, t, stream=None):
+        """A torch CUDA tensor, made plain and contiguous on its device first
+        (on the copy's stream) when it needs to be."""
+        device = t.device.index if t.device.index is not None else torch.cuda.current_device()
+        handle = (stream_handle(stream) if stream is not None
+                  else torch.cuda.current_stream(device).cuda_stream)
+        dtype = _dtypes.numpy_dtype(t.dtype)
+        t = _plain_contiguous(torch, t, device, handle, stream is not None)
+        return cls(device, handle, t.data_ptr(), t.shape, None, dtype, t)
+
+    @classmethod
+    def of_dlpack(cls, x, device_id, stream=None, caller="to_numpy"):
+        """Any DLPack producer in CUDA memory."""
+        handle = stream_handle(stream) if stream is not None else _producer_stream(device_id)
+        # The consumer names its stream: the producer orders its pending work
+        # before anything we enqueue there.
+        try:
+            capsule = x.__dlpack__(stream=handle, max_version=(1, 3))
+        except TypeError:
+            capsule = x.__dlpack__(stream=handle)
+        owner, _, device, address, shape, strides, dtype, name = _core.describe_capsule(capsule)
+        if dtype is None:
+            raise TypeError(f"{caller}: this {type(x).__name__} holds {name}, which has no "
+                            "NumPy dtype; convert it in the producer first")
+        return cls(device, handle, address, shape, strides, dtype, owner)
+
+    def copy_into(self, target: np.ndarray) -> None:
+        """Copy into `target`, a C-contiguous array of this shape and dtype."""
+        if self.strides is not None:
+            copy_strided(self, target)
+        else:
+            _core.copy_to_host(self.device, self.address, self.nbytes, self.stream,
+                               _as_bytes(target), is_pinned(target))
+
+
+def copy_device_memory(memory: DeviceMemory, out, asynchronous):
+    """`memory` into a new array or `out`; a Transfer when `asynchronous`."""
+    result, target, pinned = _destination(memory.shape, memory.dtype, out)
+    if asynchronous and memory.strides is None:
+        native = _core.copy_to_host_async(memory.device, memory.address, memory.nbytes,
+                                          memory.stream, _as_bytes(target), pinned)
+        if target is result:
+            return Transfer(native, result, (memory.keep, target))
+        native.wait(-1.0)  # a non-contiguous `out`: finish here, then copy into it
+        if native.error():
+            raise RuntimeError(f"to_numpy_async: the device copy failed: {native.error()}")
+    else:
+        memory.copy_into(target)  # strided memory is copied synchronously
     if target is not result:
         np.copyto(result, target)
-    return result
-
-
-def tensor_to_numpy(torch, t, out, stream, asynchronous):
-    """A torch CUDA tensor, through the engine."""
-    device = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    handle = (stream_handle(stream) if stream is not None
-              else torch.cuda.current_stream(device).cuda_stream)
-    dtype = _dtypes.numpy_dtype(t.dtype)
-    t = _plain_contiguous(torch, t, device, handle, stream is not None)
-    nbytes = t.numel() * t.element_size()
-    return copy_device_memory(device, t.data_ptr(), nbytes, handle, tuple(t.shape), dtype, out,
-                              asynchronous, t)
+    return Transfer.finished(result) if asynchronous else result
 
 
 def _plain_contiguous(torch, t, device, handle, on_given_stream):
@@ -287,35 +318,13 @@ def _plain_contiguous(torch, t, device, handle, on_given_stream):
         return prepare(t)
 
 
-def dlpack_to_numpy(x, device_id, out, stream, asynchronous):
-    """Any DLPack producer in CUDA memory, through the engine."""
-    handle = stream_handle(stream) if stream is not None else _producer_stream(device_id)
-    # The consumer names its stream: the producer orders its pending work
-    # before anything we enqueue there.
-    try:
-        capsule = x.__dlpack__(stream=handle, max_version=(1, 3))
-    except TypeError:
-        capsule = x.__dlpack__(stream=handle)
-    owner, _, device, address, shape, strides, dtype, dtype_name = _core.describe_capsule(capsule)
-    if dtype is None:
-        raise TypeError(f"to_numpy: this {type(x).__name__} holds {dtype_name}, which has no "
-                        "NumPy dtype; convert it in the producer first")
-    if not is_row_major(shape, strides):
-        # Strided device memory: its contiguous runs, gathered in one packed copy.
-        result = copy_strided(device, address, handle, shape, strides, dtype, out)
-        return Transfer.finished(result) if asynchronous else result
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    return copy_device_memory(device, address, nbytes, handle, shape, dtype, out, asynchronous,
-                              owner)
-
-
 _MAX_RUNS = 1 << 16  # beyond, a strided copy is better made contiguous on the device
 
 
-def copy_strided(device, address, stream, shape, strides, dtype, out):
+def copy_strided(memory: DeviceMemory, target: np.ndarray) -> None:
     """Copy strided device memory as its contiguous runs (row-major inner
-    blocks), packed into one submission, straight into the result."""
-    itemsize = dtype.itemsize
+    blocks), packed into one submission, into C-contiguous `target`."""
+    shape, strides, itemsize = memory.shape, memory.strides, memory.dtype.itemsize
     inner = len(shape)  # the trailing dimensions [inner:] are compact
     step = 1
     while inner > 0 and (shape[inner - 1] == 1 or strides[inner - 1] == step):
@@ -329,18 +338,14 @@ def copy_strided(device, address, stream, shape, strides, dtype, out):
             f"{runs} separate pieces; make it contiguous in the producer first "
             "(for CuPy: cupy.ascontiguousarray)")
     run_bytes = step * itemsize
-    starts = np.zeros(outer, np.int64) if outer else np.zeros((), np.int64)
+    starts = np.zeros(outer, np.int64)
     for axis, (n, stride) in enumerate(zip(outer, strides[:inner])):
         index = np.arange(n, dtype=np.int64).reshape((-1,) + (1,) * (len(outer) - axis - 1))
         starts = starts + index * stride * itemsize
-    result, target, _ = _destination(shape, dtype, out)
     flat = _as_bytes(target)
-    sources = [(address + int(start), run_bytes) for start in starts.reshape(-1)]
+    sources = [(memory.address + int(start), run_bytes) for start in starts.reshape(-1)]
     destinations = [flat[i * run_bytes:(i + 1) * run_bytes] for i in range(runs)]
-    _core.copy_many_to_host(device, sources, stream, destinations)
-    if target is not result:
-        np.copyto(result, target)
-    return result
+    _core.copy_many_to_host(memory.device, sources, memory.stream, destinations)
 
 
 def is_row_major(shape, strides) -> bool:
