@@ -21,7 +21,6 @@ _EXTENDED = (
 _WIDENED = {"complex32": np.dtype("complex64")}
 
 _cache: dict[str, np.dtype] = {}
-_extended_dtypes: set[np.dtype] = set()
 
 
 def torch_dtype_name(dtype) -> str:
@@ -55,8 +54,9 @@ def needs_widening(torch_dtype) -> bool:
 
 
 def is_extended(dtype: np.dtype) -> bool:
-    """True for ml_dtypes dtypes, which torch.from_numpy and .numpy() refuse."""
-    return dtype in _extended_dtypes
+    """True for the ml_dtypes dtypes torch also has (NumPy has none of these
+    names), which torch.from_numpy and .numpy() refuse."""
+    return dtype.name in _EXTENDED
 
 
 def same_size_integer(dtype: np.dtype) -> np.dtype:
@@ -73,9 +73,7 @@ def _extended(name: str) -> np.dtype:
             f"to_numpy: torch.{name} needs ml_dtypes.{name}, which ml_dtypes "
             f"{ml_dtypes.__version__} lacks; upgrade with 'pip install -U ml_dtypes'"
         )
-    dtype = np.dtype(scalar)
-    _extended_dtypes.add(dtype)
-    return dtype
+    return np.dtype(scalar)
 
 
 def _fix_for(name: str) -> str:
