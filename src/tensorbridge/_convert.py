@@ -170,14 +170,18 @@ def _copy_tensor_into(torch, dst: np.ndarray, t) -> None:
     target = dst
     if any(s < 0 for s in dst.strides):  # torch cannot wrap negative strides
         target = np.empty(dst.shape, dst.dtype)
-    if _dtypes.is_extended(target.dtype):
-        wrapped = torch.from_numpy(target.view(_dtypes.same_size_integer(target.dtype)))
-        wrapped = wrapped.view(t.dtype)
-    else:
-        wrapped = torch.from_numpy(target)
-    wrapped.copy_(t)
+    tensor_over(torch, target).copy_(t)
     if target is not dst:
         np.copyto(dst, target)
+
+
+def tensor_over(torch, array: np.ndarray):
+    """A CPU tensor over `array`'s memory (non-negative strides), ml_dtypes
+    through a same-size integer, which torch.from_numpy takes."""
+    if _dtypes.is_extended(array.dtype):
+        bits = torch.from_numpy(array.view(_dtypes.same_size_integer(array.dtype)))
+        return bits.view(getattr(torch, array.dtype.name))
+    return torch.from_numpy(array)
 
 
 # -- other producers -----------------------------------------------------------
@@ -207,12 +211,7 @@ def _from_dlpack(x, copy, out, stream):
             f"{device_type} and its producer cannot copy it to the CPU ({error}); "
             "copy it to host memory with the producer's own API first"
         ) from error
-    array = _core.array_from_capsule(capsule)
-    if out is not None:
-        _check_out_matches(out, array.shape, array.dtype)
-        np.copyto(out, array, casting="no")
-        return out
-    return array if copy is None else array.copy(order="K")
+    return _finish_view(_core.array_from_capsule(capsule), copy, out)
 
 
 def _request_capsule(x):

@@ -375,7 +375,7 @@ def to_device(a, device, *, dtype=None, stream=None):
     """
     import torch
 
-    from ._convert import to_numpy
+    from ._convert import tensor_over, to_numpy
 
     target = torch.device(device)
     if target.type != "cuda":
@@ -386,30 +386,14 @@ def to_device(a, device, *, dtype=None, stream=None):
     index = target.index if target.index is not None else torch.cuda.current_device()
     if isinstance(a, torch.Tensor) and a.is_cuda:
         return a.to(device=torch.device("cuda", index), dtype=dtype)
-    host = to_numpy(a)
-    if dtype is not None and dtype != _torch_dtype(torch, host.dtype):
-        host = to_numpy(_host_tensor(torch, host).to(dtype))
-    host = np.ascontiguousarray(host)
-    torch_dtype = _torch_dtype(torch, host.dtype)
-    result = torch.empty(host.shape, dtype=torch_dtype, device=torch.device("cuda", index))
+    host = np.ascontiguousarray(to_numpy(a))
+    if dtype is not None and dtype != tensor_over(torch, host).dtype:
+        host = np.ascontiguousarray(to_numpy(tensor_over(torch, host).to(dtype)))
+    result = torch.empty(host.shape, dtype=tensor_over(torch, host).dtype,
+                         device=torch.device("cuda", index))
     handle = (stream_handle(stream) if stream is not None
               else torch.cuda.current_stream(index).cuda_stream)
     native = _core.copy_to_device(_as_bytes(host), is_pinned(host), index, result.data_ptr(),
                                   host.nbytes, handle)
     keep_alive_until_done(native, host)
     return result
-
-
-def _host_tensor(torch, array):
-    """A CPU tensor viewing `array` (ml_dtypes through a same-size integer)."""
-    array = np.ascontiguousarray(array)
-    if _dtypes.is_extended(array.dtype):
-        return torch.from_numpy(array.view(_dtypes.same_size_integer(array.dtype))).view(
-            _torch_dtype(torch, array.dtype))
-    return torch.from_numpy(array)
-
-
-def _torch_dtype(torch, numpy_dtype):
-    if _dtypes.is_extended(numpy_dtype):
-        return getattr(torch, numpy_dtype.name)
-    return torch.from_numpy(np.empty(0, numpy_dtype)).dtype
