@@ -7,8 +7,6 @@ import os
 import numpy as np
 import torch
 
-import tensorbridge as tb
-
 # Set by scripts/checked_builds.sh: memory figures mean nothing under a
 # sanitizer (ASan keeps freed memory in quarantine), so those checks step aside.
 SANITIZED = bool(os.environ.get("TENSORBRIDGE_SANITIZE"))

@@ -199,3 +199,15 @@ def test_fake_tensors_have_no_values(path):
         fake = torch.ones(3)
     with pytest.raises(TypeError, match="cannot read the values of this FakeTensor"):
         tb.to_numpy(fake)
+
+
+def test_ml_dtypes_are_recognised_in_a_fresh_process():
+    # No earlier conversion is needed for tensorbridge to know an ml_dtypes array.
+    import subprocess
+    import sys
+
+    code = ("import ml_dtypes, numpy as np, torch\n"
+            "from tensorbridge._convert import tensor_over\n"
+            "print(tensor_over(torch, np.ones(2, ml_dtypes.bfloat16)).dtype)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "torch.bfloat16"

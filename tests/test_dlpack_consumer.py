@@ -1,6 +1,5 @@
 """The DLPack consumer rules, driven by a producer that can break each one."""
 
-import gc
 
 import numpy as np
 import pytest

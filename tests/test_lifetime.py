@@ -1,6 +1,5 @@
 """Views keep their source alive, never the autograd graph, and nothing leaks."""
 
-import gc
 import sys
 import weakref
 

@@ -1,9 +1,7 @@
 """The scikit-learn layer, under every scikit-learn convention."""
 
-import io
 import pickle
 import sys
-import warnings
 
 import joblib
 import numpy as np
