@@ -14,7 +14,7 @@
 namespace tensorbridge {
 namespace {
 
-constexpr size_t kMinPiece = 4u << 20;
+constexpr size_t kMinPiece = 1u << 20;
 constexpr unsigned kMaxThreads = 8;
 
 // A fixed set of threads taking copy pieces from one queue, started on first
