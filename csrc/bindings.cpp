@@ -90,6 +90,7 @@ PYBIND11_MODULE(_core, m) {
 
   // -- the CUDA engine: driver, pinned pool, transfers --------------------
   py::register_exception<tb::cuda::DriverError>(m, "DriverError", PyExc_RuntimeError);
+  tb::set_driver_error_type(m.attr("DriverError").ptr());
   py::register_exception<std::length_error>(m, "PinnedLimitError", PyExc_MemoryError);
   m.def("cuda_available", &tb::cuda::available);
   m.def("driver_version", &tb::cuda::driver_version);

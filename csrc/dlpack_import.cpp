@@ -35,9 +35,9 @@ void release_versioned(PyObject* owner) {
   release<DLManagedTensorVersioned>(owner, kVersionedOwnerName);
 }
 
-// A contract violation in the producer's tensor, detected before any read.
-// Returns an error message, or an empty string when the tensor is sound.
-std::string check_contract(const DLTensor& t) {
+}  // namespace
+
+std::string contract_violation(const DLTensor& t) {
   if (t.ndim < 0 || t.ndim > NPY_MAXDIMS) {
     return "ndim=" + std::to_string(t.ndim) + " is outside [0, " +
            std::to_string(NPY_MAXDIMS) + "]";
@@ -53,8 +53,6 @@ std::string check_contract(const DLTensor& t) {
   if (t.data == nullptr && !empty) return "data is NULL for a non-empty tensor";
   return {};
 }
-
-}  // namespace
 
 ViewStatus view_dltensor(const DLTensor& t, bool writeable, PyObject* base, PyObject** out) {
   if (!cpu_readable(t.device.device_type) || t.ndim < 0 || t.ndim > NPY_MAXDIMS) {
@@ -165,7 +163,7 @@ Taken take_capsule(PyObject* capsule) {
     return taken;
   }
   // From here on `owner` holds the tensor: dropping it calls the deleter.
-  const std::string broken = check_contract(*taken.tensor);
+  const std::string broken = contract_violation(*taken.tensor);
   if (!broken.empty()) {
     Py_CLEAR(taken.owner);
     refuse(PyExc_BufferError, broken);

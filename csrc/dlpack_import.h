@@ -1,10 +1,17 @@
 // DLPack tensors -> NumPy arrays (the consumer side of the protocol).
 #pragma once
 
+#include <string>
+
 #include "dlpack.h"
 #include "numpy_api.h"
 
 namespace tensorbridge {
+
+// A contract violation in a producer's tensor (ndim out of range, NULL or
+// negative shape, NULL data for a non-empty tensor), detected before any
+// read: an error message, or an empty string when the tensor is sound.
+std::string contract_violation(const dlpack::DLTensor& tensor);
 
 enum class ViewStatus {
   kOk,           // an array was made

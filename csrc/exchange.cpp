@@ -1,7 +1,13 @@
 #include "exchange.h"
 
+#include <new>
+#include <string>
+
+#include "cuda_driver.h"
 #include "dlpack.h"
 #include "dlpack_import.h"
+#include "dtypes.h"
+#include "transfer.h"
 
 namespace tensorbridge {
 namespace {
@@ -9,6 +15,7 @@ namespace {
 using namespace dlpack;
 
 PyObject* g_fallback = nullptr;  // strong reference, set once at import
+PyObject* g_driver_error = PyExc_RuntimeError;  // the type a driver failure raises
 bool g_fast_path = true;
 bool g_exchange_api = true;
 // torch dtypes that Tensor.numpy() accepts (strong references, looked up with
@@ -149,30 +156,41 @@ int call_bool_method(PyObject* object, PyObject* name) {
 }
 
 // What the arguments ask of the fast path: `x` alone, or with copy=None,
-// True or False, out=None and any stream (streams do not apply to CPU
-// memory). Anything else, unknown keywords included, goes to Python.
+// True or False, out=None and stream=None or any stream (streams do not
+// apply to CPU memory; a device copy with a stream is left to Python).
+// Anything else, unknown keywords included, goes to Python.
 enum class Request { kPython, kView, kCopy };
 
-Request classify(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
-  if (PyVectorcall_NARGS(nargs) != 1) return Request::kPython;
+struct Arguments {
   Request request = Request::kView;
+  bool copy_forbidden = false;  // copy=False
+  bool stream_given = false;
+};
+
+Arguments classify(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  Arguments parsed;
+  if (PyVectorcall_NARGS(nargs) != 1) return {Request::kPython};
   const Py_ssize_t count = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
   for (Py_ssize_t i = 0; i < count; ++i) {
     PyObject* name = PyTuple_GET_ITEM(kwnames, i);
     PyObject* value = args[1 + i];
     if (PyUnicode_CompareWithASCIIString(name, "copy") == 0) {
       if (value == Py_True) {
-        request = Request::kCopy;
-      } else if (value != Py_None && value != Py_False) {
-        return Request::kPython;
+        parsed.request = Request::kCopy;
+      } else if (value == Py_False) {
+        parsed.copy_forbidden = true;
+      } else if (value != Py_None) {
+        return {Request::kPython};
       }
     } else if (PyUnicode_CompareWithASCIIString(name, "out") == 0) {
-      if (value != Py_None) return Request::kPython;
-    } else if (PyUnicode_CompareWithASCIIString(name, "stream") != 0) {
-      return Request::kPython;
+      if (value != Py_None) return {Request::kPython};
+    } else if (PyUnicode_CompareWithASCIIString(name, "stream") == 0) {
+      parsed.stream_given = value != Py_None;
+    } else {
+      return {Request::kPython};
     }
   }
-  return request;
+  return parsed;
 }
 
 // Whether the exchange API's raw view of a torch tensor shows its values: it
@@ -231,6 +249,108 @@ PyObject* numpy_method_view(PyObject* x) {
   return array;
 }
 
+// Reads `x` through its type's exchange API into `tensor`; false (no Python
+// error set) when that is not possible or, for torch, when the raw memory
+// does not show the tensor's values.
+bool read_exchanged(PyObject* x, const TypeInfo& info, DLTensor* tensor) {
+  if (info.api->dltensor_from_py_object_no_sync(x, tensor) != 0) {
+    PyErr_Clear();
+    return false;
+  }
+  if (info.is_torch && !torch_memory_is_plain(x, *tensor)) {
+    PyErr_Clear();
+    return false;
+  }
+  return true;
+}
+
+// A zero-copy view of CPU memory read through the exchange API, or nullptr
+// (no Python error set) when NumPy cannot view it.
+PyObject* view_exchanged(PyObject* x, const TypeInfo& info, const DLTensor& tensor) {
+  if (tensor.device.device_type != kDLCPU) return nullptr;
+  PyObject* base = info.is_torch ? torch_view_base(x) : (Py_INCREF(x), x);
+  PyObject* array = nullptr;
+  if (base == nullptr ||
+      view_dltensor(tensor, /*writeable=*/true, base, &array) != ViewStatus::kOk) {
+    PyErr_Clear();
+  }
+  Py_XDECREF(base);
+  return array;
+}
+
+// Whether the memory is compact row-major; strides of size-1 dimensions, and
+// of empty tensors, do not matter.
+bool is_row_major(const DLTensor& tensor) {
+  if (tensor.strides == nullptr) return true;
+  for (int i = 0; i < tensor.ndim; ++i) {
+    if (tensor.shape[i] == 0) return true;
+  }
+  int64_t step = 1;
+  for (int i = tensor.ndim - 1; i >= 0; --i) {
+    if (tensor.shape[i] != 1 && tensor.strides[i] != step) return false;
+    step *= tensor.shape[i];
+  }
+  return true;
+}
+
+// What the fast path did with memory in a CUDA device.
+enum class DeviceCopy { kDeclined, kCopied, kFailed };
+
+// Copies compact row-major CUDA memory read through the exchange API (a torch
+// CUDA tensor) into a new NumPy array, on the producer's current stream, with
+// the GIL released: the same copy as the Python route, without its Python
+// calls, so that small tensors cost little more than the copy itself.
+// Declines (no Python error set) whatever needs more than one plain copy;
+// the Python route then handles it.
+DeviceCopy copy_exchanged(const DLTensor& tensor, const DLPackExchangeAPI& api, PyObject** out) {
+  const DLDeviceType type = tensor.device.device_type;
+  if ((type != kDLCUDA && type != kDLCUDAManaged) || api.current_work_stream == nullptr ||
+      !contract_violation(tensor).empty() || !is_row_major(tensor)) {
+    return DeviceCopy::kDeclined;
+  }
+  void* stream = nullptr;
+  if (api.current_work_stream(kDLCUDA, tensor.device.device_id, &stream) != 0) {
+    PyErr_Clear();
+    return DeviceCopy::kDeclined;
+  }
+  PyArray_Descr* descr = descr_for(tensor.dtype);
+  if (descr == nullptr) return DeviceCopy::kDeclined;
+  npy_intp shape[NPY_MAXDIMS];
+  for (int i = 0; i < tensor.ndim; ++i) shape[i] = static_cast<npy_intp>(tensor.shape[i]);
+  PyObject* array = PyArray_NewFromDescr(&PyArray_Type, descr /* stolen */, tensor.ndim, shape,
+                                         nullptr, nullptr, 0, nullptr);
+  if (array == nullptr) return DeviceCopy::kFailed;
+
+  const DeviceSpan source{
+      tensor.device.device_id,
+      reinterpret_cast<cuda::CUdeviceptr>(static_cast<char*>(tensor.data) + tensor.byte_offset),
+      static_cast<size_t>(PyArray_NBYTES(reinterpret_cast<PyArrayObject*>(array)))};
+  void* destination = PyArray_DATA(reinterpret_cast<PyArrayObject*>(array));
+  PyObject* error_type = nullptr;
+  std::string error;
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    copy_to_host(source, static_cast<cuda::CUstream>(stream), destination, /*dst_pinned=*/false);
+  } catch (const cuda::DriverError& failure) {
+    error_type = g_driver_error;
+    error = failure.what();
+  } catch (const std::bad_alloc&) {
+    error_type = PyExc_MemoryError;
+    error = "to_numpy: out of memory while staging a device copy";
+  } catch (const std::exception& failure) {
+    error_type = PyExc_RuntimeError;
+    error = failure.what();
+  }
+  Py_END_ALLOW_THREADS
+  if (error_type != nullptr) {
+    Py_DECREF(array);
+    PyErr_SetString(error_type, error.c_str());
+    return DeviceCopy::kFailed;
+  }
+  *out = array;
+  return DeviceCopy::kCopied;
+}
+
 }  // namespace
 
 PyObject* fast_view(PyObject* x) {
@@ -241,23 +361,7 @@ PyObject* fast_view(PyObject* x) {
     return array;
   }
   DLTensor tensor;
-  if (info.api->dltensor_from_py_object_no_sync(x, &tensor) != 0) {
-    PyErr_Clear();
-    return nullptr;
-  }
-  if (tensor.device.device_type != kDLCPU) return nullptr;
-  if (info.is_torch && !torch_memory_is_plain(x, tensor)) {
-    PyErr_Clear();
-    return nullptr;
-  }
-  PyObject* base = info.is_torch ? torch_view_base(x) : (Py_INCREF(x), x);
-  PyObject* array = nullptr;
-  if (base == nullptr ||
-      view_dltensor(tensor, /*writeable=*/true, base, &array) != ViewStatus::kOk) {
-    PyErr_Clear();
-  }
-  Py_XDECREF(base);
-  return array;
+  return read_exchanged(x, info, &tensor) ? view_exchanged(x, info, tensor) : nullptr;
 }
 
 const char* const kToNumpyDoc =
@@ -288,17 +392,30 @@ const char* const kToNumpyDoc =
     "tensor in place while a view of it is in use, or pass ``copy=True``.\n";
 
 PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
-  const Request request = g_fast_path ? classify(args, nargs, kwnames) : Request::kPython;
-  if (request != Request::kPython) {
+  const Arguments arguments =
+      g_fast_path ? classify(args, nargs, kwnames) : Arguments{Request::kPython};
+  if (arguments.request != Request::kPython) {
     PyObject* x = args[0];
     PyObject* view = nullptr;
+    const TypeInfo info = PyArray_CheckExact(x) ? TypeInfo{} : lookup_type(Py_TYPE(x));
+    DLTensor tensor;
     if (PyArray_CheckExact(x)) {
       Py_INCREF(x);
       view = x;
-    } else {
+    } else if (info.api == nullptr || !g_exchange_api) {
       view = fast_view(x);
+    } else if (read_exchanged(x, info, &tensor)) {
+      view = view_exchanged(x, info, tensor);
+      if (view == nullptr && !arguments.copy_forbidden && !arguments.stream_given) {
+        PyObject* copy = nullptr;
+        switch (copy_exchanged(tensor, *info.api, &copy)) {
+          case DeviceCopy::kCopied: return copy;  // memory NumPy owns, whatever `copy` says
+          case DeviceCopy::kFailed: return nullptr;
+          case DeviceCopy::kDeclined: break;
+        }
+      }
     }
-    if (view != nullptr && request == Request::kView) return view;
+    if (view != nullptr && arguments.request == Request::kView) return view;
     if (view != nullptr) {  // copy=True: memory NumPy owns, in the view's order
       PyObject* copy =
           PyArray_NewCopy(reinterpret_cast<PyArrayObject*>(view), NPY_KEEPORDER);
@@ -316,6 +433,11 @@ PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject*
 void set_fallback(PyObject* fallback) {
   Py_XINCREF(fallback);
   Py_XSETREF(g_fallback, fallback);
+}
+
+void set_driver_error_type(PyObject* type) {
+  Py_INCREF(type);
+  g_driver_error = type;  // kept for the life of the process
 }
 
 void set_fast_path(bool enabled) { g_fast_path = enabled; }

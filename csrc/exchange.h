@@ -7,8 +7,9 @@
 namespace tensorbridge {
 
 // `to_numpy(x, *, copy=None, out=None, stream=None)`, METH_FASTCALL|KEYWORDS.
-// Handles the common case in C (a NumPy array, or CPU memory that NumPy can
-// view as is) and hands everything else, arguments untouched, to the Python
+// Handles the common cases in C (a NumPy array, CPU memory that NumPy can
+// view as is, compact CUDA memory of an exchange-API producer such as a torch
+// CUDA tensor, copied on its current stream) and hands everything else, arguments untouched, to the Python
 // implementation registered with set_fallback.
 PyObject* to_numpy(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames);
 
@@ -19,6 +20,9 @@ PyObject* fast_view(PyObject* x);
 
 // Registers the Python implementation that handles what the fast path does not.
 void set_fallback(PyObject* fallback);
+
+// The Python exception type a failed device copy raises (tensorbridge._core.DriverError).
+void set_driver_error_type(PyObject* type);
 
 // Turns the fast path off or on, and its use of the C exchange API (off, torch
 // tensors take Tensor.numpy() as with torch < 2.10). The tests run the whole

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
-from dlpack_producer import Producer
+from dlpack_producer import DLPackVersion, DLTensor, Producer
 
 LEGACY_STREAM = 1
 _EXPORTED = set()  # producers with capsules outstanding: their callbacks must stay alive
@@ -57,3 +59,67 @@ class DeviceArray(Producer):
         self.standin.synchronize(None)
         self.standin.read(out.ctypes.data, self.address, out.nbytes)
         return out
+
+
+# -- the DLPack C exchange API, as torch >= 2.10 publishes it ------------------
+
+class _ExchangeAPIHeader(ctypes.Structure):
+    _fields_ = [("version", DLPackVersion), ("prev_api", ctypes.c_void_p)]
+
+
+_FROM_PY_OBJECT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(DLTensor))
+_CURRENT_WORK_STREAM = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int32, ctypes.c_int32,
+                                        ctypes.POINTER(ctypes.c_void_p))
+
+
+class _ExchangeAPI(ctypes.Structure):
+    _fields_ = [("header", _ExchangeAPIHeader),
+                ("managed_tensor_allocator", ctypes.c_void_p),
+                ("managed_tensor_from_py_object_no_sync", ctypes.c_void_p),
+                ("managed_tensor_to_py_object_no_sync", ctypes.c_void_p),
+                ("dltensor_from_py_object_no_sync", _FROM_PY_OBJECT),
+                ("current_work_stream", _CURRENT_WORK_STREAM)]
+
+
+# The "current stream" of each device for exchange producers (0: the legacy
+# default stream, where DeviceArray.fill_later queues its fake kernels).
+CURRENT_STREAMS: dict = {}
+
+
+def _from_py_object(address, out):
+    x = ctypes.cast(address, ctypes.py_object).value
+    x.exchange_calls += 1
+    if x.refuse_exchange:
+        return -1
+    tensor, arrays = x.dltensor()
+    x._keep.append(arrays)  # valid while `x` lives, as the API promises
+    out[0] = tensor
+    return 0
+
+
+def _current_work_stream(device_type, device_id, out):
+    out[0] = CURRENT_STREAMS.get(device_id, 0)
+    return 0
+
+
+_API = _ExchangeAPI(_ExchangeAPIHeader(DLPackVersion(1, 3), None), None, None, None,
+                    _FROM_PY_OBJECT(_from_py_object), _CURRENT_WORK_STREAM(_current_work_stream))
+_API_NAME = ctypes.create_string_buffer(b"dlpack_exchange_api")  # capsules keep the pointer
+_pythonapi = ctypes.PyDLL(None)
+_pythonapi.PyCapsule_New.restype = ctypes.py_object
+_pythonapi.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+
+
+class ExchangeDeviceArray(DeviceArray):
+    """A DeviceArray whose type also publishes the DLPack C exchange API, as
+    torch tensors do: to_numpy reads it with no Python-level DLPack call
+    (``requests`` stays empty) and orders the copy on ``CURRENT_STREAMS``.
+    ``refuse_exchange=True`` makes the API fail, as for a tensor it cannot
+    describe."""
+
+    __dlpack_c_exchange_api__ = _pythonapi.PyCapsule_New(ctypes.addressof(_API), _API_NAME, None)
+
+    def __init__(self, standin, array, device=0, *, refuse_exchange=False, **overrides):
+        super().__init__(standin, array, device, **overrides)
+        self.exchange_calls = 0
+        self.refuse_exchange = refuse_exchange

@@ -109,7 +109,8 @@ class Producer:
             raise TypeError("__dlpack__() got an unexpected keyword argument")
         return self.capsule(versioned=self.versioned and "max_version" in kwargs)
 
-    def capsule(self, versioned=True):
+    def dltensor(self):
+        """The DLTensor this producer describes, and what must outlive it."""
         a, o = self.array, self.overrides
         shape_value = o.get("shape", a.shape)
         strides_value = o.get("strides", tuple(s // a.itemsize for s in a.strides))
@@ -125,6 +126,11 @@ class Producer:
             None if strides is None else ctypes.cast(strides, c_int64_p),
             o.get("byte_offset", 0),
         )
+        return tensor, (shape, strides)
+
+    def capsule(self, versioned=True):
+        tensor, arrays = self.dltensor()
+        o = self.overrides
         if versioned:
             managed = DLManagedTensorVersioned()
             managed.version = DLPackVersion(*o.get("version", (1, 1)))
@@ -139,7 +145,7 @@ class Producer:
         # The producer's capsule destructor frees the tensor only when nobody
         # consumed it (the consumer renames it).
         destructor = _DESTRUCTOR(lambda ptr: self._on_capsule_free(ptr, name))
-        self._keep.append((shape, strides, managed, deleter, destructor))
+        self._keep.append((arrays, managed, deleter, destructor))
         return _api.PyCapsule_New(ctypes.addressof(managed), name, destructor)
 
     def _on_capsule_free(self, ptr, name):

@@ -15,13 +15,21 @@ import pytest
 
 import tensorbridge as tb
 from tensorbridge import _core
-from device_producers import DeviceArray
+from device_producers import CURRENT_STREAMS, DeviceArray, ExchangeDeviceArray
 
 SIZES = {"empty": (0, 3), "64 bytes": (4, 4), "1 row": (1, 1000), "5 MB": (1250, 1000)}
 
 
 def values(shape, dtype="float32", seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+# The two routes of to_numpy for device memory: any DLPack producer through
+# the Python route, and a producer publishing the C exchange API (as torch
+# CUDA tensors do) copied by the native fast path.
+@pytest.fixture(params=["dlpack", "exchange"])
+def Device(request):
+    return DeviceArray if request.param == "dlpack" else ExchangeDeviceArray
 
 
 def test_driver_is_resolved_through_cuGetProcAddress_with_explicit_versions(standin):
@@ -34,37 +42,37 @@ def test_driver_is_resolved_through_cuGetProcAddress_with_explicit_versions(stan
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("dtype", ["float32", "int8", "float64", "complex64"])
-def test_device_memory_to_numpy(standin, size, dtype):
+def test_device_memory_to_numpy(standin, Device, size, dtype):
     _core.set_staging_chunk_bytes(1 << 20)  # 5 MB takes five chunks through three slots
     expected = values(SIZES[size], dtype)
-    a = tb.to_numpy(DeviceArray(standin, expected))
+    a = tb.to_numpy(Device(standin, expected))
     assert a.dtype == expected.dtype and a.shape == expected.shape
     np.testing.assert_array_equal(a, expected)
     assert a.flags.owndata and a.flags.writeable
 
 
 @pytest.mark.parametrize("device", [0, 1])
-def test_each_device_through_its_primary_context(standin, device):
+def test_each_device_through_its_primary_context(standin, Device, device):
     expected = values((3, 5))
-    np.testing.assert_array_equal(tb.to_numpy(DeviceArray(standin, expected, device)), expected)
+    np.testing.assert_array_equal(tb.to_numpy(Device(standin, expected, device)), expected)
 
 
-def test_copy_sees_the_work_queued_before_the_call(standin):
+def test_copy_sees_the_work_queued_before_the_call(standin, Device):
     # A fake kernel queued on the producer's stream fills the memory 30 ms
     # later; the copy is ordered after it, so the result holds the fill.
-    x = DeviceArray(standin, np.zeros(1 << 16, np.uint8))
+    x = Device(standin, np.zeros(1 << 16, np.uint8))
     x.fill_later(7, delay_us=30_000)
     assert (tb.to_numpy(x) == 7).all()
     x.fill_later(9, delay_us=30_000)
     assert (tb.to_numpy_async(x).wait() == 9).all()
 
 
-def test_results_are_never_half_written(standin):
+def test_results_are_never_half_written(standin, Device):
     standin.set_delay_us(0, 3000)
     _core.set_staging_chunk_bytes(64 << 10)
     for seed in range(10):
         expected = values((300, 700), seed=seed)
-        np.testing.assert_array_equal(tb.to_numpy(DeviceArray(standin, expected)), expected)
+        np.testing.assert_array_equal(tb.to_numpy(Device(standin, expected)), expected)
 
 
 def test_reading_before_the_copy_completes_sees_stale_data(standin):
@@ -80,11 +88,11 @@ def test_reading_before_the_copy_completes_sees_stale_data(standin):
     np.testing.assert_array_equal(out, expected)
 
 
-def test_waits_release_the_gil(standin):
+def test_waits_release_the_gil(standin, Device):
     # The copy can only complete after another Python thread has run: it is
     # queued behind a gate that thread opens. Holding the GIL would hang.
     gate = ctypes.c_int(0)
-    x = DeviceArray(standin, values((100, 100)))
+    x = Device(standin, values((100, 100)))
     standin.enqueue_gate(None, ctypes.byref(gate))
     opener = threading.Thread(target=lambda: setattr(gate, "value", 1))
     result = {}
@@ -137,8 +145,8 @@ def test_ordinary_out_and_non_contiguous_out(standin):
         tb.to_numpy(DeviceArray(standin, expected), out=np.empty((30, 40), np.float32))
 
 
-def test_copy_false_and_bad_streams_are_refused(standin):
-    x = DeviceArray(standin, values((3,)))
+def test_copy_false_and_bad_streams_are_refused(standin, Device):
+    x = Device(standin, values((3,)))
     with pytest.raises(BufferError, match="copy=False, but .* device type 2"):
         tb.to_numpy(x, copy=False)
     with pytest.raises(TypeError, match="stream must be a torch or CuPy stream"):
@@ -147,12 +155,57 @@ def test_copy_false_and_bad_streams_are_refused(standin):
         tb.to_numpy(x, stream=-1)
 
 
-def test_stream_argument_orders_the_copy_on_that_stream(standin):
+def test_stream_argument_orders_the_copy_on_that_stream(standin, Device):
     stream = standin.stream_create()
-    x = DeviceArray(standin, values((10,)))
+    x = Device(standin, values((10,)))
     a = tb.to_numpy(x, stream=stream)
     np.testing.assert_array_equal(a, x.read())
     assert x.requests[-1]["stream"] == stream  # the producer was told the consumer's stream
+
+
+def test_exchange_producers_are_copied_in_c_on_their_current_stream(standin):
+    # No Python-level DLPack call: the type's C exchange API describes the
+    # memory and names the current stream, where a fake kernel is queued.
+    stream = standin.stream_create()
+    CURRENT_STREAMS[1] = stream
+    try:
+        x = ExchangeDeviceArray(standin, np.zeros(1 << 16, np.uint8), device=1)
+        standin.enqueue_fill(stream, x.address, 5, x.array.nbytes, 30_000)
+        a = tb.to_numpy(x)
+        assert (a == 5).all() and a.flags.owndata and a.flags.writeable
+        assert x.requests == [] and x.exchange_calls == 1
+        copied = tb.to_numpy(x, copy=True)
+        assert copied.flags.owndata and x.requests == []
+    finally:
+        del CURRENT_STREAMS[1]
+
+
+@pytest.mark.parametrize("case", ["strided", "refused by the API", "stream=", "out=", "empty"])
+def test_exchange_route_leaves_the_rest_to_the_python_route(standin, case):
+    expected = values((6, 4))
+    if case == "strided":  # columns 0 and 2 of a (6, 4) array: not one compact copy
+        x = ExchangeDeviceArray(standin, expected, shape=(6, 2), strides=(4, 2))
+        expected = expected[:, ::2]
+    elif case == "refused by the API":
+        x = ExchangeDeviceArray(standin, expected, refuse_exchange=True)
+    elif case == "empty":
+        expected = values((0, 4))
+        x = ExchangeDeviceArray(standin, expected)
+    else:
+        x = ExchangeDeviceArray(standin, expected)
+    kwargs = {"stream=": {"stream": 0}, "out=": {"out": np.empty_like(expected)}}.get(case, {})
+    a = tb.to_numpy(x, **kwargs)
+    np.testing.assert_array_equal(a, expected)
+    assert a.shape == expected.shape and a.dtype == expected.dtype
+    assert len(x.requests) == (0 if case == "empty" else 1)  # one __dlpack__ call, or none
+
+
+def test_both_routes_raise_the_same_driver_error(standin):
+    for Device in (DeviceArray, ExchangeDeviceArray):
+        standin.fail("cuMemcpyDtoHAsync", result=2)
+        with pytest.raises(_core.DriverError, match=r"cuMemcpyDtoHAsync failed: "
+                                                    r"CUDA_ERROR_OUT_OF_MEMORY"):
+            tb.to_numpy(Device(standin, values((3, 3))))
 
 
 @pytest.mark.parametrize(("shape", "strides", "view"), [
@@ -222,10 +275,11 @@ def test_collect_mixes_host_and_device_batches(standin):
 @pytest.mark.parametrize("call", ["cuMemcpyDtoHAsync", "cuEventCreate", "cuEventRecord",
                                   "cuEventSynchronize", "cuCtxSetCurrent", "cuCtxGetCurrent"])
 @pytest.mark.parametrize("route", ["sync", "async", "staged"])
-def test_a_failure_at_each_call_site_is_reported_and_leaves_the_pool_sound(standin, call, route):
+def test_a_failure_at_each_call_site_is_reported_and_leaves_the_pool_sound(standin, Device, call,
+                                                                          route):
     _core.set_staging_chunk_bytes(1 << 20)
     expected = values((1000, 1000) if route == "staged" else (10, 10))
-    x = DeviceArray(standin, expected)
+    x = Device(standin, expected)
     standin.fail(call, result=999)
     with pytest.raises(RuntimeError, match=rf"{call} failed: CUDA_ERROR_UNKNOWN \(unknown error\)"):
         if route == "async":
@@ -314,7 +368,7 @@ def test_transfers_dropped_unawaited_are_safe(standin):
     assert all(p.deleted == 1 for p in producers)
 
 
-def test_threads_convert_concurrently(standin):
+def test_threads_convert_concurrently(standin, Device):
     standin.set_delay_us(0, 2000)
     _core.set_staging_chunk_bytes(256 << 10)
     errors = []
@@ -323,7 +377,7 @@ def test_threads_convert_concurrently(standin):
         try:
             for i in range(10):
                 expected = values((200, 300), seed=seed * 100 + i)
-                x = DeviceArray(standin, expected, device=seed % 2)
+                x = Device(standin, expected, device=seed % 2)
                 got = tb.to_numpy_async(x).wait() if i % 2 else tb.to_numpy(x)
                 np.testing.assert_array_equal(got, expected)
         except BaseException as error:  # noqa: BLE001 - reported below

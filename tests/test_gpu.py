@@ -80,6 +80,45 @@ def test_given_stream_orders_the_copy():
     assert (tb.to_numpy(t, stream=s) == 2).all()
 
 
+def test_given_stream_is_ordered_after_the_current_one_and_guards_the_source():
+    # The copy runs on `side`, behind a sleep: it must still see fill_(4),
+    # queued on the current stream, and fill_(5), queued after the call on
+    # the current stream, must wait for it.
+    side = torch.cuda.Stream()
+    t = torch.zeros(1 << 22, device="cuda")
+    torch.cuda._sleep(20_000_000)
+    t.fill_(4)
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)
+    transfer = tb.to_numpy_async(t, stream=side)
+    t.fill_(5)
+    assert (transfer.wait() == 4).all()
+    # a strided tensor is made contiguous on `side`, after fill_(5) on the current stream
+    assert (tb.to_numpy(t[::2], stream=side) == 5).all()
+
+
+def test_plain_cuda_tensors_take_the_native_route():
+    # torch >= 2.10 publishes the DLPack C exchange API: no Python-level step.
+    if not hasattr(torch.Tensor, "__dlpack_c_exchange_api__"):
+        pytest.skip("this torch has no DLPack C exchange API")
+    from tensorbridge import _convert
+
+    t = cuda_sample((64,), torch.float32)
+    calls = []
+    original = _convert.to_numpy
+    _convert.to_numpy = lambda *a, **k: calls.append(a) or original(*a, **k)
+    try:
+        _convert.install()
+        np.testing.assert_array_equal(tb.to_numpy(t), t.cpu().numpy())
+        np.testing.assert_array_equal(tb.to_numpy(t, copy=True), t.cpu().numpy())
+        assert calls == []
+        tb.to_numpy(t[::2])  # strided: the Python route makes it contiguous on the device
+        assert len(calls) == 1
+    finally:
+        _convert.to_numpy = original
+        _convert.install()
+
+
 def test_pinned_out_and_async():
     t = cuda_sample((4096, 1024), torch.float32)
     out = tb.empty_pinned(t.shape, np.float32)

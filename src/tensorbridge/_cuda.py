@@ -235,26 +235,42 @@ def _as_bytes(array: np.ndarray) -> np.ndarray:
 
 class DeviceMemory:
     """Values in CUDA memory, as the engine copies them: where they are, the
-    stream their copy is ordered on, their layout, and what keeps them alive."""
+    stream their copy is ordered on, their layout, what keeps them alive, and
+    what must follow the copy once it is enqueued."""
 
-    __slots__ = ("device", "stream", "address", "shape", "strides", "dtype", "nbytes", "keep")
+    __slots__ = ("device", "stream", "address", "shape", "strides", "dtype", "nbytes", "keep",
+                 "after_enqueue")
 
-    def __init__(self, device, stream, address, shape, strides, dtype, keep):
+    def __init__(self, device, stream, address, shape, strides, dtype, keep, after_enqueue=None):
         self.device, self.stream, self.address = device, stream, address
         self.shape, self.dtype, self.keep = tuple(shape), dtype, keep
         self.strides = None if is_row_major(shape, strides) else tuple(strides)
         self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self.after_enqueue = after_enqueue
 
     @classmethod
     def of_tensor(cls, torch, t, stream=None):
         """A torch CUDA tensor, made plain and contiguous on its device first
-        (on the copy's stream) when it needs to be."""
+        (on the copy's stream) when it needs to be.
+
+        On a given stream other than torch's current one, the copy is ordered
+        after both streams' work (as torch's own ``__dlpack__(stream)`` does),
+        and the current stream waits for the copy before its later kernels
+        can overwrite the source."""
         device = t.device.index if t.device.index is not None else torch.cuda.current_device()
-        handle = (stream_handle(stream) if stream is not None
-                  else torch.cuda.current_stream(device).cuda_stream)
-        dtype = _dtypes.numpy_dtype(t.dtype)
-        t = _plain_contiguous(torch, t, device, handle, stream is not None)
-        return cls(device, handle, t.data_ptr(), t.shape, None, dtype, t)
+        current = torch.cuda.current_stream(device)
+        handle = current.cuda_stream
+        if stream is None or stream_handle(stream) == handle:
+            t = _plain_contiguous(torch, t)
+            return cls(device, handle, t.data_ptr(), t.shape, None, _dtypes.numpy_dtype(t.dtype), t)
+        given = torch.cuda.ExternalStream(stream_handle(stream),
+                                          device=torch.device("cuda", device))
+        given.wait_stream(current)
+        with torch.cuda.stream(given):
+            t = _plain_contiguous(torch, t)
+        return cls(device, given.cuda_stream, t.data_ptr(), t.shape, None,
+                   _dtypes.numpy_dtype(t.dtype), t,
+                   after_enqueue=lambda: current.wait_stream(given))
 
     @classmethod
     def of_dlpack(cls, x, device_id, stream=None, caller="to_numpy"):
@@ -287,6 +303,8 @@ def copy_device_memory(memory: DeviceMemory, out, asynchronous):
     if asynchronous and memory.strides is None:
         native = _core.copy_to_host_async(memory.device, memory.address, memory.nbytes,
                                           memory.stream, _as_bytes(target), pinned)
+        if memory.after_enqueue is not None:
+            memory.after_enqueue()
         if target is result:
             return Transfer(native, result, (memory.keep, target))
         native.wait(-1.0)  # a non-contiguous `out`: finish here, then copy into it
@@ -299,23 +317,17 @@ def copy_device_memory(memory: DeviceMemory, out, asynchronous):
     return Transfer.finished(result) if asynchronous else result
 
 
-def _plain_contiguous(torch, t, device, handle, on_given_stream):
-    """`t` as plain row-major values on its device, made there (on the copy's
+def _plain_contiguous(torch, t):
+    """`t` as plain row-major values on its device, made there (on the current
     stream) only when needed: autograd, layout, conj/neg bits, complex32."""
-    def prepare(t):
-        if t.requires_grad:
-            t = t.detach()
-        if t.layout != torch.strided:
-            t = t.to_dense()
-        t = t.resolve_conj().resolve_neg()
-        if _dtypes.needs_widening(t.dtype):
-            t = t.to(torch.complex64)
-        return t.contiguous()
-
-    if not on_given_stream:
-        return prepare(t)
-    with torch.cuda.stream(torch.cuda.ExternalStream(handle, device=torch.device("cuda", device))):
-        return prepare(t)
+    if t.requires_grad:
+        t = t.detach()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    t = t.resolve_conj().resolve_neg()
+    if _dtypes.needs_widening(t.dtype):
+        t = t.to(torch.complex64)
+    return t.contiguous()
 
 
 _MAX_RUNS = 1 << 16  # beyond, a strided copy is better made contiguous on the device

@@ -228,7 +228,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 download.wait_stream(compute)
                 output.record_stream(download)
                 rows = result[start:start + output.shape[0]]
-                transfers.append(to_numpy_async(output, out=rows, stream=download))
+                with torch.cuda.stream(download):  # its own current stream: compute never waits
+                    transfers.append(to_numpy_async(output, out=rows))
         for transfer in transfers:
             transfer.wait()
         return result
