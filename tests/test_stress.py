@@ -12,7 +12,7 @@ import numpy as np
 
 import tensorbridge as tb
 from tensorbridge import _core
-from device_producers import DeviceArray
+from device_producers import DeviceArray, ExchangeDeviceArray
 
 SECONDS = float(os.environ.get("TENSORBRIDGE_STRESS_SECONDS", "4"))
 
@@ -32,7 +32,9 @@ def test_threads_convert_collect_and_drop_transfers(standin):
             while time.monotonic() < deadline:
                 rows = rng.choice([1, 7, 300, 3000])
                 expected = np.full((rows, 64), seed, np.float32)
-                x = DeviceArray(standin, expected, device=rng.randrange(2))
+                # half through the C exchange route, half through DLPack in Python
+                Device = rng.choice([DeviceArray, ExchangeDeviceArray])
+                x = Device(standin, expected, device=rng.randrange(2))
                 with lock:
                     producers.append(x)
                 action = rng.choice(list(counts))
