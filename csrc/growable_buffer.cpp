@@ -3,11 +3,15 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <utility>
 #include <cstdlib>
 #include <cstring>
 #include <cstdint>
+#include <mutex>
 #include <new>
 #include <stdexcept>
+
+#include "per_process.h"
 
 namespace tensorbridge {
 namespace {
@@ -28,12 +32,52 @@ void advise_huge_pages(char* data, size_t bytes) {
   if (bytes >= kHugePage) madvise(data, bytes, MADV_HUGEPAGE);  // a hint: failure is harmless
 }
 
+// The mapping of the last large buffer freed (up to kCacheLimit), kept for the
+// next one, as malloc keeps freed memory for reuse: its pages are already
+// faulted in, and page faults are most of what writing a fresh result costs.
+// (MADV_FREE, which would let the kernel reclaim them, cost more than the
+// faults it saves: measured 1.5 ms per 30 MiB here.)
+class MappingCache {
+ public:
+  static constexpr size_t kCacheLimit = 64u << 20;
+
+  static MappingCache& instance() { return per_process<MappingCache>(); }
+
+  // The cached mapping, or {nullptr, 0}.
+  std::pair<char*, size_t> take() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {std::exchange(data_, nullptr), std::exchange(capacity_, 0)};
+  }
+
+  // Keeps `data` for the next buffer (replacing the one kept so far), or
+  // unmaps it when it is larger than the cache may hold.
+  void put(char* data, size_t capacity) {
+    if (capacity > kCacheLimit) {
+      munmap(data, capacity);
+      return;
+    }
+    char* old_data;
+    size_t old_capacity;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      old_data = std::exchange(data_, data);
+      old_capacity = std::exchange(capacity_, capacity);
+    }
+    if (old_data != nullptr) munmap(old_data, old_capacity);
+  }
+
+ private:
+  std::mutex mutex_;
+  char* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
 }  // namespace
 
 GrowableBuffer::~GrowableBuffer() {
   if (data_ == nullptr) return;
   if (mapped_) {
-    munmap(data_, capacity_);
+    MappingCache::instance().put(data_, capacity_);
   } else {
     std::free(data_);
   }
@@ -65,25 +109,43 @@ void GrowableBuffer::reserve(size_t bytes) {
     capacity_ = wanted;
     return;
   }
+  if (!mapped_) adopt_mapping(wanted);
+  if (capacity_ < wanted) grow_mapping(wanted);
+}
+
+// Moves from the heap block to a mapping: the cached one, or a fresh one.
+void GrowableBuffer::adopt_mapping(size_t wanted) {
+  auto [data, capacity] = MappingCache::instance().take();
+  if (data == nullptr) {
+    capacity = huge_page_rounded(wanted);
+    data = reserve_aligned(capacity);
+    if (mprotect(data, capacity, PROT_READ | PROT_WRITE) != 0) {
+      munmap(data, capacity);
+      throw std::bad_alloc();
+    }
+    advise_huge_pages(data, capacity);
+  }
+  if (data_ != nullptr) {
+    // At most kHeapLimit, once: bytes written before the result outgrew the heap.
+    std::memcpy(data, data_, std::min(capacity_, capacity));
+    std::free(data_);
+  }
+  data_ = data;
+  capacity_ = capacity;
+  mapped_ = true;
+}
+
+// Moves the written pages (page tables only, no bytes) onto a larger range.
+void GrowableBuffer::grow_mapping(size_t wanted) {
   const size_t mapped_size = huge_page_rounded(wanted);
   char* target = reserve_aligned(mapped_size);
-  void* grown = MAP_FAILED;
-  if (mapped_) {
-    // Move the written pages (page tables only, no bytes) onto the new range.
-    grown = mremap(data_, capacity_, mapped_size, MREMAP_MAYMOVE | MREMAP_FIXED, target);
-  } else if (mprotect(target, mapped_size, PROT_READ | PROT_WRITE) == 0) {
-    grown = target;
-    advise_huge_pages(target, mapped_size);
-    if (data_ != nullptr) std::memcpy(target, data_, capacity_);  // at most kHeapLimit, once
-  }
+  void* grown = mremap(data_, capacity_, mapped_size, MREMAP_MAYMOVE | MREMAP_FIXED, target);
   if (grown == MAP_FAILED) {
     munmap(target, mapped_size);
     throw std::bad_alloc();
   }
-  if (!mapped_) std::free(data_);
   data_ = static_cast<char*>(grown);
   capacity_ = mapped_size;
-  mapped_ = true;
   advise_huge_pages(data_, capacity_);
 }
 

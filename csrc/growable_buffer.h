@@ -6,7 +6,9 @@
 // growing costs no copy and no second buffer, so peak memory stays at what was
 // written, and untouched capacity is never backed by pages. Those mappings are
 // 2 MiB aligned and ask for transparent huge pages: a large result is written
-// once, and its page faults are most of the cost.
+// once, and its page faults are most of the cost. For the same reason the
+// mapping of the last buffer freed (up to 64 MiB) is kept for the next one,
+// as malloc keeps freed memory for reuse.
 //
 // Moving the mapping would leave any exported view dangling, so growth is
 // refused while a BufferView is alive (the Python layer takes views only for
@@ -36,6 +38,9 @@ class GrowableBuffer {
   int live_views = 0;  // maintained by BufferView; guarded by the GIL
 
  private:
+  void adopt_mapping(size_t wanted);
+  void grow_mapping(size_t wanted);
+
   char* data_ = nullptr;
   size_t capacity_ = 0;
   bool mapped_ = false;  // data_ is a mapping (else a malloc block)
