@@ -383,18 +383,30 @@ def to_device(a, device, *, dtype=None, stream=None):
     converts on the host first. The copy is enqueued on ``stream`` (default:
     torch's current stream on that device) and the call returns once the host
     memory may be reused; like ``non_blocking=True``, but never reading
-    memory that changes afterwards.
+    memory that changes afterwards. ``device="cpu"`` gives a CPU tensor that
+    shares ``a``'s memory where it can, as ``torch.as_tensor`` does.
     """
     import torch
 
     from ._convert import tensor_over, to_numpy
 
-    target = torch.device(device)
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"to_device: device={device!r} is not a torch device; use 'cuda', "
+                         "'cuda:N' or 'cpu'") from error
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"to_device: dtype must be a torch dtype such as torch.float16, "
+                        f"got {dtype!r}")
+    if target.type == "cpu":
+        return _to_cpu_tensor(torch, a, dtype)
     if target.type != "cuda":
-        raise ValueError(f"to_device: device must be a CUDA device, got {str(target)!r}; "
-                         "for the CPU use torch.from_numpy(tb.to_numpy(a))")
-    if not cuda_available():
-        raise RuntimeError("to_device: no CUDA driver was found")
+        raise ValueError(f"to_device: device must be a CUDA device or the CPU, got "
+                         f"{str(target)!r}; for other devices use torch's own .to()")
+    if not cuda_available() or not torch.cuda.is_available():
+        raise RuntimeError(f"to_device: no usable CUDA GPU for {str(target)!r} (tensorbridge "
+                           f"finds a driver: {cuda_available()}; torch.cuda.is_available(): "
+                           f"{torch.cuda.is_available()}); use device='cpu' here")
     index = target.index if target.index is not None else torch.cuda.current_device()
     if isinstance(a, torch.Tensor) and a.is_cuda:
         return a.to(device=torch.device("cuda", index), dtype=dtype)
@@ -409,3 +421,15 @@ def to_device(a, device, *, dtype=None, stream=None):
                                   host.nbytes, handle)
     keep_alive_until_done(native, host)
     return result
+
+
+def _to_cpu_tensor(torch, a, dtype):
+    from ._convert import tensor_over, to_numpy
+
+    if isinstance(a, torch.Tensor):
+        return a.to(device="cpu", dtype=dtype)
+    host = to_numpy(a)
+    if not host.flags.writeable or any(stride < 0 for stride in host.strides):
+        host = host.copy()  # torch tensors are writeable and cannot step backwards
+    tensor = tensor_over(torch, host)
+    return tensor if dtype is None else tensor.to(dtype)
