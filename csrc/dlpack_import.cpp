@@ -54,6 +54,19 @@ std::string contract_violation(const DLTensor& t) {
   return {};
 }
 
+bool is_row_major(const DLTensor& t) {
+  if (t.strides == nullptr) return true;
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] == 0) return true;
+  }
+  int64_t step = 1;
+  for (int i = t.ndim - 1; i >= 0; --i) {
+    if (t.shape[i] != 1 && t.strides[i] != step) return false;
+    step *= t.shape[i];
+  }
+  return true;
+}
+
 ViewStatus view_dltensor(const DLTensor& t, bool writeable, PyObject* base, PyObject** out) {
   if (!cpu_readable(t.device.device_type) || t.ndim < 0 || t.ndim > NPY_MAXDIMS) {
     return ViewStatus::kUnsupported;
@@ -196,10 +209,11 @@ PyObject* describe_capsule(PyObject* capsule) {
   if (taken.owner == nullptr) return nullptr;
   const DLTensor& t = *taken.tensor;
   PyObject* shape = PyTuple_New(t.ndim);
-  PyObject* strides = t.strides ? PyTuple_New(t.ndim) : (Py_INCREF(Py_None), Py_None);
+  const bool strided = !is_row_major(t);
+  PyObject* strides = strided ? PyTuple_New(t.ndim) : (Py_INCREF(Py_None), Py_None);
   for (int i = 0; i < t.ndim && shape && strides; ++i) {
     PyTuple_SET_ITEM(shape, i, PyLong_FromLongLong(t.shape[i]));
-    if (t.strides) PyTuple_SET_ITEM(strides, i, PyLong_FromLongLong(t.strides[i]));
+    if (strided) PyTuple_SET_ITEM(strides, i, PyLong_FromLongLong(t.strides[i]));
   }
   PyObject* descr = reinterpret_cast<PyObject*>(descr_for(t.dtype));
   if (descr == nullptr) descr = (Py_INCREF(Py_None), Py_None);

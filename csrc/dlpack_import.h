@@ -13,6 +13,11 @@ namespace tensorbridge {
 // read: an error message, or an empty string when the tensor is sound.
 std::string contract_violation(const dlpack::DLTensor& tensor);
 
+// Whether a sound tensor's memory is compact row-major (NULL strides, or
+// strides that equal them; size-1 dimensions, and empty tensors, do not
+// constrain them).
+bool is_row_major(const dlpack::DLTensor& tensor);
+
 enum class ViewStatus {
   kOk,           // an array was made
   kUnsupported,  // NumPy cannot view this tensor; no Python error is set
@@ -38,7 +43,8 @@ PyObject* array_from_capsule(PyObject* capsule);
 
 // Consumes a DLPack capsule (same rules) whose memory may live anywhere, for
 // the device copy path: returns (owner, device_type, device_id, address,
-// shape, strides or None, NumPy dtype or None, element type name). `owner`
+// shape, strides (in elements; None when compact row-major), NumPy dtype or
+// None, element type name). `owner`
 // keeps the memory alive and calls the producer's deleter when dropped.
 PyObject* describe_capsule(PyObject* capsule);
 

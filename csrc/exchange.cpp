@@ -278,21 +278,6 @@ PyObject* view_exchanged(PyObject* x, const TypeInfo& info, const DLTensor& tens
   return array;
 }
 
-// Whether the memory is compact row-major; strides of size-1 dimensions, and
-// of empty tensors, do not matter.
-bool is_row_major(const DLTensor& tensor) {
-  if (tensor.strides == nullptr) return true;
-  for (int i = 0; i < tensor.ndim; ++i) {
-    if (tensor.shape[i] == 0) return true;
-  }
-  int64_t step = 1;
-  for (int i = tensor.ndim - 1; i >= 0; --i) {
-    if (tensor.shape[i] != 1 && tensor.strides[i] != step) return false;
-    step *= tensor.shape[i];
-  }
-  return true;
-}
-
 // What the fast path did with memory in a CUDA device.
 enum class DeviceCopy { kDeclined, kCopied, kFailed };
 

@@ -244,7 +244,7 @@ class DeviceMemory:
     def __init__(self, device, stream, address, shape, strides, dtype, keep, after_enqueue=None):
         self.device, self.stream, self.address = device, stream, address
         self.shape, self.dtype, self.keep = tuple(shape), dtype, keep
-        self.strides = None if is_row_major(shape, strides) else tuple(strides)
+        self.strides = None if strides is None else tuple(strides)  # None: compact row-major
         self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         self.after_enqueue = after_enqueue
 
@@ -358,19 +358,6 @@ def copy_strided(memory: DeviceMemory, target: np.ndarray) -> None:
     sources = [(memory.address + int(start), run_bytes) for start in starts.reshape(-1)]
     destinations = [flat[i * run_bytes:(i + 1) * run_bytes] for i in range(runs)]
     _core.copy_many_to_host(memory.device, sources, memory.stream, destinations)
-
-
-def is_row_major(shape, strides) -> bool:
-    """Whether DLPack element strides (None: row-major) describe compact row-major
-    memory; dimensions of size 1, and empty tensors, do not constrain them."""
-    if strides is None or 0 in shape:
-        return True
-    step = 1
-    for n, stride in zip(reversed(shape), reversed(strides)):
-        if n != 1 and stride != step:
-            return False
-        step *= n
-    return True
 
 
 # -- host -> device ----------------------------------------------------------------
