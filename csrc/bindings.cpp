@@ -84,6 +84,16 @@ PYBIND11_MODULE(_core, m) {
         return py::reinterpret_steal<py::object>(result);
       },
       py::arg("capsule"), "Consume a DLPack capsule and describe where its memory is.");
+  m.def(
+      "describe_device",
+      [](py::handle x) {
+        PyObject* described = tb::describe_device(x.ptr());
+        if (described == nullptr) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(described);
+      },
+      py::arg("x"),
+      "(device, stream, address, shape, dtype) of plain compact CUDA memory read through the "
+      "DLPack C exchange API, or None.");
   m.def("set_fallback", [](py::object fallback) { tb::set_fallback(fallback.ptr()); });
   m.def("set_fast_path", &tb::set_fast_path, py::arg("enabled"));
   m.def("set_exchange_api", &tb::set_exchange_api, py::arg("enabled"));
@@ -149,18 +159,26 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "copy_many_to_host",
       [](int device, const std::vector<std::pair<uintptr_t, size_t>>& srcs, uintptr_t stream,
-         const std::vector<py::buffer>& dsts) {
-        if (srcs.size() != dsts.size()) throw std::invalid_argument("srcs and dsts differ in length");
+         const py::buffer& dst, const std::vector<size_t>& offsets) {
+        if (srcs.size() != offsets.size()) {
+          throw std::invalid_argument("srcs and offsets differ in length");
+        }
+        py::buffer_info out = dst.request(/*writable=*/true);
+        const size_t capacity = static_cast<size_t>(out.size * out.itemsize);
         std::vector<tb::DeviceSpan> spans;
         std::vector<void*> outs;
         for (size_t i = 0; i < srcs.size(); ++i) {
+          if (offsets[i] > capacity || srcs[i].second > capacity - offsets[i]) {
+            throw std::out_of_range("copy_many_to_host: a span ends past the destination");
+          }
           spans.push_back({device, srcs[i].first, srcs[i].second});
-          outs.push_back(writable_address(dsts[i]));
+          outs.push_back(static_cast<char*>(out.ptr) + offsets[i]);
         }
         py::gil_scoped_release release;
         tb::copy_many_to_host(spans, as_stream(stream), outs);
       },
-      py::arg("device"), py::arg("srcs"), py::arg("stream"), py::arg("dsts"));
+      py::arg("device"), py::arg("srcs"), py::arg("stream"), py::arg("dst"), py::arg("offsets"),
+      "Copy device spans (address, nbytes) into `dst` at byte `offsets`, packed.");
   m.def(
       "copy_to_device",
       [](const py::buffer& src, bool src_pinned, int device, uintptr_t dst, size_t nbytes,

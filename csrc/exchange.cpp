@@ -278,44 +278,64 @@ PyObject* view_exchanged(PyObject* x, const TypeInfo& info, const DLTensor& tens
   return array;
 }
 
-// What the fast path did with memory in a CUDA device.
-enum class DeviceCopy { kDeclined, kCopied, kFailed };
+// CUDA memory of an exchange-API producer that one plain copy reads whole.
+struct DeviceTensor {
+  DeviceSpan span;
+  void* stream;           // the producer's current stream on that device
+  PyArray_Descr* descr;   // new reference
+};
 
-// Copies compact row-major CUDA memory read through the exchange API (a torch
-// CUDA tensor) into a new NumPy array, on the producer's current stream, with
-// the GIL released: the same copy as the Python route, without its Python
-// calls, so that small tensors cost little more than the copy itself.
-// Declines (no Python error set) whatever needs more than one plain copy;
-// the Python route then handles it.
-DeviceCopy copy_exchanged(const DLTensor& tensor, const DLPackExchangeAPI& api, PyObject** out) {
+// Fills `out` when `tensor` is sound, compact row-major CUDA memory of an
+// element type NumPy has, and the producer names its current stream; false
+// (no Python error set) for whatever needs more than one plain copy.
+bool device_tensor_of(const DLTensor& tensor, const DLPackExchangeAPI& api, DeviceTensor* out) {
   const DLDeviceType type = tensor.device.device_type;
   if ((type != kDLCUDA && type != kDLCUDAManaged) || api.current_work_stream == nullptr ||
       !contract_violation(tensor).empty() || !is_row_major(tensor)) {
-    return DeviceCopy::kDeclined;
+    return false;
   }
   void* stream = nullptr;
   if (api.current_work_stream(kDLCUDA, tensor.device.device_id, &stream) != 0) {
     PyErr_Clear();
-    return DeviceCopy::kDeclined;
+    return false;
   }
   PyArray_Descr* descr = descr_for(tensor.dtype);
-  if (descr == nullptr) return DeviceCopy::kDeclined;
-  npy_intp shape[NPY_MAXDIMS];
-  for (int i = 0; i < tensor.ndim; ++i) shape[i] = static_cast<npy_intp>(tensor.shape[i]);
-  PyObject* array = PyArray_NewFromDescr(&PyArray_Type, descr /* stolen */, tensor.ndim, shape,
-                                         nullptr, nullptr, 0, nullptr);
-  if (array == nullptr) return DeviceCopy::kFailed;
-
-  const DeviceSpan source{
+  if (descr == nullptr) return false;
+  size_t bytes = static_cast<size_t>(PyDataType_ELSIZE(descr));
+  for (int i = 0; i < tensor.ndim; ++i) bytes *= static_cast<size_t>(tensor.shape[i]);
+  out->span = DeviceSpan{
       tensor.device.device_id,
       reinterpret_cast<cuda::CUdeviceptr>(static_cast<char*>(tensor.data) + tensor.byte_offset),
-      static_cast<size_t>(PyArray_NBYTES(reinterpret_cast<PyArrayObject*>(array)))};
+      bytes};
+  out->stream = stream;
+  out->descr = descr;
+  return true;
+}
+
+// What the fast path did with memory in a CUDA device.
+enum class DeviceCopy { kDeclined, kCopied, kFailed };
+
+// Copies what device_tensor_of accepts into a new NumPy array, on the
+// producer's current stream, with the GIL released: the same copy as the
+// Python route, without its Python calls, so that a small tensor costs little
+// more than the copy itself. Declines (no Python error set) the rest, which
+// the Python route then handles.
+DeviceCopy copy_exchanged(const DLTensor& tensor, const DLPackExchangeAPI& api, PyObject** out) {
+  DeviceTensor device;
+  if (!device_tensor_of(tensor, api, &device)) return DeviceCopy::kDeclined;
+  npy_intp shape[NPY_MAXDIMS];
+  for (int i = 0; i < tensor.ndim; ++i) shape[i] = static_cast<npy_intp>(tensor.shape[i]);
+  PyObject* array = PyArray_NewFromDescr(&PyArray_Type, device.descr /* stolen */, tensor.ndim,
+                                         shape, nullptr, nullptr, 0, nullptr);
+  if (array == nullptr) return DeviceCopy::kFailed;
+
   void* destination = PyArray_DATA(reinterpret_cast<PyArrayObject*>(array));
   PyObject* error_type = nullptr;
   std::string error;
   Py_BEGIN_ALLOW_THREADS
   try {
-    copy_to_host(source, static_cast<cuda::CUstream>(stream), destination, /*dst_pinned=*/false);
+    copy_to_host(device.span, static_cast<cuda::CUstream>(device.stream), destination,
+                 /*dst_pinned=*/false);
   } catch (const cuda::DriverError& failure) {
     error_type = g_driver_error;
     error = failure.what();
@@ -337,6 +357,23 @@ DeviceCopy copy_exchanged(const DLTensor& tensor, const DLPackExchangeAPI& api, 
 }
 
 }  // namespace
+
+PyObject* describe_device(PyObject* x) {
+  const TypeInfo info = PyArray_CheckExact(x) ? TypeInfo{} : lookup_type(Py_TYPE(x));
+  DLTensor tensor;
+  DeviceTensor device;
+  if (info.api == nullptr || !g_exchange_api || !read_exchanged(x, info, &tensor) ||
+      !device_tensor_of(tensor, *info.api, &device)) {
+    Py_RETURN_NONE;
+  }
+  PyObject* shape = PyTuple_New(tensor.ndim);
+  for (int i = 0; i < tensor.ndim && shape != nullptr; ++i) {
+    PyTuple_SET_ITEM(shape, i, PyLong_FromLongLong(tensor.shape[i]));
+  }
+  return Py_BuildValue("(iKKNN)", device.span.device,
+                       static_cast<unsigned long long>(reinterpret_cast<uintptr_t>(device.stream)),
+                       static_cast<unsigned long long>(device.span.data), shape, device.descr);
+}
 
 PyObject* fast_view(PyObject* x) {
   const TypeInfo info = lookup_type(Py_TYPE(x));

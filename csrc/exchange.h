@@ -18,6 +18,12 @@ PyObject* to_numpy(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyOb
 // else: the fast path's decision, shared with the Python fallback.
 PyObject* fast_view(PyObject* x);
 
+// For CUDA memory that one plain copy reads whole, read through the exchange
+// API (a plain, compact torch CUDA tensor): (device, stream, address, shape,
+// NumPy dtype), the stream being the producer's current one. None for
+// anything else. New reference.
+PyObject* describe_device(PyObject* x);
+
 // Registers the Python implementation that handles what the fast path does not.
 void set_fallback(PyObject* fallback);
 

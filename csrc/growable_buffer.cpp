@@ -72,17 +72,6 @@ class MappingCache {
   size_t capacity_ = 0;
 };
 
-}  // namespace
-
-GrowableBuffer::~GrowableBuffer() {
-  if (data_ == nullptr) return;
-  if (mapped_) {
-    MappingCache::instance().put(data_, capacity_);
-  } else {
-    std::free(data_);
-  }
-}
-
 // A fresh address range of `bytes`, 2 MiB aligned so that the kernel can back
 // it with huge pages, and inaccessible until something is mapped over it.
 char* reserve_aligned(size_t bytes) {
@@ -98,6 +87,33 @@ char* reserve_aligned(size_t bytes) {
   return aligned;
 }
 
+// Moves mapping `data` (its written pages: page tables only, no bytes) onto a
+// range of at least `wanted` bytes; sets `*capacity` to the new size. On
+// failure throws std::bad_alloc and `data` is left as it was.
+char* grow_mapped(char* data, size_t old_capacity, size_t wanted, size_t* capacity) {
+  const size_t mapped_size = huge_page_rounded(wanted);
+  char* target = reserve_aligned(mapped_size);
+  void* grown = mremap(data, old_capacity, mapped_size, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+  if (grown == MAP_FAILED) {
+    munmap(target, mapped_size);
+    throw std::bad_alloc();
+  }
+  advise_huge_pages(static_cast<char*>(grown), mapped_size);
+  *capacity = mapped_size;
+  return static_cast<char*>(grown);
+}
+
+}  // namespace
+
+GrowableBuffer::~GrowableBuffer() {
+  if (data_ == nullptr) return;
+  if (mapped_) {
+    MappingCache::instance().put(data_, capacity_);
+  } else {
+    std::free(data_);
+  }
+}
+
 void GrowableBuffer::reserve(size_t bytes) {
   if (bytes <= capacity_) return;
   if (live_views > 0) throw std::logic_error("GrowableBuffer: cannot grow while views are alive");
@@ -110,10 +126,11 @@ void GrowableBuffer::reserve(size_t bytes) {
     return;
   }
   if (!mapped_) adopt_mapping(wanted);
-  if (capacity_ < wanted) grow_mapping(wanted);
+  if (capacity_ < wanted) data_ = grow_mapped(data_, capacity_, wanted, &capacity_);
 }
 
-// Moves from the heap block to a mapping: the cached one, or a fresh one.
+// Moves from the heap block to a mapping of at least `wanted` bytes: the
+// cached one (grown if need be), or a fresh one.
 void GrowableBuffer::adopt_mapping(size_t wanted) {
   auto [data, capacity] = MappingCache::instance().take();
   if (data == nullptr) {
@@ -124,29 +141,22 @@ void GrowableBuffer::adopt_mapping(size_t wanted) {
       throw std::bad_alloc();
     }
     advise_huge_pages(data, capacity);
+  } else if (capacity < wanted) {
+    try {
+      data = grow_mapped(data, capacity, wanted, &capacity);
+    } catch (...) {
+      munmap(data, capacity);
+      throw;
+    }
   }
   if (data_ != nullptr) {
-    // At most kHeapLimit, once: bytes written before the result outgrew the heap.
-    std::memcpy(data, data_, std::min(capacity_, capacity));
+    // At most kHeapLimit, once: the bytes written before the result outgrew the heap.
+    std::memcpy(data, data_, capacity_);
     std::free(data_);
   }
   data_ = data;
   capacity_ = capacity;
   mapped_ = true;
-}
-
-// Moves the written pages (page tables only, no bytes) onto a larger range.
-void GrowableBuffer::grow_mapping(size_t wanted) {
-  const size_t mapped_size = huge_page_rounded(wanted);
-  char* target = reserve_aligned(mapped_size);
-  void* grown = mremap(data_, capacity_, mapped_size, MREMAP_MAYMOVE | MREMAP_FIXED, target);
-  if (grown == MAP_FAILED) {
-    munmap(target, mapped_size);
-    throw std::bad_alloc();
-  }
-  data_ = static_cast<char*>(grown);
-  capacity_ = mapped_size;
-  advise_huge_pages(data_, capacity_);
 }
 
 void GrowableBuffer::shrink_to(size_t bytes) {

@@ -39,7 +39,6 @@ class GrowableBuffer {
 
  private:
   void adopt_mapping(size_t wanted);
-  void grow_mapping(size_t wanted);
 
   char* data_ = nullptr;
   size_t capacity_ = 0;

@@ -237,13 +237,54 @@ def test_too_fragmented_device_memory_is_refused_with_the_fix(standin):
         tb.to_numpy(x)
 
 
-def test_thousand_small_batches_are_packed(standin):
-    batches = [DeviceArray(standin, np.full((1, 16), i, np.float32)) for i in range(1000)]
-    a = tb.collect(batches)
+@pytest.mark.parametrize("given_as", ["list", "generator"])
+def test_thousand_small_batches_are_packed(standin, Device, given_as, monkeypatch):
+    from tensorbridge import _collect
+
+    batches = [Device(standin, np.full((1, 16), i, np.float32)) for i in range(1000)]
+    if Device is ExchangeDeviceArray and given_as == "list":  # the bulk path, all in one go
+        monkeypatch.setattr(_collect, "_Writer", None)
+    a = tb.collect(batches if given_as == "list" else iter(batches))
     np.testing.assert_array_equal(a[:, 0], np.arange(1000))
     assert standin.calls("cuMemcpyBatchAsync") == 1
     assert standin.calls("cuMemcpyDtoHAsync") == 0
     assert standin.calls("cuEventRecord") == 1
+    if Device is ExchangeDeviceArray:  # described in C: no Python-level DLPack call
+        assert all(b.requests == [] for b in batches)
+
+
+def test_describe_device_covers_only_plain_compact_exchange_memory(standin):
+    import torch
+
+    plain = ExchangeDeviceArray(standin, values((3, 4)), device=1)
+    device, stream, address, shape, dtype = _core.describe_device(plain)
+    assert (device, stream, address, shape, dtype) == (1, 0, plain.address, (3, 4),
+                                                       np.dtype(np.float32))
+    strided = ExchangeDeviceArray(standin, values((3, 4)), shape=(3, 2), strides=(4, 2))
+    for other in (np.ones(3), torch.ones(3), DeviceArray(standin, values((3,))), strided,
+                  ExchangeDeviceArray(standin, values((3,)), refuse_exchange=True), "text"):
+        assert _core.describe_device(other) is None
+
+
+def test_collect_of_exchange_sequences_that_need_the_general_path(standin):
+    small = [values((2, 3), seed=i) for i in range(4)]
+    exchange = [ExchangeDeviceArray(standin, p) for p in small]
+    mixed = exchange[:2] + [DeviceArray(standin, small[2]), small[3]]
+    np.testing.assert_array_equal(tb.collect(mixed), np.concatenate(small))
+    big = values((200, 200))  # 160 KB: too large to wait for packing
+    np.testing.assert_array_equal(tb.collect(exchange + [ExchangeDeviceArray(standin, big[:, :3])]),
+                                  np.concatenate(small + [big[:, :3]]))
+    two_devices = [ExchangeDeviceArray(standin, p, device=i % 2) for i, p in enumerate(small)]
+    np.testing.assert_array_equal(tb.collect(two_devices), np.concatenate(small))
+    out = np.empty((8, 3), np.float32)
+    assert tb.collect(exchange, out=out) is out
+    np.testing.assert_array_equal(out, np.concatenate(small))
+    with pytest.raises(ValueError, match="out has 7 rows, but the batches bring at least 8"):
+        tb.collect(exchange, out=np.empty((7, 3), np.float32))
+    with pytest.raises(ValueError, match=r"batch 1 has shape \(2, 2\), but batch 0 has trailing"):
+        tb.collect([exchange[0], ExchangeDeviceArray(standin, values((2, 2)))])
+    with pytest.raises(ValueError, match="batch 1 has dtype float64, but batch 0 has float32"):
+        tb.collect([exchange[0], ExchangeDeviceArray(standin, values((2, 3), "float64"))])
 
 
 def test_without_the_batch_api_small_batches_still_share_one_event():

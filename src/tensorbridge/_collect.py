@@ -4,11 +4,15 @@ slice, without a list of batches and without ``np.concatenate``.
 With no ``out=``, the result lives in a GrowableBuffer that grows in place
 (mremap moves page tables, not bytes), so peak memory stays at the result's
 size plus one batch. Small GPU batches are packed: up to ``_PACK_COUNT`` of
-them become one submission of the engine and one event.
+them become one submission of the engine and one event. A list or tuple of
+small plain CUDA tensors (torch's, read through the DLPack C exchange API)
+is described in C and copied in those packed submissions with no per-batch
+Python work beyond the description.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -42,6 +46,10 @@ def collect(batches, *, out=None):
         raise TypeError(f"collect: out must be a numpy.ndarray, got {type(out).__name__}")
     if out is not None and not out.flags.writeable:
         raise ValueError("collect: out is read-only; pass a writeable array")
+    if isinstance(batches, (list, tuple)):
+        gathered = _gather_small_device_batches(batches, out)
+        if gathered is not None:
+            return gathered
     # A sequence tells its size up front: one allocation instead of growing.
     writer = _Writer(out, _total_rows(batches) if isinstance(batches, (list, tuple)) else None)
     index = 0
@@ -56,6 +64,43 @@ def collect(batches, *, out=None):
         del batch
         index += 1
     return writer.finish()
+
+
+def _gather_small_device_batches(batches, out):
+    """A sequence of small plain CUDA tensors on one device and stream, with
+    one trailing shape and dtype, straight into the result; None (nothing
+    done) for any other sequence, which the general path then handles."""
+    described = []
+    for batch in batches:
+        description = _core.describe_device(batch)
+        if description is None:
+            return None
+        described.append(description)
+    if not described:
+        return None
+    device, stream, _, shape, dtype = described[0]
+    if len(shape) == 0:
+        return None
+    trailing = shape[1:]
+    row_bytes = math.prod(trailing) * dtype.itemsize
+    sources, offsets, rows = [], [], 0
+    for d_device, d_stream, address, d_shape, d_dtype in described:
+        if (d_device, d_stream, d_shape[1:], d_dtype) != (device, stream, trailing, dtype) \
+                or len(d_shape) == 0 or d_shape[0] * row_bytes > _PACK_BYTES:
+            return None
+        sources.append((address, d_shape[0] * row_bytes))
+        offsets.append(rows * row_bytes)
+        rows += d_shape[0]
+    if out is None:
+        out = np.empty((rows, *trailing), dtype)
+    elif (not isinstance(out, np.ndarray) or out.shape != (rows, *trailing) or out.dtype != dtype
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        return None  # the general path accepts or refuses it, with the reason
+    target = out.reshape(-1).view(np.uint8)
+    for start in range(0, len(sources), _PACK_COUNT):
+        _core.copy_many_to_host(device, sources[start:start + _PACK_COUNT], stream, target,
+                                offsets[start:start + _PACK_COUNT])
+    return out
 
 
 def _total_rows(batches):
@@ -76,6 +121,7 @@ class _Writer:
         self.rows = 0
         self.trailing = None
         self.dtype = None
+        self.row_bytes = None
         self.pending = []  # small device batches: (offset_rows, device batch)
         self.expected_rows = expected_rows  # known up front for sequences, else None
 
@@ -110,6 +156,7 @@ class _Writer:
                              "(row) dimension, e.g. x[None] for a single row")
         if self.trailing is None:
             self.trailing, self.dtype = tuple(shape[1:]), dtype
+            self.row_bytes = math.prod(self.trailing) * dtype.itemsize
             if self.out is not None:
                 self._check_out()
             return
@@ -126,9 +173,6 @@ class _Writer:
                              f"{self.out.dtype}, but the batches are (n, *{self.trailing}) "
                              f"{self.dtype}; pass a matching array")
 
-    @property
-    def _row_bytes(self):
-        return int(np.prod(self.trailing, dtype=np.int64)) * self.dtype.itemsize
 
     def _make_room(self, rows):
         if self.out is not None:
@@ -138,13 +182,13 @@ class _Writer:
             return
         if self.expected_rows is not None and rows <= self.expected_rows:
             rows = self.expected_rows
-        self.buffer.reserve(max(rows * self._row_bytes, 1))
+        self.buffer.reserve(max(rows * self.row_bytes, 1))
 
     def _rows_view(self, first_row, rows):
         """A writable array over rows [first_row, first_row + rows) of the result."""
         if self.out is not None:
             return self.out[first_row:first_row + rows]
-        window = self.buffer.view(first_row * self._row_bytes, rows * self._row_bytes)
+        window = self.buffer.view(first_row * self.row_bytes, rows * self.row_bytes)
         return np.frombuffer(window, np.uint8).view(self.dtype).reshape((rows, *self.trailing))
 
     def _write_host(self, first_row, rows, array):
@@ -164,12 +208,9 @@ class _Writer:
         start = min(row for group in by_device.values() for row, _ in group)
         end = max(row + s.shape[0] for group in by_device.values() for row, s in group)
         window = _as_bytes(self._rows_view(start, end - start))
-        row_bytes = self._row_bytes
         for (device, stream), group in by_device.items():
-            destinations = [window[(row - start) * row_bytes:(row - start) * row_bytes + s.nbytes]
-                            for row, s in group]
             _core.copy_many_to_host(device, [(s.address, s.nbytes) for _, s in group], stream,
-                                    destinations)
+                                    window, [(row - start) * self.row_bytes for row, _ in group])
 
     # -- the result ------------------------------------------------------------------
 
@@ -183,7 +224,7 @@ class _Writer:
                 raise ValueError(f"collect: the batches bring {self.rows} rows, but out has "
                                  f"{len(self.out)}; pass an array of exactly that many rows")
             return self.out
-        nbytes = self.rows * self._row_bytes
+        nbytes = self.rows * self.row_bytes
         if nbytes == 0:
             return np.empty((self.rows, *self.trailing), self.dtype)
         self.buffer.shrink_to(nbytes)
@@ -196,6 +237,9 @@ def _as_bytes(array):
 
 def _device_memory(batch):
     """The batch's CUDA memory, or None for a batch in host memory."""
+    memory = _cuda.DeviceMemory.described_in_c(batch)  # plain torch CUDA tensors
+    if memory is not None:
+        return memory
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(batch, torch.Tensor):
         return _cuda.DeviceMemory.of_tensor(torch, batch) if batch.is_cuda else None

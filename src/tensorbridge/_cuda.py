@@ -11,6 +11,7 @@ when a ``Transfer`` is dropped unawaited.
 from __future__ import annotations
 
 import atexit
+import math
 import sys
 import threading
 
@@ -245,8 +246,19 @@ class DeviceMemory:
         self.device, self.stream, self.address = device, stream, address
         self.shape, self.dtype, self.keep = tuple(shape), dtype, keep
         self.strides = None if strides is None else tuple(strides)  # None: compact row-major
-        self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self.nbytes = math.prod(self.shape) * dtype.itemsize
         self.after_enqueue = after_enqueue
+
+    @classmethod
+    def described_in_c(cls, x):
+        """Plain compact CUDA memory that the native core reads through the
+        DLPack C exchange API (a torch CUDA tensor), on the producer's
+        current stream; None for anything else."""
+        described = _core.describe_device(x)
+        if described is None:
+            return None
+        device, stream, address, shape, dtype = described
+        return cls(device, stream, address, shape, None, dtype, x)
 
     @classmethod
     def of_tensor(cls, torch, t, stream=None):
@@ -257,6 +269,9 @@ class DeviceMemory:
         after both streams' work (as torch's own ``__dlpack__(stream)`` does),
         and the current stream waits for the copy before its later kernels
         can overwrite the source."""
+        memory = cls.described_in_c(t) if stream is None else None
+        if memory is not None:
+            return memory
         device = t.device.index if t.device.index is not None else torch.cuda.current_device()
         current = torch.cuda.current_stream(device)
         handle = current.cuda_stream
@@ -354,10 +369,9 @@ def copy_strided(memory: DeviceMemory, target: np.ndarray) -> None:
     for axis, (n, stride) in enumerate(zip(outer, strides[:inner])):
         index = np.arange(n, dtype=np.int64).reshape((-1,) + (1,) * (len(outer) - axis - 1))
         starts = starts + index * stride * itemsize
-    flat = _as_bytes(target)
     sources = [(memory.address + int(start), run_bytes) for start in starts.reshape(-1)]
-    destinations = [flat[i * run_bytes:(i + 1) * run_bytes] for i in range(runs)]
-    _core.copy_many_to_host(memory.device, sources, memory.stream, destinations)
+    _core.copy_many_to_host(memory.device, sources, memory.stream, _as_bytes(target),
+                            [i * run_bytes for i in range(runs)])
 
 
 # -- host -> device ----------------------------------------------------------------
