@@ -176,6 +176,8 @@ def test_exchange_producers_are_copied_in_c_on_their_current_stream(standin):
         assert x.requests == [] and x.exchange_calls == 1
         copied = tb.to_numpy(x, copy=True)
         assert copied.flags.owndata and x.requests == []
+        standin.enqueue_fill(stream, x.address, 6, x.array.nbytes, 30_000)
+        assert (tb.to_numpy_async(x).wait() == 6).all() and x.requests == []
     finally:
         del CURRENT_STREAMS[1]
 

@@ -269,9 +269,6 @@ class DeviceMemory:
         after both streams' work (as torch's own ``__dlpack__(stream)`` does),
         and the current stream waits for the copy before its later kernels
         can overwrite the source."""
-        memory = cls.described_in_c(t) if stream is None else None
-        if memory is not None:
-            return memory
         device = t.device.index if t.device.index is not None else torch.cuda.current_device()
         current = torch.cuda.current_stream(device)
         handle = current.cuda_stream
