@@ -150,3 +150,35 @@ def test_view_of_a_view_shares_one_storage(path):
     b = tb.to_numpy(base[4:10])
     assert np.shares_memory(a, b)
     assert data_address(b) - data_address(a) == 8
+
+
+class AsksInPython(torch.Tensor):
+    """Overrides the questions the fast path asks: they must be asked here."""
+
+    asked = []
+    claims_negative_bit = False
+
+    def is_neg(self):
+        AsksInPython.asked.append("is_neg")
+        return AsksInPython.claims_negative_bit or super().is_neg()
+
+    @property
+    def requires_grad(self):
+        AsksInPython.asked.append("requires_grad")
+        return super().requires_grad
+
+
+@pytest.mark.parametrize("claims_negative_bit", [False, True])
+def test_questions_a_subclass_overrides_are_asked_through_python(path, claims_negative_bit):
+    # torch's own is_neg() and requires_grad are called in C; a subclass's
+    # Python overrides still decide.
+    AsksInPython.asked.clear()
+    AsksInPython.claims_negative_bit = claims_negative_bit
+    t = torch.arange(4.0).as_subclass(AsksInPython)
+    a = tb.to_numpy(t)
+    np.testing.assert_array_equal(a, [0, 1, 2, 3])
+    if path == "exchange":
+        # the fast path asks is_neg(), then (for a view) requires_grad; a
+        # "negative bit" sends the tensor on to Python, which asks again
+        assert AsksInPython.asked[:2] == ["is_neg", "requires_grad"]
+        assert is_view_of(a, t) != claims_negative_bit  # "negative bit": copied through torch
