@@ -173,7 +173,6 @@ class _Writer:
                              f"{self.out.dtype}, but the batches are (n, *{self.trailing}) "
                              f"{self.dtype}; pass a matching array")
 
-
     def _make_room(self, rows):
         if self.out is not None:
             if rows > len(self.out):
