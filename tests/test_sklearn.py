@@ -1,5 +1,7 @@
 """The scikit-learn layer, under every scikit-learn convention."""
 
+import contextlib
+import io
 import pickle
 import sys
 
@@ -189,19 +191,39 @@ def test_fitted_round_trips(how, tmp_path):
     assert loaded.module_ is not t.module_
 
 
+@contextlib.contextmanager
+def storages_saved_as_cuda():
+    """torch.save tags every CPU storage "cuda:0", as it does on a GPU: what
+    is saved then looks to torch.load exactly like a GPU-fitted module."""
+    from torch import serialization
+
+    entry = (0, lambda storage: "cuda:0" if storage.device.type == "cpu" else None,
+             lambda storage, location: None)
+    serialization._package_registry.insert(0, entry)
+    try:
+        yield
+    finally:
+        serialization._package_registry.remove(entry)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks loading where there is no GPU")
 def test_a_module_fitted_on_a_gpu_loads_without_one():
     # The real fixture is written by scripts/gpu_check.sh on a GPU; here the
-    # same state is made by hand: a fitted estimator whose device_ is CUDA.
+    # same bytes are made by hand: CUDA-tagged storages and a CUDA device_.
     X, _ = data()
     t = TorchTransformer(torch.nn.Linear(5, 3), device="cpu").fit(X)
     expected = t.transform(X)
-    state = t.__getstate__()
-    state["device_"] = torch.device("cuda", 0)
-    loaded = TorchTransformer.__new__(TorchTransformer)
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: the state would stay on it")
-    loaded.__setstate__(state)
+    t.device_ = torch.device("cuda", 0)
+    with storages_saved_as_cuda():
+        saved = pickle.dumps(t)
+        buffer = io.BytesIO()
+        torch.save(t.module_, buffer)
+    with pytest.raises(RuntimeError, match="CUDA"):  # the bytes really are CUDA-tagged
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    loaded = pickle.loads(saved)
     assert loaded.device_ == torch.device("cpu")
+    assert all(p.device.type == "cpu" for p in loaded.module_.parameters())
+    assert all(p.device.type == "cpu" for p in loaded.module.parameters())
     np.testing.assert_allclose(loaded.transform(X), expected)
 
 
