@@ -55,7 +55,7 @@ bool is_numpy_native(PyObject* torch_dtype) {
 // skipping Python's attribute lookup (a third of the fast path's time); a
 // type that overrides it in Python gets the generic call.
 struct TorchQuery {
-  PyObject* name = nullptr;  // interned
+  PyObject* name = nullptr;  // interned, immortal for us
   bool is_method = false;
   PyCFunction method = nullptr;  // METH_NOARGS implementation, or nullptr
   getter get = nullptr;          // getset implementation, or nullptr
@@ -76,12 +76,11 @@ struct TorchQuery {
   }
 };
 
-TorchQuery resolve_query(PyTypeObject* type, const char* text, bool is_method) {
+TorchQuery resolve_query(PyTypeObject* type, PyObject* name, bool is_method) {
   TorchQuery query;
-  query.name = PyUnicode_InternFromString(text);  // kept with the type, for good
+  query.name = name;
   query.is_method = is_method;
-  PyObject* descriptor =
-      query.name ? PyObject_GetAttr(reinterpret_cast<PyObject*>(type), query.name) : nullptr;
+  PyObject* descriptor = PyObject_GetAttr(reinterpret_cast<PyObject*>(type), name);
   if (descriptor != nullptr && is_method && Py_IS_TYPE(descriptor, &PyMethodDescr_Type)) {
     PyMethodDef* def = reinterpret_cast<PyMethodDescrObject*>(descriptor)->d_method;
     if ((def->ml_flags & ~(METH_CLASS | METH_STATIC | METH_COEXIST)) == METH_NOARGS) {
@@ -176,10 +175,14 @@ TorchKind torch_kind(PyTypeObject* type) {
 
 TypeInfo inspect_type(PyTypeObject* type) {
   switch (torch_kind(type)) {
-    case TorchKind::kPlain:
-      return TypeInfo{type, exchange_api_of(type), true, resolve_query(type, "is_neg", true),
-                      resolve_query(type, "is_conj", true),
-                      resolve_query(type, "requires_grad", false)};
+    case TorchKind::kPlain: {
+      static PyObject* is_neg = intern("is_neg");
+      static PyObject* is_conj = intern("is_conj");
+      static PyObject* requires_grad = intern("requires_grad");
+      return TypeInfo{type, exchange_api_of(type), true, resolve_query(type, is_neg, true),
+                      resolve_query(type, is_conj, true),
+                      resolve_query(type, requires_grad, false)};
+    }
     case TorchKind::kDispatch: return TypeInfo{type, nullptr, false};
     case TorchKind::kNotTorch: break;
   }

@@ -182,3 +182,17 @@ def test_questions_a_subclass_overrides_are_asked_through_python(path, claims_ne
         # "negative bit" sends the tensor on to Python, which asks again
         assert AsksInPython.asked[:2] == ["is_neg", "requires_grad"]
         assert is_view_of(a, t) != claims_negative_bit  # "negative bit": copied through torch
+
+
+def test_more_tensor_types_than_the_native_type_cache_holds(path):
+    # The fast path remembers 16 types; beyond them it inspects each call.
+    base = torch.arange(6.0).reshape(2, 3)
+    for i in range(40):
+        cls = type(f"Subclass{i}", (torch.Tensor,), {})
+        t = base.as_subclass(cls)
+        for _ in range(2):
+            a = tb.to_numpy(t)
+            assert is_view_of(a, t)
+            np.testing.assert_array_equal(a, base.numpy())
+        negative = tb.to_numpy(torch._neg_view(t))  # the neg bit is still asked
+        np.testing.assert_array_equal(negative, -base.numpy())
