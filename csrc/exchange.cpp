@@ -291,19 +291,25 @@ PyObject* numpy_method_view(PyObject* x, const TypeInfo& info) {
 }
 
 // Reads `x` through its type's exchange API into `tensor`; false (no Python
-// error set) when that is not possible or, for torch, when the raw memory
-// does not show the tensor's values.
-bool read_exchanged(PyObject* x, const TypeInfo& info, DLTensor* tensor) {
+// error set) when that is not possible or, with `check_plain`, when the raw
+// memory of a torch tensor does not show its values. `wanted`, when given,
+// picks the device types worth reading: others are refused before the torch
+// questions are asked.
+bool read_exchanged(PyObject* x, const TypeInfo& info, DLTensor* tensor,
+                    bool (*wanted)(DLDeviceType) = nullptr) {
   if (info.api->dltensor_from_py_object_no_sync(x, tensor) != 0) {
     PyErr_Clear();
     return false;
   }
+  if (wanted != nullptr && !wanted(tensor->device.device_type)) return false;
   if (info.is_torch && !torch_memory_is_plain(x, info, *tensor)) {
     PyErr_Clear();
     return false;
   }
   return true;
 }
+
+bool is_cuda_memory(DLDeviceType type) { return type == kDLCUDA || type == kDLCUDAManaged; }
 
 // A zero-copy view of CPU memory read through the exchange API, or nullptr
 // (no Python error set) when NumPy cannot view it.
@@ -330,8 +336,7 @@ struct DeviceTensor {
 // element type NumPy has, and the producer names its current stream; false
 // (no Python error set) for whatever needs more than one plain copy.
 bool device_tensor_of(const DLTensor& tensor, const DLPackExchangeAPI& api, DeviceTensor* out) {
-  const DLDeviceType type = tensor.device.device_type;
-  if ((type != kDLCUDA && type != kDLCUDAManaged) || api.current_work_stream == nullptr ||
+  if (!is_cuda_memory(tensor.device.device_type) || api.current_work_stream == nullptr ||
       !contract_violation(tensor).empty() || !is_row_major(tensor)) {
     return false;
   }
@@ -403,7 +408,8 @@ PyObject* describe_device(PyObject* x) {
   const TypeInfo info = PyArray_CheckExact(x) ? TypeInfo{} : lookup_type(Py_TYPE(x));
   DLTensor tensor;
   DeviceTensor device;
-  if (info.api == nullptr || !g_exchange_api || !read_exchanged(x, info, &tensor) ||
+  if (info.api == nullptr || !g_exchange_api ||
+      !read_exchanged(x, info, &tensor, is_cuda_memory) ||
       !device_tensor_of(tensor, *info.api, &device)) {
     Py_RETURN_NONE;
   }

@@ -164,3 +164,21 @@ def test_a_result_outgrowing_the_heap_into_a_smaller_kept_mapping_loses_nothing(
     del first
     parts = [np.random.default_rng(i).standard_normal((1 << 18, 4)) for i in range(3)]  # 8 MiB
     np.testing.assert_array_equal(tb.collect(iter(parts)), np.concatenate(parts))
+
+
+def test_lists_of_small_host_batches_take_one_concatenate_and_still_check_everything():
+    parts = [np.full((1, 3), i, np.float32) for i in range(1000)]
+    mixed = parts[:500] + [torch.from_numpy(p) for p in parts[500:]]
+    np.testing.assert_array_equal(tb.collect(mixed), np.concatenate(parts))
+    out = np.zeros((1000, 6), np.float32)[:, ::2]
+    assert tb.collect(parts, out=out) is out
+    np.testing.assert_array_equal(out, np.concatenate(parts))
+    # a batch that needs a copy (sparse) goes the general way, with the same result
+    sparse = [torch.eye(2).to_sparse(), np.zeros((1, 2), np.float32)]
+    np.testing.assert_array_equal(tb.collect(sparse), [[1, 0], [0, 1], [0, 0]])
+    with pytest.raises(ValueError, match="batch 999 has dtype float64, but batch 0 has float32"):
+        tb.collect(parts[:999] + [np.zeros((1, 3))])
+    with pytest.raises(ValueError, match=r"batch 1 has shape \(1, 4\), but batch 0 has trailing"):
+        tb.collect([parts[0], np.zeros((1, 4), np.float32)])
+    with pytest.raises(ValueError, match="batch 1 is 0-d"):
+        tb.collect([parts[0], np.float32(1.0)])

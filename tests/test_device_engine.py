@@ -315,6 +315,18 @@ def test_collect_mixes_host_and_device_batches(standin):
                                   np.concatenate([big, big[:10]]))
 
 
+@pytest.mark.parametrize("Device", [DeviceArray, ExchangeDeviceArray])
+def test_collect_into_a_non_contiguous_out(standin, Device):
+    # Packed small batches, a large one and host rows between them: device
+    # rows reach every other column of `out` through staging, and the staging
+    # never writes back over the host rows.
+    parts = [values((3, 4), seed=i) for i in range(5)] + [values((3000, 4), seed=9)]
+    batches = [p if i == 2 else Device(standin, p) for i, p in enumerate(parts)]
+    out = np.full((3015, 8), -1.0, np.float32)[:, ::2]
+    assert tb.collect(iter(batches), out=out) is out
+    np.testing.assert_array_equal(out, np.concatenate(parts))
+
+
 @pytest.mark.parametrize("call", ["cuMemcpyDtoHAsync", "cuEventCreate", "cuEventRecord",
                                   "cuEventSynchronize", "cuCtxSetCurrent", "cuCtxGetCurrent"])
 @pytest.mark.parametrize("route", ["sync", "async", "staged"])

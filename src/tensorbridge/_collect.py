@@ -22,6 +22,7 @@ from ._convert import _dlpack_device, to_numpy
 
 _PACK_BYTES = 64 << 10  # a batch at most this large waits to be packed with others
 _PACK_COUNT = 1024
+_THREADED_COPY_BYTES = 1 << 20  # a host batch at least this large is copied on several threads
 
 
 def collect(batches, *, out=None):
@@ -47,7 +48,9 @@ def collect(batches, *, out=None):
     if out is not None and not out.flags.writeable:
         raise ValueError("collect: out is read-only; pass a writeable array")
     if isinstance(batches, (list, tuple)):
-        gathered = _gather_small_device_batches(batches, out)
+        gathered = _gather_small_host_batches(batches, out)
+        if gathered is None:
+            gathered = _gather_small_device_batches(batches, out)
         if gathered is not None:
             return gathered
     # A sequence tells its size up front: one allocation instead of growing.
@@ -92,15 +95,68 @@ def _gather_small_device_batches(batches, out):
         offsets.append(rows * row_bytes)
         rows += d_shape[0]
     if out is None:
-        out = np.empty((rows, *trailing), dtype)
-    elif (not isinstance(out, np.ndarray) or out.shape != (rows, *trailing) or out.dtype != dtype
-          or not out.flags.c_contiguous or not out.flags.writeable):
+        out = _new_result(rows, trailing, dtype)
+    elif out.shape != (rows, *trailing) or out.dtype != dtype or not out.flags.c_contiguous:
         return None  # the general path accepts or refuses it, with the reason
     target = out.reshape(-1).view(np.uint8)
     for start in range(0, len(sources), _PACK_COUNT):
         _core.copy_many_to_host(device, sources[start:start + _PACK_COUNT], stream, target,
                                 offsets[start:start + _PACK_COUNT])
     return out
+
+
+def _gather_small_host_batches(batches, out):
+    """A sequence of small NumPy arrays or plain CPU tensors, copied by one
+    ``np.concatenate`` straight into the result (which also checks them).
+    None (nothing done) for any other sequence, for batches that do not fit
+    together (the general path then says which, and why), and for large
+    batches, which the general path copies on several threads."""
+    if all(type(batch) is np.ndarray for batch in batches):
+        arrays = batches
+    else:
+        torch = sys.modules.get("torch")
+        arrays = []
+        for batch in batches:
+            if type(batch) is not np.ndarray:
+                if torch is None or not isinstance(batch, torch.Tensor):
+                    return None
+                batch = _core.fast_view(batch)  # None unless a plain CPU view: no copies
+                if batch is None:
+                    return None
+            arrays.append(batch)
+    if not arrays or arrays[0].ndim == 0:
+        return None
+    trailing, dtype = arrays[0].shape[1:], arrays[0].dtype
+    try:
+        rows = sum(map(len, arrays))
+    except TypeError:  # a 0-d batch
+        return None
+    if rows * math.prod(trailing) * dtype.itemsize >= len(arrays) * _THREADED_COPY_BYTES:
+        return None
+    if out is None:
+        result = _new_result(rows, trailing, dtype)
+    elif out.shape == (rows, *trailing) and out.dtype == dtype:
+        result = out
+    else:
+        return None
+    try:
+        np.concatenate(arrays, out=result, casting="no")
+    except (ValueError, TypeError):  # trailing shapes or dtypes differ
+        return None
+    return result
+
+
+def _new_result(rows, trailing, dtype, buffer=None):
+    """An array of `rows` rows over a GrowableBuffer (a new one, or `buffer`,
+    shrunk to fit): large results reuse the mapping of the last one freed."""
+    nbytes = rows * math.prod(trailing) * dtype.itemsize
+    if nbytes == 0:
+        return np.empty((rows, *trailing), dtype)
+    if buffer is None:
+        buffer = _core.GrowableBuffer()
+        buffer.reserve(nbytes)
+    buffer.shrink_to(nbytes)
+    return np.frombuffer(buffer.view(0, nbytes), np.uint8).view(dtype).reshape((rows, *trailing))
 
 
 def _total_rows(batches):
@@ -118,6 +174,10 @@ class _Writer:
     def __init__(self, out, expected_rows=None):
         self.out = out
         self.buffer = None if out is not None else _core.GrowableBuffer()
+        # Every row of the result, written or to come: `out`, or an array over
+        # the buffer's capacity, made again only when the buffer grows.
+        self.window = out
+        self.capacity_rows = len(out) if out is not None else 0
         self.rows = 0
         self.trailing = None
         self.dtype = None
@@ -128,18 +188,18 @@ class _Writer:
     # -- one batch -----------------------------------------------------------------
 
     def add(self, index, batch):
-        source = _device_memory(batch)
-        array = None
-        if source is None:
-            array = to_numpy(batch)
-            shape, dtype = array.shape, array.dtype
-        else:
-            shape, dtype = source.shape, source.dtype
+        source, array = None, batch
+        if type(batch) is not np.ndarray:
+            source = _device_memory(batch)
+            array = to_numpy(batch) if source is None else None
+        shape, dtype = (array.shape, array.dtype) if source is None else (source.shape, source.dtype)
         self._check(index, shape, dtype)
         rows = shape[0]
         first_row = self.rows
         self._make_room(first_row + rows)
         self.rows += rows
+        if rows == 0 or self.row_bytes == 0:
+            return  # nothing to copy
         if source is None:
             self._write_host(first_row, rows, array)
         elif source.nbytes <= _PACK_BYTES and source.strides is None:
@@ -148,7 +208,7 @@ class _Writer:
                 self._flush()
         else:
             self._flush()
-            source.copy_into(self._rows_view(first_row, rows))
+            source.copy_into(self.window[first_row:first_row + rows])
 
     def _check(self, index, shape, dtype):
         if len(shape) == 0:
@@ -174,28 +234,30 @@ class _Writer:
                              f"{self.dtype}; pass a matching array")
 
     def _make_room(self, rows):
+        if rows <= self.capacity_rows:
+            return
         if self.out is not None:
-            if rows > len(self.out):
-                raise ValueError(f"collect: out has {len(self.out)} rows, but the batches bring "
-                                 f"at least {rows}; pass a larger array")
+            raise ValueError(f"collect: out has {len(self.out)} rows, but the batches bring "
+                             f"at least {rows}; pass a larger array")
+        if self.row_bytes == 0:  # nothing is ever written: no memory to reserve
+            self.capacity_rows = rows
             return
         if self.expected_rows is not None and rows <= self.expected_rows:
             rows = self.expected_rows
-        self.buffer.reserve(max(rows * self.row_bytes, 1))
-
-    def _rows_view(self, first_row, rows):
-        """A writable array over rows [first_row, first_row + rows) of the result."""
-        if self.out is not None:
-            return self.out[first_row:first_row + rows]
-        window = self.buffer.view(first_row * self.row_bytes, rows * self.row_bytes)
-        return np.frombuffer(window, np.uint8).view(self.dtype).reshape((rows, *self.trailing))
+        self.window = None  # its view of the buffer would stop the buffer from moving
+        self.buffer.reserve(rows * self.row_bytes)
+        self.capacity_rows = self.buffer.capacity // self.row_bytes
+        window = self.buffer.view(0, self.capacity_rows * self.row_bytes)
+        self.window = np.frombuffer(window, np.uint8).view(self.dtype).reshape(
+            (self.capacity_rows, *self.trailing))
 
     def _write_host(self, first_row, rows, array):
-        target = self._rows_view(first_row, rows)
-        if array.flags.c_contiguous and target.flags.c_contiguous and array.nbytes >= 1 << 20:
+        target = self.window[first_row:first_row + rows]
+        if (array.nbytes >= _THREADED_COPY_BYTES and array.flags.c_contiguous
+                and target.flags.c_contiguous):
             _core.host_copy(_as_bytes(target), _as_bytes(array))  # several threads
         else:
-            np.copyto(target, array, casting="no")
+            target[...] = array  # same shape and dtype: checked
 
     def _flush(self):
         if not self.pending:
@@ -206,10 +268,18 @@ class _Writer:
         self.pending = []
         start = min(row for group in by_device.values() for row, _ in group)
         end = max(row + s.shape[0] for group in by_device.values() for row, s in group)
-        window = _as_bytes(self._rows_view(start, end - start))
+        region = self.window[start:end]
+        # A non-contiguous out= receives the rows through a contiguous staging array.
+        staging = region if region.flags.c_contiguous else np.empty(region.shape, region.dtype)
         for (device, stream), group in by_device.items():
             _core.copy_many_to_host(device, [(s.address, s.nbytes) for _, s in group], stream,
-                                    window, [(row - start) * self.row_bytes for row, _ in group])
+                                    _as_bytes(staging),
+                                    [(row - start) * self.row_bytes for row, _ in group])
+        if staging is not region:
+            for group in by_device.values():
+                for row, source in group:
+                    rows = slice(row - start, row - start + source.shape[0])
+                    region[rows] = staging[rows]
 
     # -- the result ------------------------------------------------------------------
 
@@ -223,11 +293,8 @@ class _Writer:
                 raise ValueError(f"collect: the batches bring {self.rows} rows, but out has "
                                  f"{len(self.out)}; pass an array of exactly that many rows")
             return self.out
-        nbytes = self.rows * self.row_bytes
-        if nbytes == 0:
-            return np.empty((self.rows, *self.trailing), self.dtype)
-        self.buffer.shrink_to(nbytes)
-        return self._rows_view(0, self.rows)
+        self.window = None  # let the buffer shrink to the result
+        return _new_result(self.rows, self.trailing, self.dtype, self.buffer)
 
 
 def _as_bytes(array):

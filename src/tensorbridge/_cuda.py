@@ -301,8 +301,13 @@ class DeviceMemory:
         return cls(device, handle, address, shape, strides, dtype, owner)
 
     def copy_into(self, target: np.ndarray) -> None:
-        """Copy into `target`, a C-contiguous array of this shape and dtype."""
-        if self.strides is not None:
+        """Copy into `target`, an array of this shape and dtype (a
+        non-contiguous one through a contiguous temporary)."""
+        if not target.flags.c_contiguous:
+            staging = np.empty(target.shape, target.dtype)
+            self.copy_into(staging)
+            target[...] = staging
+        elif self.strides is not None:
             copy_strided(self, target)
         else:
             _core.copy_to_host(self.device, self.address, self.nbytes, self.stream,
