@@ -4,10 +4,11 @@ slice, without a list of batches and without ``np.concatenate``.
 With no ``out=``, the result lives in a GrowableBuffer that grows in place
 (mremap moves page tables, not bytes), so peak memory stays at the result's
 size plus one batch. Small GPU batches are packed: up to ``_PACK_COUNT`` of
-them become one submission of the engine and one event. A list or tuple of
+them become one submission of the engine and one event. Two sequences skip
+the per-batch work: a list or tuple of small host batches (NumPy arrays,
+plain CPU tensors) is one ``np.concatenate`` into the result, and one of
 small plain CUDA tensors (torch's, read through the DLPack C exchange API)
-is described in C and copied in those packed submissions with no per-batch
-Python work beyond the description.
+is described in C and copied in those packed submissions.
 """
 
 from __future__ import annotations
@@ -192,7 +193,8 @@ class _Writer:
         if type(batch) is not np.ndarray:
             source = _device_memory(batch)
             array = to_numpy(batch) if source is None else None
-        shape, dtype = (array.shape, array.dtype) if source is None else (source.shape, source.dtype)
+        described = array if source is None else source
+        shape, dtype = described.shape, described.dtype
         self._check(index, shape, dtype)
         rows = shape[0]
         first_row = self.rows
