@@ -227,6 +227,7 @@ def build_cases(settings: Settings, skipped: list):
             for nbytes in (2048, 16 << 20):
                 yield partial(_cpu_bfloat16, torch, nbytes)
         yield partial(_cpu_collect, 16 if settings.quick else 64)
+        yield partial(_cpu_collect_small, 2_000 if settings.quick else 10_000)
     if "cuda" in settings.devices:
         if torch is None or not torch.cuda.is_available():
             skipped.append({"case": "*", "method": "every CUDA method",
@@ -290,6 +291,14 @@ def _cpu_collect(count):
     return Case(f"cpu collect {count} x 4 MiB", "cpu", count * (4 << 20), "np.concatenate(list)",
                 {"np.concatenate(list)": lambda: np.concatenate(list(batches)),
                  "tb.collect(batches)": lambda: collect(batches)})
+
+
+def _cpu_collect_small(count):
+    batches = [np.full((1, 64), i, np.float32) for i in range(count)]
+    return Case(f"cpu collect {count} x 256 B", "cpu", count * 256, "np.concatenate(list)",
+                {"np.concatenate(list)": lambda: np.concatenate(batches),
+                 "tb.collect(batches)": lambda: collect(batches),
+                 "tb.collect(iter(batches))": lambda: collect(iter(batches))})
 
 
 def _cuda_float32(torch, nbytes):
