@@ -88,8 +88,18 @@ def test_info(tmp_path):
     result = tensorbridge("info", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for line in ("tensorbridge  0.", "numpy", "torch", "cupy          not installed",
+                 "torch tensors: C fast path over the DLPack C exchange API",
                  "CUDA driver: not found", "pinned pool:", "host memcpy:"):
         assert line in result.stdout
+
+
+def test_output_piped_into_a_reader_that_stops_early(tmp_path):
+    # `tensorbridge info | head -1`: no traceback when the pipe closes.
+    command = f"{sys.executable} -m tensorbridge info | head -1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=120)
+    assert result.stdout == "versions:\n"
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
 
 
 def test_python_dash_m_is_the_same_command(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -49,6 +50,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `tensorbridge info | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
 
 
 def _positive_int(text):
@@ -159,6 +163,11 @@ def _info() -> int:
     print("versions:")
     for name, version in bench.versions().items():
         print(f"  {name:13} {version or 'not installed'}")
+    torch = sys.modules.get("torch")  # imported by versions() when installed
+    if torch is not None:
+        route = ("the DLPack C exchange API" if hasattr(torch.Tensor, "__dlpack_c_exchange_api__")
+                 else "Tensor.numpy() (this torch has no DLPack C exchange API: torch < 2.10)")
+        print(f"torch tensors: C fast path over {route}")
     hardware = bench.hardware()
     print(f"cpu: {hardware['cpu']} ({hardware['cpus']} cores), memory "
           f"{(hardware['memory_bytes'] or 0) / 2**30:.1f} GiB")
