@@ -44,8 +44,8 @@ PyObject* array_from_capsule(PyObject* capsule);
 // Consumes a DLPack capsule (same rules) whose memory may live anywhere, for
 // the device copy path: returns (owner, device_type, device_id, address,
 // shape, strides (in elements; None when compact row-major), NumPy dtype or
-// None, element type name). `owner`
-// keeps the memory alive and calls the producer's deleter when dropped.
+// None, element type name). `owner` keeps the memory alive and calls the
+// producer's deleter when dropped.
 PyObject* describe_capsule(PyObject* capsule);
 
 }  // namespace tensorbridge

@@ -291,8 +291,8 @@ PyObject* numpy_method_view(PyObject* x, const TypeInfo& info) {
 }
 
 // Reads `x` through its type's exchange API into `tensor`; false (no Python
-// error set) when that is not possible or, with `check_plain`, when the raw
-// memory of a torch tensor does not show its values. `wanted`, when given,
+// error set) when that is not possible or when the raw memory of a torch
+// tensor does not show its values. `wanted`, when given,
 // picks the device types worth reading: others are refused before the torch
 // questions are asked.
 bool read_exchanged(PyObject* x, const TypeInfo& info, DLTensor* tensor,
@@ -402,6 +402,15 @@ DeviceCopy copy_exchanged(const DLTensor& tensor, const DLPackExchangeAPI& api, 
   return DeviceCopy::kCopied;
 }
 
+// The view of a type without a usable exchange API (or with it turned off):
+// torch tensors through Tensor.numpy(), nothing for other types; nullptr with
+// no Python error set when there is none.
+PyObject* view_without_exchange(PyObject* x, const TypeInfo& info) {
+  PyObject* array = info.is_torch ? numpy_method_view(x, info) : nullptr;
+  if (array == nullptr) PyErr_Clear();
+  return array;
+}
+
 }  // namespace
 
 PyObject* describe_device(PyObject* x) {
@@ -424,11 +433,7 @@ PyObject* describe_device(PyObject* x) {
 
 PyObject* fast_view(PyObject* x) {
   const TypeInfo info = lookup_type(Py_TYPE(x));
-  if (info.api == nullptr || !g_exchange_api) {
-    PyObject* array = info.is_torch ? numpy_method_view(x, info) : nullptr;
-    if (array == nullptr) PyErr_Clear();
-    return array;
-  }
+  if (info.api == nullptr || !g_exchange_api) return view_without_exchange(x, info);
   DLTensor tensor;
   return read_exchanged(x, info, &tensor) ? view_exchanged(x, info, tensor) : nullptr;
 }
@@ -466,14 +471,13 @@ PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject*
   if (arguments.request != Request::kPython) {
     PyObject* x = args[0];
     PyObject* view = nullptr;
-    const TypeInfo info = PyArray_CheckExact(x) ? TypeInfo{} : lookup_type(Py_TYPE(x));
-    DLTensor tensor;
     if (PyArray_CheckExact(x)) {
       Py_INCREF(x);
       view = x;
-    } else if (info.api == nullptr || !g_exchange_api) {
-      view = fast_view(x);
-    } else if (read_exchanged(x, info, &tensor)) {
+    } else if (const TypeInfo info = lookup_type(Py_TYPE(x));
+               info.api == nullptr || !g_exchange_api) {
+      view = view_without_exchange(x, info);
+    } else if (DLTensor tensor; read_exchanged(x, info, &tensor)) {
       view = view_exchanged(x, info, tensor);
       if (view == nullptr && !arguments.copy_forbidden && !arguments.stream_given) {
         PyObject* copy = nullptr;

@@ -9,8 +9,9 @@ namespace tensorbridge {
 // `to_numpy(x, *, copy=None, out=None, stream=None)`, METH_FASTCALL|KEYWORDS.
 // Handles the common cases in C (a NumPy array, CPU memory that NumPy can
 // view as is, compact CUDA memory of an exchange-API producer such as a torch
-// CUDA tensor, copied on its current stream) and hands everything else, arguments untouched, to the Python
-// implementation registered with set_fallback.
+// CUDA tensor, copied on its current stream) and hands everything else,
+// arguments untouched, to the Python implementation registered with
+// set_fallback.
 PyObject* to_numpy(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames);
 
 // A zero-copy view of `x` when it is a CPU tensor that NumPy can view as is

@@ -3,13 +3,13 @@
 #include <sys/mman.h>
 
 #include <algorithm>
-#include <utility>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <cstdint>
 #include <mutex>
 #include <new>
 #include <stdexcept>
+#include <utility>
 
 #include "per_process.h"
 
