@@ -19,7 +19,8 @@ import sys
 import numpy as np
 
 from . import _core, _cuda
-from ._convert import _dlpack_device, to_numpy
+from ._cuda import _as_bytes
+from ._convert import to_numpy
 
 _PACK_BYTES = 64 << 10  # a batch at most this large waits to be packed with others
 _PACK_COUNT = 1024
@@ -99,7 +100,7 @@ def _gather_small_device_batches(batches, out):
         out = _new_result(rows, trailing, dtype)
     elif out.shape != (rows, *trailing) or out.dtype != dtype or not out.flags.c_contiguous:
         return None  # the general path accepts or refuses it, with the reason
-    target = out.reshape(-1).view(np.uint8)
+    target = _as_bytes(out)
     for start in range(0, len(sources), _PACK_COUNT):
         _core.copy_many_to_host(device, sources[start:start + _PACK_COUNT], stream, target,
                                 offsets[start:start + _PACK_COUNT])
@@ -157,6 +158,13 @@ def _new_result(rows, trailing, dtype, buffer=None):
         buffer = _core.GrowableBuffer()
         buffer.reserve(nbytes)
     buffer.shrink_to(nbytes)
+    return _rows_over(buffer, rows, trailing, dtype)
+
+
+def _rows_over(buffer, rows, trailing, dtype):
+    """An array of `rows` rows viewing the start of `buffer` (which cannot
+    move or shrink while the array lives)."""
+    nbytes = rows * math.prod(trailing) * dtype.itemsize
     return np.frombuffer(buffer.view(0, nbytes), np.uint8).view(dtype).reshape((rows, *trailing))
 
 
@@ -191,7 +199,7 @@ class _Writer:
     def add(self, index, batch):
         source, array = None, batch
         if type(batch) is not np.ndarray:
-            source = _device_memory(batch)
+            source = _cuda.device_memory(batch, caller="collect")
             array = to_numpy(batch) if source is None else None
         described = array if source is None else source
         shape, dtype = described.shape, described.dtype
@@ -249,9 +257,7 @@ class _Writer:
         self.window = None  # its view of the buffer would stop the buffer from moving
         self.buffer.reserve(rows * self.row_bytes)
         self.capacity_rows = self.buffer.capacity // self.row_bytes
-        window = self.buffer.view(0, self.capacity_rows * self.row_bytes)
-        self.window = np.frombuffer(window, np.uint8).view(self.dtype).reshape(
-            (self.capacity_rows, *self.trailing))
+        self.window = _rows_over(self.buffer, self.capacity_rows, self.trailing, self.dtype)
 
     def _write_host(self, first_row, rows, array):
         target = self.window[first_row:first_row + rows]
@@ -297,21 +303,3 @@ class _Writer:
             return self.out
         self.window = None  # let the buffer shrink to the result
         return _new_result(self.rows, self.trailing, self.dtype, self.buffer)
-
-
-def _as_bytes(array):
-    return array.reshape(-1).view(np.uint8)
-
-
-def _device_memory(batch):
-    """The batch's CUDA memory, or None for a batch in host memory."""
-    memory = _cuda.DeviceMemory.described_in_c(batch)  # plain torch CUDA tensors
-    if memory is not None:
-        return memory
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(batch, torch.Tensor):
-        return _cuda.DeviceMemory.of_tensor(torch, batch) if batch.is_cuda else None
-    device = _dlpack_device(batch) if not isinstance(batch, np.ndarray) else None
-    if device is None or device[0] not in _cuda.CUDA_DEVICE_TYPES:
-        return None
-    return _cuda.DeviceMemory.of_dlpack(batch, device[1], caller="collect")

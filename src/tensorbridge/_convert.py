@@ -65,14 +65,7 @@ def to_numpy_async(x, *, out=None, stream=None):
     """
     if out is not None:
         _check_out_array(out)
-    memory = _cuda.DeviceMemory.described_in_c(x) if stream is None else None
-    torch = sys.modules.get("torch")
-    if memory is None and torch is not None and isinstance(x, torch.Tensor) \
-            and x.device.type == "cuda":
-        memory = _cuda.DeviceMemory.of_tensor(torch, x, stream)
-    device = _dlpack_device(x) if memory is None and not isinstance(x, np.ndarray) else None
-    if device is not None and device[0] in _cuda.CUDA_DEVICE_TYPES:
-        memory = _cuda.DeviceMemory.of_dlpack(x, device[1], stream)
+    memory = _cuda.device_memory(x, stream)
     if memory is not None:
         return _cuda.copy_device_memory(memory, out, asynchronous=True)
     return _cuda.Transfer.finished(to_numpy(x, out=out, stream=stream))

@@ -217,17 +217,14 @@ def _producer_stream(device: int) -> int:
 # -- device -> host ----------------------------------------------------------------
 
 
-def _destination(shape, dtype, out):
-    """(array to return, contiguous buffer to copy into, is it pinned)."""
+def _result_array(shape, dtype, out):
+    """A new array for the result, or `out` once it is checked to fit."""
     if out is None:
-        result = np.empty(shape, dtype)
-        return result, result, False
+        return np.empty(shape, dtype)
     from ._convert import _check_out_matches
 
     _check_out_matches(out, shape, dtype)
-    if out.flags.c_contiguous:
-        return out, out, is_pinned(out)
-    return out, np.empty(shape, dtype), False  # copied into `out` afterwards
+    return out
 
 
 def _as_bytes(array: np.ndarray) -> np.ndarray:
@@ -315,23 +312,37 @@ class DeviceMemory:
 
 
 def copy_device_memory(memory: DeviceMemory, out, asynchronous):
-    """`memory` into a new array or `out`; a Transfer when `asynchronous`."""
-    result, target, pinned = _destination(memory.shape, memory.dtype, out)
-    if asynchronous and memory.strides is None:
+    """`memory` into a new array or `out`; a Transfer when `asynchronous`.
+    Strided memory, and a non-contiguous `out`, are copied before it returns."""
+    result = _result_array(memory.shape, memory.dtype, out)
+    if asynchronous and memory.strides is None and result.flags.c_contiguous:
         native = _core.copy_to_host_async(memory.device, memory.address, memory.nbytes,
-                                          memory.stream, _as_bytes(target), pinned)
+                                          memory.stream, _as_bytes(result), is_pinned(result))
         if memory.after_enqueue is not None:
             memory.after_enqueue()
-        if target is result:
-            return Transfer(native, result, (memory.keep, target))
-        native.wait(-1.0)  # a non-contiguous `out`: finish here, then copy into it
-        if native.error():
-            raise RuntimeError(f"to_numpy_async: the device copy failed: {native.error()}")
-    else:
-        memory.copy_into(target)  # strided memory is copied synchronously
-    if target is not result:
-        np.copyto(result, target)
+        return Transfer(native, result, (memory.keep, result))
+    memory.copy_into(result)
     return Transfer.finished(result) if asynchronous else result
+
+
+def device_memory(x, stream=None, caller="to_numpy"):
+    """`x`'s CUDA memory as the engine copies it, or None for host memory: a
+    plain torch CUDA tensor described in C (without `stream`), any other torch
+    CUDA tensor, and any DLPack producer in CUDA memory."""
+    if type(x) is np.ndarray:
+        return None
+    memory = DeviceMemory.described_in_c(x) if stream is None else None
+    if memory is not None:
+        return memory
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return DeviceMemory.of_tensor(torch, x, stream) if x.is_cuda else None
+    from ._convert import _dlpack_device
+
+    device = _dlpack_device(x)
+    if device is None or device[0] not in CUDA_DEVICE_TYPES:
+        return None
+    return DeviceMemory.of_dlpack(x, device[1], stream, caller)
 
 
 def _plain_contiguous(torch, t):
@@ -413,11 +424,11 @@ def to_device(a, device, *, dtype=None, stream=None):
     index = target.index if target.index is not None else torch.cuda.current_device()
     if isinstance(a, torch.Tensor) and a.is_cuda:
         return a.to(device=torch.device("cuda", index), dtype=dtype)
-    host = np.ascontiguousarray(to_numpy(a))
-    if dtype is not None and dtype != tensor_over(torch, host).dtype:
-        host = np.ascontiguousarray(to_numpy(tensor_over(torch, host).to(dtype)))
-    result = torch.empty(host.shape, dtype=tensor_over(torch, host).dtype,
-                         device=torch.device("cuda", index))
+    source = tensor_over(torch, np.ascontiguousarray(to_numpy(a)))
+    if dtype is not None:
+        source = source.to(dtype)  # on the host; `source` itself when it already is
+    host = to_numpy(source)  # contiguous: a view
+    result = torch.empty(source.shape, dtype=source.dtype, device=torch.device("cuda", index))
     handle = (stream_handle(stream) if stream is not None
               else torch.cuda.current_stream(index).cuda_stream)
     native = _core.copy_to_device(_as_bytes(host), is_pinned(host), index, result.data_ptr(),
