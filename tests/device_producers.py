@@ -7,6 +7,7 @@ import ctypes
 import numpy as np
 
 from dlpack_producer import DLPackVersion, DLTensor, Producer
+from dlpack_producer import _DESTRUCTOR, _api as pythonapi
 
 LEGACY_STREAM = 1
 _EXPORTED = set()  # producers with capsules outstanding: their callbacks must stay alive
@@ -105,9 +106,6 @@ def _current_work_stream(device_type, device_id, out):
 _API = _ExchangeAPI(_ExchangeAPIHeader(DLPackVersion(1, 3), None), None, None, None,
                     _FROM_PY_OBJECT(_from_py_object), _CURRENT_WORK_STREAM(_current_work_stream))
 _API_NAME = ctypes.create_string_buffer(b"dlpack_exchange_api")  # capsules keep the pointer
-_pythonapi = ctypes.PyDLL(None)
-_pythonapi.PyCapsule_New.restype = ctypes.py_object
-_pythonapi.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
 
 
 class ExchangeDeviceArray(DeviceArray):
@@ -117,7 +115,8 @@ class ExchangeDeviceArray(DeviceArray):
     ``refuse_exchange=True`` makes the API fail, as for a tensor it cannot
     describe."""
 
-    __dlpack_c_exchange_api__ = _pythonapi.PyCapsule_New(ctypes.addressof(_API), _API_NAME, None)
+    __dlpack_c_exchange_api__ = pythonapi.PyCapsule_New(ctypes.addressof(_API), _API_NAME,
+                                                        _DESTRUCTOR())  # no destructor
 
     def __init__(self, standin, array, device=0, *, refuse_exchange=False, **overrides):
         super().__init__(standin, array, device, **overrides)
