@@ -12,6 +12,7 @@
 #include "exchange.h"
 #include "growable_buffer.h"
 #include "host_copy.h"
+#include "interrupt.h"
 #include "pinned_pool.h"
 #include "transfer.h"
 
@@ -30,7 +31,7 @@ PyMethodDef to_numpy_def = {
 // when the last view of it dies.
 class PinnedBuffer {
  public:
-  explicit PinnedBuffer(size_t bytes) : bytes_(bytes), block_(tb::PinnedPool::instance().acquire(bytes)) {}
+  explicit PinnedBuffer(size_t bytes) : bytes_(bytes), block_(tb::PinnedPool::instance().acquire(tb::kAnyDevice, bytes)) {}
   ~PinnedBuffer() { tb::PinnedPool::instance().release(block_); }
   PinnedBuffer(const PinnedBuffer&) = delete;
   PinnedBuffer& operator=(const PinnedBuffer&) = delete;
@@ -53,10 +54,26 @@ tb::cuda::CUstream as_stream(uintptr_t handle) {
   return reinterpret_cast<tb::cuda::CUstream>(handle);
 }
 
+// Runs a synchronous copy with the GIL released and Ctrl-C checked between
+// its waits; on Ctrl-C, raises KeyboardInterrupt and leaves what is still in
+// flight for `_core.take_interrupted()`.
+template <class Copy>
+void interruptibly(Copy&& copy) {
+  const tb::InterruptCheck interrupted = tb::python_interrupt_check();
+  try {
+    py::gil_scoped_release release;
+    copy(interrupted);
+  } catch (const tb::CopyInterrupted& stop) {
+    tb::set_interrupted(stop.pending);
+    throw py::error_already_set();  // the KeyboardInterrupt the check left set
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   if (_import_array() < 0) throw py::error_already_set();
+  tb::init_interrupts();
   m.doc() = "tensorbridge's native core";
 
   m.add_object("to_numpy", py::reinterpret_steal<py::object>(
@@ -103,6 +120,30 @@ PYBIND11_MODULE(_core, m) {
   tb::set_driver_error_type(m.attr("DriverError").ptr());
   py::register_exception<std::length_error>(m, "PinnedLimitError", PyExc_MemoryError);
   m.def("cuda_available", &tb::cuda::available);
+  m.def("cuda_status", [] {
+    const tb::cuda::Status s = tb::cuda::status();
+    py::dict d;
+    d["available"] = s.available;
+    d["library"] = s.library.empty() ? py::object(py::none()) : py::object(py::str(s.library));
+    d["driver_version"] = s.driver_version;
+    d["device_count"] = s.device_count;
+    d["reason"] = s.reason;
+    return d;
+  });
+  m.def("driver_entry_points", [] {
+    py::list entries;
+    for (const tb::cuda::EntryPoint& e : tb::cuda::entry_points()) {
+      py::dict d;
+      d["name"] = e.name;
+      d["version"] = e.version;
+      d["optional"] = !e.required;
+      d["resolved"] = e.resolved;
+      entries.append(d);
+    }
+    return entries;
+  });
+  m.def("take_interrupted", [] { return tb::take_interrupted(); },
+        "What the last interrupted copy of this thread left in flight (a Transfer), or None.");
   m.def("driver_version", &tb::cuda::driver_version);
   m.def("device_count", &tb::cuda::device_count);
   m.def("device_name", &tb::cuda::device_name, py::arg("ordinal"));
@@ -141,8 +182,10 @@ PYBIND11_MODULE(_core, m) {
       [](int device, uintptr_t src, size_t nbytes, uintptr_t stream, const py::buffer& dst,
          bool dst_pinned) {
         void* out = writable_address(dst);
-        py::gil_scoped_release release;
-        tb::copy_to_host({device, src, nbytes}, as_stream(stream), out, dst_pinned);
+        interruptibly([&](const tb::InterruptCheck& interrupted) {
+          tb::copy_to_host({device, src, nbytes}, as_stream(stream), out, dst_pinned,
+                           interrupted);
+        });
       },
       py::arg("device"), py::arg("src"), py::arg("nbytes"), py::arg("stream"), py::arg("dst"),
       py::arg("dst_pinned"));
@@ -174,8 +217,9 @@ PYBIND11_MODULE(_core, m) {
           spans.push_back({device, srcs[i].first, srcs[i].second});
           outs.push_back(static_cast<char*>(out.ptr) + offsets[i]);
         }
-        py::gil_scoped_release release;
-        tb::copy_many_to_host(spans, as_stream(stream), outs);
+        interruptibly([&](const tb::InterruptCheck& interrupted) {
+          tb::copy_many_to_host(spans, as_stream(stream), outs, interrupted);
+        });
       },
       py::arg("device"), py::arg("srcs"), py::arg("stream"), py::arg("dst"), py::arg("offsets"),
       "Copy device spans (address, nbytes) into `dst` at byte `offsets`, packed.");

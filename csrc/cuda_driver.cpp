@@ -3,6 +3,7 @@
 #include "per_process.h"
 
 #include <dlfcn.h>
+#include <link.h>
 
 #include <cstdlib>
 #include <mutex>
@@ -10,15 +11,6 @@
 
 namespace tensorbridge::cuda {
 namespace {
-
-// The one list of entry points: name in the driver, slot in Driver.
-#define TB_DRIVER_ENTRY_POINTS(X)                                                      \
-  X(cuInit) X(cuDriverGetVersion) X(cuGetErrorString) X(cuGetErrorName)                \
-  X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceGetName) X(cuDevicePrimaryCtxRetain)    \
-  X(cuDevicePrimaryCtxRelease) X(cuCtxGetCurrent) X(cuCtxSetCurrent) X(cuMemHostAlloc) \
-  X(cuMemFreeHost) X(cuMemcpyDtoHAsync) X(cuMemcpyHtoDAsync) X(cuStreamCreate)         \
-  X(cuStreamDestroy) X(cuStreamWaitEvent) X(cuEventCreate) X(cuEventRecord)            \
-  X(cuEventQuery) X(cuEventSynchronize) X(cuEventDestroy)
 
 using GetProcAddressV2 = CUresult (*)(const char* symbol, void** function, int cuda_version,
                                       uint64_t flags, int* symbol_status);
@@ -32,13 +24,30 @@ struct State {
   bool attempted = false;
   bool loaded = false;
   std::string error;
+  std::string library;  // the file dlopen found
+  int driver_version = 0;
   Driver table{};
+  std::vector<EntryPoint> entry_points;
   std::vector<CUcontext> contexts;  // primary context per ordinal, retained once
 };
 
 // A forked child gets a fresh State: the parent's driver handles and
 // contexts are meaningless there (and the real driver refuses anyway).
 State& state() { return per_process<State>(); }
+
+std::string version_text(int version) {
+  return std::to_string(version / 1000) + "." + std::to_string(version % 1000 / 10);
+}
+
+// The path of the file a dlopen handle came from ("libcuda.so.1" is a name).
+std::string loaded_path(void* library, const char* fallback) {
+  link_map* map = nullptr;
+  if (dlinfo(library, RTLD_DI_LINKMAP, &map) == 0 && map != nullptr && map->l_name != nullptr &&
+      *map->l_name != '\0') {
+    return map->l_name;
+  }
+  return fallback;
+}
 
 void load(State& s) {
   s.attempted = true;
@@ -52,41 +61,50 @@ void load(State& s) {
               (override_path ? "" : " (no NVIDIA driver on this machine?)");
     return;
   }
+  s.library = loaded_path(library, path);
   void* get_v2 = dlsym(library, "cuGetProcAddress_v2");
   void* get_v1 = get_v2 ? nullptr : dlsym(library, "cuGetProcAddress");
   if (get_v2 == nullptr && get_v1 == nullptr) {
-    s.error = std::string(path) + " has no cuGetProcAddress: the driver is older than CUDA 11.3";
+    s.error = "the CUDA driver " + s.library +
+              " has no cuGetProcAddress: it is older than CUDA 11.3; update the NVIDIA driver";
     return;
   }
-  auto resolve = [&](const char* name, void** slot) -> CUresult {
+  auto resolve = [&](const char* name, int version, void** slot) {
+    CUresult result;
     if (get_v2 != nullptr) {
       int status = 0;
-      return reinterpret_cast<GetProcAddressV2>(get_v2)(name, slot, kDeclaredCudaVersion, 0,
-                                                        &status);
+      result = reinterpret_cast<GetProcAddressV2>(get_v2)(name, slot, version, 0, &status);
+    } else {
+      result = reinterpret_cast<GetProcAddressV1>(get_v1)(name, slot, version, 0);
     }
-    return reinterpret_cast<GetProcAddressV1>(get_v1)(name, slot, kDeclaredCudaVersion, 0);
+    if (result != CUDA_SUCCESS) *slot = nullptr;
+    return *slot != nullptr;
   };
   Driver table{};
-#define TB_RESOLVE(name)                                                                   \
-  if (resolve(#name, reinterpret_cast<void**>(&table.name)) != CUDA_SUCCESS ||             \
-      table.name == nullptr) {                                                             \
-    s.error = std::string("the CUDA driver ") + path + " lacks " #name " for CUDA " +      \
-              std::to_string(kDeclaredCudaVersion / 1000) + "." +                          \
-              std::to_string(kDeclaredCudaVersion % 1000 / 10);                            \
-    return;                                                                                \
+  std::string missing;
+#define TB_RESOLVE(name, version, required, type)                                     \
+  {                                                                                   \
+    const bool found = resolve(#name, version, reinterpret_cast<void**>(&table.name)); \
+    s.entry_points.push_back(EntryPoint{#name, version, required, found});            \
+    if (required && !found) missing += std::string(missing.empty() ? "" : ", ") + #name; \
   }
   TB_DRIVER_ENTRY_POINTS(TB_RESOLVE)
 #undef TB_RESOLVE
-  if (get_v2 != nullptr) {
-    int status = 0;
-    reinterpret_cast<GetProcAddressV2>(get_v2)("cuMemcpyBatchAsync",
-                                               reinterpret_cast<void**>(&table.cuMemcpyBatchAsync),
-                                               kBatchCopyCudaVersion, 0, &status);
+  s.table = table;  // describe() needs the error strings before `loaded` is set
+  if (table.cuDriverGetVersion != nullptr) table.cuDriverGetVersion(&s.driver_version);
+  const std::string loaded = "driver " + (s.driver_version ? version_text(s.driver_version)
+                                                            : std::string("of unknown version")) +
+                             " loaded from " + s.library;
+  if (!missing.empty()) {
+    s.error = loaded + ", but it lacks " + missing + " for CUDA " +
+              version_text(kDeclaredCudaVersion) + "; update the NVIDIA driver";
+    return;
   }
-  s.table = table;  // describe() needs cuGetErrorString before `loaded` is set
   const CUresult init = table.cuInit(0);
   if (init != CUDA_SUCCESS) {
-    s.error = describe("cuInit", init);
+    std::string answer = describe("cuInit", init);
+    answer.replace(0, std::string("cuInit failed: ").size(), "");
+    s.error = loaded + ", but cuInit says " + answer;
     return;
   }
   s.loaded = true;
@@ -108,12 +126,42 @@ const Driver& driver() {
   throw DriverError(s.error, CUDA_ERROR_NOT_INITIALIZED);
 }
 
-bool available() noexcept {
+bool available() noexcept { return status().available; }
+
+Status status() noexcept {
+  Status result;
   try {
-    return try_driver() != nullptr && device_count() > 0;
+    const bool loaded = try_driver() != nullptr;
+    {
+      State& s = state();
+      std::lock_guard<std::mutex> lock(s.mutex);
+      result.library = s.library;
+      result.driver_version = s.driver_version;
+      result.reason = s.error;
+    }
+    if (!loaded) return result;
+    result.device_count = device_count();
+    if (result.device_count == 0) {
+      result.reason = "driver " + version_text(result.driver_version) + " loaded from " +
+                      result.library + ", but it reports no CUDA device";
+      return result;
+    }
+    result.available = true;
+  } catch (const std::exception& e) {
+    result.available = false;
+    result.reason = e.what();
   } catch (...) {
-    return false;
+    result.available = false;
+    result.reason = "unknown error while loading the CUDA driver";
   }
+  return result;
+}
+
+std::vector<EntryPoint> entry_points() {
+  try_driver();
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  return s.entry_points;
 }
 
 std::string describe(const char* call, CUresult result) {

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 namespace tensorbridge::cuda {
 
@@ -28,14 +30,21 @@ constexpr CUresult CUDA_ERROR_OUT_OF_MEMORY = 2;
 constexpr CUresult CUDA_ERROR_NOT_INITIALIZED = 3;
 constexpr CUresult CUDA_ERROR_NO_DEVICE = 100;
 constexpr CUresult CUDA_ERROR_INVALID_DEVICE = 101;
+constexpr CUresult CUDA_ERROR_INVALID_HANDLE = 400;
 constexpr CUresult CUDA_ERROR_NOT_FOUND = 500;
 constexpr CUresult CUDA_ERROR_NOT_READY = 600;
+constexpr CUresult CUDA_ERROR_NOT_SUPPORTED = 801;
 
 constexpr unsigned kMemHostAllocPortable = 0x01;  // CU_MEMHOSTALLOC_PORTABLE (a macro in cuda.h)
 constexpr unsigned CU_STREAM_NON_BLOCKING = 0x1;
+// Blocking-sync events put a waiting thread to sleep instead of spinning a core.
+constexpr unsigned CU_EVENT_BLOCKING_SYNC = 0x1;
 constexpr unsigned CU_EVENT_DISABLE_TIMING = 0x2;
-// The legacy default stream, as a handle (DLPack's stream=1 means the same).
-inline CUstream legacy_stream() { return reinterpret_cast<CUstream>(uintptr_t{1}); }
+// The legacy default stream, as the handles 0 (NULL) and 1 (CU_STREAM_LEGACY);
+// DLPack's stream=1 means the same. cuda.h forbids it for the batch copy.
+inline bool is_legacy_stream(CUstream stream) {
+  return reinterpret_cast<uintptr_t>(stream) <= 1;
+}
 
 // The CUDA version whose ABIs we declared; passed to cuGetProcAddress.
 constexpr int kDeclaredCudaVersion = 12000;
@@ -58,37 +67,53 @@ constexpr int CU_MEMCPY_SRC_ACCESS_ORDER_STREAM = 1;
 constexpr int CU_MEM_LOCATION_TYPE_DEVICE = 1;
 constexpr int CU_MEM_LOCATION_TYPE_HOST = 2;
 
-// Every entry point we call, as one table of function pointers. The list of
-// names is in cuda_driver.cpp, next to the table's fill.
+// The one list of entry points: X(name, CUDA version asked, required, type).
+// It generates the table below and its resolution (cuda_driver.cpp). An
+// optional entry point is nullptr when the driver lacks it, and its caller
+// takes a slower path; a missing required one makes CUDA unavailable.
+#define TB_DRIVER_ENTRY_POINTS(X)                                                            \
+  X(cuInit, 12000, true, CUresult(unsigned flags))                                          \
+  X(cuDriverGetVersion, 12000, true, CUresult(int* version))                                \
+  X(cuGetErrorString, 12000, true, CUresult(CUresult error, const char** text))             \
+  X(cuGetErrorName, 12000, true, CUresult(CUresult error, const char** text))               \
+  X(cuDeviceGetCount, 12000, true, CUresult(int* count))                                    \
+  X(cuDeviceGet, 12000, true, CUresult(CUdevice * device, int ordinal))                     \
+  X(cuDeviceGetName, 12000, true, CUresult(char* name, int length, CUdevice device))        \
+  X(cuDevicePrimaryCtxRetain, 12000, true, CUresult(CUcontext * context, CUdevice device))  \
+  X(cuCtxGetCurrent, 12000, true, CUresult(CUcontext * context))                            \
+  X(cuCtxSetCurrent, 12000, true, CUresult(CUcontext context))                              \
+  X(cuMemHostAlloc, 12000, true, CUresult(void** pointer, size_t bytes, unsigned flags))    \
+  X(cuMemFreeHost, 12000, true, CUresult(void* pointer))                                    \
+  X(cuMemcpyDtoHAsync, 12000, true,                                                         \
+    CUresult(void* dst, CUdeviceptr src, size_t bytes, CUstream stream))                    \
+  X(cuMemcpyHtoDAsync, 12000, true,                                                         \
+    CUresult(CUdeviceptr dst, const void* src, size_t bytes, CUstream stream))              \
+  X(cuEventCreate, 12000, true, CUresult(CUevent * event, unsigned flags))                  \
+  X(cuEventRecord, 12000, true, CUresult(CUevent event, CUstream stream))                   \
+  X(cuEventQuery, 12000, true, CUresult(CUevent event))                                     \
+  X(cuEventSynchronize, 12000, true, CUresult(CUevent event))                               \
+  X(cuEventDestroy, 12000, true, CUresult(CUevent event))                                   \
+  /* Our own stream for batch copies that the producer's stream forbids. */                 \
+  X(cuStreamCreate, 12000, false, CUresult(CUstream * stream, unsigned flags))              \
+  X(cuStreamWaitEvent, 12000, false, CUresult(CUstream stream, CUevent event, unsigned flags)) \
+  X(cuMemcpyBatchAsync, 12080, false,                                                       \
+    CUresult(CUdeviceptr * dsts, CUdeviceptr * srcs, size_t * sizes, size_t count,          \
+             CUmemcpyAttributes * attrs, size_t * attr_indices, size_t attr_count,          \
+             size_t * fail_index, CUstream stream))
+
+// Every entry point we call, as one table of function pointers.
 struct Driver {
-  CUresult (*cuInit)(unsigned flags);
-  CUresult (*cuDriverGetVersion)(int* version);
-  CUresult (*cuGetErrorString)(CUresult error, const char** text);
-  CUresult (*cuGetErrorName)(CUresult error, const char** text);
-  CUresult (*cuDeviceGetCount)(int* count);
-  CUresult (*cuDeviceGet)(CUdevice* device, int ordinal);
-  CUresult (*cuDeviceGetName)(char* name, int length, CUdevice device);
-  CUresult (*cuDevicePrimaryCtxRetain)(CUcontext* context, CUdevice device);
-  CUresult (*cuDevicePrimaryCtxRelease)(CUdevice device);
-  CUresult (*cuCtxGetCurrent)(CUcontext* context);
-  CUresult (*cuCtxSetCurrent)(CUcontext context);
-  CUresult (*cuMemHostAlloc)(void** pointer, size_t bytes, unsigned flags);
-  CUresult (*cuMemFreeHost)(void* pointer);
-  CUresult (*cuMemcpyDtoHAsync)(void* dst, CUdeviceptr src, size_t bytes, CUstream stream);
-  CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr dst, const void* src, size_t bytes,
-                                CUstream stream);
-  CUresult (*cuStreamCreate)(CUstream* stream, unsigned flags);
-  CUresult (*cuStreamDestroy)(CUstream stream);
-  CUresult (*cuStreamWaitEvent)(CUstream stream, CUevent event, unsigned flags);
-  CUresult (*cuEventCreate)(CUevent* event, unsigned flags);
-  CUresult (*cuEventRecord)(CUevent event, CUstream stream);
-  CUresult (*cuEventQuery)(CUevent event);
-  CUresult (*cuEventSynchronize)(CUevent event);
-  CUresult (*cuEventDestroy)(CUevent event);
-  // Optional (nullptr on drivers older than CUDA 12.8).
-  CUresult (*cuMemcpyBatchAsync)(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes,
-                                 size_t count, CUmemcpyAttributes* attrs, size_t* attr_indices,
-                                 size_t attr_count, size_t* fail_index, CUstream stream);
+#define TB_DRIVER_SLOT(name, version, required, type) std::add_pointer_t<type> name = nullptr;
+  TB_DRIVER_ENTRY_POINTS(TB_DRIVER_SLOT)
+#undef TB_DRIVER_SLOT
+};
+
+// How one entry point was resolved, for diagnostics (`driver_entry_points`).
+struct EntryPoint {
+  const char* name;
+  int version;
+  bool required;
+  bool resolved;
 };
 
 // A driver call that failed, with the driver's own text. Bound to RuntimeError.
@@ -106,6 +131,20 @@ const Driver& driver();
 
 // Whether a driver loads and reports at least one device. Never throws.
 bool available() noexcept;
+
+// What loading the driver found, for users' messages (`tb.cuda_status()`).
+// Never throws. `reason` is empty exactly when `available`.
+struct Status {
+  bool available = false;
+  std::string library;     // the file loaded; empty when none was
+  int driver_version = 0;  // cuDriverGetVersion (works before cuInit); 0 unknown
+  int device_count = 0;
+  std::string reason;      // "driver 12.2 loaded from ..., but cuInit says ..."
+};
+Status status() noexcept;
+
+// The entry points of the table as resolved (empty before a library loaded).
+std::vector<EntryPoint> entry_points();
 
 // "cuMemcpyDtoHAsync failed: CUDA_ERROR_INVALID_VALUE (invalid argument)".
 std::string describe(const char* call, CUresult result);

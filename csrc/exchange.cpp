@@ -7,6 +7,7 @@
 #include "dlpack.h"
 #include "dlpack_import.h"
 #include "dtypes.h"
+#include "interrupt.h"
 #include "transfer.h"
 
 namespace tensorbridge {
@@ -378,10 +379,18 @@ DeviceCopy copy_exchanged(const DLTensor& tensor, const DLPackExchangeAPI& api, 
   void* destination = PyArray_DATA(reinterpret_cast<PyArrayObject*>(array));
   PyObject* error_type = nullptr;
   std::string error;
+  bool interrupted = false;
+  const InterruptCheck check = python_interrupt_check();
   Py_BEGIN_ALLOW_THREADS
   try {
     copy_to_host(device.span, static_cast<cuda::CUstream>(device.stream), destination,
-                 /*dst_pinned=*/false);
+                 /*dst_pinned=*/false, check);
+  } catch (const CopyInterrupted&) {
+    // KeyboardInterrupt is set. The copies still in flight write only into
+    // staging blocks, which the pool keeps until they complete; the source is
+    // the producer's, freed in stream order (torch's allocator) or after a
+    // device synchronisation (cudaFree).
+    interrupted = true;
   } catch (const cuda::DriverError& failure) {
     error_type = g_driver_error;
     error = failure.what();
@@ -393,6 +402,10 @@ DeviceCopy copy_exchanged(const DLTensor& tensor, const DLPackExchangeAPI& api, 
     error = failure.what();
   }
   Py_END_ALLOW_THREADS
+  if (interrupted) {
+    Py_DECREF(array);
+    return DeviceCopy::kFailed;
+  }
   if (error_type != nullptr) {
     Py_DECREF(array);
     PyErr_SetString(error_type, error.c_str());

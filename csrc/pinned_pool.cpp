@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -17,6 +19,10 @@ constexpr size_t kLargePage = 2u << 20;
 
 size_t rounded(size_t bytes) {
   const size_t unit = bytes >= (1u << 20) ? kLargePage : kPage;
+  if (bytes > std::numeric_limits<size_t>::max() - unit) {
+    throw std::length_error("pinned memory request of " + std::to_string(bytes) +
+                            " bytes is larger than any machine's memory");
+  }
   return std::max<size_t>((bytes + unit - 1) / unit * unit, unit);
 }
 
@@ -29,6 +35,33 @@ size_t default_limit() {
   return static_cast<size_t>(pages) * static_cast<size_t>(page_size) / 4;
 }
 
+// The context a block of `device` is allocated, queried and freed in.
+class BlockContext {
+ public:
+  explicit BlockContext(int device) {
+    if (device != kAnyDevice) {
+      guard_.emplace(device);
+      return;
+    }
+    cuda::CUcontext current = nullptr;
+    cuda::check(cuda::driver().cuCtxGetCurrent(&current), "cuCtxGetCurrent");
+    if (current == nullptr) guard_.emplace(0);
+  }
+
+ private:
+  std::optional<cuda::DeviceGuard> guard_;
+};
+
+void free_blocks(const std::vector<Block>& blocks) {
+  for (const Block& block : blocks) {
+    try {
+      BlockContext context(block.device);
+      cuda::driver().cuMemFreeHost(block.data);  // on failure the memory is lost, never reused
+    } catch (const cuda::DriverError&) {
+    }
+  }
+}
+
 }  // namespace
 
 PinnedPool& PinnedPool::instance() { return per_process<PinnedPool>(); }
@@ -39,11 +72,17 @@ void PinnedPool::collect_completed_locked() {
   if (pending_.empty()) return;
   const cuda::Driver& d = cuda::driver();
   auto still_pending = std::remove_if(pending_.begin(), pending_.end(), [&](Pending& p) {
-    const cuda::CUresult state = d.cuEventQuery(p.event);
-    if (state == cuda::CUDA_ERROR_NOT_READY) return false;
+    cuda::CUresult state;
+    try {
+      BlockContext context(p.block.device);
+      state = d.cuEventQuery(p.event);
+      if (state == cuda::CUDA_ERROR_NOT_READY) return false;
+      d.cuEventDestroy(p.event);
+    } catch (const cuda::DriverError&) {
+      return false;  // cannot tell yet; asked again next time
+    }
     // Completed, or failed: either way no copy will touch the block again.
-    d.cuEventDestroy(p.event);
-    cached_.emplace(p.block.size, p.block.data);
+    cached_.emplace(p.block.size, p.block);
     stats_.in_use_bytes -= p.block.size;
     stats_.cached_bytes += p.block.size;
     return true;
@@ -51,65 +90,99 @@ void PinnedPool::collect_completed_locked() {
   pending_.erase(still_pending, pending_.end());
 }
 
-void PinnedPool::free_cached_locked() {
-  const cuda::Driver& d = cuda::driver();
-  for (auto& [size, data] : cached_) {
-    d.cuMemFreeHost(data);
+std::vector<Block> PinnedPool::take_cached_locked() {
+  std::vector<Block> taken;
+  for (auto& [size, block] : cached_) {
+    taken.push_back(block);
     stats_.reserved_bytes -= size;
     stats_.cached_bytes -= size;
   }
   cached_.clear();
+  return taken;
 }
 
-Block PinnedPool::acquire_locked(size_t bytes, bool must_fit) {
-  // Pinned blocks are portable: any context serves to allocate, query and free.
-  cuda::DeviceGuard guard(0);
-  collect_completed_locked();
+void PinnedPool::unreserve(size_t size) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_.reserved_bytes -= size;
+  stats_.in_use_bytes -= size;
+}
+
+Block PinnedPool::obtain(int device, size_t bytes, bool must_fit) {
   const size_t size = rounded(bytes);
-  auto it = cached_.lower_bound(size);
-  if (it != cached_.end() && it->first <= 2 * size) {
-    Block block{it->second, it->first};
-    cached_.erase(it);
-    stats_.cached_bytes -= block.size;
-    stats_.in_use_bytes += block.size;
-    ++stats_.hit_count;
-    return block;
+  std::vector<Block> to_free;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    collect_completed_locked();
+    auto it = cached_.lower_bound(size);
+    if (it != cached_.end() && it->first <= 2 * size) {
+      Block block = it->second;
+      cached_.erase(it);
+      stats_.cached_bytes -= block.size;
+      stats_.in_use_bytes += block.size;
+      ++stats_.hit_count;
+      return block;
+    }
+    // Make room: cached blocks count against the limit too.
+    if (stats_.reserved_bytes + size > stats_.limit_bytes) to_free = take_cached_locked();
+    const bool fits = size <= stats_.limit_bytes &&
+                      stats_.reserved_bytes <= stats_.limit_bytes - size;
+    if (fits) {
+      // Reserved before allocating, so that concurrent requests see the bytes.
+      stats_.reserved_bytes += size;
+      stats_.in_use_bytes += size;
+      stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.reserved_bytes);
+    } else if (must_fit) {
+      const std::string message =
+          "pinned memory limit reached: " + std::to_string(stats_.in_use_bytes) +
+          " bytes in use, limit " + std::to_string(stats_.limit_bytes) + ", " +
+          std::to_string(size) + " requested; raise it with set_pinned_memory_limit()";
+      free_blocks(to_free);
+      throw std::length_error(message);
+    }
+    if (!fits) {
+      free_blocks(to_free);
+      return Block{nullptr, 0, device};
+    }
   }
-  // Make room: cached blocks count against the limit too.
-  if (stats_.reserved_bytes + size > stats_.limit_bytes) free_cached_locked();
-  if (stats_.reserved_bytes + size > stats_.limit_bytes) {
-    if (!must_fit) return Block{nullptr, 0};
-    throw std::length_error(
-        "pinned memory limit reached: " + std::to_string(stats_.in_use_bytes) +
-        " bytes in use, limit " + std::to_string(stats_.limit_bytes) + ", " +
-        std::to_string(size) + " requested; raise it with set_pinned_memory_limit()");
-  }
-  const cuda::Driver& d = cuda::driver();
+  free_blocks(to_free);
   void* data = nullptr;
-  cuda::CUresult result = d.cuMemHostAlloc(&data, size, cuda::kMemHostAllocPortable);
-  if (result != cuda::CUDA_SUCCESS) {
-    free_cached_locked();  // drop what we hold and retry once
+  cuda::CUresult result;
+  try {
+    BlockContext context(device);
+    const cuda::Driver& d = cuda::driver();
     result = d.cuMemHostAlloc(&data, size, cuda::kMemHostAllocPortable);
+    if (result != cuda::CUDA_SUCCESS) {  // drop what we hold and retry once
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        to_free = take_cached_locked();
+      }
+      free_blocks(to_free);
+      result = d.cuMemHostAlloc(&data, size, cuda::kMemHostAllocPortable);
+    }
+  } catch (...) {
+    unreserve(size);
+    throw;
   }
   if (result != cuda::CUDA_SUCCESS) {
-    if (!must_fit) return Block{nullptr, 0};
+    unreserve(size);
+    if (!must_fit) return Block{nullptr, 0, device};
     cuda::check(result, "cuMemHostAlloc");
   }
+  std::lock_guard<std::mutex> lock(mutex_);
   ++stats_.alloc_count;
-  stats_.reserved_bytes += size;
-  stats_.in_use_bytes += size;
-  stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.reserved_bytes);
-  return Block{data, size};
+  return Block{data, size, device};
 }
 
-Block PinnedPool::acquire(size_t bytes) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return acquire_locked(bytes, /*must_fit=*/true);
+Block PinnedPool::acquire(int device, size_t bytes) {
+  return obtain(device, bytes, /*must_fit=*/true);
 }
 
-Block PinnedPool::try_acquire(size_t bytes) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return acquire_locked(bytes, /*must_fit=*/false);
+Block PinnedPool::try_acquire(int device, size_t bytes) {
+  try {
+    return obtain(device, bytes, /*must_fit=*/false);
+  } catch (const std::length_error&) {  // a size no machine has
+    return Block{nullptr, 0, device};
+  }
 }
 
 void PinnedPool::release(Block block, cuda::CUevent after) {
@@ -119,47 +192,46 @@ void PinnedPool::release(Block block, cuda::CUevent after) {
     pending_.push_back(Pending{block, after});
     return;
   }
-  cached_.emplace(block.size, block.data);
+  cached_.emplace(block.size, block);
   stats_.in_use_bytes -= block.size;
   stats_.cached_bytes += block.size;
 }
 
 void PinnedPool::retire(Block block) {
   if (block.data == nullptr) return;
-  std::lock_guard<std::mutex> lock(mutex_);
-  stats_.in_use_bytes -= block.size;
-  stats_.reserved_bytes -= block.size;
-  try {
-    cuda::DeviceGuard guard(0);
-    cuda::driver().cuMemFreeHost(block.data);  // on failure the memory is lost, never reused
-  } catch (const cuda::DriverError&) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.in_use_bytes -= block.size;
+    stats_.reserved_bytes -= block.size;
   }
+  free_blocks({block});
 }
 
 PinnedStats PinnedPool::stats() {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!pending_.empty()) {
-    cuda::DeviceGuard guard(0);
-    collect_completed_locked();
-  }
+  collect_completed_locked();
   return stats_;
 }
 
 void PinnedPool::empty_cache() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (stats_.reserved_bytes == 0) return;  // nothing to do, and no driver needed
-  cuda::DeviceGuard guard(0);
-  collect_completed_locked();
-  free_cached_locked();
+  std::vector<Block> to_free;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stats_.reserved_bytes == 0) return;  // nothing to do, and no driver needed
+    collect_completed_locked();
+    to_free = take_cached_locked();
+  }
+  free_blocks(to_free);
 }
 
 void PinnedPool::set_limit(size_t bytes) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  stats_.limit_bytes = bytes;
-  if (stats_.cached_bytes > 0 && stats_.reserved_bytes > bytes) {
-    cuda::DeviceGuard guard(0);
-    free_cached_locked();
+  std::vector<Block> to_free;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.limit_bytes = bytes;
+    if (stats_.cached_bytes > 0 && stats_.reserved_bytes > bytes) to_free = take_cached_locked();
   }
+  free_blocks(to_free);
 }
 
 }  // namespace tensorbridge

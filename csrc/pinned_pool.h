@@ -8,9 +8,15 @@
 // 2 MiB (large), not to powers of two, and served best-fit from the cache but
 // never from a block more than twice the size asked for.
 //
-// A limit bounds the pinned bytes reserved (in use + cached). `acquire` with
-// `must_fit` (empty_pinned, pinned out=) raises when the limit or the driver
-// refuses; conversions ask with `try_acquire` and stage in smaller chunks when
+// Blocks are allocated through the primary context of the device they are for
+// (portable, so any context may use them later): a `cuda:1` user never creates
+// a context on GPU 0. The driver's allocation and free calls run outside the
+// pool's lock (they take 0.3-1 s per GB): the bytes are reserved under the
+// lock first, so concurrent requests still respect the limit.
+//
+// A limit bounds the pinned bytes reserved (in use + cached). `acquire`
+// (empty_pinned, pinned out=) raises when the limit or the driver refuses;
+// conversions ask with `try_acquire` and stage in smaller chunks when
 // refused. On an allocation failure the cache is freed and the allocation
 // retried once.
 //
@@ -28,9 +34,14 @@
 
 namespace tensorbridge {
 
+// For blocks not tied to a device (empty_pinned): the context current on the
+// calling thread, else device 0's.
+constexpr int kAnyDevice = -1;
+
 struct Block {
   void* data;
   size_t size;  // as allocated: >= the size asked for
+  int device;   // whose context allocated it (kAnyDevice: see above)
 };
 
 struct PinnedStats {
@@ -43,12 +54,13 @@ class PinnedPool {
   static PinnedPool& instance();  // one per process; a forked child gets an empty one
   PinnedPool();
 
-  // A block of at least `bytes`. Throws std::length_error when the limit
-  // forbids it and cuda::DriverError when the driver refuses.
-  Block acquire(size_t bytes);
+  // A block of at least `bytes` for copies on `device`. Throws
+  // std::length_error when the limit forbids it (or the size is absurd) and
+  // cuda::DriverError when the driver refuses.
+  Block acquire(int device, size_t bytes);
   // The same, but returns a block with data == nullptr instead of throwing
   // when the limit (or the driver, after a retry) refuses.
-  Block try_acquire(size_t bytes);
+  Block try_acquire(int device, size_t bytes);
   // Hands a block back; reusable once `after` (if any) has completed. The
   // pool takes ownership of the event and destroys it.
   void release(Block block, cuda::CUevent after = nullptr);
@@ -68,13 +80,15 @@ class PinnedPool {
     Block block;
     cuda::CUevent event;
   };
-  Block acquire_locked(size_t bytes, bool must_fit);
+  Block obtain(int device, size_t bytes, bool must_fit);
   void collect_completed_locked();
-  void free_cached_locked();
+  std::vector<Block> take_cached_locked();
+  void unreserve(size_t size);
 
-  // All fields guarded by mutex_.
+  // All fields guarded by mutex_. Driver calls that can take long
+  // (cuMemHostAlloc, cuMemFreeHost) are made without holding it.
   std::mutex mutex_;
-  std::multimap<size_t, void*> cached_;  // size -> block, free for reuse
+  std::multimap<size_t, Block> cached_;  // size -> block, free for reuse
   std::vector<Pending> pending_;         // released, waiting for their event
   PinnedStats stats_{};
 };

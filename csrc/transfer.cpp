@@ -6,6 +6,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <thread>
 #include <utility>
 
@@ -59,11 +60,18 @@ namespace {
 std::atomic<size_t> g_chunk_bytes{16u << 20};
 constexpr size_t kMinChunkBytes = 64u << 10;
 constexpr size_t kStagingSlots = 3;
+constexpr unsigned kEventFlags = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING;
+// Event queries before a wait is handed to a completion thread: a short copy
+// is over within them, and a long wait then sleeps instead of spinning.
+constexpr int kQuickPolls = 8;
+constexpr double kInterruptSliceSeconds = 0.1;
+constexpr size_t kMaxCompletionThreads = 4;
 
-// An event that is destroyed with its owner unless handed over with release().
+// An event, destroyed with its last owner (inside a context of its device:
+// every owner drops it under a DeviceGuard).
 class Event {
  public:
-  Event() { check(driver().cuEventCreate(&event_, CU_EVENT_DISABLE_TIMING), "cuEventCreate"); }
+  Event() { check(driver().cuEventCreate(&event_, kEventFlags), "cuEventCreate"); }
   ~Event() {
     if (event_ != nullptr) driver().cuEventDestroy(event_);
   }
@@ -72,22 +80,23 @@ class Event {
   CUevent get() const { return event_; }
   CUevent release() { return std::exchange(event_, nullptr); }
   void record(CUstream stream) { check(driver().cuEventRecord(event_, stream), "cuEventRecord"); }
-  void synchronize() { check(driver().cuEventSynchronize(event_), "cuEventSynchronize"); }
 
  private:
   CUevent event_ = nullptr;
 };
 
-// The completion thread: waits for each queued event in order, runs the
-// follow-up work (draining staging, releasing blocks) and finishes the
-// Transfer. Fields guarded by mutex_.
+// The completion threads: each waits for a queued event, runs the follow-up
+// work (draining staging, releasing blocks) and finishes the Transfer. A
+// thread is started when a job finds none idle, up to kMaxCompletionThreads,
+// so that a slow stream does not hold up waits on another. Fields guarded by
+// mutex_.
 class Completer {
  public:
   struct Job {
     std::shared_ptr<Transfer> transfer;
     int device;
-    CUevent event;                      // owned: destroyed after the wait
-    std::function<void(bool ok)> then;  // may be empty
+    std::shared_ptr<Event> event;
+    std::function<void(bool ok)> then;  // may be empty; runs even when the wait failed
   };
 
   static Completer& instance() { return per_process<Completer>(); }
@@ -95,9 +104,10 @@ class Completer {
   void submit(Job job) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (!started_) {
+      if (idle_ == 0 && threads_ < kMaxCompletionThreads) {
         std::thread([this] { run(); }).detach();
-        started_ = true;
+        ++threads_;
+        ++idle_;
       }
       jobs_.push_back(std::move(job));
       ++unfinished_;
@@ -119,40 +129,89 @@ class Completer {
         changed_.wait(lock, [this] { return !jobs_.empty(); });
         job = std::move(jobs_.front());
         jobs_.pop_front();
+        --idle_;
       }
-      std::string error;
-      try {
-        DeviceGuard guard(job.device);
-        const CUresult result = driver().cuEventSynchronize(job.event);
-        driver().cuEventDestroy(job.event);
-        if (result != CUDA_SUCCESS) error = describe("cuEventSynchronize", result);
-        if (job.then) job.then(error.empty());
-      } catch (const std::exception& e) {
-        error = e.what();
-      }
-      job.transfer->finish(error);
+      complete(job);
       {
         std::lock_guard<std::mutex> lock(mutex_);
         --unfinished_;
+        ++idle_;
       }
       changed_.notify_all();
     }
+  }
+
+  static void complete(Job& job) {
+    std::string error;
+    bool ok = false;
+    try {
+      DeviceGuard guard(job.device);
+      const CUresult result = driver().cuEventSynchronize(job.event->get());
+      job.event.reset();  // inside the device's context
+      ok = result == CUDA_SUCCESS;
+      if (!ok) error = describe("cuEventSynchronize", result);
+    } catch (const std::exception& e) {
+      error = e.what();  // e.g. the device guard failed: the copy's state is unknown
+      job.event.reset();
+    }
+    // The follow-up runs whatever happened, so that no block stays in use.
+    try {
+      if (job.then) job.then(ok);
+    } catch (const std::exception& e) {
+      if (error.empty()) error = e.what();
+    }
+    job.transfer->finish(error);
   }
 
   std::mutex mutex_;
   std::condition_variable changed_;
   std::deque<Job> jobs_;
   size_t unfinished_ = 0;
-  bool started_ = false;
+  size_t threads_ = 0;
+  size_t idle_ = 0;
 };
 
-// Hands staging blocks back after a failure: the copies that used them may
-// still be in flight, so each goes back with an event recorded after them;
-// if even that fails the block is retired (freed, never reused).
+// A Transfer that finishes once `stream` has reached this point.
+std::shared_ptr<Transfer> stream_point(int device, CUstream stream) {
+  auto event = std::make_shared<Event>();
+  event->record(stream);
+  auto transfer = std::make_shared<Transfer>();
+  Completer::instance().submit({transfer, device, std::move(event), nullptr});
+  return transfer;
+}
+
+// Waits for `event`; with an InterruptCheck, in slices that it may stop
+// (throwing CopyInterrupted with what is still in flight on `stream`).
+void wait_for(const std::shared_ptr<Event>& event, int device, CUstream stream,
+              const InterruptCheck& interrupted) {
+  const Driver& d = driver();
+  if (!interrupted) {
+    check(d.cuEventSynchronize(event->get()), "cuEventSynchronize");
+    return;
+  }
+  for (int i = 0; i < kQuickPolls; ++i) {
+    const CUresult state = d.cuEventQuery(event->get());
+    if (state == CUDA_SUCCESS) return;
+    if (state != CUDA_ERROR_NOT_READY) check(state, "cuEventQuery");
+    std::this_thread::yield();
+  }
+  auto watched = std::make_shared<Transfer>();
+  Completer::instance().submit({watched, device, event, nullptr});
+  while (!watched->wait(kInterruptSliceSeconds)) {
+    if (interrupted()) throw CopyInterrupted(stream_point(device, stream));
+  }
+  const std::string error = watched->error();
+  if (!error.empty()) throw DriverError(error, CUDA_ERROR_NOT_READY);
+}
+
+// Hands staging blocks back after a failure or an interruption: the copies
+// that used them may still be in flight, so each goes back with an event
+// recorded after them; if even that fails the block is retired (freed, never
+// reused).
 void release_after_failure(std::vector<Block>& blocks, CUstream stream) {
   for (Block& block : blocks) {
     CUevent event = nullptr;
-    if (driver().cuEventCreate(&event, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS &&
+    if (driver().cuEventCreate(&event, kEventFlags) == CUDA_SUCCESS &&
         driver().cuEventRecord(event, stream) == CUDA_SUCCESS) {
       PinnedPool::instance().release(block, event);
     } else {
@@ -165,12 +224,12 @@ void release_after_failure(std::vector<Block>& blocks, CUstream stream) {
 
 // Up to kStagingSlots pinned chunks for a copy of `bytes`, smaller chunks
 // when the pinned limit refuses; empty when not even the smallest fits.
-std::vector<Block> staging_slots(size_t bytes, size_t* chunk) {
+std::vector<Block> staging_slots(int device, size_t bytes, size_t* chunk) {
   *chunk = std::min(g_chunk_bytes.load(), bytes);
   std::vector<Block> slots;
   const size_t wanted = std::min(kStagingSlots, (bytes + *chunk - 1) / *chunk);
   while (slots.size() < wanted) {
-    Block block = PinnedPool::instance().try_acquire(*chunk);
+    Block block = PinnedPool::instance().try_acquire(device, *chunk);
     if (block.data != nullptr) {
       slots.push_back(block);
     } else if (slots.empty() && *chunk > kMinChunkBytes) {
@@ -182,10 +241,87 @@ std::vector<Block> staging_slots(size_t bytes, size_t* chunk) {
   return slots;
 }
 
-void synchronize_stream_point(CUstream stream) {
-  Event done;
-  done.record(stream);
-  done.synchronize();
+void wait_for_stream(int device, CUstream stream, const InterruptCheck& interrupted) {
+  auto done = std::make_shared<Event>();
+  done->record(stream);
+  wait_for(done, device, stream, interrupted);
+}
+
+// A stream of our own per device, for batch copies that the caller's stream
+// does not allow (the legacy default stream); nullptr when the driver lacks
+// the calls to make and order one. Created once, never destroyed.
+CUstream batch_stream(int device) {
+  struct Streams {
+    std::mutex mutex;
+    std::map<int, CUstream> by_device;  // guarded by mutex
+  };
+  const Driver& d = driver();
+  if (d.cuStreamCreate == nullptr || d.cuStreamWaitEvent == nullptr) return nullptr;
+  Streams& streams = per_process<Streams>();
+  std::lock_guard<std::mutex> lock(streams.mutex);
+  auto it = streams.by_device.find(device);
+  if (it != streams.by_device.end()) return it->second;
+  CUstream stream = nullptr;
+  if (d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) stream = nullptr;
+  streams.by_device[device] = stream;  // a failure is not retried
+  return stream;
+}
+
+// `stream` waits for the work queued on `before` so far.
+void order_after(CUstream stream, CUstream before) {
+  Event point;
+  point.record(before);
+  check(driver().cuStreamWaitEvent(stream, point.get(), 0), "cuStreamWaitEvent");
+}
+
+struct HostCopy {
+  void* dst;
+  CUdeviceptr src;
+  size_t bytes;
+};
+
+// Enqueues device -> pinned copies on `stream` in as few submissions as the
+// driver allows: batches of at most kMaxBatchCopies (on our own stream when
+// `stream` is the legacy one, ordered both ways), else one call per copy.
+void enqueue_packed(int device, const std::vector<HostCopy>& copies, CUstream stream) {
+  const Driver& d = driver();
+  size_t issued = 0;
+  CUstream on = d.cuMemcpyBatchAsync == nullptr ? nullptr
+                : is_legacy_stream(stream)      ? batch_stream(device)
+                                                : stream;
+  if (on != nullptr && !copies.empty()) {
+    if (on != stream) order_after(on, stream);
+    CUmemcpyAttributes attributes{CU_MEMCPY_SRC_ACCESS_ORDER_STREAM,
+                                  {CU_MEM_LOCATION_TYPE_DEVICE, device},
+                                  {CU_MEM_LOCATION_TYPE_HOST, 0},
+                                  0};
+    std::vector<CUdeviceptr> dsts, srcs;
+    std::vector<size_t> sizes;
+    while (issued < copies.size()) {
+      const size_t count = std::min(kMaxBatchCopies, copies.size() - issued);
+      dsts.clear(), srcs.clear(), sizes.clear();
+      for (size_t i = issued; i < issued + count; ++i) {
+        dsts.push_back(reinterpret_cast<CUdeviceptr>(copies[i].dst));
+        srcs.push_back(copies[i].src);
+        sizes.push_back(copies[i].bytes);
+      }
+      size_t first = 0;
+      size_t fail_index = 0;
+      // Refused (nothing of it queued): the rest goes one by one below.
+      if (d.cuMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), count, &attributes,
+                               &first, 1, &fail_index, on) != CUDA_SUCCESS) {
+        break;
+      }
+      issued += count;
+    }
+    // The caller's stream waits for the batches: its later work (and the
+    // caller's wait) comes after them.
+    if (on != stream) order_after(stream, on);
+  }
+  for (size_t i = issued; i < copies.size(); ++i) {
+    check(d.cuMemcpyDtoHAsync(copies[i].dst, copies[i].src, copies[i].bytes, stream),
+          "cuMemcpyDtoHAsync");
+  }
 }
 
 }  // namespace
@@ -196,39 +332,38 @@ void set_staging_chunk_bytes(size_t bytes) {
 
 // -- device -> host ------------------------------------------------------------
 
-void copy_to_host(const DeviceSpan& src, CUstream stream, void* dst, bool dst_pinned) {
+void copy_to_host(const DeviceSpan& src, CUstream stream, void* dst, bool dst_pinned,
+                  const InterruptCheck& interrupted) {
   if (src.bytes == 0) return;
   DeviceGuard guard(src.device);
   const Driver& d = driver();
   auto* out = static_cast<char*>(dst);
-  if (dst_pinned) {
-    check(d.cuMemcpyDtoHAsync(out, src.data, src.bytes, stream), "cuMemcpyDtoHAsync");
-    synchronize_stream_point(stream);
-    return;
-  }
   size_t chunk = 0;
-  std::vector<Block> slots = staging_slots(src.bytes, &chunk);
+  std::vector<Block> slots;
+  if (!dst_pinned) slots = staging_slots(src.device, src.bytes, &chunk);
   if (slots.empty()) {
-    // The pinned limit leaves no room to stage: the driver stages itself
-    // (a copy into pageable memory returns once it has completed).
+    // A pinned destination: one direct copy. Else the pinned limit leaves no
+    // room to stage, and the driver stages itself (a copy into pageable
+    // memory returns once it has completed).
     check(d.cuMemcpyDtoHAsync(out, src.data, src.bytes, stream), "cuMemcpyDtoHAsync");
-    synchronize_stream_point(stream);
+    wait_for_stream(src.device, stream, interrupted);
     return;
   }
   const size_t chunks = (src.bytes + chunk - 1) / chunk;
   auto length = [&](size_t i) { return std::min(chunk, src.bytes - i * chunk); };
   try {
-    std::vector<Event> events(slots.size());
+    std::vector<std::shared_ptr<Event>> events(slots.size());
     auto enqueue = [&](size_t i) {
       const size_t k = i % slots.size();
       check(d.cuMemcpyDtoHAsync(slots[k].data, src.data + i * chunk, length(i), stream),
             "cuMemcpyDtoHAsync");
-      events[k].record(stream);
+      events[k] = std::make_shared<Event>();  // a completion thread may still hold the last one
+      events[k]->record(stream);
     };
     for (size_t i = 0; i < std::min(chunks, slots.size()); ++i) enqueue(i);
     for (size_t i = 0; i < chunks; ++i) {
       const size_t k = i % slots.size();
-      events[k].synchronize();
+      wait_for(events[k], src.device, stream, interrupted);
       parallel_memcpy(out + i * chunk, slots[k].data, length(i));
       if (i + slots.size() < chunks) enqueue(i + slots.size());
     }
@@ -247,12 +382,12 @@ std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, CUstream str
   auto transfer = std::make_shared<Transfer>();
   if (dst_pinned) {
     check(d.cuMemcpyDtoHAsync(dst, src.data, src.bytes, stream), "cuMemcpyDtoHAsync");
-    Event done;
-    done.record(stream);
-    Completer::instance().submit({transfer, src.device, done.release(), nullptr});
+    auto done = std::make_shared<Event>();
+    done->record(stream);
+    Completer::instance().submit({transfer, src.device, std::move(done), nullptr});
     return transfer;
   }
-  Block staging = PinnedPool::instance().try_acquire(src.bytes);
+  Block staging = PinnedPool::instance().try_acquire(src.device, src.bytes);
   if (staging.data == nullptr) {  // the limit forbids staging it whole: copy now
     copy_to_host(src, stream, dst, false);
     transfer->finish();
@@ -261,10 +396,10 @@ std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, CUstream str
   std::vector<Block> held{staging};
   try {
     check(d.cuMemcpyDtoHAsync(staging.data, src.data, src.bytes, stream), "cuMemcpyDtoHAsync");
-    Event done;
-    done.record(stream);
+    auto done = std::make_shared<Event>();
+    done->record(stream);
     const size_t bytes = src.bytes;
-    Completer::instance().submit({transfer, src.device, done.release(),
+    Completer::instance().submit({transfer, src.device, std::move(done),
                                   [staging, dst, bytes](bool ok) {
                                     if (!ok) {  // the block's state is unknown
                                       PinnedPool::instance().retire(staging);
@@ -281,7 +416,7 @@ std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, CUstream str
 }
 
 void copy_many_to_host(const std::vector<DeviceSpan>& srcs, CUstream stream,
-                       const std::vector<void*>& dsts) {
+                       const std::vector<void*>& dsts, const InterruptCheck& interrupted) {
   if (srcs.empty()) return;
   constexpr size_t kAlign = 256;
   std::vector<size_t> offsets(srcs.size());
@@ -293,43 +428,22 @@ void copy_many_to_host(const std::vector<DeviceSpan>& srcs, CUstream stream,
   if (total == 0) return;
   const int device = srcs.front().device;
   DeviceGuard guard(device);
-  const Driver& d = driver();
-  Block packed = PinnedPool::instance().try_acquire(total);
+  Block packed = PinnedPool::instance().try_acquire(device, total);
   if (packed.data == nullptr) {  // no room to pack: one by one
-    for (size_t i = 0; i < srcs.size(); ++i) copy_to_host(srcs[i], stream, dsts[i], false);
+    for (size_t i = 0; i < srcs.size(); ++i) {
+      copy_to_host(srcs[i], stream, dsts[i], false, interrupted);
+    }
     return;
   }
   std::vector<Block> held{packed};
   auto* base = static_cast<char*>(packed.data);
   try {
-    std::vector<size_t> todo;
+    std::vector<HostCopy> copies;
     for (size_t i = 0; i < srcs.size(); ++i) {
-      if (srcs[i].bytes > 0) todo.push_back(i);
+      if (srcs[i].bytes > 0) copies.push_back({base + offsets[i], srcs[i].data, srcs[i].bytes});
     }
-    if (d.cuMemcpyBatchAsync != nullptr) {
-      std::vector<CUdeviceptr> batch_dsts, batch_srcs;
-      std::vector<size_t> sizes;
-      for (size_t i : todo) {
-        batch_dsts.push_back(reinterpret_cast<CUdeviceptr>(base + offsets[i]));
-        batch_srcs.push_back(srcs[i].data);
-        sizes.push_back(srcs[i].bytes);
-      }
-      CUmemcpyAttributes attributes{CU_MEMCPY_SRC_ACCESS_ORDER_STREAM,
-                                    {CU_MEM_LOCATION_TYPE_DEVICE, device},
-                                    {CU_MEM_LOCATION_TYPE_HOST, 0},
-                                    0};
-      size_t first = 0;
-      size_t fail_index = 0;
-      check(d.cuMemcpyBatchAsync(batch_dsts.data(), batch_srcs.data(), sizes.data(), sizes.size(),
-                                 &attributes, &first, 1, &fail_index, stream),
-            "cuMemcpyBatchAsync");
-    } else {
-      for (size_t i : todo) {
-        check(d.cuMemcpyDtoHAsync(base + offsets[i], srcs[i].data, srcs[i].bytes, stream),
-              "cuMemcpyDtoHAsync");
-      }
-    }
-    synchronize_stream_point(stream);
+    enqueue_packed(device, copies, stream);
+    wait_for_stream(device, stream, interrupted);
   } catch (...) {
     release_after_failure(held, stream);
     throw;
@@ -346,32 +460,29 @@ std::shared_ptr<Transfer> copy_to_device(const void* src, bool src_pinned, const
   DeviceGuard guard(dst.device);
   const Driver& d = driver();
   const auto* in = static_cast<const char*>(src);
-  auto transfer = std::make_shared<Transfer>();
-  auto finish_when_done = [&] {
-    Event done;
-    done.record(stream);
-    Completer::instance().submit({transfer, dst.device, done.release(), nullptr});
-  };
   size_t chunk = 0;
-  std::vector<Block> slots = src_pinned ? std::vector<Block>{} : staging_slots(dst.bytes, &chunk);
+  std::vector<Block> slots =
+      src_pinned ? std::vector<Block>{} : staging_slots(dst.device, dst.bytes, &chunk);
   if (slots.empty()) {
     // Pinned source: one direct copy. Pageable source with no room to stage:
     // the driver stages it and returns once `src` may be reused.
     check(d.cuMemcpyHtoDAsync(dst.data, in, dst.bytes, stream), "cuMemcpyHtoDAsync");
-    finish_when_done();
-    return transfer;
+    return stream_point(dst.device, stream);
   }
   const size_t chunks = (dst.bytes + chunk - 1) / chunk;
-  std::vector<Event> events(slots.size());
+  std::vector<std::shared_ptr<Event>> events(slots.size());
   try {
     for (size_t i = 0; i < chunks; ++i) {
       const size_t k = i % slots.size();
       const size_t length = std::min(chunk, dst.bytes - i * chunk);
-      if (i >= slots.size()) events[k].synchronize();  // the slot's previous copy is done
+      if (i >= slots.size()) {  // the slot's previous copy must be done
+        check(d.cuEventSynchronize(events[k]->get()), "cuEventSynchronize");
+      }
       parallel_memcpy(slots[k].data, in + i * chunk, length);
       check(d.cuMemcpyHtoDAsync(dst.data + i * chunk, slots[k].data, length, stream),
             "cuMemcpyHtoDAsync");
-      events[k].record(stream);
+      events[k] = std::make_shared<Event>();
+      events[k]->record(stream);
     }
   } catch (...) {
     release_after_failure(slots, stream);
@@ -380,10 +491,9 @@ std::shared_ptr<Transfer> copy_to_device(const void* src, bool src_pinned, const
   // Each slot goes back with the event of its last copy; the pool reuses it
   // only once that copy has completed.
   for (size_t k = 0; k < slots.size(); ++k) {
-    PinnedPool::instance().release(slots[k], events[k].release());
+    PinnedPool::instance().release(slots[k], events[k]->release());
   }
-  finish_when_done();
-  return transfer;
+  return stream_point(dst.device, stream);
 }
 
 void wait_for_all_transfers() { Completer::instance().wait_idle(); }

@@ -19,6 +19,19 @@
 // whole copy at once, the copy runs synchronously and the Transfer is
 // returned finished.
 //
+// Events are blocking-sync: a thread waiting for a copy sleeps instead of
+// spinning a core. A synchronous copy may be given an InterruptCheck (Ctrl-C
+// on Python's main thread): its waits are then handed to the completion
+// threads and checked in short slices, and when the check says stop, the call
+// throws CopyInterrupted while the copies already enqueued complete in the
+// background (their staging blocks go back to the pool only then).
+//
+// Batch copies (cuMemcpyBatchAsync) are never issued on the legacy default
+// stream, which cuda.h forbids: there they run on a stream of our own,
+// ordered after the caller's stream and before its later work. A batch holds
+// at most kMaxBatchCopies descriptors; when the driver refuses one, its copies
+// are issued one by one instead.
+//
 // All functions here are called without the GIL and never touch Python.
 // Pinned blocks are returned to the pool only after the copies that used them
 // have completed (or with the event that says when).
@@ -26,6 +39,8 @@
 
 #include <condition_variable>
 #include <cstddef>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -54,6 +69,22 @@ class Transfer {
   std::string error_;
 };
 
+// Asked between short waits on the calling thread; true stops the wait.
+using InterruptCheck = std::function<bool()>;
+
+// A synchronous copy stopped by its InterruptCheck. `pending` finishes when
+// the copies it had already enqueued have completed: until then their source
+// (and a pinned destination) must stay alive.
+class CopyInterrupted : public std::exception {
+ public:
+  explicit CopyInterrupted(std::shared_ptr<Transfer> pending) : pending(std::move(pending)) {}
+  const char* what() const noexcept override { return "the copy was interrupted"; }
+  std::shared_ptr<Transfer> pending;
+};
+
+// Descriptors per cuMemcpyBatchAsync call: very large batches have hung drivers.
+constexpr size_t kMaxBatchCopies = 2048;
+
 struct DeviceSpan {
   int device;
   cuda::CUdeviceptr data;
@@ -61,7 +92,8 @@ struct DeviceSpan {
 };
 
 // Device -> host, returning when the bytes are in `dst`.
-void copy_to_host(const DeviceSpan& src, cuda::CUstream stream, void* dst, bool dst_pinned);
+void copy_to_host(const DeviceSpan& src, cuda::CUstream stream, void* dst, bool dst_pinned,
+                  const InterruptCheck& interrupted = {});
 
 // Device -> host, enqueued before returning; see the design note.
 std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, cuda::CUstream stream,
@@ -70,7 +102,7 @@ std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, cuda::CUstre
 // Many device spans of one device -> host destinations, packed: one pinned
 // block, one submission where the driver allows, one event. Returns when done.
 void copy_many_to_host(const std::vector<DeviceSpan>& srcs, cuda::CUstream stream,
-                       const std::vector<void*>& dsts);
+                       const std::vector<void*>& dsts, const InterruptCheck& interrupted = {});
 
 // Host -> device through pinned staging (or directly from pinned memory).
 // Returns once `src` may be reused; the returned Transfer finishes when the
@@ -78,7 +110,7 @@ void copy_many_to_host(const std::vector<DeviceSpan>& srcs, cuda::CUstream strea
 std::shared_ptr<Transfer> copy_to_device(const void* src, bool src_pinned, const DeviceSpan& dst,
                                          cuda::CUstream stream);
 
-// Blocks until the completion thread has nothing left (interpreter exit).
+// Blocks until the completion threads have nothing left (interpreter exit).
 void wait_for_all_transfers();
 
 // Chunk size used by staging; tests lower it to exercise the pipeline.

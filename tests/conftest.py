@@ -68,8 +68,13 @@ def standin():
 
     _standin.reset()
     yield _standin
-    _standin.reset()
     _core.wait_for_all_transfers()
+    # Whatever the test did, the engine never made a call that cuda.h forbids
+    # (tests that provoke one on purpose clear the count).
+    misuses, spinning = _standin.misuses(), _standin.calls("spinning cuEventSynchronize")
+    _standin.reset()
+    assert not misuses, misuses
+    assert spinning == 0, "a wait spun a core (an event without CU_EVENT_BLOCKING_SYNC)"
     gc.collect()
     stats = tb.pinned_memory_stats()
     tb.set_pinned_memory_limit(_DEFAULT_LIMIT)

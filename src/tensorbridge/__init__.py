@@ -14,6 +14,7 @@ from ._convert import to_numpy_async
 from ._cuda import (
     Transfer,
     cuda_available,
+    cuda_status,
     empty_pinned,
     empty_pinned_cache,
     pinned_memory_stats,
@@ -28,6 +29,7 @@ __all__ = [
     "__version__",
     "collect",
     "cuda_available",
+    "cuda_status",
     "empty_pinned",
     "empty_pinned_cache",
     "pinned_memory_stats",

@@ -11,9 +11,11 @@ when a ``Transfer`` is dropped unawaited.
 from __future__ import annotations
 
 import atexit
+import collections
 import math
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -33,6 +35,37 @@ def cuda_available() -> bool:
         return bool(_core.cuda_available())
     except Exception:  # noqa: BLE001 - the promise is "never raises"
         return False
+
+
+def cuda_status() -> dict:
+    """What tensorbridge found of CUDA on this machine. Never raises.
+
+    Keys: ``available`` (bool), ``library`` (the driver file loaded, or None),
+    ``driver_version`` (such as ``"12.2"``, or None), ``device_count`` (int)
+    and ``reason`` (why CUDA is unusable; empty when available), e.g. "driver
+    12.2 loaded from /usr/lib/x86_64-linux-gnu/libcuda.so.1, but cuInit says
+    CUDA_ERROR_NO_DEVICE (no CUDA-capable device is detected)".
+    """
+    try:
+        found = _core.cuda_status()
+        version = found["driver_version"]
+        return {
+            "available": bool(found["available"]),
+            "library": found["library"],
+            "driver_version": f"{version // 1000}.{version % 1000 // 10}" if version else None,
+            "device_count": int(found["device_count"]),
+            "reason": str(found["reason"]),
+        }
+    except Exception as error:  # noqa: BLE001 - the promise is "never raises"
+        return {"available": False, "library": None, "driver_version": None, "device_count": 0,
+                "reason": f"the CUDA probe failed: {error}"}
+
+
+def unusable_cuda_error(caller: str, x, device_id: int) -> BufferError:
+    """The error for CUDA memory on a machine where CUDA is unusable."""
+    return BufferError(
+        f"{caller}: this {type(x).__name__} holds CUDA memory (device {device_id}), but CUDA is "
+        f"unusable here: {cuda_status()['reason']}")
 
 
 _ZERO_STATS = dict.fromkeys(
@@ -62,6 +95,9 @@ def set_pinned_memory_limit(nbytes: int) -> None:
         raise TypeError(f"set_pinned_memory_limit: nbytes must be an int, got {nbytes!r}")
     if nbytes < 0:
         raise ValueError(f"set_pinned_memory_limit: nbytes must be >= 0, got {nbytes}")
+    if nbytes >= 2**64:
+        raise ValueError(f"set_pinned_memory_limit: nbytes={nbytes} does not fit in 64 bits; "
+                         "pass at most the machine's memory (2**64 - 1 means no limit)")
     _core.set_pinned_limit(int(nbytes))
 
 
@@ -73,12 +109,16 @@ def empty_pinned(shape, dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    if any(not isinstance(n, (int, np.integer)) or n < 0 for n in shape):
+    if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 for n in shape):
         raise ValueError(f"empty_pinned: shape must hold non-negative ints, got {shape}")
-    if not cuda_available():
-        raise RuntimeError("empty_pinned: no CUDA driver was found, and pinned memory needs "
-                           "one; use numpy.empty on machines without a GPU")
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(int(n) for n in shape) * dtype.itemsize  # Python ints: no overflow
+    if nbytes >= 2**63:
+        raise ValueError(f"empty_pinned: shape {shape} of {dtype} needs {nbytes} bytes, more than "
+                         "any machine's memory; ask for a smaller shape")
+    status = cuda_status()
+    if not status["available"]:
+        raise RuntimeError(f"empty_pinned: pinned memory needs a usable CUDA driver: "
+                           f"{status['reason']}; use numpy.empty on machines without a GPU")
     try:
         buffer = _core.PinnedBuffer(max(nbytes, 1))
     except MemoryError as error:
@@ -98,35 +138,52 @@ def is_pinned(array: np.ndarray) -> bool:
 
 # -- Transfer ------------------------------------------------------------------
 
-# Copies whose Transfer was dropped before they completed, with what they
-# use: (native transfer, objects to keep alive). Swept on each new transfer.
-_in_flight: list = []
-_in_flight_lock = threading.Lock()
+# Copies whose Transfer was dropped (or whose call was interrupted) before
+# they completed, with what they use: (native transfer, objects to keep
+# alive). Appending takes no lock (deque.append is atomic), so that
+# Transfer.__del__ may run anywhere, inside a garbage collection that
+# interrupted a sweep included; sweeps skip when one is already under way.
+_in_flight: collections.deque = collections.deque()
+_sweeping = threading.Lock()
 
 
 def keep_alive_until_done(native, *objects) -> None:
-    with _in_flight_lock:
-        _release_finished_locked()
-        if not native.done():
-            _in_flight.append((native, objects))
+    if native is not None and not native.done():
+        _in_flight.append((native, objects))
 
 
 def release_finished() -> None:
     """Let go of what finished dropped transfers kept alive."""
-    with _in_flight_lock:
-        _release_finished_locked()
-
-
-def _release_finished_locked() -> None:
-    _in_flight[:] = [entry for entry in _in_flight if not entry[0].done()]
+    if not _sweeping.acquire(blocking=False):
+        return
+    try:
+        for _ in range(len(_in_flight)):
+            entry = _in_flight.popleft()
+            if not entry[0].done():
+                _in_flight.append(entry)
+    finally:
+        _sweeping.release()
 
 
 @atexit.register
 def _finish_copies_in_flight() -> None:
-    # At interpreter exit, let every copy complete before its memory goes.
-    if _in_flight:
-        _core.wait_for_all_transfers()
-        _in_flight.clear()
+    # At interpreter exit, let every copy complete (and its completion thread
+    # finish writing) before the memory it uses goes: awaited or not.
+    _core.wait_for_all_transfers()
+    _in_flight.clear()
+
+
+def _interruptible(copy, *keep):
+    """Run a synchronous native copy; on Ctrl-C, keep `keep` alive until the
+    copies it left in flight complete, then let KeyboardInterrupt through."""
+    try:
+        return copy()
+    except KeyboardInterrupt:
+        keep_alive_until_done(_core.take_interrupted(), *keep)
+        raise
+
+
+_WAIT_SLICE_SECONDS = 0.25  # Ctrl-C is seen between slices
 
 
 class Transfer:
@@ -158,11 +215,17 @@ class Transfer:
         waiting). Raises TimeoutError after `timeout` seconds, or
         RuntimeError with the driver's text if the copy failed."""
         if self._native is not None:
-            seconds = -1.0 if timeout is None else float(timeout)
-            if timeout is not None and seconds < 0:
+            seconds = math.inf if timeout is None else float(timeout)
+            if not seconds >= 0:
                 raise ValueError(f"Transfer.wait: timeout must be >= 0 or None, got {timeout!r}")
-            if not self._native.wait(seconds):
-                raise TimeoutError(f"Transfer.wait: the copy did not finish within {timeout} s")
+            deadline = time.monotonic() + seconds
+            # In slices, so that Ctrl-C raises KeyboardInterrupt in between
+            # (the copy goes on; this Transfer keeps its buffers alive).
+            while not self._native.wait(min(_WAIT_SLICE_SECONDS,
+                                             max(deadline - time.monotonic(), 0.0))):
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"Transfer.wait: the copy did not finish within {timeout} s")
             error = self._native.error()
             if error:
                 raise RuntimeError(f"Transfer.wait: the device copy failed: {error}")
@@ -307,13 +370,15 @@ class DeviceMemory:
         elif self.strides is not None:
             copy_strided(self, target)
         else:
-            _core.copy_to_host(self.device, self.address, self.nbytes, self.stream,
-                               _as_bytes(target), is_pinned(target))
+            _interruptible(lambda: _core.copy_to_host(
+                self.device, self.address, self.nbytes, self.stream, _as_bytes(target),
+                is_pinned(target)), self.keep, target)
 
 
 def copy_device_memory(memory: DeviceMemory, out, asynchronous):
     """`memory` into a new array or `out`; a Transfer when `asynchronous`.
     Strided memory, and a non-contiguous `out`, are copied before it returns."""
+    release_finished()
     result = _result_array(memory.shape, memory.dtype, out)
     if asynchronous and memory.strides is None and result.flags.c_contiguous:
         native = _core.copy_to_host_async(memory.device, memory.address, memory.nbytes,
@@ -342,6 +407,8 @@ def device_memory(x, stream=None, caller="to_numpy"):
     device = _dlpack_device(x)
     if device is None or device[0] not in CUDA_DEVICE_TYPES:
         return None
+    if not cuda_available():
+        raise unusable_cuda_error(caller, x, device[1])
     return DeviceMemory.of_dlpack(x, device[1], stream, caller)
 
 
@@ -365,6 +432,15 @@ def copy_strided(memory: DeviceMemory, target: np.ndarray) -> None:
     """Copy strided device memory as its contiguous runs (row-major inner
     blocks), packed into one submission, into C-contiguous `target`."""
     shape, strides, itemsize = memory.shape, memory.strides, memory.dtype.itemsize
+    # Python ints: a span that does not fit the address space is refused
+    # before any int64 arithmetic could wrap around.
+    low = sum((n - 1) * stride for n, stride in zip(shape, strides) if stride < 0) * itemsize
+    high = sum((n - 1) * stride for n, stride in zip(shape, strides) if stride > 0) * itemsize
+    if memory.address + low < 0 or memory.address + high + itemsize > 2**64 or high >= 2**63:
+        raise BufferError(
+            f"to_numpy: CUDA memory of shape {shape} and strides {strides} (elements) spans byte "
+            f"offsets {low} to {high} from its start, beyond the address space; the producer "
+            "describes it wrongly")
     inner = len(shape)  # the trailing dimensions [inner:] are compact
     step = 1
     while inner > 0 and (shape[inner - 1] == 1 or strides[inner - 1] == step):
@@ -383,8 +459,9 @@ def copy_strided(memory: DeviceMemory, target: np.ndarray) -> None:
         index = np.arange(n, dtype=np.int64).reshape((-1,) + (1,) * (len(outer) - axis - 1))
         starts = starts + index * stride * itemsize
     sources = [(memory.address + int(start), run_bytes) for start in starts.reshape(-1)]
-    _core.copy_many_to_host(memory.device, sources, memory.stream, _as_bytes(target),
-                            [i * run_bytes for i in range(runs)])
+    _interruptible(lambda: _core.copy_many_to_host(
+        memory.device, sources, memory.stream, _as_bytes(target),
+        [i * run_bytes for i in range(runs)]), memory.keep)
 
 
 # -- host -> device ----------------------------------------------------------------
@@ -417,11 +494,14 @@ def to_device(a, device, *, dtype=None, stream=None):
     if target.type != "cuda":
         raise ValueError(f"to_device: device must be a CUDA device or the CPU, got "
                          f"{str(target)!r}; for other devices use torch's own .to()")
-    if not cuda_available() or not torch.cuda.is_available():
-        raise RuntimeError(f"to_device: no usable CUDA GPU for {str(target)!r} (tensorbridge "
-                           f"finds a driver: {cuda_available()}; torch.cuda.is_available(): "
-                           f"{torch.cuda.is_available()}); use device='cpu' here")
+    status = cuda_status()
+    if not status["available"] or not torch.cuda.is_available():
+        ours = "usable" if status["available"] else f"unusable ({status['reason']})"
+        raise RuntimeError(f"to_device: no usable CUDA GPU for {str(target)!r}: tensorbridge "
+                           f"finds CUDA {ours}; torch.cuda.is_available() is "
+                           f"{torch.cuda.is_available()}; use device='cpu' here")
     index = target.index if target.index is not None else torch.cuda.current_device()
+    release_finished()
     if isinstance(a, torch.Tensor) and a.is_cuda:
         return a.to(device=torch.device("cuda", index), dtype=dtype)
     source = tensor_over(torch, np.ascontiguousarray(to_numpy(a)))

@@ -52,6 +52,11 @@ class StandIn:
             "standin_enqueue_gate": (None, [ptr, ctypes.POINTER(ctypes.c_int)]),
             "standin_synchronize": (None, [ptr]),
             "standin_live_pinned_bytes": (ctypes.c_long, []),
+            "standin_set_sticky": (None, [ctypes.c_int]),
+            "standin_largest_batch": (size_t, []),
+            "standin_gate_allocations": (None, [ctypes.POINTER(ctypes.c_int)]),
+            "standin_allocating": (ctypes.c_int, []),
+            "standin_counted": (ctypes.c_char_p, []),
         }
         for name, (restype, argtypes) in signatures.items():
             function = getattr(lib, name)
@@ -66,6 +71,15 @@ class StandIn:
 
     def fail(self, name: str, result: int = 999, skip: int = 0, times: int = 1) -> None:
         self.lib.standin_fail(name.encode(), result, skip, times)
+
+    def counted(self) -> dict:
+        """Every name counted since the last reset, with its count."""
+        text = self.lib.standin_counted().decode()
+        return {name: int(n) for name, n in (item.split("=") for item in text.split(";") if item)}
+
+    def misuses(self) -> dict:
+        """The calls the real driver would have refused (see fake_cuda.cpp)."""
+        return {name: n for name, n in self.counted().items() if name.startswith("misuse: ")}
 
     def __getattr__(self, name):
         return getattr(self.lib, f"standin_{name}")

@@ -10,7 +10,15 @@
 //   delay per copy; a copy between device memory and unregistered (pageable)
 //   host memory is synchronous, as the real driver makes it;
 // - every entry point is counted, and any can be made to fail;
-// - after fork, every call fails with CUDA_ERROR_NOT_INITIALIZED.
+// - after fork, every call fails with CUDA_ERROR_NOT_INITIALIZED;
+// - what cuda.h documents as refused is refused: the batch copy on the legacy
+//   stream, bad flags, events recorded on another context's stream, handles
+//   used after destruction, calls after a sticky error, and so on; calls the
+//   engine should never make are counted under "misuse: ..." names, which
+//   the tests' fixture checks stay at zero;
+// - cuInit's answer, the driver version and the entry points served can be
+//   set through the environment (STANDIN_INIT_RESULT, STANDIN_DRIVER_VERSION,
+//   STANDIN_MISSING=name,name), as a real driver without a GPU or an old one.
 //
 // The functions named standin_* are its control panel, called by the tests
 // through ctypes; the cu* functions are reached through cuGetProcAddress.
@@ -22,6 +30,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -40,7 +49,7 @@ namespace {
 using CUresult = int;
 using CUdeviceptr = uintptr_t;
 constexpr CUresult kSuccess = 0, kInvalidValue = 1, kOutOfMemory = 2, kNotInitialized = 3,
-                   kInvalidDevice = 101, kInvalidContext = 201, kNotFound = 500,
+                   kInvalidDevice = 101, kInvalidContext = 201, kInvalidHandle = 400,
                    kNotReady = 600;
 
 struct Context {
@@ -61,16 +70,33 @@ std::unordered_map<std::string, Failure> g_failures;
 std::unordered_map<std::string, int> g_versions;  // cudaVersion asked per symbol
 std::atomic<bool> g_initialized{false};
 std::atomic<bool> g_forked{false};
+std::atomic<int> g_sticky{0};            // once set, every context call returns it
+std::atomic<size_t> g_largest_batch{0};  // the most descriptors one batch copy took
+std::atomic<int> g_allocating{0};        // cuMemHostAlloc calls under way
+volatile int* g_alloc_gate = nullptr;    // allocations wait while *gate == 0
 std::atomic<long> g_delay_min_us{0}, g_delay_max_us{0};
 int g_device_count = 2;
 Context g_primary[16];
 thread_local Context* t_current = nullptr;
+
+void count(const std::string& name) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  ++g_calls[name];
+}
+
+// A call the real driver refuses: counted under "misuse: <name>" (the tests
+// check there is none) and answered with the driver's error.
+CUresult misuse(const char* name, CUresult result) {
+  count(std::string("misuse: ") + name);
+  return result;
+}
 
 // Counts the call and says whether an injected failure applies.
 CUresult enter(const char* name) {
   if (g_forked) return kNotInitialized;
   std::lock_guard<std::mutex> lock(g_mutex);
   ++g_calls[name];
+  if (g_sticky != 0) return g_sticky;
   auto it = g_failures.find(name);
   if (it != g_failures.end()) {
     Failure& f = it->second;
@@ -89,7 +115,7 @@ CUresult enter(const char* name) {
     return r;                                 \
   if (!g_initialized) return kNotInitialized;
 #define NEED_CONTEXT \
-  if (t_current == nullptr) return kInvalidContext;
+  if (t_current == nullptr) return misuse("no current context", kInvalidContext);
 
 void delay() {
   const long low = g_delay_min_us, high = g_delay_max_us;
@@ -152,6 +178,7 @@ CUdeviceptr allocate_device(int device, size_t bytes) {
 // ---- streams and events ----------------------------------------------------
 
 struct Stream {
+  int device = -1;  // -1: the legacy stream, of whichever context is current
   std::mutex mutex;
   std::condition_variable changed;
   std::deque<std::function<void()>> tasks;
@@ -198,8 +225,9 @@ struct Stream {
 Stream* g_legacy = new Stream();  // handles 0 and 1 (and 2, per-thread default)
 std::vector<Stream*> g_streams{g_legacy};  // every stream; guarded by g_mutex
 
-Stream* new_stream() {
+Stream* new_stream(int device = -1) {
   auto* stream = new Stream();
+  stream->device = device;
   std::lock_guard<std::mutex> lock(g_mutex);
   g_streams.push_back(stream);
   return stream;
@@ -221,6 +249,9 @@ Stream* stream_of(void* handle) {
 }
 
 struct Event {
+  int device = 0;           // of the context it was created in
+  unsigned flags = 0;
+  bool destroyed = false;   // guarded by g_mutex; never freed, so use after destroy is seen
   std::mutex mutex;
   std::condition_variable changed;
   uint64_t recorded = 0;   // sequence number of the latest record
@@ -238,6 +269,21 @@ void complete(Event* e, uint64_t sequence) {
 void wait_event(Event* e, uint64_t sequence) {
   std::unique_lock<std::mutex> lock(e->mutex);
   e->changed.wait(lock, [&] { return e->completed >= sequence; });
+}
+
+bool is_legacy(void* handle) { return reinterpret_cast<uintptr_t>(handle) <= 1; }
+
+// A live event, or nullptr for a destroyed or NULL one.
+Event* live(Event* event) {
+  if (event == nullptr) return nullptr;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return event->destroyed ? nullptr : event;
+}
+
+// The device of a stream's context (the current one for the implicit streams).
+int stream_device(void* handle) {
+  Stream* s = stream_of(handle);
+  return s->device >= 0 ? s->device : (t_current ? t_current->device : -1);
 }
 
 // Runs a copy on `stream`; synchronous when `wait` (pageable host memory).
@@ -260,26 +306,36 @@ extern "C" {
 
 CUresult cuInit(unsigned flags) {
   if (CUresult r = enter("cuInit"); r != kSuccess) return r;
-  if (flags != 0) return kInvalidValue;
+  if (flags != 0) return misuse("cuInit flags", kInvalidValue);
+  if (const char* answer = std::getenv("STANDIN_INIT_RESULT")) {
+    if (std::atoi(answer) != 0) return std::atoi(answer);
+  }
   g_initialized = true;
   return kSuccess;
 }
 
+// Works before cuInit, as the real one does.
 CUresult cuDriverGetVersion(int* version) {
   if (CUresult r = enter("cuDriverGetVersion"); r != kSuccess) return r;
-  *version = 12080;
+  if (version == nullptr) return kInvalidValue;
+  const char* set = std::getenv("STANDIN_DRIVER_VERSION");
+  *version = set ? std::atoi(set) : 12080;
   return kSuccess;
 }
 
 CUresult cuGetErrorName(CUresult error, const char** text) {
   static const std::map<CUresult, const char*> names = {
       {0, "CUDA_SUCCESS"}, {1, "CUDA_ERROR_INVALID_VALUE"}, {2, "CUDA_ERROR_OUT_OF_MEMORY"},
-      {3, "CUDA_ERROR_NOT_INITIALIZED"}, {101, "CUDA_ERROR_INVALID_DEVICE"},
-      {201, "CUDA_ERROR_INVALID_CONTEXT"}, {500, "CUDA_ERROR_NOT_FOUND"},
+      {3, "CUDA_ERROR_NOT_INITIALIZED"}, {100, "CUDA_ERROR_NO_DEVICE"},
+      {101, "CUDA_ERROR_INVALID_DEVICE"}, {201, "CUDA_ERROR_INVALID_CONTEXT"},
+      {400, "CUDA_ERROR_INVALID_HANDLE"}, {500, "CUDA_ERROR_NOT_FOUND"},
       {600, "CUDA_ERROR_NOT_READY"}, {700, "CUDA_ERROR_ILLEGAL_ADDRESS"},
       {999, "CUDA_ERROR_UNKNOWN"}};
   auto it = names.find(error);
-  if (it == names.end()) return kInvalidValue;
+  if (it == names.end()) {
+    *text = nullptr;
+    return kInvalidValue;
+  }
   *text = it->second;
   return kSuccess;
 }
@@ -287,12 +343,16 @@ CUresult cuGetErrorName(CUresult error, const char** text) {
 CUresult cuGetErrorString(CUresult error, const char** text) {
   static const std::map<CUresult, const char*> texts = {
       {0, "no error"}, {1, "invalid argument"}, {2, "out of memory"},
-      {3, "initialization error"}, {101, "invalid device ordinal"},
-      {201, "invalid device context"}, {500, "named symbol not found"},
+      {3, "initialization error"}, {100, "no CUDA-capable device is detected"},
+      {101, "invalid device ordinal"}, {201, "invalid device context"},
+      {400, "invalid resource handle"}, {500, "named symbol not found"},
       {600, "device not ready"}, {700, "an illegal memory access was encountered"},
       {999, "unknown error"}};
   auto it = texts.find(error);
-  if (it == texts.end()) return kInvalidValue;
+  if (it == texts.end()) {
+    *text = nullptr;
+    return kInvalidValue;
+  }
   *text = it->second;
   return kSuccess;
 }
@@ -320,6 +380,7 @@ CUresult cuDeviceGetName(char* name, int length, int device) {
 CUresult cuDevicePrimaryCtxRetain(Context** context, int device) {
   ENTER("cuDevicePrimaryCtxRetain");
   if (device < 0 || device >= g_device_count) return kInvalidDevice;
+  count("cuDevicePrimaryCtxRetain on device " + std::to_string(device));
   g_primary[device].device = device;
   *context = &g_primary[device];
   return kSuccess;
@@ -338,13 +399,25 @@ CUresult cuCtxGetCurrent(Context** context) {
 
 CUresult cuCtxSetCurrent(Context* context) {
   ENTER("cuCtxSetCurrent");
+  if (context != nullptr && (context < g_primary || context >= g_primary + g_device_count)) {
+    return misuse("cuCtxSetCurrent of an unknown context", kInvalidContext);
+  }
   t_current = context;
   return kSuccess;
 }
 
-CUresult cuMemHostAlloc(void** pointer, size_t bytes, unsigned) {
+CUresult cuMemHostAlloc(void** pointer, size_t bytes, unsigned flags) {
   ENTER("cuMemHostAlloc");
   NEED_CONTEXT;
+  if ((flags & ~0x7u) != 0) return misuse("cuMemHostAlloc flags", kInvalidValue);
+  count("cuMemHostAlloc on device " + std::to_string(t_current->device));
+  ++g_allocating;
+  while (g_alloc_gate != nullptr && *g_alloc_gate == 0) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  struct Done {
+    ~Done() { --g_allocating; }
+  } done;
   void* memory = mmap(nullptr, page_rounded(bytes), PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (memory == MAP_FAILED) return kOutOfMemory;
@@ -362,7 +435,7 @@ CUresult cuMemFreeHost(void* pointer) {
   {
     std::lock_guard<std::mutex> lock(g_mutex);
     auto it = g_pinned.find(reinterpret_cast<uintptr_t>(pointer));
-    if (it == g_pinned.end()) return kInvalidValue;
+    if (it == g_pinned.end()) return misuse("cuMemFreeHost of unknown memory", kInvalidValue);
     size = it->second;
     g_pinned.erase(it);
   }
@@ -420,9 +493,26 @@ CUresult cuMemcpyBatchAsync(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes,
                             size_t* fail_index, void* stream) {
   ENTER("cuMemcpyBatchAsync");
   NEED_CONTEXT;
-  if (count == 0 || attr_count == 0 || attrs == nullptr || attr_indices == nullptr ||
-      attr_indices[0] != 0 || attrs[0].src_access_order != 1) {
-    return kInvalidValue;
+  auto refuse = [&](const char* why, size_t index = SIZE_MAX) {
+    if (fail_index) *fail_index = index;
+    return misuse(why, kInvalidValue);
+  };
+  // cuda.h: "Must not be legacy NULL stream".
+  if (is_legacy(stream)) return refuse("cuMemcpyBatchAsync on the legacy stream");
+  if (count == 0) return refuse("cuMemcpyBatchAsync of no copies");
+  if (attrs == nullptr || attr_indices == nullptr || attr_count == 0 || attr_count > count) {
+    return refuse("cuMemcpyBatchAsync attributes");
+  }
+  for (size_t k = 0; k < attr_count; ++k) {
+    const bool ordered = k == 0 ? attr_indices[0] == 0 : attr_indices[k] > attr_indices[k - 1];
+    if (!ordered || attr_indices[k] >= count) return refuse("cuMemcpyBatchAsync attrsIdxs");
+    if (attrs[k].src_access_order < 1 || attrs[k].src_access_order > 3 ||
+        (attrs[k].flags & ~1u) != 0) {
+      return refuse("cuMemcpyBatchAsync attributes", attr_indices[k]);
+    }
+  }
+  for (size_t current = g_largest_batch; count > current;) {
+    if (g_largest_batch.compare_exchange_weak(current, count)) break;
   }
   std::vector<std::tuple<char*, const char*, size_t>> copies;
   bool pageable = false;
@@ -447,10 +537,11 @@ CUresult cuMemcpyBatchAsync(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes,
   return kSuccess;
 }
 
-CUresult cuStreamCreate(void** stream, unsigned) {
+CUresult cuStreamCreate(void** stream, unsigned flags) {
   ENTER("cuStreamCreate");
   NEED_CONTEXT;
-  *stream = new_stream();
+  if (flags > 1) return misuse("cuStreamCreate flags", kInvalidValue);
+  *stream = new_stream(t_current->device);
   return kSuccess;
 }
 
@@ -468,10 +559,16 @@ CUresult cuStreamSynchronize(void* stream) {
   return kSuccess;
 }
 
-CUresult cuEventCreate(Event** event, unsigned) {
+CUresult cuEventCreate(Event** event, unsigned flags) {
   ENTER("cuEventCreate");
   NEED_CONTEXT;
-  *event = new Event();
+  if ((flags & ~0x7u) != 0 || ((flags & 0x4) && !(flags & 0x2))) {
+    return misuse("cuEventCreate flags", kInvalidValue);
+  }
+  auto* created = new Event();
+  created->device = t_current->device;
+  created->flags = flags;
+  *event = created;
   return kSuccess;
 }
 
@@ -479,14 +576,22 @@ CUresult cuEventDestroy(Event* event) {
   ENTER("cuEventDestroy");
   NEED_CONTEXT;
   // Like the real driver, destroying a recorded event is allowed: resources go
-  // once the stream is done with it. A pending stream task may still touch it.
-  if (event == nullptr) return kInvalidValue;
+  // once the stream is done with it. The object is kept (a pending stream
+  // task may still touch it), marked so that a later use is refused.
+  if (live(event) == nullptr) return misuse("event used after cuEventDestroy", kInvalidHandle);
+  std::lock_guard<std::mutex> lock(g_mutex);
+  event->destroyed = true;
   return kSuccess;
 }
 
 CUresult cuEventRecord(Event* event, void* stream) {
   ENTER("cuEventRecord");
   NEED_CONTEXT;
+  if (live(event) == nullptr) return misuse("event used after cuEventDestroy", kInvalidHandle);
+  // "hEvent and hStream must be from the same context".
+  if (stream_device(stream) != event->device) {
+    return misuse("cuEventRecord on another context's stream", kInvalidHandle);
+  }
   uint64_t sequence;
   {
     std::lock_guard<std::mutex> lock(event->mutex);
@@ -496,9 +601,10 @@ CUresult cuEventRecord(Event* event, void* stream) {
   return kSuccess;
 }
 
+// cuda.h lists no INVALID_CONTEXT here: no current context is needed.
 CUresult cuEventQuery(Event* event) {
   ENTER("cuEventQuery");
-  NEED_CONTEXT;
+  if (live(event) == nullptr) return misuse("event used after cuEventDestroy", kInvalidHandle);
   std::lock_guard<std::mutex> lock(event->mutex);
   return event->completed >= event->recorded ? kSuccess : kNotReady;
 }
@@ -506,6 +612,9 @@ CUresult cuEventQuery(Event* event) {
 CUresult cuEventSynchronize(Event* event) {
   ENTER("cuEventSynchronize");
   NEED_CONTEXT;
+  if (live(event) == nullptr) return misuse("event used after cuEventDestroy", kInvalidHandle);
+  // Without CU_EVENT_BLOCKING_SYNC the real driver busy-waits: a core spins.
+  if (!(event->flags & 0x1)) count("spinning cuEventSynchronize");
   uint64_t sequence;
   {
     std::lock_guard<std::mutex> lock(event->mutex);
@@ -515,9 +624,11 @@ CUresult cuEventSynchronize(Event* event) {
   return kSuccess;
 }
 
-CUresult cuStreamWaitEvent(void* stream, Event* event, unsigned) {
+CUresult cuStreamWaitEvent(void* stream, Event* event, unsigned flags) {
   ENTER("cuStreamWaitEvent");
   NEED_CONTEXT;
+  if (live(event) == nullptr) return misuse("event used after cuEventDestroy", kInvalidHandle);
+  if (flags != 0) return misuse("cuStreamWaitEvent flags outside capture", kInvalidValue);
   uint64_t sequence;
   {
     std::lock_guard<std::mutex> lock(event->mutex);
@@ -545,21 +656,33 @@ const std::unordered_map<std::string, void*>& entry_points() {
   return table;
 }
 
+// As cuda.h says: CUDA_SUCCESS with a NULL pointer (and the reason in
+// symbolStatus) for a name it lacks or a version too old for it.
 CUresult cuGetProcAddress_v2(const char* symbol, void** function, int version, uint64_t,
                              int* status) {
   if (CUresult r = enter("cuGetProcAddress"); r != kSuccess) return r;
+  constexpr int kFound = 0, kSymbolNotFound = 1, kVersionNotSufficient = 2;
   *function = nullptr;
-  if (status) *status = 0;
+  if (status) *status = kFound;
   {
     std::lock_guard<std::mutex> lock(g_mutex);
     g_versions[symbol] = version;
   }
   const std::string name = symbol;
-  if (name == "cuMemcpyBatchAsync" && (version < 12080 || std::getenv("STANDIN_NO_BATCH_COPY"))) {
-    return kNotFound;
+  bool missing = name == "cuMemcpyBatchAsync" && std::getenv("STANDIN_NO_BATCH_COPY");
+  if (const char* list = std::getenv("STANDIN_MISSING")) {
+    const std::string names = std::string(",") + list + ",";
+    missing = missing || names.find("," + name + ",") != std::string::npos;
   }
   auto it = entry_points().find(name);
-  if (it == entry_points().end()) return kNotFound;
+  if (it == entry_points().end() || missing) {
+    if (status) *status = kSymbolNotFound;
+    return kSuccess;
+  }
+  if (name == "cuMemcpyBatchAsync" && version < 12080) {
+    if (status) *status = kVersionNotSufficient;
+    return kSuccess;
+  }
   *function = it->second;
   return kSuccess;
 }
@@ -583,6 +706,9 @@ int standin_version_asked(const char* name) {
 }
 
 void standin_reset() {
+  g_sticky = 0;
+  g_largest_batch = 0;
+  g_alloc_gate = nullptr;
   std::lock_guard<std::mutex> lock(g_mutex);
   g_calls.clear();
   g_failures.clear();
@@ -653,6 +779,26 @@ void standin_enqueue_gate(void* stream, volatile int* flag) {
   });
 }
 
+// Every later call that needs the driver returns `result`, as after a sticky
+// error (CUDA_ERROR_ILLEGAL_ADDRESS); 0 clears it.
+void standin_set_sticky(int result) { g_sticky = result; }
+
+size_t standin_largest_batch() { return g_largest_batch; }
+
+// cuMemHostAlloc waits while *flag == 0 (nullptr: no gate).
+void standin_gate_allocations(volatile int* flag) { g_alloc_gate = flag; }
+
+int standin_allocating() { return g_allocating; }
+
+// The names counted so far, "name=count;..." (for the misuse check).
+const char* standin_counted() {
+  static std::string text;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  text.clear();
+  for (auto& [name, calls] : g_calls) text += name + "=" + std::to_string(calls) + ";";
+  return text.c_str();
+}
+
 long standin_live_pinned_bytes() {
   std::lock_guard<std::mutex> lock(g_mutex);
   long total = 0;
@@ -661,6 +807,19 @@ long standin_live_pinned_bytes() {
 }
 
 }  // extern "C"
+
+// STANDIN_REPORT_EXIT: says on stderr how much stream work was still queued
+// when the process exited (what a completion thread outliving the
+// interpreter would still be doing).
+__attribute__((destructor)) static void standin_report_exit() {
+  if (!std::getenv("STANDIN_REPORT_EXIT") || g_forked) return;
+  size_t pending = 0;
+  for (Stream* stream : g_streams) {
+    std::lock_guard<std::mutex> lock(stream->mutex);
+    pending += stream->pending;
+  }
+  std::fprintf(stderr, "standin: %zu stream tasks in flight at exit\n", pending);
+}
 
 // After fork the child's driver is unusable, as with the real one.
 __attribute__((constructor)) static void standin_setup() {
