@@ -87,9 +87,9 @@ class Event {
 
 // The completion threads: each waits for a queued event, runs the follow-up
 // work (draining staging, releasing blocks) and finishes the Transfer. A
-// thread is started when a job finds none idle, up to kMaxCompletionThreads,
-// so that a slow stream does not hold up waits on another. Fields guarded by
-// mutex_.
+// thread is started when a job would otherwise wait for one, up to
+// kMaxCompletionThreads, so that a slow stream does not hold up waits on
+// another. Fields guarded by mutex_.
 class Completer {
  public:
   struct Job {
@@ -104,13 +104,15 @@ class Completer {
   void submit(Job job) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (idle_ == 0 && threads_ < kMaxCompletionThreads) {
+      jobs_.push_back(std::move(job));
+      ++unfinished_;
+      // Every queued job has an idle thread to take it, up to the maximum
+      // (a thread counts as idle from its start until it takes a job).
+      if (jobs_.size() > idle_ && threads_ < kMaxCompletionThreads) {
         std::thread([this] { run(); }).detach();
         ++threads_;
         ++idle_;
       }
-      jobs_.push_back(std::move(job));
-      ++unfinished_;
     }
     changed_.notify_all();
   }
@@ -152,7 +154,12 @@ class Completer {
       if (!ok) error = describe("cuEventSynchronize", result);
     } catch (const std::exception& e) {
       error = e.what();  // e.g. the device guard failed: the copy's state is unknown
-      job.event.reset();
+      try {
+        DeviceGuard guard(job.device);  // an event is destroyed in its own context
+        job.event.reset();
+      } catch (const std::exception&) {
+        new std::shared_ptr<Event>(std::move(job.event));  // leaked: better than misused
+      }
     }
     // The follow-up runs whatever happened, so that no block stays in use.
     try {
@@ -198,7 +205,7 @@ void wait_for(const std::shared_ptr<Event>& event, int device, CUstream stream,
   auto watched = std::make_shared<Transfer>();
   Completer::instance().submit({watched, device, event, nullptr});
   while (!watched->wait(kInterruptSliceSeconds)) {
-    if (interrupted()) throw CopyInterrupted(stream_point(device, stream));
+    if (interrupted()) throw CopyInterrupted(nullptr);  // `pending` is set by the copy
   }
   const std::string error = watched->error();
   if (!error.empty()) throw DriverError(error, CUDA_ERROR_NOT_READY);
@@ -346,7 +353,12 @@ void copy_to_host(const DeviceSpan& src, CUstream stream, void* dst, bool dst_pi
     // room to stage, and the driver stages itself (a copy into pageable
     // memory returns once it has completed).
     check(d.cuMemcpyDtoHAsync(out, src.data, src.bytes, stream), "cuMemcpyDtoHAsync");
-    wait_for_stream(src.device, stream, interrupted);
+    try {
+      wait_for_stream(src.device, stream, interrupted);
+    } catch (CopyInterrupted& stop) {
+      stop.pending = stream_point(src.device, stream);
+      throw;
+    }
     return;
   }
   const size_t chunks = (src.bytes + chunk - 1) / chunk;
@@ -367,6 +379,10 @@ void copy_to_host(const DeviceSpan& src, CUstream stream, void* dst, bool dst_pi
       parallel_memcpy(out + i * chunk, slots[k].data, length(i));
       if (i + slots.size() < chunks) enqueue(i + slots.size());
     }
+  } catch (CopyInterrupted& stop) {
+    release_after_failure(slots, stream);
+    stop.pending = stream_point(src.device, stream);  // after the blocks' events
+    throw;
   } catch (...) {
     release_after_failure(slots, stream);
     throw;
@@ -444,6 +460,10 @@ void copy_many_to_host(const std::vector<DeviceSpan>& srcs, CUstream stream,
     }
     enqueue_packed(device, copies, stream);
     wait_for_stream(device, stream, interrupted);
+  } catch (CopyInterrupted& stop) {
+    release_after_failure(held, stream);
+    stop.pending = stream_point(device, stream);  // after the block's event
+    throw;
   } catch (...) {
     release_after_failure(held, stream);
     throw;

@@ -73,8 +73,9 @@ class Transfer {
 using InterruptCheck = std::function<bool()>;
 
 // A synchronous copy stopped by its InterruptCheck. `pending` finishes when
-// the copies it had already enqueued have completed: until then their source
-// (and a pinned destination) must stay alive.
+// the copies it had already enqueued have completed (and their staging blocks
+// are reusable): until then their source (and a pinned destination) must
+// stay alive.
 class CopyInterrupted : public std::exception {
  public:
   explicit CopyInterrupted(std::shared_ptr<Transfer> pending) : pending(std::move(pending)) {}

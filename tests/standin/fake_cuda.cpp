@@ -223,7 +223,9 @@ struct Stream {
 };
 
 Stream* g_legacy = new Stream();  // handles 0 and 1 (and 2, per-thread default)
-std::vector<Stream*> g_streams{g_legacy};  // every stream; guarded by g_mutex
+// Every stream; guarded by g_mutex. Never destroyed: stream threads and the
+// exit report use it while static objects are torn down.
+std::vector<Stream*>& g_streams = *new std::vector<Stream*>{g_legacy};
 
 Stream* new_stream(int device = -1) {
   auto* stream = new Stream();
