@@ -48,5 +48,5 @@ def test_bad_devices_and_dtypes(device, dtype, error, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
 def test_cuda_target_without_a_usable_gpu_says_so():
     with pytest.raises(RuntimeError, match=r"no usable CUDA GPU for 'cuda:1'.*"
-                                           r"torch.cuda.is_available\(\): False"):
+                                           r"torch.cuda.is_available\(\) is False"):
         tb.to_device(np.ones(3), "cuda:1")
