@@ -40,6 +40,9 @@
 // check_driver_abi.sh reads the CHECK_ENTRY / PENDING_ENTRY / PENDING_TYPE
 // lines to verify their PFN versions: keep each on one line.
 #include <cuda.h>
+#if !__has_include(<cudaTypedefs.h>)
+#error "cudaTypedefs.h (NVIDIA's PFN_* typedefs) must sit next to cuda.h: both come with the toolkit and the runtime wheels"
+#endif
 #include <cudaTypedefs.h>
 
 #include <cstddef>
