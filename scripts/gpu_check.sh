@@ -30,11 +30,11 @@
 # logs.tar.gz (every stage's full log and the tests' JUnit XML). Everything
 # else (logs being written, the ABI binary, the venv) lives in a scratch folder
 # removed at exit; scripts/check_gpu_out.py checks the rule.
+# GPU_CHECK_PLAN_ONLY=1 prints the stages that would run (and why build is
+# among them) and runs nothing.
 # Exit status: 0 when no stage failed or timed out (skipped stages say why),
 # 1 otherwise, 2 for a usage error.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
 ALL_STAGES="environment build abi tests bench fixture"
 declare -A LIMIT=([environment]=20 [build]=150 [abi]=20 [tests]=130 [bench]=120 [fixture]=30)
 TOTAL_LIMIT=480  # the whole script; no stage starts past it
@@ -47,10 +47,15 @@ for stage in $SELECTED; do
   [[ " $ALL_STAGES " == *" $stage "* ]] || { echo "gpu_check.sh: unknown stage '$stage'" >&2; usage; }
 done
 HOST_PY=${PYTHON:-python3}
-command -v "$HOST_PY" >/dev/null || { echo "gpu_check.sh: no interpreter '$HOST_PY'" >&2; exit 2; }
+HOST_PY=$(command -v "$HOST_PY") || { echo "gpu_check.sh: no interpreter '${PYTHON:-python3}'" >&2; exit 2; }
+# absolute, but not through its symlinks: a venv's python must stay the venv's
+[[ $HOST_PY == /* ]] || HOST_PY=$PWD/$HOST_PY
 mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(cd "$OUT" && pwd)  # PYTHON and OUT may be relative to the caller's folder
+cd "$(dirname "$0")/.."
+ROOT=$PWD
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+trap 'rm -rf "$SCRATCH"' EXIT
 case "$SCRATCH/" in "$OUT"/*) echo "gpu_check.sh: the scratch folder may not be inside OUT" >&2; exit 2 ;; esac
 STAGING=$SCRATCH/out    # what OUT receives, assembled here first
 LOGS=$SCRATCH/logs
@@ -65,7 +70,7 @@ QUICK_FLAG=""
 # The extension goes into PYTHON's environment when it is a virtual one, else
 # into a scratch venv that sees the system's packages.
 if "$HOST_PY" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
-  PY=$(command -v "$HOST_PY")
+  PY=$HOST_PY
 else
   PY=$SCRATCH/venv/bin/python
 fi
@@ -76,6 +81,12 @@ if ! selected build && { selected tests || selected bench || selected fixture; }
   fi
 fi
 SELECTED=$(for stage in $ALL_STAGES; do selected "$stage" && printf '%s ' "$stage"; done)
+SELECTED=${SELECTED% }
+if [ -n "${GPU_CHECK_PLAN_ONLY:-}" ]; then  # say what would run, run nothing
+  echo "stages: $SELECTED"
+  [ -n "${BUILD_NOTE:-}" ] && echo "build: $BUILD_NOTE"
+  exit 0
+fi
 limits=$(for stage in $ALL_STAGES; do printf '%s=%s ' "$stage" "${LIMIT[$stage]}"; done)
 "${STEPS[@]}" summary init "$SUMMARY" "$SELECTED" "${QUICK_FLAG:+1}" "$limits" || exit 2
 
@@ -106,7 +117,6 @@ on_signal() {  # the script itself is stopped: end the stage, keep what it left
   exit 1
 }
 trap on_signal TERM INT
-trap 'rm -rf "$SCRATCH"' EXIT
 
 record() {  # name status seconds rc note
   "${STEPS[@]}" summary stage "$SUMMARY" "$1" "$2" "$3" "${LIMIT[$1]}" "$4" "$LOGS/$1.log" "${5:-}"

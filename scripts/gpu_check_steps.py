@@ -55,6 +55,10 @@ def environment():
     if shutil.which("nvidia-smi"):
         found["nvidia-smi"] = subprocess.run(["nvidia-smi", "-L"], capture_output=True,
                                              text=True, timeout=20).stdout.strip()
+    for tool in ("cmake", "ninja", "g++", "nvidia-smi"):
+        where = shutil.which(tool)
+        found[f"{tool} (on PATH)"] = where and subprocess.run(
+            [where, "--version"], capture_output=True, text=True, timeout=20).stdout.split("\n")[0]
     found["cpus"] = os.cpu_count()
     print(json.dumps(found, indent=1))
     gpus = found["torch.cuda"]
@@ -174,7 +178,17 @@ def tests(quick, junit_xml):
 _PROBE = """
 import json
 import tensorbridge as tb
-found = {"tensorbridge_cuda": tb.cuda_available(), "tensorbridge_status": tb.cuda_status()}
+found = {"tensorbridge_cuda": tb.cuda_available()}
+if hasattr(tb, "cuda_status"):
+    found["tensorbridge_status"] = tb.cuda_status()
+else:  # older tensorbridge: empty_pinned's error says why there is no driver
+    status = {"available": found["tensorbridge_cuda"], "reason": None}
+    try:
+        status["device_count"] = tb._core.device_count() if found["tensorbridge_cuda"] else 0
+        tb.empty_pinned((1,), "float32")
+    except Exception as error:
+        status["reason"] = f"{type(error).__name__}: {error}"
+    found["tensorbridge_status"] = status
 try:
     import torch
     found["torch_gpus"] = torch.cuda.device_count() if torch.cuda.is_available() else 0

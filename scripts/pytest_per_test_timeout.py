@@ -25,7 +25,6 @@ would otherwise take its captured output with it.
 import faulthandler
 import os
 import signal
-import sys
 import threading
 
 import pytest
@@ -105,4 +104,4 @@ def pytest_unconfigure(config):
     if hasattr(signal, "SIGTERM"):
         faulthandler.unregister(signal.SIGTERM)
     faulthandler.cancel_dump_traceback_later()
-    sys.stderr.flush()
+    _STDERR.close()
