@@ -1,5 +1,5 @@
 """A pytest plugin for scripts/gpu_check.sh: a time limit per test, and GPU
-tests that must not be skipped, with nothing but pytest and the standard
+tests that must not all be skipped, with nothing but pytest and the standard
 library (the GPU machine has no network, so pytest-timeout may be missing).
 
     PYTHONPATH=scripts python -m pytest -p pytest_per_test_timeout \\
@@ -38,8 +38,9 @@ def pytest_addoption(parser):
                     help="end the whole run, with every thread's traceback, when one test "
                          "(setup and teardown included) takes longer than this; 0: no limit")
     group.addoption("--fail-if-skipped", action="append", default=[], metavar="MARKER",
-                    help="fail the run when a test carrying MARKER is skipped (a GPU run "
-                         "whose GPU tests skip themselves has tested nothing)")
+                    help="fail the run when tests carry MARKER and every one of them was "
+                         "skipped (a GPU run whose GPU tests all skip themselves has tested "
+                         "nothing; a few skips, such as CuPy missing, are only reported)")
 
 
 class _Limits:
@@ -51,6 +52,7 @@ class _Limits:
             self.warn_after = 0.0
         self.markers = config.getoption("fail_if_skipped")
         self.skipped = []
+        self.ran = 0
         self.warning = None
 
     @pytest.hookimpl(trylast=True)
@@ -76,18 +78,25 @@ class _Limits:
                 self.warning = None
 
     def pytest_runtest_logreport(self, report):
-        if report.skipped and any(marker in report.keywords for marker in self.markers):
+        if not any(marker in report.keywords for marker in self.markers):
+            return
+        if report.skipped:
             self.skipped.append(report.nodeid)
+        elif report.when == "call":
+            self.ran += 1
+
+    def _tested_nothing(self):
+        return bool(self.skipped) and self.ran == 0
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session, exitstatus):
-        if self.skipped and exitstatus == 0:
+        if self._tested_nothing() and exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter):
-        if self.skipped:
+        if self._tested_nothing():
             terminalreporter.write_line(
-                f"FAILED: {len(self.skipped)} test(s) marked {'/'.join(self.markers)} were "
+                f"FAILED: all {len(self.skipped)} test(s) marked {'/'.join(self.markers)} were "
                 f"skipped, e.g. {self.skipped[0]}", red=True)
         if self.seconds > 0:
             terminalreporter.write_line(f"per-test time limit: {self.seconds:g} s")

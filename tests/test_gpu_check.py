@@ -191,16 +191,20 @@ def test_a_hanging_test_ends_the_run_with_its_traceback(tmp_path):
     assert "Timeout (0:00:03)!" in output and "in test_hangs" in output
 
 
-def test_skipped_gpu_tests_fail_a_run_that_requires_them(tmp_path):
+def test_a_run_whose_gpu_tests_all_skip_fails_when_they_are_required(tmp_path):
     source = ("import pytest\n\ndef test_fine():\n    pass\n\n"
               "@pytest.mark.gpu\ndef test_on_the_gpu():\n    pytest.skip('no GPU')\n")
+    quiet = ["-W", "ignore::pytest.PytestUnknownMarkWarning"]
     result = inner_pytest(tmp_path, source, "--per-test-timeout=60", "--fail-if-skipped=gpu",
-                          "-W", "ignore::pytest.PytestUnknownMarkWarning")
+                          *quiet)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 passed, 1 skipped" in result.stdout
-    assert "FAILED: 1 test(s) marked gpu were skipped, e.g. test_inner.py::test_on_the_gpu" in (
-        result.stdout)
+    assert ("FAILED: all 1 test(s) marked gpu were skipped, e.g. test_inner.py::test_on_the_gpu"
+            in result.stdout)
     assert "per-test time limit: 60 s" in result.stdout
-    result = inner_pytest(tmp_path, source, "--per-test-timeout=60",
-                          "-W", "ignore::pytest.PytestUnknownMarkWarning")
+    result = inner_pytest(tmp_path, source, "--per-test-timeout=60", *quiet)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # one GPU test that ran is enough: a lone skip (CuPy missing) is only reported
+    source += "\n@pytest.mark.gpu\ndef test_ran_on_the_gpu():\n    pass\n"
+    result = inner_pytest(tmp_path, source, "--fail-if-skipped=gpu", *quiet)
     assert result.returncode == 0, result.stdout + result.stderr
