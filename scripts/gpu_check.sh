@@ -30,14 +30,20 @@
 # logs.tar.gz (every stage's full log and the tests' JUnit XML). Everything
 # else (logs being written, the ABI binary, the venv) lives in a scratch folder
 # removed at exit; scripts/check_gpu_out.py checks the rule.
-# GPU_CHECK_PLAN_ONLY=1 prints the stages that would run (and why build is
+# GPU_CHECK_LIMITS="bench=30 tests=60" changes stages' limits (the 480 s cap
+# stays). GPU_CHECK_PLAN_ONLY=1 prints the stages that would run (and why build is
 # among them) and runs nothing.
 # Exit status: 0 when no stage failed or timed out (skipped stages say why),
 # 1 otherwise, 2 for a usage error.
 set -uo pipefail
 ALL_STAGES="environment build abi tests bench fixture"
 declare -A LIMIT=([environment]=20 [build]=150 [abi]=20 [tests]=130 [bench]=120 [fixture]=30)
-TOTAL_LIMIT=480  # the whole script; no stage starts past it
+for pair in ${GPU_CHECK_LIMITS:-}; do  # e.g. "bench=30": lower a stage's limit for a try-out
+  [[ $pair =~ ^([a-z]+)=([0-9]+)$ ]] && [ -n "${LIMIT[${BASH_REMATCH[1]}]:-}" ] \
+    || { echo "gpu_check.sh: GPU_CHECK_LIMITS: bad entry '$pair'" >&2; exit 2; }
+  LIMIT[${BASH_REMATCH[1]}]=${BASH_REMATCH[2]}
+done
+TOTAL_LIMIT=480  # the whole script; no stage starts past it, none runs past it
 GRACE=5          # timeout -k: SIGTERM at limit - GRACE, SIGKILL at the limit
 
 usage() { echo "usage: OUT=DIR [PYTHON=python3] [QUICK=1] [STAGES='...'] $0 [STAGE...]; stages: $ALL_STAGES" >&2; exit 2; }
@@ -61,7 +67,7 @@ STAGING=$SCRATCH/out    # what OUT receives, assembled here first
 LOGS=$SCRATCH/logs
 mkdir -p "$STAGING" "$LOGS"
 SUMMARY=$STAGING/gpu_check.json
-STEPS=(timeout 30 "$HOST_PY" "$ROOT/scripts/gpu_check_steps.py")
+STEPS=(timeout -k 5 30 "$HOST_PY" "$ROOT/scripts/gpu_check_steps.py")
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 selected() { [[ " $SELECTED " == *" $1 "* ]]; }
 QUICK_FLAG=""
@@ -99,11 +105,12 @@ publish() {  # OUT gets the staging folder's files, each replaced in one rename
   tar -czf "$STAGING/logs.tar.gz" -C "$SCRATCH" logs 2>/dev/null
   local file
   for file in "$STAGING"/*; do
-    [ -f "$file" ] || continue
+    [ -f "$file" ] && [[ $file != *.part ]] || continue  # .part: a write cut short
     cp "$file" "$OUT/.$(basename "$file").part" && mv -f "$OUT/.$(basename "$file").part" "$OUT/$(basename "$file")"
   done
 }
 
+elapsed() { awk -v a="$STAGE_START" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 failed=0
 STAGE_PID=""
 CURRENT=""
@@ -111,8 +118,8 @@ on_signal() {  # the script itself is stopped: end the stage, keep what it left
   trap - TERM INT
   [ -n "$STAGE_PID" ] && kill -TERM "$STAGE_PID" 2>/dev/null && wait "$STAGE_PID" 2>/dev/null
   [ -n "$CURRENT" ] && "${STEPS[@]}" summary stage "$SUMMARY" "$CURRENT" interrupted \
-    "$((SECONDS - STAGE_START))" "${LIMIT[$CURRENT]}" "" "$LOGS/$CURRENT.log" "gpu_check.sh was stopped"
-  "${STEPS[@]}" summary finish "$SUMMARY" 1 >/dev/null
+    "$(elapsed)" "${LIMIT[$CURRENT]}" "" "$LOGS/$CURRENT.log" "gpu_check.sh was stopped"
+  "${STEPS[@]}" summary finish "$SUMMARY" 1 interrupted >/dev/null
   publish
   exit 1
 }
@@ -133,7 +140,7 @@ run_stage() {  # name command...: under the stage's limit, logged, recorded
     return 0
   fi
   local limit=${LIMIT[$name]} left=$((TOTAL_LIMIT - SECONDS - 5))
-  [ "$left" -lt "$limit" ] && limit=$left
+  [ "$left" -lt "$limit" ] && limit=$left && LIMIT[$name]=$left
   if [ "$limit" -le $((GRACE + 5)) ]; then
     LAST_STATUS=skipped
     record "$name" skipped 0 "" "no time left in the script's ${TOTAL_LIMIT} s"
@@ -141,7 +148,7 @@ run_stage() {  # name command...: under the stage's limit, logged, recorded
   fi
   echo "== $name (limit ${limit} s)"
   CURRENT=$name
-  STAGE_START=$SECONDS
+  STAGE_START=$EPOCHREALTIME
   # In the background so that a signal to this script is handled at once.
   timeout -k "$GRACE" "$((limit - GRACE))" "$@" > "$LOGS/$name.log" 2>&1 < /dev/null &
   STAGE_PID=$!
@@ -155,7 +162,7 @@ run_stage() {  # name command...: under the stage's limit, logged, recorded
     124|137) status="timed out"; failed=1 ;;
     *) status=failed; failed=1 ;;
   esac
-  record "$name" "$status" "$((SECONDS - STAGE_START))" "$rc" "$( [ "$name" = build ] && echo "${BUILD_NOTE:-}")"
+  record "$name" "$status" "$(elapsed)" "$rc" "$( [ "$name" = build ] && echo "${BUILD_NOTE:-}")"
   LAST_STATUS=$status
   echo "   $status"
   grep '^REASON: ' "$LOGS/$name.log" | sed 's/^/   /'

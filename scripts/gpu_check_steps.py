@@ -223,7 +223,8 @@ def fixture(path):
 
 # -- the summary -------------------------------------------------------------------
 #
-# gpu_check.json: {"schema": 1, "complete", "exit_status", "started", "finished",
+# gpu_check.json: {"schema": 1, "complete" (false when the script was stopped:
+# then "interrupted" is true), "exit_status", "started", "finished",
 # "selected", "quick", "limits_s", "stages": [{"stage", "status", "seconds",
 # "limit_s", "exit", "reason", "log_tail"}, ...]} with one entry per stage in
 # STAGES; status is "pending", "not selected", "passed", "failed", "timed out",
@@ -289,9 +290,11 @@ def _bench_digest(path):
                        for f in report.get("failed", [])[:10]]}
 
 
-def summary_finish(path, exit_status):
+def summary_finish(path, exit_status, how="complete"):
     summary = _load(path)
-    summary.update(complete=True, exit_status=int(exit_status), finished=_now())
+    summary.update(complete=how == "complete", exit_status=int(exit_status), finished=_now())
+    if how != "complete":
+        summary[how] = True
     _save(summary, path)
     for stage in summary["stages"]:
         seconds = "" if stage["seconds"] is None else f"{stage['seconds']:5.0f} s"
