@@ -6,21 +6,24 @@
 #   OUT=/some/dir [PYTHON=python3] [QUICK=1] [STAGES="tests bench"] scripts/gpu_check.sh [STAGE...]
 #
 # Stages, in this order; limit = its `timeout -k` limit, the grace included;
-# cost = what it is expected to take on the H200 machine (16 cores):
+# cost = what it is expected to take on the H200 machine (16 cores; on this
+# project's 2-core CPU machine with QUICK=1 the whole run takes about 25 s):
 #   stage        limit  cost   what
-#   environment    20    5 s   versions, GPUs, which optional modules are missing
-#   build         150   60 s   venv (when PYTHON is not one) + the extension, --no-build-isolation,
-#                              --no-index (nothing downloaded); seconds when already up to date
+#   environment    20   10 s   versions, GPUs, tools, which optional modules are missing
+#   build         150   30 s   venv (when PYTHON is not one) + the extension, --no-build-isolation,
+#                              --no-index (nothing downloaded); ~1 s when already up to date
 #   abi            20    5 s   our driver prototypes against this machine's own cuda.h
-#   tests         130   60 s   tests/test_gpu.py + test_readme.py on the real driver when
+#   tests         130   40 s   tests/test_gpu.py + test_readme.py on the real driver when
 #                              tensorbridge finds a GPU (a failure when torch finds one and
-#                              tensorbridge does not); else the engine tests on the stand-in
-#   bench         120   60 s   tensorbridge bench --device all (--quick with QUICK=1): CPU,
-#                              GPU ("skipped" without one), the workflows
+#                              tensorbridge does not); else the engine tests on the stand-in;
+#                              90 s per test at most (scripts/pytest_per_test_timeout.py)
+#   bench         120   70 s   tensorbridge bench --device all (QUICK=1: --quick, ~20 s): CPU,
+#                              GPU ("skipped" without one), the workflows; cut at its limit,
+#                              it still leaves bench.json with the cases it finished
 #   fixture        30   10 s   a TorchTransformer fitted on the GPU, pickled for tests/fixtures
-#   in all        470  200 s   (480 s at most with the packing between stages)
+#   in all        470  165 s   (480 s at most with the packing between stages)
 # A rerun of failed stages only (STAGES="tests bench" or arguments) takes
-# about 2-3 minutes: build runs first by itself whenever a selected stage
+# about 2-3 minutes (build 30 + tests 40 + bench 70 s on a fresh machine): build runs first by itself whenever a selected stage
 # needs the extension and this environment lacks this tree's build (a fresh
 # machine, a fresh venv, changed sources).
 #
