@@ -1,117 +1,204 @@
 #!/usr/bin/env bash
 # The one-shot check for a lent GPU machine (no network; its Python already
-# holds torch, CuPy, pybind11, scikit-build-core, cmake and ninja), run by CI
-# too, where the stand-in driver takes the GPU's place.
+# holds torch, CuPy, scikit-learn, pybind11, scikit-build-core, cmake and
+# ninja), run by CI too, where the stand-in driver takes the GPU's place.
 #
-#   OUT=/some/dir [PYTHON=python3] [QUICK=1] scripts/gpu_check.sh
+#   OUT=/some/dir [PYTHON=python3] [QUICK=1] [STAGES="tests bench"] scripts/gpu_check.sh [STAGE...]
 #
-# Stages, each under its own timeout (480 s in all at most), each writing
-# its log to $OUT/<stage>.log and the running summary to $OUT/gpu_check.json:
-#   environment  versions, GPUs, which optional modules are missing
-#   build        the extension, --no-build-isolation (no downloads)
-#   abi          our driver prototypes against this machine's own cuda.h
-#   tests        tests/test_gpu.py on the real driver when a GPU is found,
-#                else the engine tests against the stand-in driver
-#   bench        tensorbridge bench: CPU, the GPU ("skipped" without one) and
-#                the workflows (TorchTransformer on the GPU when present)
-#   fixture      a TorchTransformer fitted on the GPU, pickled for tests/fixtures
-# Exit status: 0 when no stage failed (skipped stages say why in the JSON).
+# Stages, in this order; limit = its `timeout -k` limit, the grace included;
+# cost = what it is expected to take on the H200 machine (16 cores; on this
+# project's 2-core CPU machine with QUICK=1 the whole run takes about 25 s):
+#   stage        limit  cost   what
+#   environment    20   10 s   versions, GPUs, tools, which optional modules are missing
+#   build         150   30 s   venv (when PYTHON is not one) + the extension, --no-build-isolation,
+#                              --no-index (nothing downloaded); ~1 s when already up to date
+#   abi            20    5 s   our driver prototypes against this machine's own cuda.h
+#   tests         130   40 s   tests/test_gpu.py + test_readme.py on the real driver when
+#                              tensorbridge finds a GPU (a failure when torch finds one and
+#                              tensorbridge does not); else the engine tests on the stand-in;
+#                              90 s per test at most (scripts/pytest_per_test_timeout.py)
+#   bench         120   70 s   tensorbridge bench --device all (QUICK=1: --quick, ~20 s): CPU,
+#                              GPU ("skipped" without one), the workflows; cut at its limit,
+#                              it still leaves bench.json with the cases it finished
+#   fixture        30   10 s   a TorchTransformer fitted on the GPU, pickled for tests/fixtures
+#   in all        470  165 s   (480 s at most with the packing between stages)
+# A rerun of failed stages only (STAGES="tests bench" or arguments) takes
+# about 2-3 minutes (build 30 + tests 40 + bench 70 s on a fresh machine): build runs first by itself whenever a selected stage
+# needs the extension and this environment lacks this tree's build (a fresh
+# machine, a fresh venv, changed sources).
+#
+# $OUT receives at most 5 files, rewritten after every stage (a run cut short
+# still leaves them): gpu_check.json (each stage's status, time, reason and
+# log tail), bench.json, torch_transformer_cuda.pkl (with a GPU) and
+# logs.tar.gz (every stage's full log and the tests' JUnit XML). Everything
+# else (logs being written, the ABI binary, the venv) lives in a scratch folder
+# removed at exit; scripts/check_gpu_out.py checks the rule.
+# GPU_CHECK_LIMITS="bench=30 tests=60" changes stages' limits (the 480 s cap
+# stays). GPU_CHECK_PLAN_ONLY=1 prints the stages that would run (and why build is
+# among them) and runs nothing.
+# Exit status: 0 when no stage failed or timed out (skipped stages say why),
+# 1 otherwise, 2 for a usage error.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-$(mktemp -d)}
+ALL_STAGES="environment build abi tests bench fixture"
+declare -A LIMIT=([environment]=20 [build]=150 [abi]=20 [tests]=130 [bench]=120 [fixture]=30)
+for pair in ${GPU_CHECK_LIMITS:-}; do  # e.g. "bench=30": lower a stage's limit for a try-out
+  [[ $pair =~ ^([a-z]+)=([0-9]+)$ ]] && [ -n "${LIMIT[${BASH_REMATCH[1]}]:-}" ] \
+    || { echo "gpu_check.sh: GPU_CHECK_LIMITS: bad entry '$pair'" >&2; exit 2; }
+  LIMIT[${BASH_REMATCH[1]}]=${BASH_REMATCH[2]}
+done
+TOTAL_LIMIT=480  # the whole script; no stage starts past it, none runs past it
+GRACE=5          # timeout -k: SIGTERM at limit - GRACE, SIGKILL at the limit
+
+usage() { echo "usage: OUT=DIR [PYTHON=python3] [QUICK=1] [STAGES='...'] $0 [STAGE...]; stages: $ALL_STAGES" >&2; exit 2; }
+[ -n "${OUT:-}" ] || { echo "gpu_check.sh: set OUT to the folder that receives the results" >&2; usage; }
+SELECTED=${*:-${STAGES:-$ALL_STAGES}}
+for stage in $SELECTED; do
+  [[ " $ALL_STAGES " == *" $stage "* ]] || { echo "gpu_check.sh: unknown stage '$stage'" >&2; usage; }
+done
+HOST_PY=${PYTHON:-python3}
+HOST_PY=$(command -v "$HOST_PY") || { echo "gpu_check.sh: no interpreter '${PYTHON:-python3}'" >&2; exit 2; }
+# absolute, but not through its symlinks: a venv's python must stay the venv's
+[[ $HOST_PY == /* ]] || HOST_PY=$PWD/$HOST_PY
 mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-STAGES="$OUT/.stages"
-: > "$STAGES"
-failed=0
+OUT=$(cd "$OUT" && pwd)  # PYTHON and OUT may be relative to the caller's folder
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+trap 'rm -rf "$SCRATCH"' EXIT
+case "$SCRATCH/" in "$OUT"/*) echo "gpu_check.sh: the scratch folder may not be inside OUT" >&2; exit 2 ;; esac
+STAGING=$SCRATCH/out    # what OUT receives, assembled here first
+LOGS=$SCRATCH/logs
+mkdir -p "$STAGING" "$LOGS"
+SUMMARY=$STAGING/gpu_check.json
+STEPS=(timeout -k 5 30 "$HOST_PY" "$ROOT/scripts/gpu_check_steps.py")
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+selected() { [[ " $SELECTED " == *" $1 "* ]]; }
+QUICK_FLAG=""
+[ "${QUICK:-0}" != 0 ] && QUICK_FLAG=--quick
 
-record() {  # name status seconds detail
-  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$STAGES"
-  "$PY" - "$STAGES" "$OUT/gpu_check.json" <<'PY'
-import json, sys
-stages = []
-for line in open(sys.argv[1]):
-    name, status, seconds, detail = line.rstrip("\n").split("\t", 3)
-    stages.append({"stage": name, "status": status, "seconds": float(seconds), "detail": detail})
-json.dump({"stages": stages}, open(sys.argv[2], "w"), indent=2)
-PY
-}
-
-run_stage() {  # name timeout command...
-  local name=$1 limit=$2
-  shift 2
-  local start=$SECONDS
-  echo "== $name"
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  local status=passed
-  if [ $rc -eq 124 ]; then status="timed out after ${limit}s"; failed=1
-  elif [ $rc -ne 0 ]; then status="failed (exit $rc)"; failed=1; fi
-  record "$name" "$status" "$((SECONDS - start))" "$(tail -n 3 "$OUT/$name.log" | tr '\t\n' '  ')"
-  echo "   $status"
-  tail -n 5 "$OUT/$name.log"
-}
-
-run_stage environment 30 "$PY" - <<'PY'
-import importlib, json, shutil, subprocess
-found = {}
-for name in ["numpy", "ml_dtypes", "torch", "cupy", "sklearn", "pytest", "hypothesis", "psutil"]:
-    try:
-        found[name] = getattr(importlib.import_module(name), "__version__", "?")
-    except Exception as error:  # noqa: BLE001
-        found[name] = f"missing ({type(error).__name__})"
-try:
-    import torch
-    found["torch.cuda"] = torch.cuda.is_available() and [
-        torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-except Exception as error:  # noqa: BLE001
-    found["torch.cuda"] = str(error)
-if shutil.which("nvidia-smi"):
-    found["nvidia-smi"] = subprocess.run(["nvidia-smi", "-L"], capture_output=True,
-                                         text=True).stdout.strip()
-print(json.dumps(found, indent=1))
-PY
-
-# Build into the interpreter's own environment when it is a virtual one, else
-# into a new one that sees the system's packages (nothing is downloaded).
-if ! "$PY" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
-  "$PY" -m venv --system-site-packages "$OUT/venv" && PY="$OUT/venv/bin/python"
+# The extension goes into PYTHON's environment when it is a virtual one, else
+# into a scratch venv that sees the system's packages.
+if "$HOST_PY" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
+  PY=$HOST_PY
+else
+  PY=$SCRATCH/venv/bin/python
 fi
-run_stage build 120 "$PY" -m pip install --no-build-isolation --no-deps --no-index -q .
+if ! selected build && { selected tests || selected bench || selected fixture; }; then
+  if why=$("$HOST_PY" scripts/gpu_check_steps.py built "$PY" 2>&1); then :; else
+    SELECTED="build $SELECTED"
+    BUILD_NOTE="run although not selected: a selected stage needs the extension and $why"
+  fi
+fi
+SELECTED=$(for stage in $ALL_STAGES; do selected "$stage" && printf '%s ' "$stage"; done)
+SELECTED=${SELECTED% }
+if [ -n "${GPU_CHECK_PLAN_ONLY:-}" ]; then  # say what would run, run nothing
+  echo "stages: $SELECTED"
+  [ -n "${BUILD_NOTE:-}" ] && echo "build: $BUILD_NOTE"
+  exit 0
+fi
+limits=$(for stage in $ALL_STAGES; do printf '%s=%s ' "$stage" "${LIMIT[$stage]}"; done)
+"${STEPS[@]}" summary init "$SUMMARY" "$SELECTED" "${QUICK_FLAG:+1}" "$limits" || exit 2
+
+publish() {  # OUT gets the staging folder's files, each replaced in one rename
+  local log
+  for log in "$LOGS"/*; do  # a runaway log is cut to its head and tail
+    [ -f "$log" ] && [ "$(stat -c %s "$log")" -gt $((4 << 20)) ] || continue
+    { head -c $((1 << 20)) "$log"; printf '\n[... cut by gpu_check.sh ...]\n'; tail -c $((3 << 20)) "$log"; } > "$log.cut" && mv "$log.cut" "$log"
+  done
+  tar -czf "$STAGING/logs.tar.gz" -C "$SCRATCH" logs 2>/dev/null
+  local file
+  for file in "$STAGING"/*; do
+    [ -f "$file" ] && [[ $file != *.part ]] || continue  # .part: a write cut short
+    cp "$file" "$OUT/.$(basename "$file").part" && mv -f "$OUT/.$(basename "$file").part" "$OUT/$(basename "$file")"
+  done
+}
+
+elapsed() { awk -v a="$STAGE_START" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+failed=0
+STAGE_PID=""
+CURRENT=""
+on_signal() {  # the script itself is stopped: end the stage, keep what it left
+  trap - TERM INT
+  [ -n "$STAGE_PID" ] && kill -TERM "$STAGE_PID" 2>/dev/null && wait "$STAGE_PID" 2>/dev/null
+  [ -n "$CURRENT" ] && "${STEPS[@]}" summary stage "$SUMMARY" "$CURRENT" interrupted \
+    "$(elapsed)" "${LIMIT[$CURRENT]}" "" "$LOGS/$CURRENT.log" "gpu_check.sh was stopped"
+  "${STEPS[@]}" summary finish "$SUMMARY" 1 interrupted >/dev/null
+  publish
+  exit 1
+}
+trap on_signal TERM INT
+
+record() {  # name status seconds rc note
+  "${STEPS[@]}" summary stage "$SUMMARY" "$1" "$2" "$3" "${LIMIT[$1]}" "$4" "$LOGS/$1.log" "${5:-}"
+  publish
+}
+
+run_stage() {  # name command...: under the stage's limit, logged, recorded
+  local name=$1
+  shift
+  LAST_STATUS="not selected"
+  selected "$name" || return 0
+  if [ -n "${BUILD_FAILED:-}" ] && [[ " tests bench fixture " == *" $name "* ]]; then
+    record "$name" skipped 0 "" "not run: the build stage $BUILD_FAILED"
+    return 0
+  fi
+  local limit=${LIMIT[$name]} left=$((TOTAL_LIMIT - SECONDS - 5))
+  [ "$left" -lt "$limit" ] && limit=$left && LIMIT[$name]=$left
+  if [ "$limit" -le $((GRACE + 5)) ]; then
+    LAST_STATUS=skipped
+    record "$name" skipped 0 "" "no time left in the script's ${TOTAL_LIMIT} s"
+    return 0
+  fi
+  echo "== $name (limit ${limit} s)"
+  CURRENT=$name
+  STAGE_START=$EPOCHREALTIME
+  # In the background so that a signal to this script is handled at once.
+  timeout -k "$GRACE" "$((limit - GRACE))" "$@" > "$LOGS/$name.log" 2>&1 < /dev/null &
+  STAGE_PID=$!
+  wait "$STAGE_PID"
+  local rc=$? status=passed
+  STAGE_PID=""
+  CURRENT=""
+  case $rc in
+    0) ;;
+    77) status=skipped ;;
+    124|137) status="timed out"; failed=1 ;;
+    *) status=failed; failed=1 ;;
+  esac
+  record "$name" "$status" "$(elapsed)" "$rc" "$( [ "$name" = build ] && echo "${BUILD_NOTE:-}")"
+  LAST_STATUS=$status
+  echo "   $status"
+  grep '^REASON: ' "$LOGS/$name.log" | sed 's/^/   /'
+  tail -n 5 "$LOGS/$name.log" | sed 's/^/   | /'
+}
+
+run_stage environment "$HOST_PY" scripts/gpu_check_steps.py environment
+
+run_stage build "$HOST_PY" scripts/gpu_check_steps.py build "$HOST_PY" "$PY"
+[ "$LAST_STATUS" = passed ] || [ "$LAST_STATUS" = "not selected" ] || BUILD_FAILED=$LAST_STATUS
 
 cuda_h=""
 for dir in "${CUDA_HOME:-/nonexistent}/include" /usr/local/cuda/include \
-           $("$PY" -c 'import nvidia, glob; print(" ".join(p for d in nvidia.__path__ for p in glob.glob(d + "/*/include")))' 2>/dev/null); do
+           $("$HOST_PY" -c 'import nvidia, glob; print(" ".join(p for d in nvidia.__path__ for p in glob.glob(d + "/*/include")))' 2>/dev/null); do
   if [ -f "$dir/cuda.h" ]; then cuda_h=$dir; break; fi
 done
 if [ -n "$cuda_h" ]; then
-  run_stage abi 30 bash -c "g++ -std=c++17 -I'$cuda_h' scripts/check_driver_abi.cpp -o '$OUT/check_driver_abi' && '$OUT/check_driver_abi'"
-else
-  record abi "skipped" 0 "no cuda.h on this machine (CUDA_HOME, /usr/local/cuda, nvidia wheels)"
+  run_stage abi bash -c 'echo "cuda.h from $1" && g++ -std=c++17 -I"$1" scripts/check_driver_abi.cpp -o "$2" && "$2"' \
+    abi "$cuda_h" "$SCRATCH/check_driver_abi"
+elif selected abi; then
+  echo "REASON: no cuda.h on this machine (CUDA_HOME, /usr/local/cuda, nvidia wheels)" > "$LOGS/abi.log"
+  record abi skipped 0 ""
 fi
 
-if env -u TENSORBRIDGE_LIBCUDA "$PY" -c 'import tensorbridge as tb, sys; sys.exit(not tb.cuda_available())' 2>/dev/null; then
-  run_stage tests 120 env -u TENSORBRIDGE_LIBCUDA TENSORBRIDGE_TEST_DRIVER=real \
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_readme.py
-else
-  run_stage tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_device_engine.py tests/test_gpu.py
-fi
+run_stage tests "$PY" scripts/gpu_check_steps.py tests "${QUICK:-0}" "$LOGS/tests-junit.xml"
 
-run_stage bench 150 env -u TENSORBRIDGE_LIBCUDA "$PY" -m tensorbridge bench --device all ${QUICK:+--quick} --json "$OUT/bench.json"
+run_stage bench env -u TENSORBRIDGE_LIBCUDA "$PY" -m tensorbridge bench --device all \
+  $QUICK_FLAG --json "$STAGING/bench.json"
 
-# A TorchTransformer fitted on this machine's GPU, for tests/fixtures: CI
-# checks that it loads where no GPU exists.
-run_stage fixture 30 env -u TENSORBRIDGE_LIBCUDA "$PY" - "$OUT/torch_transformer_cuda.pkl" <<'PY'
-import sys, joblib, numpy as np, torch
-from tensorbridge.sklearn import TorchTransformer
-if not torch.cuda.is_available():
-    print("no CUDA GPU: fixture not written"); sys.exit(0)
-torch.manual_seed(0)
-model = TorchTransformer(torch.nn.Linear(4, 3), device="cuda").fit(np.ones((8, 4), np.float32))
-joblib.dump(model, sys.argv[1])
-print("wrote", sys.argv[1], model.device_)
-PY
+run_stage fixture env -u TENSORBRIDGE_LIBCUDA "$PY" scripts/gpu_check_steps.py fixture \
+  "$STAGING/torch_transformer_cuda.pkl"
 
-echo "== summary in $OUT/gpu_check.json"
-cat "$OUT/gpu_check.json"
+echo "== summary ($OUT/gpu_check.json; full logs in $OUT/logs.tar.gz)"
+"${STEPS[@]}" summary finish "$SUMMARY" "$failed"
+publish
 exit $failed

@@ -2,11 +2,15 @@
 
 import json
 import os
+import pathlib
 import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 EXPECTED_CPU_METHODS = {
     "t.numpy()", "np.asarray(t)", "np.from_dlpack(t)", "t.detach().cpu().numpy()",
@@ -115,4 +119,165 @@ def test_missing_matplotlib_is_a_clear_failure(tmp_path):
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 1
     assert "--plot needs matplotlib" in result.stderr and "tensorbridge[bench]" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+# -- a failing case is recorded and the run goes on; the JSON is kept current --
+
+
+@pytest.fixture
+def fake_cases(monkeypatch):
+    """Replaces the bench's cases with small ones, some of which fail."""
+    from tensorbridge import _bench
+
+    seen_on_disk = []  # the JSON as the second case began
+    calls = {"late": 0}
+
+    def fails_late():
+        calls["late"] += 1
+        if calls["late"] > 3:  # after the warm-up: in a round
+            raise ValueError("gave up in a round")
+
+    def cases(settings, skipped):
+        def first():
+            return _bench.Case("fake: one fails at once, one later", "cpu", 64, "np.zeros", {
+                "np.zeros": lambda: np.zeros(8),
+                "raises": lambda: 1 / 0,
+                "fails late": fails_late,
+                "np.ones": lambda: np.ones(8)})
+
+        def no_data():
+            if settings.json_path:
+                seen_on_disk.append(json.loads(pathlib.Path(settings.json_path).read_text()))
+            raise MemoryError("no room for the case's data")
+
+        def no_baseline():
+            return _bench.Case("fake: the baseline fails", "cpu", 64, "broken", {
+                "broken": lambda: [][1], "np.empty": lambda: np.empty(8)})
+
+        yield first
+        yield no_data
+        yield no_baseline
+
+    monkeypatch.setattr(_bench, "build_cases", cases)
+    monkeypatch.setattr(_bench, "collect_peak_memory", lambda count: {})
+    return seen_on_disk
+
+
+def bench_in_process(capsys, *args):
+    from tensorbridge import _bench
+    from tensorbridge.cli import main
+
+    json_path = args[args.index("--json") + 1] if "--json" in args else None
+    _bench.Settings.json_path = json_path  # read by the fake cases only
+    try:
+        status = main(["bench", "--device", "cpu", "--repeats", "3", "--budget", "0.01", *args])
+    finally:
+        del _bench.Settings.json_path
+    return status, capsys.readouterr()
+
+
+def test_a_failing_method_is_recorded_and_the_run_goes_on(fake_cases, tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    status, output = bench_in_process(capsys, "--json", str(path))
+    assert status == 1  # something failed, and everything else was measured
+    report = json.loads(path.read_text())
+    assert report["schema"] == 2 and report["complete"] is True
+    measured = {(row["case"], row["method"]) for row in report["results"]}
+    assert measured == {("fake: one fails at once, one later", "np.zeros"),
+                        ("fake: one fails at once, one later", "np.ones"),
+                        ("fake: the baseline fails", "np.empty")}
+    failed = {(f["method"], f["error"].splitlines()[-1]) for f in report["failed"]}
+    assert failed == {("raises", "ZeroDivisionError: division by zero"),
+                      ("fails late", "ValueError: gave up in a round"),
+                      ("(making the case's data)", "MemoryError: no room for the case's data"),
+                      ("broken", "IndexError: list index out of range")}
+    during = {f["method"]: f.get("during") for f in report["failed"]}
+    assert during["raises"] == "warm-up" and during["fails late"].startswith("round")
+    assert all(f["where"] for f in report["failed"])
+    assert [c["status"] for c in report["cases"]] == ["partly failed", "failed", "partly failed"]
+    assert report["cases"][1]["case"] == "no_data()"
+    (empty,) = [r for r in report["results"] if r["method"] == "np.empty"]
+    assert empty["ratio_to_baseline"] is None  # no baseline, no ratio
+    # the table shows each failure in its case, and says how many there were
+    assert "raises" in output.out and "FAILED: ZeroDivisionError: division by zero" in output.out
+    assert "FAILED: MemoryError: no room" in output.out
+    assert "failed: 4 method(s)" in output.out
+    assert "4 method(s) failed" in output.err
+    assert sorted(os.listdir(tmp_path)) == ["bench.json"]  # no partial file left
+
+
+def test_the_json_is_on_disk_after_every_case(fake_cases, tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    bench_in_process(capsys, "--json", str(path))
+    (seen,) = fake_cases
+    assert seen["schema"] == 2 and seen["complete"] is False
+    assert [c["case"] for c in seen["cases"]] == ["fake: one fails at once, one later"]
+    assert {row["method"] for row in seen["results"]} == {"np.zeros", "np.ones"}
+
+
+def test_an_interrupted_run_keeps_what_it_measured(monkeypatch, tmp_path, capsys):
+    from tensorbridge import _bench
+
+    def cases(settings, skipped):
+        yield lambda: _bench.Case("fake: quick", "cpu", 64, "np.zeros",
+                                  {"np.zeros": lambda: np.zeros(8)})
+
+        def stopped():  # what SIGTERM (a stage's time limit) or Ctrl-C does
+            raise KeyboardInterrupt
+
+        yield stopped
+
+    monkeypatch.setattr(_bench, "build_cases", cases)
+    path = tmp_path / "bench.json"
+    status, output = bench_in_process(capsys, "--json", str(path))
+    assert status == 1 and "interrupted" in output.err
+    report = json.loads(path.read_text())
+    assert report["interrupted"] is True and report["complete"] is False
+    assert [row["method"] for row in report["results"]] == ["np.zeros"]
+    assert "incomplete: the run stopped before its last case" in output.out
+    assert sorted(os.listdir(tmp_path)) == ["bench.json"]
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+def test_output_paths_are_checked_before_the_run(option, monkeypatch, tmp_path, capsys):
+    from tensorbridge import _bench
+
+    monkeypatch.setattr(_bench, "run", lambda *a, **k: pytest.fail("ran anyway"))
+    for path, why in ((tmp_path / "absent" / "out.file", "does not exist"),
+                      (tmp_path, "is a directory")):
+        status, output = bench_in_process(capsys, option, str(path))
+        assert status == 2 and f"{option} {path}: " in output.err and why in output.err
+
+
+def test_committed_results_stay_readable(capsys):
+    from tensorbridge import _bench
+    from tensorbridge.cli import _print_table
+
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        report = _bench.load_report(path)
+        assert report["schema"] == _bench.SCHEMA and isinstance(report["failed"], list)
+        assert report["cases"] and all(c["status"] for c in report["cases"])
+        _print_table(report, sys.stdout)
+        assert "tb.to_numpy(t)" in capsys.readouterr().out
+
+
+def test_a_report_from_a_newer_schema_is_refused(tmp_path):
+    from tensorbridge import _bench
+
+    path = tmp_path / "future.json"
+    path.write_text(json.dumps({"schema": _bench.SCHEMA + 1, "results": []}))
+    with pytest.raises(ValueError, match="upgrade tensorbridge"):
+        _bench.load_report(path)
+
+
+def test_device_cuda_without_a_gpu_is_one_line_and_a_failure(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from tensorbridge.cli import main
+
+    assert main(["bench", "--device", "cuda", "--json", str(tmp_path / "x.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA GPU found" in err
     assert os.listdir(tmp_path) == []

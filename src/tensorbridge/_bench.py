@@ -7,16 +7,25 @@ are done or the case's time budget is spent. CPU wall time and, on a GPU,
 CUDA event time are reported apart: median and interquartile range, bytes/s,
 and ratios to the case's baseline and to the ceilings (host memcpy; a raw
 pinned device-to-host copy on a GPU).
+
+A method that raises is recorded in the report's "failed" list (case, method,
+error) and dropped from its case; the other methods and cases go on. The
+report is handed to a checkpoint callback after every case, so a run stopped
+part-way (a time limit, Ctrl-C) still leaves what it measured. Its layout is
+versioned by SCHEMA (see benchmarks/README.md); `load_report` reads every
+version written so far.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -66,28 +75,95 @@ class Case:
     skipped: dict = field(default_factory=dict)  # method -> why it cannot run here
 
 
-def run(settings: Settings, progress=None) -> dict:
-    """Run every case the machine supports; returns the JSON-ready report."""
-    report = {"settings": vars(settings).copy(), "versions": versions(), "hardware": hardware(),
-              "results": [], "skipped": []}
+# 1: the first layout (no "schema" key); 2: adds "schema", "complete", "cases"
+# (one entry per case, in run order, with its status and seconds) and "failed".
+SCHEMA = 2
+
+
+def run(settings: Settings, progress=None, checkpoint=None) -> dict:
+    """Run every case the machine supports; returns the JSON-ready report.
+
+    `checkpoint(report)` is called once the report exists and again after each
+    case: the report then holds every case finished so far, with "complete"
+    False until the run ends.
+    """
+    report = {"schema": SCHEMA, "complete": False, "settings": vars(settings).copy(),
+              "versions": versions(), "hardware": hardware(),
+              "cases": [], "results": [], "skipped": [], "failed": []}
     report["settings"]["devices"] = list(settings.devices)
+    save = checkpoint or (lambda report: None)
+    save(report)
     # Each case's data is made just before it runs and freed after, so that
     # the largest sizes fit in memory.
     plan = list(build_cases(settings, report["skipped"]))
     for index, make_case in enumerate(plan):
-        case = make_case()
+        start = time.perf_counter()
+        try:
+            case = make_case()
+        except Exception as error:  # noqa: BLE001 - recorded, and the run goes on
+            title = _factory_title(make_case)
+            report["failed"].append({"case": title, "method": "(making the case's data)",
+                                     **_error_fields(error)})
+            report["cases"].append({"case": title, "device": None, "status": "failed",
+                                    "seconds": time.perf_counter() - start})
+            save(report)
+            gc.collect()
+            continue
         if progress:
             progress(index, len(plan), case.title)
-        report["results"].extend(measure_case(case, settings))
+        rows, failed = measure_case(case, settings)
+        report["results"].extend(rows)
+        report["failed"].extend(failed)
         for method, why in case.skipped.items():
             report["skipped"].append({"case": case.title, "method": method, "reason": why})
+        status = "measured" if not failed else "failed" if not rows else "partly failed"
+        report["cases"].append({"case": case.title, "device": case.device, "status": status,
+                                "seconds": time.perf_counter() - start})
         del case
         gc.collect()
+        save(report)
     if "cpu" in settings.devices:
         report["collect_peak_memory"] = collect_peak_memory(16 if settings.quick else 64)
+    report["complete"] = True
+    save(report)
     if progress:
         progress(len(plan), len(plan), "done")
     return report
+
+
+def load_report(path) -> dict:
+    """A report written by any version of `tensorbridge bench --json`, in this
+    version's layout (schema 1 files gain empty "failed", derived "cases")."""
+    with open(path) as f:
+        report = json.load(f)
+    schema = report.get("schema", 1)
+    if not isinstance(schema, int) or schema > SCHEMA:
+        raise ValueError(f"load_report: {path} has schema {schema!r}; this tensorbridge reads "
+                         f"schemas 1 to {SCHEMA}: upgrade tensorbridge to read it")
+    if schema == 1:
+        report["schema"] = SCHEMA
+        report.setdefault("complete", True)
+        report.setdefault("failed", [])
+        report.setdefault("skipped", [])
+        devices = {row["case"]: row["device"] for row in report.get("results", [])}
+        report.setdefault("cases", [{"case": title, "device": device, "status": "measured",
+                                     "seconds": None} for title, device in devices.items()])
+    return report
+
+
+def _error_fields(error) -> dict:
+    text = "".join(traceback.format_exception_only(type(error), error)).strip()
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
+    return {"error": text[:2000], "where": where}
+
+
+def _factory_title(make_case) -> str:
+    # The title is made by the factory itself; name the factory and its plain
+    # arguments (not the torch module) instead.
+    func = getattr(make_case, "func", make_case)
+    args = [repr(a) for a in getattr(make_case, "args", ()) if isinstance(a, (int, float, str))]
+    return f"{getattr(func, '__name__', repr(func)).lstrip('_')}({', '.join(args)})"
 
 
 _PEAK_PROBE = """
@@ -126,45 +202,62 @@ def collect_peak_memory(count: int) -> dict:
 # -- timing ----------------------------------------------------------------------
 
 
-def measure_case(case: Case, settings: Settings) -> list:
+def measure_case(case: Case, settings: Settings):
+    """Returns (rows, failed): a row per method measured, an entry per method
+    that raised (dropped from the case from then on)."""
     sync = case.sync or (lambda: None)
     events = _cuda_events() if case.device == "cuda" else None
+    methods = dict(case.methods)
+    failed = []
 
     def call(fn):  # a device method's work ends when the device is done
         fn()
         sync()
 
+    def drop(name, error, when):
+        failed.append({"case": case.title, "method": name, "during": when,
+                       **_error_fields(error)})
+        del methods[name]
+
     # Warm up, and calibrate: each sample repeats a method enough times to
     # last about 1/(repeats * methods) of the budget (at least 100 us), so that
     # sub-microsecond calls are not drowned by the clock.
     numbers = {}
-    target = max(1e-4, settings.budget_s / (settings.repeats * len(case.methods)))
-    for name, fn in case.methods.items():
-        call(fn)
-        start = time.perf_counter()
-        call(fn)
+    target = max(1e-4, settings.budget_s / (settings.repeats * max(len(methods), 1)))
+    for name, fn in list(methods.items()):
+        try:
+            call(fn)
+            start = time.perf_counter()
+            call(fn)
+        except Exception as error:  # noqa: BLE001 - recorded, and the case goes on
+            drop(name, error, "warm-up")
+            continue
         single = max(time.perf_counter() - start, 1e-7)
         numbers[name] = max(1, min(100_000, int(target / single)))
-    samples = {name: ([], []) for name in case.methods}
+    samples = {name: ([], []) for name in methods}
     deadline = time.perf_counter() + settings.budget_s
     rounds = 0
-    while rounds < settings.repeats and (rounds < 3 or time.perf_counter() < deadline):
-        for name, fn in case.methods.items():
+    while methods and rounds < settings.repeats and (rounds < 3 or time.perf_counter() < deadline):
+        for name, fn in list(methods.items()):
             wall, gpu = samples[name]
             number = numbers[name]
-            if events:
-                events[0].record()
-            start = time.perf_counter()
-            for _ in range(number):
-                call(fn)
-            wall.append((time.perf_counter() - start) / number)
-            if events:
-                events[1].record()
-                events[1].synchronize()
-                gpu.append(events[0].elapsed_time(events[1]) / 1e3 / number)
+            try:
+                if events:
+                    events[0].record()
+                start = time.perf_counter()
+                for _ in range(number):
+                    call(fn)
+                wall.append((time.perf_counter() - start) / number)
+                if events:
+                    events[1].record()
+                    events[1].synchronize()
+                    gpu.append(events[0].elapsed_time(events[1]) / 1e3 / number)
+            except Exception as error:  # noqa: BLE001
+                drop(name, error, f"round {rounds + 1}")
         rounds += 1
     rows = []
-    for name, (wall, gpu) in samples.items():
+    for name in methods:
+        wall, gpu = samples[name]
         row = {"case": case.title, "device": case.device, "method": name, "bytes": case.nbytes,
                "rounds": len(wall), "calls_per_round": numbers[name], **_summary(wall, "")}
         if gpu:
@@ -173,10 +266,12 @@ def measure_case(case: Case, settings: Settings) -> list:
         rows.append(row)
     medians = {row["method"]: row["median_s"] for row in rows}
     for row in rows:
-        row["ratio_to_baseline"] = row["median_s"] / medians[case.baseline]
+        # None when the baseline itself failed: no ratio is better than a wrong one
+        row["ratio_to_baseline"] = (row["median_s"] / medians[case.baseline]
+                                    if case.baseline in medians else None)
         if case.ceiling in medians:
             row["ratio_to_ceiling"] = row["median_s"] / medians[case.ceiling]
-    return rows
+    return rows, failed
 
 
 def _summary(values, prefix):

@@ -3,8 +3,12 @@
     tensorbridge bench [--quick] [--device cpu|cuda|all] [--json PATH|-] [--plot PATH.png]
     tensorbridge info
 
-Exit status: 0 ok, 1 failure, 2 usage error. Nothing is written but the
-paths named on the command line.
+Exit status: 0 ok, 1 failure (for bench: a method that raised, recorded in the
+table and the JSON while the rest ran; or no GPU for --device cuda), 2 usage
+error (an output path that cannot be written is one, found before the run).
+Nothing is written but the paths named on the command line; `--json PATH` is
+rewritten atomically after every case, so a run stopped part-way leaves the
+cases it finished ("complete": false).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 
@@ -70,8 +75,11 @@ def _positive_float(text):
 
 
 def _bench(args) -> int:
-    from . import _bench as bench
-
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        problem = _unwritable(path) if path and path != "-" else None
+        if problem:
+            print(f"tensorbridge bench: {option} {path}: {problem}", file=sys.stderr)
+            return 2
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -79,22 +87,93 @@ def _bench(args) -> int:
             print("tensorbridge bench: --plot needs matplotlib; install it with "
                   "pip install 'tensorbridge[bench]'", file=sys.stderr)
             return 1
+    if args.device == "cuda" and not _torch_sees_a_gpu():
+        print("tensorbridge bench: --device cuda: no CUDA GPU found "
+              "(torch is missing or torch.cuda.is_available() is False)", file=sys.stderr)
+        return 1
+    from . import _bench as bench
+
     devices = ("cpu", "cuda") if args.device == "all" else (args.device,)
     settings = bench.Settings.make(args.quick, devices, args.repeats, args.budget,
                                    workflows=not args.no_workflows)
-    report = bench.run(settings, progress=_progress_bar)
     to_stdout = args.json == "-"
-    _print_table(report, sys.stderr if to_stdout else sys.stdout)
-    if args.json:
-        text = json.dumps(report, indent=2, default=str)
-        if to_stdout:
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+    latest = {}
+
+    def checkpoint(report):
+        latest["report"] = report
+        if args.json and not to_stdout:
+            _write_atomically(args.json, json.dumps(report, indent=2, default=str) + "\n")
+
+    # SIGTERM (a time limit: `timeout`) ends the run as Ctrl-C does: what was
+    # measured is written and shown before the exit.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = bench.run(settings, progress=_progress_bar, checkpoint=checkpoint)
+    except KeyboardInterrupt:
+        report = latest.get("report")
+        if report is not None:
+            report["interrupted"] = True
+            _finish(report, args, to_stdout, checkpoint)
+        print("interrupted", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _finish(report, args, to_stdout, checkpoint)
     if args.plot:
         _plot(report, args.plot)
+    if report["failed"]:
+        print(f"tensorbridge bench: {len(report['failed'])} method(s) failed; the others were "
+              "measured (see the table)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _finish(report, args, to_stdout, checkpoint):
+    _print_table(report, sys.stderr if to_stdout else sys.stdout)
+    if to_stdout:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        checkpoint(report)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _torch_sees_a_gpu():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _unwritable(path):
+    """Why `path` cannot be written, or None; checked before a run of minutes."""
+    if os.path.isdir(path):
+        return "is a directory"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"its folder {directory} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"its folder {directory} is not writable"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "exists and is not writable"
+    return None
+
+
+def _write_atomically(path, text):
+    # Readers (and a run killed mid-write) see the old file or the new one,
+    # never half of one.
+    part = f"{path}.part"
+    try:
+        with open(part, "w") as f:
+            f.write(text)
+        os.replace(part, path)
+    except BaseException:
+        if os.path.exists(part):
+            os.unlink(part)
+        raise
 
 
 def _progress_bar(done, total, label):
@@ -109,19 +188,25 @@ def _progress_bar(done, total, label):
 
 
 def _print_table(report, out):
+    """The report as tables, one per case in run order; failed methods in place."""
     header = (f"{'method':38} {'median':>11} {'spread':>10} {'GPU time':>11} {'GB/s':>8} "
               f"{'vs base':>8} {'vs ceil':>8}")
-    case = None
-    for row in report["results"]:
-        if row["case"] != case:
-            case = row["case"]
-            print(f"\n{case}\n{header}", file=out)
-        gpu = f"{row['gpu_median_s'] * 1e6:9.1f}us" if "gpu_median_s" in row else " " * 11
-        rate = f"{row['bytes_per_s'] / 1e9:8.2f}" if row.get("bytes_per_s") else " " * 8
-        ceiling = f"{row['ratio_to_ceiling']:7.2f}x" if "ratio_to_ceiling" in row else " " * 8
-        print(f"{row['method'][:38]:38} {row['median_s'] * 1e6:9.2f}us "
-              f"{row['iqr_s'] * 1e6:8.2f}us {gpu} {rate} {row['ratio_to_baseline']:7.2f}x "
-              f"{ceiling}", file=out)
+    failed = report.get("failed", [])  # absent in schema 1 reports
+    order = dict.fromkeys([c["case"] for c in report.get("cases", [])]
+                          + [r["case"] for r in report["results"]] + [f["case"] for f in failed])
+    for case in order:
+        print(f"\n{case}\n{header}", file=out)
+        for row in (r for r in report["results"] if r["case"] == case):
+            gpu = f"{row['gpu_median_s'] * 1e6:9.1f}us" if "gpu_median_s" in row else " " * 11
+            rate = f"{row['bytes_per_s'] / 1e9:8.2f}" if row.get("bytes_per_s") else " " * 8
+            base = row.get("ratio_to_baseline")
+            base = f"{base:7.2f}x" if base is not None else f"{'-':>8}"
+            ceiling = f"{row['ratio_to_ceiling']:7.2f}x" if "ratio_to_ceiling" in row else " " * 8
+            print(f"{row['method'][:38]:38} {row['median_s'] * 1e6:9.2f}us "
+                  f"{row['iqr_s'] * 1e6:8.2f}us {gpu} {rate} {base} {ceiling}", file=out)
+        for failure in (f for f in failed if f["case"] == case):
+            error = failure["error"].splitlines()[-1] if failure["error"] else "?"
+            print(f"{failure['method'][:38]:38} FAILED: {error[:120]}", file=out)
     peak = report.get("collect_peak_memory")
     if peak:
         print("\ncollect, peak memory growth / result: " + ", ".join(
@@ -129,6 +214,11 @@ def _print_table(report, out):
             for name, value in peak.items()), file=out)
     for skip in report["skipped"]:
         print(f"skipped: {skip['method']} ({skip['case']}): {skip['reason']}", file=out)
+    if failed:
+        print(f"failed: {len(failed)} method(s), each shown in its case above and in the JSON "
+              "with the full error", file=out)
+    if not report.get("complete", True):
+        print("incomplete: the run stopped before its last case", file=out)
     print("\nmedian: per call; spread: interquartile range; vs base: time / the case's first "
           "method; vs ceil: time / the memory (CPU) or link (GPU) ceiling", file=out)
 

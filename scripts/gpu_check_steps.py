@@ -1,0 +1,327 @@
+"""The Python half of scripts/gpu_check.sh: its stages' bodies and its summary.
+
+    gpu_check_steps.py environment
+    gpu_check_steps.py built PYTHON             exit 0 when PYTHON's tensorbridge is built from this tree
+    gpu_check_steps.py build HOST_PYTHON PYTHON create PYTHON's venv if missing, install, stamp
+    gpu_check_steps.py tests QUICK JUNIT_XML    choose the driver, then exec pytest
+    gpu_check_steps.py fixture PATH
+    gpu_check_steps.py summary init|stage|finish SUMMARY ...
+
+Standard library only, so that it runs with any interpreter: the summary is
+written before anything is built. A stage body prints "REASON: ..." lines for
+the summary, and exits SKIPPED (77, as automake's tests do) when it had nothing
+to do on this machine.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ["environment", "build", "abi", "tests", "bench", "fixture"]
+SKIPPED = 77
+STAMP = "tensorbridge-gpu-check.stamp"
+
+
+def reason(text):
+    print(f"REASON: {text}", flush=True)
+
+
+# -- environment -------------------------------------------------------------------
+
+
+def environment():
+    import importlib
+    import shutil
+
+    found = {"python": sys.version.split()[0], "executable": sys.executable}
+    for name in ["numpy", "ml_dtypes", "torch", "cupy", "sklearn", "pytest", "hypothesis",
+                 "psutil", "pybind11", "scikit_build_core", "cmake", "ninja"]:
+        try:
+            found[name] = getattr(importlib.import_module(name), "__version__", "?")
+        except Exception as error:  # noqa: BLE001 - reported, not fatal
+            found[name] = f"missing ({type(error).__name__})"
+    try:
+        import torch
+
+        found["torch.cuda"] = torch.cuda.is_available() and [
+            torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        found["torch.version.cuda"] = torch.version.cuda
+    except Exception as error:  # noqa: BLE001
+        found["torch.cuda"] = f"{type(error).__name__}: {error}"
+    if shutil.which("nvidia-smi"):
+        found["nvidia-smi"] = subprocess.run(["nvidia-smi", "-L"], capture_output=True,
+                                             text=True, timeout=20).stdout.strip()
+    for tool in ("cmake", "ninja", "g++", "nvidia-smi"):
+        where = shutil.which(tool)
+        found[f"{tool} (on PATH)"] = where and subprocess.run(
+            [where, "--version"], capture_output=True, text=True, timeout=20).stdout.split("\n")[0]
+    found["cpus"] = os.cpu_count()
+    print(json.dumps(found, indent=1))
+    gpus = found["torch.cuda"]
+    reason(f"torch sees {len(gpus)} GPU(s): {gpus[0]}" if isinstance(gpus, list) and gpus
+           else "torch sees no GPU")
+
+
+# -- build -------------------------------------------------------------------------
+
+
+def source_hash():
+    """What the installed extension and package are made from."""
+    digest = hashlib.sha256()
+    paths = ["CMakeLists.txt", "pyproject.toml"]
+    for top in ("csrc", "src"):
+        for folder, dirs, files in os.walk(os.path.join(ROOT, top)):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.endswith(".egg-info"))
+            paths += [os.path.relpath(os.path.join(folder, f), ROOT) for f in sorted(files)
+                      if not f.endswith((".pyc", ".so"))]
+    for path in paths:
+        digest.update(path.encode() + b"\0")
+        with open(os.path.join(ROOT, path), "rb") as f:
+            digest.update(f.read() + b"\0")
+    return digest.hexdigest()
+
+
+def built(python):
+    """Why `python` needs a build, or None when it has this tree's tensorbridge."""
+    if not os.path.exists(python):
+        return f"{python} does not exist yet"
+    probe = subprocess.run([python, "-c", "import sys, tensorbridge._core; print(sys.prefix)"],
+                           capture_output=True, text=True, cwd="/", timeout=60)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return f"tensorbridge does not import there ({last})"
+    stamp = os.path.join(probe.stdout.strip(), STAMP)
+    try:
+        with open(stamp) as f:
+            if f.read().strip() == source_hash():
+                return None
+    except OSError:
+        return "it was not installed by gpu_check.sh's build stage (no stamp)"
+    return "its tensorbridge was built from other sources (stale stamp)"
+
+
+def build(host_python, python):
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+    pip = [python, "-m", "pip"]
+    if not os.path.exists(python):
+        venv = os.path.dirname(os.path.dirname(python))
+        print(f"creating {venv} (sees this interpreter's packages; nothing is downloaded)",
+              flush=True)
+        made = subprocess.run([host_python, "-m", "venv", "--system-site-packages", venv])
+        if made.returncode != 0:  # no ensurepip (Debian without python3-venv): pip from outside
+            print("venv with pip failed; retrying without pip, installing with the host's pip",
+                  flush=True)
+            subprocess.run([host_python, "-m", "venv", "--system-site-packages", "--without-pip",
+                            "--clear", venv], check=True)
+            pip = [host_python, "-m", "pip", "--python", python]
+    why = built(python)
+    if why is None:
+        reason("up to date: this tree's tensorbridge is already installed there")
+        return 0
+    print(f"building: {why}", flush=True)
+    start = time.monotonic()
+    installed = subprocess.run(pip + ["install", "--no-build-isolation", "--no-deps", "--no-index",
+                                      "--force-reinstall", ROOT], env=env, cwd=ROOT)
+    if installed.returncode != 0:
+        reason(f"pip install failed (exit {installed.returncode}); the compiler's output is above")
+        return 1
+    prefix = subprocess.run([python, "-c", "import sys, tensorbridge._core; print(sys.prefix)"],
+                            capture_output=True, text=True, cwd="/", check=True).stdout.strip()
+    with open(os.path.join(prefix, STAMP), "w") as f:
+        f.write(source_hash() + "\n")
+    reason(f"built and installed in {time.monotonic() - start:.0f} s into {prefix}")
+    return 0
+
+
+# -- tests -------------------------------------------------------------------------
+
+
+def tests(quick, junit_xml):
+    """The real driver when tensorbridge finds a GPU; a failure when torch finds
+    one and tensorbridge does not; the stand-in driver when neither does."""
+    env = dict(os.environ)
+    env.pop("TENSORBRIDGE_LIBCUDA", None)
+    probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                           env=env, cwd="/", timeout=120)
+    print(probe.stdout + probe.stderr, flush=True)
+    if probe.returncode != 0:
+        reason("the probe (import tensorbridge, torch) failed: see the log")
+        return 1
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    scripts = os.path.join(ROOT, "scripts")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [scripts, env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider",
+               "-p", "pytest_per_test_timeout", "--per-test-timeout=90",
+               "-o", "faulthandler_timeout=45", f"--junitxml={junit_xml}"]
+    if found["tensorbridge_cuda"]:
+        reason(f"tensorbridge finds {found['tensorbridge_status'].get('device_count')} GPU(s): "
+               "test_gpu.py and test_readme.py on the real driver")
+        env["TENSORBRIDGE_TEST_DRIVER"] = "real"
+        command += ["--fail-if-skipped=gpu", "tests/test_gpu.py", "tests/test_readme.py"]
+    elif found["torch_gpus"]:
+        reason(f"FAILED: torch sees {found['torch_gpus']} GPU(s) but tensorbridge.cuda_available() "
+               f"is False: {found['tensorbridge_status'].get('reason')!s} "
+               f"(library {found['tensorbridge_status'].get('library')!s})")
+        return 1
+    else:
+        reason("no GPU on this machine: the engine tests against the stand-in driver")
+        command += ["tests/test_device_engine.py", "tests/test_gpu.py"]
+    print(" ".join(command), flush=True)
+    os.chdir(ROOT)
+    os.execve(sys.executable, command, env)
+
+
+_PROBE = """
+import json
+import tensorbridge as tb
+found = {"tensorbridge_cuda": tb.cuda_available()}
+if hasattr(tb, "cuda_status"):
+    found["tensorbridge_status"] = tb.cuda_status()
+else:  # older tensorbridge: empty_pinned's error says why there is no driver
+    status = {"available": found["tensorbridge_cuda"], "reason": None}
+    try:
+        status["device_count"] = tb._core.device_count() if found["tensorbridge_cuda"] else 0
+        tb.empty_pinned((1,), "float32")
+    except Exception as error:
+        status["reason"] = f"{type(error).__name__}: {error}"
+    found["tensorbridge_status"] = status
+try:
+    import torch
+    found["torch_gpus"] = torch.cuda.device_count() if torch.cuda.is_available() else 0
+except ImportError:
+    found["torch_gpus"] = 0
+print(json.dumps(found, default=str))
+"""
+
+
+# -- fixture -----------------------------------------------------------------------
+
+
+def fixture(path):
+    """A TorchTransformer fitted on the GPU, for tests/fixtures: CI checks that
+    it loads where no GPU exists."""
+    import joblib
+    import numpy as np
+    import torch
+
+    from tensorbridge.sklearn import TorchTransformer
+
+    if not torch.cuda.is_available():
+        reason("no CUDA GPU: fixture not written")
+        return SKIPPED
+    torch.manual_seed(0)
+    model = TorchTransformer(torch.nn.Linear(4, 3), device="cuda").fit(
+        np.ones((8, 4), np.float32))
+    joblib.dump(model, path)
+    reason(f"wrote {os.path.basename(path)} (fitted on {model.device_})")
+    return 0
+
+
+# -- the summary -------------------------------------------------------------------
+#
+# gpu_check.json: {"schema": 1, "complete" (false when the script was stopped:
+# then "interrupted" is true), "exit_status", "started", "finished",
+# "selected", "quick", "limits_s", "stages": [{"stage", "status", "seconds",
+# "limit_s", "exit", "reason", "log_tail"}, ...]} with one entry per stage in
+# STAGES; status is "pending", "not selected", "passed", "failed", "timed out",
+# "skipped" or "interrupted".
+
+TAIL_LINES, TAIL_CHARS = 40, 4000
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _save(summary, path):
+    part = f"{path}.part"
+    with open(part, "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    os.replace(part, path)
+
+
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def summary_init(path, selected, quick, limits):
+    chosen = selected.split()
+    limit_of = dict(pair.split("=") for pair in limits.split())
+    _save({"schema": 1, "complete": False, "exit_status": None, "started": _now(),
+           "finished": None, "selected": chosen, "quick": quick == "1",
+           "limits_s": {name: int(value) for name, value in limit_of.items()},
+           "stages": [{"stage": name, "status": "pending" if name in chosen else "not selected",
+                       "seconds": None, "limit_s": int(limit_of.get(name, 0)), "exit": None,
+                       "reason": None, "log_tail": None} for name in STAGES]}, path)
+
+
+def summary_stage(path, name, status, seconds, limit, rc, log, note=""):
+    summary = _load(path)
+    lines = []
+    if log and os.path.exists(log):
+        with open(log, errors="replace") as f:
+            lines = f.read().splitlines()
+    reasons = [line[len("REASON: "):] for line in lines if line.startswith("REASON: ")]
+    tail = "\n".join(lines[-TAIL_LINES:])[-TAIL_CHARS:]
+    entry = next(s for s in summary["stages"] if s["stage"] == name)
+    entry.update(status=status, seconds=float(seconds), limit_s=int(limit),
+                 exit=int(rc) if rc not in ("", None) else None,
+                 reason="; ".join(filter(None, [note, *reasons])) or None, log_tail=tail)
+    if name == "bench":
+        entry["bench"] = _bench_digest(os.path.join(os.path.dirname(path), "bench.json"))
+    _save(summary, path)
+
+
+def _bench_digest(path):
+    try:
+        report = _load(path)
+    except (OSError, ValueError) as error:
+        return {"error": f"no bench JSON: {error}"}
+    return {"schema": report.get("schema", 1), "complete": report.get("complete"),
+            "interrupted": report.get("interrupted", False),
+            "cases": len(report.get("cases", [])), "results": len(report.get("results", [])),
+            "failed": [{k: f.get(k) for k in ("case", "method", "error")}
+                       for f in report.get("failed", [])[:10]]}
+
+
+def summary_finish(path, exit_status, how="complete"):
+    summary = _load(path)
+    summary.update(complete=how == "complete", exit_status=int(exit_status), finished=_now())
+    if how != "complete":
+        summary[how] = True
+    _save(summary, path)
+    for stage in summary["stages"]:
+        seconds = "" if stage["seconds"] is None else f"{stage['seconds']:5.0f} s"
+        print(f"  {stage['stage']:12} {stage['status']:13} {seconds:>8}  {stage['reason'] or ''}")
+
+
+def main(argv):
+    command, args = argv[0], argv[1:]
+    if command == "environment":
+        return environment()
+    if command == "built":
+        why = built(args[0])
+        print(why or "up to date")
+        return 0 if why is None else 1
+    if command == "build":
+        return build(*args)
+    if command == "tests":
+        return tests(*args)
+    if command == "fixture":
+        return fixture(*args)
+    if command == "summary":
+        action, *rest = args
+        return {"init": summary_init, "stage": summary_stage, "finish": summary_finish}[action](
+            *rest)
+    print(f"gpu_check_steps.py: unknown command {command!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]) or 0)
