@@ -37,6 +37,12 @@ void release_versioned(PyObject* owner) {
 
 }  // namespace
 
+PyObject* owner_of(DLManagedTensorVersioned* managed) {
+  PyObject* owner = PyCapsule_New(managed, kVersionedOwnerName, release_versioned);
+  if (owner == nullptr && managed->deleter != nullptr) managed->deleter(managed);
+  return owner;
+}
+
 std::string contract_violation(const DLTensor& t) {
   if (t.ndim < 0 || t.ndim > NPY_MAXDIMS) {
     return "ndim=" + std::to_string(t.ndim) + " is outside [0, " +
@@ -143,11 +149,8 @@ Taken take_capsule(PyObject* capsule) {
                  "; upgrade tensorbridge or ask the producer for an older version");
       return taken;
     }
-    taken.owner = PyCapsule_New(managed, kVersionedOwnerName, release_versioned);
-    if (taken.owner == nullptr) {
-      if (managed->deleter != nullptr) managed->deleter(managed);
-      return taken;
-    }
+    taken.owner = owner_of(managed);
+    if (taken.owner == nullptr) return taken;
     taken.tensor = &managed->dl_tensor;
     taken.writeable = (managed->flags & kFlagReadOnly) == 0;
   } else if (PyCapsule_IsValid(capsule, kCapsuleName)) {
