@@ -325,8 +325,9 @@ PyObject* numpy_method_view(PyObject* x, const TypeInfo& info) {
 }
 
 // Reads `x` through its type's exchange API into `tensor`; false (no Python
-// error set) when that is not possible or when the raw memory of a torch
-// tensor does not show its values. `wanted`, when given,
+// error set) when that is not possible, when the tensor breaks the DLPack
+// contract (a torch ZeroTensor has NULL data: its zeros are not in memory)
+// or when the raw memory of a torch tensor does not show its values. `wanted`, when given,
 // picks the device types worth reading: others are refused before the torch
 // questions are asked.
 bool read_exchanged(PyObject* x, const TypeInfo& info, DLTensor* tensor,
@@ -336,6 +337,7 @@ bool read_exchanged(PyObject* x, const TypeInfo& info, DLTensor* tensor,
     return false;
   }
   if (wanted != nullptr && !wanted(tensor->device.device_type)) return false;
+  if (!contract_violation(*tensor).empty()) return false;
   if (info.is_torch && !torch_memory_is_plain(x, info, *tensor)) {
     PyErr_Clear();
     return false;

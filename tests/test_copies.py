@@ -211,3 +211,41 @@ def test_ml_dtypes_are_recognised_in_a_fresh_process():
             "print(tensor_over(torch, np.ones(2, ml_dtypes.bfloat16)).dtype)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "torch.bfloat16"
+
+
+def zero_tensor(dtype, shape=(3, 4)):
+    """A ZeroTensor, as forward-mode autograd makes them: zeros with no memory."""
+    t = torch._efficientzerotensor(shape, dtype=dtype)
+    assert t._is_zerotensor()
+    return t
+
+
+ZERO_DTYPES = [torch.float32, torch.int64, torch.bfloat16, torch.complex64]
+
+
+@pytest.mark.parametrize("copy", [None, True])
+@pytest.mark.parametrize("dtype", ZERO_DTYPES, ids=str)
+def test_zero_tensors_give_zeros_in_one_copy(path, dtype, copy):
+    # Large enough that uninitialised memory would not be zeros by chance.
+    for _ in range(20):  # dirty the allocator's free lists first
+        torch.full((1 << 16,), 7, dtype=dtype)
+        np.full(1 << 16, 7, numpy_dtype(dtype))
+    t = zero_tensor(dtype, (256, 256))
+    a = tb.to_numpy(t, copy=copy)
+    assert a.shape == (256, 256) and a.dtype == numpy_dtype(dtype)
+    assert a.flags.owndata and a.flags.writeable
+    np.testing.assert_array_equal(array_bytes(a), np.zeros(a.nbytes, np.uint8))
+
+
+@pytest.mark.parametrize("dtype", ZERO_DTYPES, ids=str)
+def test_zero_tensors_with_copy_false_or_out(path, dtype):
+    t = zero_tensor(dtype)
+    with pytest.raises(BufferError, match=r"to_numpy: copy=False, but it is a ZeroTensor.*"
+                                          r"copy=None"):
+        tb.to_numpy(t, copy=False)
+    out = np.full((3, 4), 5, numpy_dtype(dtype))
+    assert tb.to_numpy(t, out=out) is out
+    np.testing.assert_array_equal(array_bytes(out), np.zeros(out.nbytes, np.uint8))
+    empty = zero_tensor(dtype, (0, 4))
+    assert tb.to_numpy(empty).shape == (0, 4)
+

@@ -87,7 +87,9 @@ def _from_tensor(torch, t, copy, out, stream):
             "materialise it first (for example with torch.empty_like(x, device='cpu'))"
         )
     result_dtype = _dtypes.numpy_dtype(t.dtype)  # refuses dtypes NumPy cannot hold
-    if t.device.type == "cuda" and not _has_own_dispatch(torch, t):
+    # A ZeroTensor has no memory on any device: zeros are written below.
+    if t.device.type == "cuda" and not _has_own_dispatch(torch, t) and not (
+            t.layout == torch.strided and t._is_zerotensor()):
         if copy is False:
             raise BufferError(f"to_numpy: copy=False, but its memory is on {t.device}, so NumPy "
                               "cannot view it; pass copy=None to allow the copy")
@@ -132,6 +134,8 @@ def _why_tensor_needs_copy(torch, t):
         return f"its layout is {t.layout} (it must be densified)"
     if t.device.type != "cpu":
         return f"its memory is on {t.device}"
+    if t._is_zerotensor():
+        return "it is a ZeroTensor (zeros with no memory behind them)"
     if t.is_conj():
         return "it has the conjugate bit set (x.resolve_conj() materialises it)"
     if t.is_neg():
@@ -160,6 +164,9 @@ def _torch_dtype_of(numpy_dtype: np.dtype):
 def _copy_tensor_into(torch, dst: np.ndarray, t) -> None:
     """Copy ``t`` into ``dst`` in one pass; torch resolves conj/neg bits,
     widens complex32 and reads any device."""
+    if t.layout == torch.strided and t._is_zerotensor():
+        dst[...] = 0  # its data pointer is NULL: there is nothing to read
+        return
     if t.layout != torch.strided:
         t = t.to_dense()
     target = dst
