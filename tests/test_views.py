@@ -205,3 +205,33 @@ def test_more_tensor_types_than_the_native_type_cache_holds(path):
             np.testing.assert_array_equal(a, base.numpy())
         negative = tb.to_numpy(torch._neg_view(t))  # the neg bit is still asked
         np.testing.assert_array_equal(negative, -base.numpy())
+
+
+def test_bytes_give_a_read_only_uint8_view(path):
+    # Like memoryview(b): the buffer itself, not a 0-d '|S4' copy.
+    b = b"abcd"
+    for copy in (None, False):
+        a = tb.to_numpy(b, copy=copy)
+        assert (a.dtype, a.shape, a.flags.writeable) == (np.uint8, (4,), False)
+        np.testing.assert_array_equal(a, [97, 98, 99, 100])
+        assert data_address(a) == data_address(np.frombuffer(b, np.uint8))
+    c = tb.to_numpy(b, copy=True)
+    assert c.dtype == np.uint8 and c.flags.owndata and c.flags.writeable
+    out = np.zeros(4, np.uint8)
+    assert tb.to_numpy(b, out=out) is out
+    np.testing.assert_array_equal(out, [97, 98, 99, 100])
+    assert tb.to_numpy(b"").shape == (0,)
+
+
+def test_buffers_are_views_in_their_format(path):
+    import array
+
+    floats = array.array("d", [1.5, 2.5])
+    a = tb.to_numpy(floats, copy=False)
+    assert (a.dtype, a.flags.writeable) == (np.float64, True)
+    a[0] = 9
+    assert floats[0] == 9
+    shaped = memoryview(bytearray(12)).cast("B", (3, 4))
+    assert tb.to_numpy(shaped).shape == (3, 4)
+    ints = tb.to_numpy(bytearray(b"xy"))
+    assert (ints.dtype, ints.flags.writeable) == (np.uint8, True)

@@ -43,8 +43,13 @@ def to_numpy(x, *, copy=None, out=None, stream=None):
         return _from_tensor(torch, x, copy, out, stream)
     if hasattr(type(x), "__dlpack__"):
         return _from_dlpack(x, copy, out, stream)
-    if hasattr(type(x), "__array__") or _has_buffer(x):
+    if hasattr(type(x), "__array__"):
         return _from_array_like(x, copy, out)
+    buffer = _buffer_of(x)
+    if buffer is not None:
+        # The buffer itself, in its format, as memoryview(x) shows it: NumPy
+        # would read bytes as a 0-d string, and copy them.
+        return _finish_view(np.asarray(buffer), copy, out)
     raise TypeError(
         f"to_numpy: cannot convert an object of type {type(x).__name__!r}; pass a "
         "torch tensor, a NumPy array, or an object with __dlpack__, __array__ or the "
@@ -225,12 +230,12 @@ def _request_capsule(x):
         return x.__dlpack__()
 
 
-def _has_buffer(x) -> bool:
+def _buffer_of(x):
+    """A memoryview of `x`'s buffer, or None when `x` has no buffer protocol."""
     try:
-        memoryview(x).release()
+        return memoryview(x)
     except TypeError:
-        return False
-    return True
+        return None
 
 
 def _from_array_like(x, copy, out):
