@@ -501,9 +501,11 @@ PyObject* describe_device(PyObject* x) {
                        static_cast<unsigned long long>(device.span.data), shape, device.descr);
 }
 
-PyObject* fast_view(PyObject* x) {
+PyObject* fast_view(PyObject* x, bool numpy_method) {
   const TypeInfo info = lookup_type(Py_TYPE(x));
-  if (info.api == nullptr || !g_exchange_api) return view_without_exchange(x, info);
+  if (info.api == nullptr || !g_exchange_api) {
+    return numpy_method ? view_without_exchange(x, info) : nullptr;
+  }
   DLTensor tensor;
   return read_exchanged(x, info, &tensor) ? view_exchanged(x, info, tensor) : nullptr;
 }
@@ -546,7 +548,9 @@ PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject*
       view = x;
     } else if (const TypeInfo info = lookup_type(Py_TYPE(x));
                info.api == nullptr || !g_exchange_api) {
-      view = view_without_exchange(x, info);
+      // A copy is left to Python, which reads the memory without
+      // Tensor.numpy(): that would leave the tensor unresizable for good.
+      if (arguments.request == Request::kView) view = view_without_exchange(x, info);
     } else if (DLTensor tensor; read_exchanged(x, info, &tensor)) {
       view = view_exchanged(x, info, tensor);
       if (view == nullptr && !arguments.copy_forbidden && !arguments.stream_given) {

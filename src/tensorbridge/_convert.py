@@ -104,6 +104,8 @@ def _from_tensor(torch, t, copy, out, stream):
         t = t.detach()  # views must not hold the autograd graph
 
     why_copy = _why_tensor_needs_copy(torch, t)
+    if why_copy is None and (copy or out is not None):
+        return _finish_view(_view_to_copy(t, result_dtype), copy, out)
     if why_copy is None:
         return _finish_view(_view_cpu_tensor(t, result_dtype), copy, out)
     if copy is False:
@@ -158,6 +160,20 @@ def _view_cpu_tensor(t, result_dtype: np.dtype) -> np.ndarray:
     if _dtypes.is_extended(result_dtype):
         return t.view(_torch_dtype_of(result_dtype)).numpy().view(result_dtype)
     return t.numpy()
+
+
+def _view_to_copy(t, result_dtype: np.dtype) -> np.ndarray:
+    """A view of `t` that is only copied: read through the exchange API or a
+    DLPack capsule, never Tensor.numpy(), which would leave the tensor
+    unresizable for good (and copy=True is the remedy for the resize hazard)."""
+    view = _core.fast_view(t, numpy_method=False)
+    if view is not None:
+        return view
+    # Through a same-size integer where older torch's DLPack lacks the dtype.
+    through_integer = _dtypes.is_extended(result_dtype) or result_dtype == np.bool_
+    source = t.view(_torch_dtype_of(result_dtype)) if through_integer else t
+    view = _core.array_from_capsule(_request_capsule(source))
+    return view.view(result_dtype) if through_integer else view
 
 
 def _torch_dtype_of(numpy_dtype: np.dtype):
