@@ -170,3 +170,44 @@ def test_lists_of_small_host_batches_take_one_concatenate_and_still_check_everyt
         tb.collect([parts[0], np.zeros((1, 4), np.float32)])
     with pytest.raises(ValueError, match="batch 1 is 0-d"):
         tb.collect([parts[0], np.float32(1.0)])
+
+
+def _overlap_cases():
+    # (name, rows of the buffer, out's rows, batches' rows): every batch a
+    # slice of the buffer that out= also covers. 8 MiB batches take the
+    # threaded copy.
+    n = 1 << 18  # rows of 4 float64: 8 MiB
+    return {
+        "source-ahead": (2 * n, slice(0, n), [slice(3, n + 3)]),
+        "source-behind": (2 * n, slice(3, n + 3), [slice(0, n)]),
+        "later-reads-earlier": (3 * n, slice(0, 2 * n), [slice(5, n + 5), slice(0, n)]),
+        "small": (64, slice(0, 32), [slice(1, 17), slice(0, 16)]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["list", "iterator", "tensors"])
+@pytest.mark.parametrize("case", list(_overlap_cases()))
+def test_batches_overlapping_out_give_what_concatenate_gives(case, kind):
+    rows, out_rows, batch_rows = _overlap_cases()[case]
+    buffer = np.random.default_rng(0).standard_normal((rows, 4))
+    reference = buffer.copy()
+    np.concatenate([reference[r] for r in batch_rows], out=reference[out_rows])
+    batches = [buffer[r] for r in batch_rows]
+    if kind == "tensors":
+        batches = [torch.from_numpy(b) for b in batches]
+    out = buffer[out_rows]
+    assert tb.collect(iter(batches) if kind == "iterator" else batches, out=out) is out
+    np.testing.assert_array_equal(buffer, reference)
+
+
+@pytest.mark.parametrize("shift", [-4096, -8, 8, 4096])
+def test_the_threaded_host_copy_moves_overlapping_ranges_as_memmove_does(shift):
+    from tensorbridge import _core
+
+    buffer = np.random.default_rng(1).integers(0, 255, 32 << 20, np.uint8)
+    expected = buffer.copy()
+    n = 16 << 20
+    src, dst = (slice(8 << 20, (8 << 20) + n), slice((8 << 20) + shift, (8 << 20) + shift + n))
+    expected[dst] = expected[src].copy()
+    _core.host_copy(memoryview(buffer[dst]), memoryview(buffer[src]))
+    np.testing.assert_array_equal(buffer, expected)

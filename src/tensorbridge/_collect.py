@@ -261,6 +261,14 @@ class _Writer:
 
     def _write_host(self, first_row, rows, array):
         target = self.window[first_row:first_row + rows]
+        if self.out is not None and np.may_share_memory(target, array):
+            # A batch over out='s own memory gets what np.concatenate gives:
+            # copied after every earlier batch (whose rows it may read), by
+            # NumPy, which goes through a temporary where the two overlap.
+            # The threaded copy's pieces would read rows others already wrote.
+            self._flush()
+            target[...] = array
+            return
         if (array.nbytes >= _THREADED_COPY_BYTES and array.flags.c_contiguous
                 and target.flags.c_contiguous):
             _core.host_copy(_as_bytes(target), _as_bytes(array))  # several threads
