@@ -418,7 +418,13 @@ bool device_tensor_of(const DLTensor& tensor, const DLPackExchangeAPI& api, Devi
   PyArray_Descr* descr = descr_for(tensor.dtype);
   if (descr == nullptr) return false;
   size_t bytes = static_cast<size_t>(PyDataType_ELSIZE(descr));
-  for (int i = 0; i < tensor.ndim; ++i) bytes *= static_cast<size_t>(tensor.shape[i]);
+  for (int i = 0; i < tensor.ndim; ++i) {
+    // contract_violation checked the size; a product that overflows declines all the same
+    if (__builtin_mul_overflow(bytes, static_cast<size_t>(tensor.shape[i]), &bytes)) {
+      Py_DECREF(descr);
+      return false;
+    }
+  }
   out->span = DeviceSpan{
       tensor.device.device_id,
       reinterpret_cast<cuda::CUdeviceptr>(static_cast<char*>(tensor.data) + tensor.byte_offset),
