@@ -188,14 +188,25 @@ def _copy_tensor_into(torch, dst: np.ndarray, t) -> None:
     if t.layout == torch.strided and t._is_zerotensor():
         dst[...] = 0  # its data pointer is NULL: there is nothing to read
         return
-    if t.layout != torch.strided:
-        t = t.to_dense()
     target = dst
     if any(s < 0 for s in dst.strides):  # torch cannot wrap negative strides
         target = np.empty(dst.shape, dst.dtype)
-    tensor_over(torch, target).copy_(t)
+    if t.layout == torch.strided:
+        tensor_over(torch, target).copy_(t)
+    else:
+        _densify_into(torch, tensor_over(torch, target), t)
     if target is not dst:
         np.copyto(dst, target)
+
+
+def _densify_into(torch, dense, t) -> None:
+    """Write sparse `t` (any sparse layout) into `dense` with no dense
+    temporary (``t.to_dense()`` would be a second result-sized buffer): zeros,
+    then each stored value at its index."""
+    coo = t if t.layout == torch.sparse_coo else t.to_sparse_coo()
+    coo = coo.coalesce()  # O(nnz); duplicates summed, as to_dense sums them
+    dense.zero_()
+    dense.index_put_(tuple(coo.indices()), coo.values().to(dense.dtype), accumulate=True)
 
 
 def tensor_over(torch, array: np.ndarray):
