@@ -88,11 +88,13 @@ PYBIND11_MODULE(_core, m) {
       py::arg("capsule"), "Consume a DLPack capsule and return a NumPy array viewing it.");
   m.def(
       "fast_view",
-      [](py::handle x) -> py::object {
-        PyObject* array = tb::fast_view(x.ptr());
+      [](py::handle x, bool numpy_method) -> py::object {
+        PyObject* array = tb::fast_view(x.ptr(), numpy_method);
         return array ? py::reinterpret_steal<py::object>(array) : py::none();
       },
-      py::arg("x"), "A zero-copy view of a plain CPU tensor, or None.");
+      py::arg("x"), py::arg("numpy_method") = true,
+      "A zero-copy view of a plain CPU tensor, or None (numpy_method=False: never through "
+      "Tensor.numpy(), which marks the storage unresizable).");
   m.def(
       "describe_capsule",
       [](py::handle capsule) {

@@ -1,5 +1,6 @@
 #include "dlpack_import.h"
 
+#include <cstdint>
 #include <string>
 
 #include "dtypes.h"
@@ -37,6 +38,76 @@ void release_versioned(PyObject* owner) {
 
 }  // namespace
 
+PyObject* owner_of(DLManagedTensorVersioned* managed) {
+  PyObject* owner = PyCapsule_New(managed, kVersionedOwnerName, release_versioned);
+  if (owner == nullptr && managed->deleter != nullptr) managed->deleter(managed);
+  return owner;
+}
+
+namespace {
+
+std::string int64_overflow(const std::string& what) {
+  return what + " overflows int64, so its bytes have no address; the producer's tensor is "
+                "malformed (ask the producer for a compact copy)";
+}
+
+// Every byte a sound tensor reaches has an address: its element count, the
+// byte size of each stride, and the lowest and highest byte offsets its
+// shape reaches from data + byte_offset fit int64 (NumPy's npy_intp, the
+// device copy's offsets), and those addresses do not wrap. An empty tensor
+// reaches nothing, but its strides must still fit NumPy's.
+std::string extent_violation(const DLTensor& t, bool empty) {
+  const int64_t itemsize = (static_cast<int64_t>(t.dtype.bits) * t.dtype.lanes + 7) / 8;
+  int64_t elements = 1;
+  for (int i = 0; i < t.ndim; ++i) {
+    if (__builtin_mul_overflow(elements, t.shape[i], &elements)) {
+      return int64_overflow("the element count of dimensions 0.." + std::to_string(i));
+    }
+  }
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(elements, itemsize, &bytes)) {
+    return int64_overflow(std::to_string(elements) + " elements of " + std::to_string(itemsize) +
+                          " bytes");
+  }
+  int64_t low = 0, high = 0;  // byte offsets of the extreme elements reached
+  if (t.strides != nullptr) {
+    for (int i = 0; i < t.ndim; ++i) {
+      int64_t step = 0, reach = 0;
+      if (__builtin_mul_overflow(t.strides[i], itemsize, &step)) {
+        return int64_overflow("stride " + std::to_string(t.strides[i]) + " of dimension " +
+                              std::to_string(i) + ", scaled by " + std::to_string(itemsize) +
+                              " bytes per element,");
+      }
+      if (empty) continue;
+      if (__builtin_mul_overflow(t.shape[i] - 1, step, &reach) ||
+          __builtin_add_overflow(reach < 0 ? low : high, reach, reach < 0 ? &low : &high)) {
+        return int64_overflow("the byte offset that dimension " + std::to_string(i) +
+                              " reaches (shape " + std::to_string(t.shape[i]) + " x stride " +
+                              std::to_string(t.strides[i]) + " x " + std::to_string(itemsize) +
+                              " bytes)");
+      }
+    }
+  } else if (!empty) {
+    high = bytes - itemsize;
+  }
+  if (empty || t.data == nullptr) return {};
+  const uint64_t start = reinterpret_cast<uintptr_t>(t.data);
+  const uint64_t below = uint64_t{0} - static_cast<uint64_t>(low);  // |low|, even for INT64_MIN
+  uint64_t origin = 0, first = 0, last = 0, end = 0;
+  if (t.byte_offset > static_cast<uint64_t>(INT64_MAX) ||
+      __builtin_add_overflow(start, t.byte_offset, &origin) ||
+      __builtin_sub_overflow(origin, below, &first) ||
+      __builtin_add_overflow(origin, static_cast<uint64_t>(high), &last) ||
+      __builtin_add_overflow(last, static_cast<uint64_t>(itemsize), &end)) {
+    return "data + byte_offset (" + std::to_string(start) + " + " +
+           std::to_string(t.byte_offset) + ") and the strides reach past the address space; " +
+           "the producer's tensor is malformed (ask the producer for a compact copy)";
+  }
+  return {};
+}
+
+}  // namespace
+
 std::string contract_violation(const DLTensor& t) {
   if (t.ndim < 0 || t.ndim > NPY_MAXDIMS) {
     return "ndim=" + std::to_string(t.ndim) + " is outside [0, " +
@@ -51,7 +122,7 @@ std::string contract_violation(const DLTensor& t) {
     empty = empty || t.shape[i] == 0;
   }
   if (t.data == nullptr && !empty) return "data is NULL for a non-empty tensor";
-  return {};
+  return extent_violation(t, empty);
 }
 
 bool is_row_major(const DLTensor& t) {
@@ -80,15 +151,23 @@ ViewStatus view_dltensor(const DLTensor& t, bool writeable, PyObject* base, PyOb
   npy_intp row_major = itemsize;
   for (int i = t.ndim - 1; i >= 0; --i) {
     shape[i] = static_cast<npy_intp>(t.shape[i]);
+    // contract_violation has checked these products; checked again here,
+    // for callers that did not ask it.
+    bool overflow = false;
     if (t.strides == nullptr) {  // NULL strides mean compact row-major
       strides[i] = row_major;
-      row_major *= shape[i] > 0 ? shape[i] : 1;
-    } else if (__builtin_mul_overflow(static_cast<npy_intp>(t.strides[i]), itemsize,
-                                      &strides[i])) {
+      overflow = __builtin_mul_overflow(row_major, shape[i] > 0 ? shape[i] : 1, &row_major);
+    } else {
+      overflow = __builtin_mul_overflow(static_cast<npy_intp>(t.strides[i]), itemsize,
+                                        &strides[i]);
+    }
+    if (overflow) {
       Py_DECREF(descr);
       PyErr_Format(PyExc_BufferError,
-                   "to_numpy: stride %lld of dimension %d overflows when scaled to bytes",
-                   static_cast<long long>(t.strides[i]), i);
+                   "to_numpy: the byte stride of dimension %d (shape %lld, stride %lld) "
+                   "overflows int64; the producer's tensor is malformed",
+                   i, static_cast<long long>(t.shape[i]),
+                   static_cast<long long>(t.strides ? t.strides[i] : 0));
       return ViewStatus::kError;
     }
   }
@@ -143,11 +222,8 @@ Taken take_capsule(PyObject* capsule) {
                  "; upgrade tensorbridge or ask the producer for an older version");
       return taken;
     }
-    taken.owner = PyCapsule_New(managed, kVersionedOwnerName, release_versioned);
-    if (taken.owner == nullptr) {
-      if (managed->deleter != nullptr) managed->deleter(managed);
-      return taken;
-    }
+    taken.owner = owner_of(managed);
+    if (taken.owner == nullptr) return taken;
     taken.tensor = &managed->dl_tensor;
     taken.writeable = (managed->flags & kFlagReadOnly) == 0;
   } else if (PyCapsule_IsValid(capsule, kCapsuleName)) {

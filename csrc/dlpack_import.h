@@ -30,6 +30,11 @@ enum class ViewStatus {
 ViewStatus view_dltensor(const dlpack::DLTensor& tensor, bool writeable, PyObject* base,
                          PyObject** out);
 
+// Takes ownership of a managed tensor a producer handed out (through the C
+// exchange API): returns a capsule that calls its deleter exactly once, when
+// the capsule dies, or nullptr with a Python error set after calling it at once.
+PyObject* owner_of(dlpack::DLManagedTensorVersioned* managed);
+
 // Consumes a DLPack capsule ("dltensor_versioned" or legacy "dltensor") and
 // returns an array viewing its memory. Follows the consumer rules: the
 // capsule is renamed to "used_..." so that nobody consumes it twice, the

@@ -50,11 +50,11 @@ bool is_numpy_native(PyObject* torch_dtype) {
   return false;
 }
 
-// A yes/no question put to a torch tensor: a no-argument method (is_neg(),
-// is_conj()) or an attribute (requires_grad). Resolved once per type to
-// torch's own C implementation, which the call then reaches directly,
-// skipping Python's attribute lookup (a third of the fast path's time); a
-// type that overrides it in Python gets the generic call.
+// A question put to a torch tensor: a no-argument method (is_neg(),
+// is_conj(), untyped_storage()) or an attribute (requires_grad). Resolved
+// once per type to torch's own C implementation, which the call then reaches
+// directly, skipping Python's attribute lookup (a third of the fast path's
+// time); a type that overrides it in Python gets the generic call.
 struct TorchQuery {
   PyObject* name = nullptr;  // interned, immortal for us
   bool is_method = false;
@@ -62,14 +62,18 @@ struct TorchQuery {
   getter get = nullptr;          // getset implementation, or nullptr
   void* closure = nullptr;
 
+  // The answer (new reference), or nullptr with a Python error set.
+  PyObject* call(PyObject* x) const {
+    return method != nullptr ? method(x, nullptr)
+           : get != nullptr  ? get(x, closure)
+           : is_method ? PyObject_VectorcallMethod(name, &x, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                                   nullptr)
+                       : PyObject_GetAttr(x, name);
+  }
+
   // 1 or 0; -1 with a Python error set.
   int ask(PyObject* x) const {
-    PyObject* answer =
-        method != nullptr ? method(x, nullptr)
-        : get != nullptr  ? get(x, closure)
-        : is_method ? PyObject_VectorcallMethod(name, &x, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                                nullptr)
-                    : PyObject_GetAttr(x, name);
+    PyObject* answer = call(x);
     if (answer == nullptr) return -1;
     const int truth = PyObject_IsTrue(answer);
     Py_DECREF(answer);
@@ -107,7 +111,7 @@ struct TypeInfo {
   PyTypeObject* type;
   const DLPackExchangeAPI* api;  // nullptr: no usable exchange API
   bool is_torch;
-  TorchQuery is_neg, is_conj, requires_grad;  // set for torch types
+  TorchQuery is_neg, is_conj, requires_grad, untyped_storage;  // set for torch types
 };
 constexpr int kTypeCacheSize = 16;
 TypeInfo g_types[kTypeCacheSize];
@@ -180,9 +184,14 @@ TypeInfo inspect_type(PyTypeObject* type) {
       static PyObject* is_neg = intern("is_neg");
       static PyObject* is_conj = intern("is_conj");
       static PyObject* requires_grad = intern("requires_grad");
-      return TypeInfo{type, exchange_api_of(type), true, resolve_query(type, is_neg, true),
+      static PyObject* untyped_storage = intern("untyped_storage");
+      return TypeInfo{type,
+                      exchange_api_of(type),
+                      true,
+                      resolve_query(type, is_neg, true),
                       resolve_query(type, is_conj, true),
-                      resolve_query(type, requires_grad, false)};
+                      resolve_query(type, requires_grad, false),
+                      resolve_query(type, untyped_storage, true)};
     }
     case TorchKind::kDispatch: return TypeInfo{type, nullptr, false};
     case TorchKind::kNotTorch: break;
@@ -255,9 +264,9 @@ bool torch_memory_is_plain(PyObject* x, const TypeInfo& info, const DLTensor& te
   return tensor.dtype.code != kDLComplex || info.is_conj.ask(x) == 0;
 }
 
-// The object a view of torch tensor `x` keeps alive: `x` itself, or a
-// detached alias when `x` requires grad, so that the view never holds the
-// autograd graph. New reference; nullptr on error.
+// The tensor Tensor.numpy() is asked for a view of: `x` itself, or a
+// detached alias when `x` requires grad (which Tensor.numpy() refuses, and
+// whose graph the view must not hold). New reference; nullptr on error.
 PyObject* torch_view_base(PyObject* x, const TypeInfo& info) {
   static PyObject* detach = intern("detach");
 
@@ -287,13 +296,39 @@ PyObject* numpy_method_view(PyObject* x, const TypeInfo& info) {
       base == nullptr ? nullptr
                       : PyObject_VectorcallMethod(numpy_name, &base,
                                                   1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  // Recent torch makes the view's base a detached alias of its own, which
+  // holds the storage whatever is later done to `x` (`x.data = ...`,
+  // `x.set_(...)`). Where the base is `x` itself, the view is remade over the
+  // same memory with the storage as its base.
+  if (array != nullptr && base == x &&
+      PyArray_BASE(reinterpret_cast<PyArrayObject*>(array)) == x) {
+    PyObject* storage = info.untyped_storage.call(x);
+    auto* tensor_view = reinterpret_cast<PyArrayObject*>(array);
+    PyArray_Descr* descr = PyArray_DESCR(tensor_view);
+    Py_INCREF(descr);
+    PyObject* rebased =
+        storage == nullptr
+            ? nullptr
+            : PyArray_NewFromDescr(&PyArray_Type, descr /* stolen */, PyArray_NDIM(tensor_view),
+                                   PyArray_DIMS(tensor_view), PyArray_STRIDES(tensor_view),
+                                   PyArray_DATA(tensor_view), NPY_ARRAY_WRITEABLE, nullptr);
+    if (storage == nullptr) {
+      Py_DECREF(descr);
+    } else if (rebased == nullptr) {
+      Py_DECREF(storage);
+    } else if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(rebased), storage) < 0) {
+      Py_CLEAR(rebased);  // the storage reference was stolen all the same
+    }
+    Py_SETREF(array, rebased);
+  }
   Py_XDECREF(base);
   return array;
 }
 
 // Reads `x` through its type's exchange API into `tensor`; false (no Python
-// error set) when that is not possible or when the raw memory of a torch
-// tensor does not show its values. `wanted`, when given,
+// error set) when that is not possible, when the tensor breaks the DLPack
+// contract (a torch ZeroTensor has NULL data: its zeros are not in memory)
+// or when the raw memory of a torch tensor does not show its values. `wanted`, when given,
 // picks the device types worth reading: others are refused before the torch
 // questions are asked.
 bool read_exchanged(PyObject* x, const TypeInfo& info, DLTensor* tensor,
@@ -303,6 +338,7 @@ bool read_exchanged(PyObject* x, const TypeInfo& info, DLTensor* tensor,
     return false;
   }
   if (wanted != nullptr && !wanted(tensor->device.device_type)) return false;
+  if (!contract_violation(*tensor).empty()) return false;
   if (info.is_torch && !torch_memory_is_plain(x, info, *tensor)) {
     PyErr_Clear();
     return false;
@@ -312,17 +348,51 @@ bool read_exchanged(PyObject* x, const TypeInfo& info, DLTensor* tensor,
 
 bool is_cuda_memory(DLDeviceType type) { return type == kDLCUDA || type == kDLCUDAManaged; }
 
+// What keeps the memory of CPU `tensor`, read from `x` through the exchange
+// API, alive for as long as a view of it lives (new reference; nullptr, with
+// no Python error set, when there is nothing safe). Not `x` itself: `x.data =
+// ...` or `x.set_(...)` give a torch tensor other memory and free what it had.
+// For torch, the tensor's storage, which holds the memory and no autograd
+// graph; for other producers, the managed tensor the API hands out (whose
+// deleter runs when the view dies), or `x` when the API has none.
+PyObject* exchanged_memory_owner(PyObject* x, const TypeInfo& info, const DLTensor& tensor) {
+  if (info.is_torch) {
+    PyObject* storage = info.untyped_storage.call(x);
+    if (storage == nullptr) PyErr_Clear();
+    return storage;
+  }
+  if (info.api->managed_tensor_from_py_object_no_sync == nullptr) {
+    Py_INCREF(x);
+    return x;
+  }
+  DLManagedTensorVersioned* managed = nullptr;
+  if (info.api->managed_tensor_from_py_object_no_sync(x, &managed) != 0 || managed == nullptr) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  const DLTensor& owned = managed->dl_tensor;
+  if (managed->version.major != kMajorVersion ||
+      static_cast<char*>(owned.data) + owned.byte_offset !=
+          static_cast<char*>(tensor.data) + tensor.byte_offset) {
+    if (managed->deleter != nullptr) managed->deleter(managed);  // not the memory read
+    return nullptr;
+  }
+  PyObject* owner = owner_of(managed);
+  if (owner == nullptr) PyErr_Clear();
+  return owner;
+}
+
 // A zero-copy view of CPU memory read through the exchange API, or nullptr
 // (no Python error set) when NumPy cannot view it.
 PyObject* view_exchanged(PyObject* x, const TypeInfo& info, const DLTensor& tensor) {
   if (tensor.device.device_type != kDLCPU) return nullptr;
-  PyObject* base = info.is_torch ? torch_view_base(x, info) : (Py_INCREF(x), x);
+  PyObject* owner = exchanged_memory_owner(x, info, tensor);
   PyObject* array = nullptr;
-  if (base == nullptr ||
-      view_dltensor(tensor, /*writeable=*/true, base, &array) != ViewStatus::kOk) {
+  if (owner != nullptr &&
+      view_dltensor(tensor, /*writeable=*/true, owner, &array) != ViewStatus::kOk) {
     PyErr_Clear();
   }
-  Py_XDECREF(base);
+  Py_XDECREF(owner);
   return array;
 }
 
@@ -349,7 +419,13 @@ bool device_tensor_of(const DLTensor& tensor, const DLPackExchangeAPI& api, Devi
   PyArray_Descr* descr = descr_for(tensor.dtype);
   if (descr == nullptr) return false;
   size_t bytes = static_cast<size_t>(PyDataType_ELSIZE(descr));
-  for (int i = 0; i < tensor.ndim; ++i) bytes *= static_cast<size_t>(tensor.shape[i]);
+  for (int i = 0; i < tensor.ndim; ++i) {
+    // contract_violation checked the size; a product that overflows declines all the same
+    if (__builtin_mul_overflow(bytes, static_cast<size_t>(tensor.shape[i]), &bytes)) {
+      Py_DECREF(descr);
+      return false;
+    }
+  }
   out->span = DeviceSpan{
       tensor.device.device_id,
       reinterpret_cast<cuda::CUdeviceptr>(static_cast<char*>(tensor.data) + tensor.byte_offset),
@@ -444,9 +520,11 @@ PyObject* describe_device(PyObject* x) {
                        static_cast<unsigned long long>(device.span.data), shape, device.descr);
 }
 
-PyObject* fast_view(PyObject* x) {
+PyObject* fast_view(PyObject* x, bool numpy_method) {
   const TypeInfo info = lookup_type(Py_TYPE(x));
-  if (info.api == nullptr || !g_exchange_api) return view_without_exchange(x, info);
+  if (info.api == nullptr || !g_exchange_api) {
+    return numpy_method ? view_without_exchange(x, info) : nullptr;
+  }
   DLTensor tensor;
   return read_exchanged(x, info, &tensor) ? view_exchanged(x, info, tensor) : nullptr;
 }
@@ -471,8 +549,8 @@ const char* const kToNumpyDoc =
     "Returns\n-------\n"
     "numpy.ndarray\n"
     "    Same shape, dtype and strides as ``x.numpy()`` wherever that works; a\n"
-    "    view keeps its source alive (a tensor that requires grad through a\n"
-    "    detached alias, never its autograd graph).\n\n"
+    "    view keeps the memory it views alive (a torch tensor's storage), whatever\n"
+    "    is later done to ``x``, and never holds an autograd graph.\n\n"
     "Notes\n-----\n"
     "A view does not stop ``x.resize_()`` from moving the tensor's memory, as\n"
     "with ``np.from_dlpack``; ``x.numpy()`` forbids that resize. Do not grow a\n"
@@ -489,7 +567,9 @@ PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject*
       view = x;
     } else if (const TypeInfo info = lookup_type(Py_TYPE(x));
                info.api == nullptr || !g_exchange_api) {
-      view = view_without_exchange(x, info);
+      // A copy is left to Python, which reads the memory without
+      // Tensor.numpy(): that would leave the tensor unresizable for good.
+      if (arguments.request == Request::kView) view = view_without_exchange(x, info);
     } else if (DLTensor tensor; read_exchanged(x, info, &tensor)) {
       view = view_exchanged(x, info, tensor);
       if (view == nullptr && !arguments.copy_forbidden && !arguments.stream_given) {

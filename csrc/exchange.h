@@ -17,7 +17,10 @@ PyObject* to_numpy(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyOb
 // A zero-copy view of `x` when it is a CPU tensor that NumPy can view as is
 // (new reference), or nullptr with no Python error set when it is anything
 // else: the fast path's decision, shared with the Python fallback.
-PyObject* fast_view(PyObject* x);
+// `numpy_method` allows the view of torch without the exchange API, through
+// Tensor.numpy(), which marks the storage unresizable for good: not for a
+// view that is only copied.
+PyObject* fast_view(PyObject* x, bool numpy_method = true);
 
 // For CUDA memory that one plain copy reads whole, read through the exchange
 // API (a plain, compact torch CUDA tensor): (device, stream, address, shape,

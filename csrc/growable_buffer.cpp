@@ -9,6 +9,7 @@
 #include <mutex>
 #include <new>
 #include <stdexcept>
+#include <string>
 #include <utility>
 
 #include "per_process.h"
@@ -19,6 +20,17 @@ namespace {
 constexpr size_t kPage = 4096;
 constexpr size_t kHugePage = 2u << 20;
 constexpr size_t kHeapLimit = 8u << 20;
+// The largest size asked for: every rounding and the alignment slack below
+// stay far from overflowing, and no address space holds more.
+constexpr size_t kMaxBytes = size_t{1} << 62;
+
+void check_size(size_t bytes) {
+  if (bytes > kMaxBytes) {
+    throw std::overflow_error("collect: cannot reserve " + std::to_string(bytes) +
+                              " bytes, more than an address space holds (at most " +
+                              std::to_string(kMaxBytes) + "); collect fewer rows at once");
+  }
+}
 
 size_t page_rounded(size_t bytes) { return std::max(kPage, (bytes + kPage - 1) / kPage * kPage); }
 
@@ -117,7 +129,8 @@ GrowableBuffer::~GrowableBuffer() {
 void GrowableBuffer::reserve(size_t bytes) {
   if (bytes <= capacity_) return;
   if (live_views > 0) throw std::logic_error("GrowableBuffer: cannot grow while views are alive");
-  const size_t wanted = std::max(bytes, capacity_ + capacity_ / 2);
+  check_size(bytes);
+  const size_t wanted = std::min(kMaxBytes, std::max(bytes, capacity_ + capacity_ / 2));
   if (wanted <= kHeapLimit) {
     void* grown = std::realloc(data_, wanted);
     if (grown == nullptr) throw std::bad_alloc();
@@ -160,15 +173,22 @@ void GrowableBuffer::adopt_mapping(size_t wanted) {
 }
 
 void GrowableBuffer::shrink_to(size_t bytes) {
-  const size_t wanted = page_rounded(bytes);
-  if (data_ == nullptr || !mapped_ || wanted >= capacity_) return;
+  if (data_ == nullptr || !mapped_ || bytes >= capacity_) return;
+  const size_t wanted = page_rounded(bytes);  // below capacity_: no overflow
+  if (wanted >= capacity_) return;
   if (live_views > 0) throw std::logic_error("GrowableBuffer: cannot shrink while views are alive");
   if (mremap(data_, capacity_, wanted, 0) != MAP_FAILED) capacity_ = wanted;
 }
 
 BufferView::BufferView(std::shared_ptr<GrowableBuffer> buffer, size_t offset, size_t bytes)
     : owner(std::move(buffer)), data(nullptr), size(bytes) {
-  if (offset + bytes > owner->capacity()) throw std::out_of_range("BufferView: past the capacity");
+  const size_t capacity = owner->capacity();
+  if (offset > capacity || bytes > capacity - offset) {  // offset + bytes could wrap
+    throw std::out_of_range("BufferView: bytes [" + std::to_string(offset) + ", " +
+                            std::to_string(offset) + " + " + std::to_string(bytes) +
+                            ") end past the capacity of " + std::to_string(capacity) +
+                            "; reserve() them first");
+  }
   data = owner->data() + offset;
   ++owner->live_views;
 }

@@ -28,7 +28,8 @@ class GrowableBuffer {
   GrowableBuffer& operator=(const GrowableBuffer&) = delete;
 
   // Ensures at least `bytes` of capacity (growing by at least half). Throws
-  // std::logic_error while views are alive, std::bad_alloc when the OS refuses.
+  // std::logic_error while views are alive, std::overflow_error for more
+  // than 2^62 bytes, std::bad_alloc when the OS refuses.
   void reserve(size_t bytes);
   // Gives back capacity beyond `bytes` (no move).
   void shrink_to(size_t bytes);

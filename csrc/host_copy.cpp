@@ -3,6 +3,7 @@
 #include "per_process.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -71,6 +72,14 @@ class CopyThreads {
 void parallel_memcpy(void* dst, const void* src, size_t bytes) {
   auto* out = static_cast<char*>(dst);
   const auto* in = static_cast<const char*>(src);
+  const auto begin = reinterpret_cast<uintptr_t>(in), end = begin + bytes;
+  const auto out_begin = reinterpret_cast<uintptr_t>(out);
+  if (out_begin < end && begin < out_begin + bytes) {
+    // Overlapping ranges: pieces copied side by side would read bytes that
+    // another piece already wrote. One memmove gives the bytes `src` had.
+    std::memmove(out, in, bytes);
+    return;
+  }
   CopyThreads& threads = CopyThreads::instance();
   const size_t pieces = std::min<size_t>(bytes / kMinPiece, threads.helpers() + 1);
   if (pieces <= 1) {

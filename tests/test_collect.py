@@ -170,3 +170,91 @@ def test_lists_of_small_host_batches_take_one_concatenate_and_still_check_everyt
         tb.collect([parts[0], np.zeros((1, 4), np.float32)])
     with pytest.raises(ValueError, match="batch 1 is 0-d"):
         tb.collect([parts[0], np.float32(1.0)])
+
+
+def _overlap_cases():
+    # (name, rows of the buffer, out's rows, batches' rows): every batch a
+    # slice of the buffer that out= also covers. 8 MiB batches take the
+    # threaded copy.
+    n = 1 << 18  # rows of 4 float64: 8 MiB
+    return {
+        "source-ahead": (2 * n, slice(0, n), [slice(3, n + 3)]),
+        "source-behind": (2 * n, slice(3, n + 3), [slice(0, n)]),
+        "later-reads-earlier": (3 * n, slice(0, 2 * n), [slice(5, n + 5), slice(0, n)]),
+        "small": (64, slice(0, 32), [slice(1, 17), slice(0, 16)]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["list", "iterator", "tensors"])
+@pytest.mark.parametrize("case", list(_overlap_cases()))
+def test_batches_overlapping_out_give_what_concatenate_gives(case, kind):
+    rows, out_rows, batch_rows = _overlap_cases()[case]
+    buffer = np.random.default_rng(0).standard_normal((rows, 4))
+    reference = buffer.copy()
+    np.concatenate([reference[r] for r in batch_rows], out=reference[out_rows])
+    batches = [buffer[r] for r in batch_rows]
+    if kind == "tensors":
+        batches = [torch.from_numpy(b) for b in batches]
+    out = buffer[out_rows]
+    assert tb.collect(iter(batches) if kind == "iterator" else batches, out=out) is out
+    np.testing.assert_array_equal(buffer, reference)
+
+
+@pytest.mark.parametrize("shift", [-4096, -8, 8, 4096])
+def test_the_threaded_host_copy_moves_overlapping_ranges_as_memmove_does(shift):
+    from tensorbridge import _core
+
+    buffer = np.random.default_rng(1).integers(0, 255, 32 << 20, np.uint8)
+    expected = buffer.copy()
+    n = 16 << 20
+    src, dst = (slice(8 << 20, (8 << 20) + n), slice((8 << 20) + shift, (8 << 20) + shift + n))
+    expected[dst] = expected[src].copy()
+    _core.host_copy(memoryview(buffer[dst]), memoryview(buffer[src]))
+    np.testing.assert_array_equal(buffer, expected)
+
+
+class _ShapeLiar:
+    """An array-like whose .shape attribute disagrees with its data."""
+
+    def __init__(self, array, shape):
+        self.array, self.shape = array, shape
+
+    def __array__(self, dtype=None, copy=None):
+        return self.array
+
+
+@pytest.mark.parametrize("claimed", [(1, 4), (10**13, 4), (2**62, 4), (2**70, 4)],
+                         ids=["fewer", "1e13", "2^62", "2^70"])
+@pytest.mark.parametrize("with_out", [False, True])
+def test_a_batch_whose_shape_lies_gets_a_clear_error(claimed, with_out):
+    # A sequence is sized from its batches' .shape; the batch itself decides,
+    # and a disagreement is an error naming both (never an allocation of the
+    # claimed size, std::bad_alloc or an unconvertible integer).
+    batches = [np.ones((2, 4)), _ShapeLiar(np.ones((3, 4)), claimed), np.ones((2, 4))]
+    out = np.empty((7, 4)) if with_out else None
+    with pytest.raises(ValueError, match=rf"^collect: batch 1 has 3 rows, but its shape "
+                                         rf"attribute said {claimed[0]} .*iter\(batches\)"):
+        tb.collect(batches, out=out)
+
+
+@pytest.mark.parametrize("claimed", [-5, "x", 2.5, None], ids=repr)
+def test_shape_attributes_that_are_not_counts_are_no_hint(claimed):
+    batches = [np.ones((2, 4)), _ShapeLiar(np.full((3, 4), 2.0), (claimed, 4))]
+    np.testing.assert_array_equal(tb.collect(batches), np.r_[np.ones((2, 4)), np.full((3, 4), 2)])
+
+
+def test_growable_buffer_sizes_are_checked():
+    from tensorbridge import _core
+
+    buffer = _core.GrowableBuffer()
+    for nbytes in (2**64 - 1, 2**63):
+        with pytest.raises(OverflowError, match=rf"collect: cannot reserve {nbytes} bytes, "
+                                                r"more than an address space holds"):
+            buffer.reserve(nbytes)
+    buffer.reserve(4096)
+    with pytest.raises(IndexError, match=r"end past the capacity of \d+"):
+        buffer.view(2**64 - 1, 2)  # offset + nbytes wraps around
+    with pytest.raises(IndexError):
+        buffer.view(buffer.capacity, 1)
+    buffer.shrink_to(2**64 - 1)  # larger than the capacity: nothing to give back
+    assert buffer.capacity >= 4096

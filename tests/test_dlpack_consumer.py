@@ -186,3 +186,31 @@ def test_numpy_as_a_dlpack_producer(dtype):
     readonly = base.copy()
     readonly.flags.writeable = False
     assert not tb.to_numpy(OnlyDLPack(readonly)).flags.writeable
+
+
+# (overrides, what the message names): tensors whose byte offsets do not fit
+# int64, on the CPU and in device memory alike.
+OVERFLOWING = {
+    "stride-in-bytes": ({"shape": (2,), "strides": (2**61,)}, "stride 2305843009213693952 of "
+                                                              "dimension 0, scaled by 8 bytes"),
+    "reach": ({"shape": (3,), "strides": (2**59,)}, "byte offset that dimension 0 reaches"),
+    "negative-reach": ({"shape": (4, 3), "strides": (-(2**59), 1)}, "dimension 0 reaches"),
+    "element-count": ({"ndim": 2, "shape": (2**40, 2**40), "strides": None}, "element count"),
+    "bytes": ({"shape": (2**61,), "strides": None}, "2305843009213693952 elements of 8 bytes"),
+    "byte-offset": ({"byte_offset": 2**63}, "past the address space"),
+}
+
+
+@pytest.mark.parametrize("device", [(1, 0), (2, 0)], ids=["cpu", "cuda"])
+@pytest.mark.parametrize("case", list(OVERFLOWING))
+def test_byte_offsets_that_overflow_int64_are_refused(case, device, collect_garbage):
+    overrides, names = OVERFLOWING[case]
+    p = Producer(np.arange(6.0), device=device, **overrides)
+    describe = import_capsule if device == (1, 0) else tb._core.describe_capsule
+    capsule = p.capsule()  # held here: its destructor must not run with the error pending
+    with pytest.raises(BufferError, match=r"^to_numpy: cannot import this DLPack tensor: .*"
+                                          + names + r".*ask the producer for a compact copy"):
+        describe(capsule)
+    del capsule
+    collect_garbage()
+    assert p.deleted == 1

@@ -10,7 +10,7 @@ import torch
 
 import tensorbridge as tb
 from dlpack_producer import Producer
-from helpers import SANITIZED, array_bytes, logical_bytes, sample
+from helpers import SANITIZED, array_bytes, data_address, logical_bytes, sample
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64], ids=str)
@@ -123,3 +123,107 @@ def test_every_dlpack_capsule_is_released(collect_garbage):
         tb.to_numpy(p)
     collect_garbage()
     assert p.deleted == 2000
+
+
+_REPLACE_MEMORY = {
+    "data": lambda t: setattr(t, "data", torch.zeros(1, dtype=t.dtype)),
+    "set_": lambda t: _set_under_no_grad(t, torch.zeros(1, dtype=t.dtype)),
+}
+
+
+def _set_under_no_grad(t, source):
+    with torch.no_grad():  # a leaf that requires grad takes set_ only there
+        t.set_(source)
+
+
+@pytest.mark.parametrize("how", list(_REPLACE_MEMORY))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64], ids=str)
+@pytest.mark.parametrize("grad", [False, True])
+def test_view_keeps_its_memory_when_the_tensor_gets_other_memory(path, how, dtype, grad,
+                                                                  collect_garbage):
+    # The view holds the memory it points into, not only the Python object:
+    # `t.data = ...` and `t.set_(...)` free the tensor's old storage otherwise.
+    # The storage's memory is a NumPy buffer here, watched through a weakref.
+    buffer = logical_bytes(sample((4096,), dtype))
+    memory_alive = weakref.ref(buffer)
+    t = torch.frombuffer(buffer, dtype=dtype)  # not a view: no _base holds the storage
+    del buffer
+    if grad and dtype.is_floating_point:
+        t.requires_grad_()
+    expected = logical_bytes(t)
+    a = tb.to_numpy(t)
+    _REPLACE_MEMORY[how](t)
+    assert t.numel() == 1
+    collect_garbage()
+    assert memory_alive() is not None  # the view still holds the old storage
+    churn = [torch.full((64, 64), 7, dtype=dtype) for _ in range(50)]  # reuse freed memory
+    np.testing.assert_array_equal(array_bytes(a), expected)
+    del churn, a
+    collect_garbage()
+    assert memory_alive() is None  # and lets it go with the view
+
+
+def test_a_large_view_survives_its_tensor_getting_other_memory():
+    # Large storages are unmapped when freed: reading a dangling view
+    # crashes, so this runs in a child process, once per route.
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import gc, numpy as np, torch, tensorbridge as tb
+        from tensorbridge import _core
+        for route in ("exchange", "numpy-method", "python"):
+            _core.set_fast_path(route != "python")
+            _core.set_exchange_api(route == "exchange")
+            for how in ("data", "set_"):
+                t = torch.arange(1 << 22, dtype=torch.float32)
+                a = tb.to_numpy(t)
+                if how == "data":
+                    t.data = torch.zeros(1)
+                else:
+                    t.set_(torch.zeros(1))
+                gc.collect()
+                assert a[-1] == (1 << 22) - 1 and a[12345] == 12345, (route, how)
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
+
+
+class NumpyBasedOnItself(torch.Tensor):
+    """Tensor.numpy() as older torch may write it: the view's base is the
+    tensor itself, not an alias of its storage (and no exchange API, so the
+    native route is the one over Tensor.numpy())."""
+
+    __dlpack_c_exchange_api__ = None
+
+    @property
+    def __array_interface__(self):
+        return {"shape": tuple(self.shape), "typestr": "<f4", "version": 3,
+                "data": (self.data_ptr(), False),
+                "strides": tuple(s * 4 for s in self.stride())}
+
+    def numpy(self):
+        view = np.asarray(self)
+        assert view.base is self
+        return view
+
+
+@pytest.mark.parametrize("how", list(_REPLACE_MEMORY))
+def test_a_view_through_tensor_numpy_based_on_the_tensor_keeps_its_memory(how,
+                                                                          collect_garbage):
+    buffer = np.arange(4096, dtype=np.float32)
+    memory_alive = weakref.ref(buffer)
+    plain = torch.frombuffer(buffer, dtype=torch.float32)
+    t = torch.Tensor._make_subclass(NumpyBasedOnItself, plain)  # not a view of `plain`
+    del plain
+    del buffer
+    a = tb.to_numpy(t)
+    assert data_address(a) == t.data_ptr() and a.flags.writeable
+    _REPLACE_MEMORY[how](t)
+    collect_garbage()
+    assert memory_alive() is not None
+    np.testing.assert_array_equal(a, np.arange(4096, dtype=np.float32))
+    del a
+    collect_garbage()
+    assert memory_alive() is None

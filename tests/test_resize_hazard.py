@@ -35,12 +35,23 @@ def test_shrinking_keeps_the_memory():
     np.testing.assert_array_equal(a[:4], [0, 1, 2, 3])
 
 
-def test_copy_true_is_immune():
-    t = torch.arange(4.0)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.bool], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "requires-grad"])
+def test_copy_true_is_immune_and_leaves_the_tensor_resizable(path, dtype, layout):
+    # The README's remedy for the hazard: it must not break resize_ instead
+    # (Tensor.numpy() marks the storage unresizable for good).
+    base = torch.arange(12.0).reshape(3, 4).to(dtype)
+    t = {"contiguous": base, "transposed": base.t(),
+         "requires-grad": base.requires_grad_(dtype.is_floating_point)}[layout]
+    expected = np.array(t.detach().float().tolist(), np.float32)  # no .numpy(): it pins
     a = tb.to_numpy(t, copy=True)
-    t.resize_(1 << 20)
-    t.fill_(-1)
-    np.testing.assert_array_equal(a, [0, 1, 2, 3])
+    assert a.flags.owndata
+    out = tb.to_numpy(t, out=np.empty_like(a))
+    alias = t.detach()  # shares the storage, which is what resize_ grows
+    alias.resize_(1 << 20)
+    alias.fill_(1)
+    np.testing.assert_array_equal(a.astype(np.float32), expected)
+    np.testing.assert_array_equal(out.astype(np.float32), expected)
 
 
 def test_numpy_method_still_forbids_it_for_comparison():

@@ -71,11 +71,14 @@ def test_grad_and_subclasses_are_views(path, dtype, layout, grad):
     a = tb.to_numpy(t)
     assert_view_like_numpy(a, t)
     if t.requires_grad:
-        # the view holds a detached alias, not the tensor and its graph
+        # the view holds the memory (the storage, or a detached alias), not
+        # the tensor and its graph
         owner = a.base
         while isinstance(owner, np.ndarray):
             owner = owner.base
-        assert isinstance(owner, torch.Tensor) and not owner.requires_grad
+        assert owner is not t
+        assert isinstance(owner, torch.UntypedStorage) or (
+            isinstance(owner, torch.Tensor) and not owner.requires_grad), type(owner)
 
 
 @pytest.mark.parametrize("grad_mode", [True, False])
@@ -167,6 +170,10 @@ class AsksInPython(torch.Tensor):
         AsksInPython.asked.append("requires_grad")
         return super().requires_grad
 
+    def untyped_storage(self):
+        AsksInPython.asked.append("untyped_storage")
+        return super().untyped_storage()
+
 
 @pytest.mark.parametrize("claims_negative_bit", [False, True])
 def test_questions_a_subclass_overrides_are_asked_through_python(path, claims_negative_bit):
@@ -178,9 +185,11 @@ def test_questions_a_subclass_overrides_are_asked_through_python(path, claims_ne
     a = tb.to_numpy(t)
     np.testing.assert_array_equal(a, [0, 1, 2, 3])
     if path == "exchange":
-        # the fast path asks is_neg(), then (for a view) requires_grad; a
-        # "negative bit" sends the tensor on to Python, which asks again
-        assert AsksInPython.asked[:2] == ["is_neg", "requires_grad"]
+        # the fast path asks is_neg(), then (for a view) for the storage the
+        # view holds; a "negative bit" sends the tensor on to Python, which
+        # asks requires_grad first
+        second = "requires_grad" if claims_negative_bit else "untyped_storage"
+        assert AsksInPython.asked[:2] == ["is_neg", second]
         assert is_view_of(a, t) != claims_negative_bit  # "negative bit": copied through torch
 
 
@@ -196,3 +205,33 @@ def test_more_tensor_types_than_the_native_type_cache_holds(path):
             np.testing.assert_array_equal(a, base.numpy())
         negative = tb.to_numpy(torch._neg_view(t))  # the neg bit is still asked
         np.testing.assert_array_equal(negative, -base.numpy())
+
+
+def test_bytes_give_a_read_only_uint8_view(path):
+    # Like memoryview(b): the buffer itself, not a 0-d '|S4' copy.
+    b = b"abcd"
+    for copy in (None, False):
+        a = tb.to_numpy(b, copy=copy)
+        assert (a.dtype, a.shape, a.flags.writeable) == (np.uint8, (4,), False)
+        np.testing.assert_array_equal(a, [97, 98, 99, 100])
+        assert data_address(a) == data_address(np.frombuffer(b, np.uint8))
+    c = tb.to_numpy(b, copy=True)
+    assert c.dtype == np.uint8 and c.flags.owndata and c.flags.writeable
+    out = np.zeros(4, np.uint8)
+    assert tb.to_numpy(b, out=out) is out
+    np.testing.assert_array_equal(out, [97, 98, 99, 100])
+    assert tb.to_numpy(b"").shape == (0,)
+
+
+def test_buffers_are_views_in_their_format(path):
+    import array
+
+    floats = array.array("d", [1.5, 2.5])
+    a = tb.to_numpy(floats, copy=False)
+    assert (a.dtype, a.flags.writeable) == (np.float64, True)
+    a[0] = 9
+    assert floats[0] == 9
+    shaped = memoryview(bytearray(12)).cast("B", (3, 4))
+    assert tb.to_numpy(shaped).shape == (3, 4)
+    ints = tb.to_numpy(bytearray(b"xy"))
+    assert (ints.dtype, ints.flags.writeable) == (np.uint8, True)

@@ -14,6 +14,7 @@ is described in C and copied in those packed submissions.
 from __future__ import annotations
 
 import math
+import operator
 import sys
 
 import numpy as np
@@ -56,7 +57,7 @@ def collect(batches, *, out=None):
         if gathered is not None:
             return gathered
     # A sequence tells its size up front: one allocation instead of growing.
-    writer = _Writer(out, _total_rows(batches) if isinstance(batches, (list, tuple)) else None)
+    writer = _Writer(out, _row_hints(batches) if isinstance(batches, (list, tuple)) else None)
     index = 0
     while True:
         # No reference to a batch outlives its write: the producer may free
@@ -168,19 +169,24 @@ def _rows_over(buffer, rows, trailing, dtype):
     return np.frombuffer(buffer.view(0, nbytes), np.uint8).view(dtype).reshape((rows, *trailing))
 
 
-def _total_rows(batches):
-    """Rows a sequence of batches will bring, if every batch tells its shape."""
-    total = 0
+def _row_hints(batches):
+    """The rows each batch of a sequence says it has (its ``.shape[0]``), if
+    every batch tells a count; None otherwise. Only a hint: each batch is
+    checked against it when it is written."""
+    hints = []
     for batch in batches:
-        shape = getattr(batch, "shape", None)
-        if shape is None or len(shape) == 0:
+        try:
+            rows = operator.index(getattr(batch, "shape")[0])
+        except Exception:  # no shape, 0-d, or not a count: no hint at all
             return None
-        total += int(shape[0])
-    return total
+        if rows < 0:
+            return None
+        hints.append(rows)
+    return hints
 
 
 class _Writer:
-    def __init__(self, out, expected_rows=None):
+    def __init__(self, out, row_hints=None):
         self.out = out
         self.buffer = None if out is not None else _core.GrowableBuffer()
         # Every row of the result, written or to come: `out`, or an array over
@@ -192,7 +198,10 @@ class _Writer:
         self.dtype = None
         self.row_bytes = None
         self.pending = []  # small device batches: (offset_rows, device batch)
-        self.expected_rows = expected_rows  # known up front for sequences, else None
+        # Rows each batch of a sequence says it has, else None; their sum
+        # sizes the result up front.
+        self.row_hints = row_hints
+        self.expected_rows = None if row_hints is None else sum(row_hints)
 
     # -- one batch -----------------------------------------------------------------
 
@@ -205,6 +214,13 @@ class _Writer:
         shape, dtype = described.shape, described.dtype
         self._check(index, shape, dtype)
         rows = shape[0]
+        hint = rows if self.row_hints is None or index >= len(self.row_hints) \
+            else self.row_hints[index]
+        if hint != rows:
+            raise ValueError(
+                f"collect: batch {index} has {rows} rows, but its shape attribute said {hint} "
+                "when the result was sized; make .shape match the batch's data, or pass "
+                "iter(batches) so that no shape is read ahead")
         first_row = self.rows
         self._make_room(first_row + rows)
         self.rows += rows
@@ -252,15 +268,39 @@ class _Writer:
         if self.row_bytes == 0:  # nothing is ever written: no memory to reserve
             self.capacity_rows = rows
             return
-        if self.expected_rows is not None and rows <= self.expected_rows:
-            rows = self.expected_rows
         self.window = None  # its view of the buffer would stop the buffer from moving
-        self.buffer.reserve(rows * self.row_bytes)
+        if self.expected_rows is not None and rows < self.expected_rows:
+            try:
+                self._reserve(self.expected_rows)
+            except MemoryError:
+                # More rows than memory holds were announced: grow as the
+                # batches come (a batch whose .shape lied is refused then).
+                self.expected_rows = None
+        self._reserve(rows)
         self.capacity_rows = self.buffer.capacity // self.row_bytes
         self.window = _rows_over(self.buffer, self.capacity_rows, self.trailing, self.dtype)
 
+    def _reserve(self, rows):
+        nbytes = rows * self.row_bytes
+        try:
+            if nbytes > sys.maxsize:
+                raise OverflowError(f"{nbytes} bytes are more than an address space holds")
+            self.buffer.reserve(nbytes)
+        except (MemoryError, OverflowError) as error:
+            raise MemoryError(
+                f"collect: cannot hold {rows} rows of {self.row_bytes} bytes ({nbytes} bytes): "
+                f"{error}; collect fewer rows at once, or pass out=") from error
+
     def _write_host(self, first_row, rows, array):
         target = self.window[first_row:first_row + rows]
+        if self.out is not None and np.may_share_memory(target, array):
+            # A batch over out='s own memory gets what np.concatenate gives:
+            # copied after every earlier batch (whose rows it may read), by
+            # NumPy, which goes through a temporary where the two overlap.
+            # The threaded copy's pieces would read rows others already wrote.
+            self._flush()
+            target[...] = array
+            return
         if (array.nbytes >= _THREADED_COPY_BYTES and array.flags.c_contiguous
                 and target.flags.c_contiguous):
             _core.host_copy(_as_bytes(target), _as_bytes(array))  # several threads

@@ -43,8 +43,13 @@ def to_numpy(x, *, copy=None, out=None, stream=None):
         return _from_tensor(torch, x, copy, out, stream)
     if hasattr(type(x), "__dlpack__"):
         return _from_dlpack(x, copy, out, stream)
-    if hasattr(type(x), "__array__") or _has_buffer(x):
+    if hasattr(type(x), "__array__"):
         return _from_array_like(x, copy, out)
+    buffer = _buffer_of(x)
+    if buffer is not None:
+        # The buffer itself, in its format, as memoryview(x) shows it: NumPy
+        # would read bytes as a 0-d string, and copy them.
+        return _finish_view(np.asarray(buffer), copy, out)
     raise TypeError(
         f"to_numpy: cannot convert an object of type {type(x).__name__!r}; pass a "
         "torch tensor, a NumPy array, or an object with __dlpack__, __array__ or the "
@@ -87,7 +92,9 @@ def _from_tensor(torch, t, copy, out, stream):
             "materialise it first (for example with torch.empty_like(x, device='cpu'))"
         )
     result_dtype = _dtypes.numpy_dtype(t.dtype)  # refuses dtypes NumPy cannot hold
-    if t.device.type == "cuda" and not _has_own_dispatch(torch, t):
+    # A ZeroTensor has no memory on any device: zeros are written below.
+    if t.device.type == "cuda" and not _has_own_dispatch(torch, t) and not (
+            t.layout == torch.strided and t._is_zerotensor()):
         if copy is False:
             raise BufferError(f"to_numpy: copy=False, but its memory is on {t.device}, so NumPy "
                               "cannot view it; pass copy=None to allow the copy")
@@ -97,6 +104,8 @@ def _from_tensor(torch, t, copy, out, stream):
         t = t.detach()  # views must not hold the autograd graph
 
     why_copy = _why_tensor_needs_copy(torch, t)
+    if why_copy is None and (copy or out is not None):
+        return _finish_view(_view_to_copy(t, result_dtype), copy, out)
     if why_copy is None:
         return _finish_view(_view_cpu_tensor(t, result_dtype), copy, out)
     if copy is False:
@@ -132,6 +141,8 @@ def _why_tensor_needs_copy(torch, t):
         return f"its layout is {t.layout} (it must be densified)"
     if t.device.type != "cpu":
         return f"its memory is on {t.device}"
+    if t._is_zerotensor():
+        return "it is a ZeroTensor (zeros with no memory behind them)"
     if t.is_conj():
         return "it has the conjugate bit set (x.resolve_conj() materialises it)"
     if t.is_neg():
@@ -151,6 +162,20 @@ def _view_cpu_tensor(t, result_dtype: np.dtype) -> np.ndarray:
     return t.numpy()
 
 
+def _view_to_copy(t, result_dtype: np.dtype) -> np.ndarray:
+    """A view of `t` that is only copied: read through the exchange API or a
+    DLPack capsule, never Tensor.numpy(), which would leave the tensor
+    unresizable for good (and copy=True is the remedy for the resize hazard)."""
+    view = _core.fast_view(t, numpy_method=False)
+    if view is not None:
+        return view
+    # Through a same-size integer where older torch's DLPack lacks the dtype.
+    through_integer = _dtypes.is_extended(result_dtype) or result_dtype == np.bool_
+    source = t.view(_torch_dtype_of(result_dtype)) if through_integer else t
+    view = _core.array_from_capsule(_request_capsule(source))
+    return view.view(result_dtype) if through_integer else view
+
+
 def _torch_dtype_of(numpy_dtype: np.dtype):
     import torch
 
@@ -160,14 +185,28 @@ def _torch_dtype_of(numpy_dtype: np.dtype):
 def _copy_tensor_into(torch, dst: np.ndarray, t) -> None:
     """Copy ``t`` into ``dst`` in one pass; torch resolves conj/neg bits,
     widens complex32 and reads any device."""
-    if t.layout != torch.strided:
-        t = t.to_dense()
+    if t.layout == torch.strided and t._is_zerotensor():
+        dst[...] = 0  # its data pointer is NULL: there is nothing to read
+        return
     target = dst
     if any(s < 0 for s in dst.strides):  # torch cannot wrap negative strides
         target = np.empty(dst.shape, dst.dtype)
-    tensor_over(torch, target).copy_(t)
+    if t.layout == torch.strided:
+        tensor_over(torch, target).copy_(t)
+    else:
+        _densify_into(torch, tensor_over(torch, target), t)
     if target is not dst:
         np.copyto(dst, target)
+
+
+def _densify_into(torch, dense, t) -> None:
+    """Write sparse `t` (any sparse layout) into `dense` with no dense
+    temporary (``t.to_dense()`` would be a second result-sized buffer): zeros,
+    then each stored value at its index."""
+    coo = t if t.layout == torch.sparse_coo else t.to_sparse_coo()
+    coo = coo.coalesce()  # O(nnz); duplicates summed, as to_dense sums them
+    dense.zero_()
+    dense.index_put_(tuple(coo.indices()), coo.values().to(dense.dtype), accumulate=True)
 
 
 def tensor_over(torch, array: np.ndarray):
@@ -220,12 +259,12 @@ def _request_capsule(x):
         return x.__dlpack__()
 
 
-def _has_buffer(x) -> bool:
+def _buffer_of(x):
+    """A memoryview of `x`'s buffer, or None when `x` has no buffer protocol."""
     try:
-        memoryview(x).release()
+        return memoryview(x)
     except TypeError:
-        return False
-    return True
+        return None
 
 
 def _from_array_like(x, copy, out):
