@@ -225,7 +225,6 @@ CHECK_ENTRY(cuDeviceGetCount, PFN_cuDeviceGetCount_v2000)
 CHECK_ENTRY(cuDeviceGet, PFN_cuDeviceGet_v2000)
 CHECK_ENTRY(cuDeviceGetName, PFN_cuDeviceGetName_v2000)
 CHECK_ENTRY(cuDevicePrimaryCtxRetain, PFN_cuDevicePrimaryCtxRetain_v7000)
-CHECK_ENTRY(cuDevicePrimaryCtxRelease, PFN_cuDevicePrimaryCtxRelease_v11000)
 CHECK_ENTRY(cuCtxGetCurrent, PFN_cuCtxGetCurrent_v4000)
 CHECK_ENTRY(cuCtxSetCurrent, PFN_cuCtxSetCurrent_v4000)
 CHECK_ENTRY(cuMemHostAlloc, PFN_cuMemHostAlloc_v2020)
@@ -233,7 +232,6 @@ CHECK_ENTRY(cuMemFreeHost, PFN_cuMemFreeHost_v2000)
 CHECK_ENTRY(cuMemcpyDtoHAsync, PFN_cuMemcpyDtoHAsync_v3020)
 CHECK_ENTRY(cuMemcpyHtoDAsync, PFN_cuMemcpyHtoDAsync_v3020)
 CHECK_ENTRY(cuStreamCreate, PFN_cuStreamCreate_v2000)
-CHECK_ENTRY(cuStreamDestroy, PFN_cuStreamDestroy_v4000)
 CHECK_ENTRY(cuStreamWaitEvent, PFN_cuStreamWaitEvent_v3020)
 CHECK_ENTRY(cuEventCreate, PFN_cuEventCreate_v2000)
 CHECK_ENTRY(cuEventRecord, PFN_cuEventRecord_v2000)
@@ -241,14 +239,9 @@ CHECK_ENTRY(cuEventQuery, PFN_cuEventQuery_v2000)
 CHECK_ENTRY(cuEventSynchronize, PFN_cuEventSynchronize_v2000)
 CHECK_ENTRY(cuEventDestroy, PFN_cuEventDestroy_v4000)
 
-// Slots cuda_driver.h may gain (the lead's rewrite): turn into CHECK_ENTRY once there.
-PENDING_ENTRY(cuStreamQuery, PFN_cuStreamQuery_v2000)
-PENDING_ENTRY(cuStreamSynchronize, PFN_cuStreamSynchronize_v2000)
-PENDING_ENTRY(cuLaunchHostFunc, PFN_cuLaunchHostFunc_v10000)
 
 // cuGetProcAddress itself: dlsym'd as cuGetProcAddress_v2, so not a Driver slot;
 // checked once cuda_driver.h declares the function pointer type it casts to.
-PENDING_TYPE(GetProcAddressV2, PFN_cuGetProcAddress_v12000)
 
 // The batch copy: the 12.8 ABI, with failIdx, which we ask for at 12080.
 // 12.8 and 12.9 name it PFN_cuMemcpyBatchAsync_v12080 (their PFN_cuMemcpyBatchAsync);
@@ -283,8 +276,6 @@ TB_REGISTER("CUmemLocation, CUmemcpyAttributes layouts", false)
 CHECK_CONST(tb::CU_MEMCPY_SRC_ACCESS_ORDER_STREAM, CU_MEMCPY_SRC_ACCESS_ORDER_STREAM)
 CHECK_CONST(tb::CU_MEM_LOCATION_TYPE_DEVICE, CU_MEM_LOCATION_TYPE_DEVICE)
 CHECK_CONST(tb::CU_MEM_LOCATION_TYPE_HOST, CU_MEM_LOCATION_TYPE_HOST)
-PENDING_CONST(CU_MEMCPY_SRC_ACCESS_ORDER_DURING_API_CALL)
-PENDING_CONST(CU_MEMCPY_SRC_ACCESS_ORDER_ANY)
 #endif
 
 // Types.
@@ -305,30 +296,17 @@ CHECK_CONST(tb::CUDA_ERROR_NOT_READY, CUDA_ERROR_NOT_READY)
 CHECK_CONST(tb::kMemHostAllocPortable, CU_MEMHOSTALLOC_PORTABLE)
 CHECK_CONST(tb::CU_STREAM_NON_BLOCKING, CU_STREAM_NON_BLOCKING)
 CHECK_CONST(tb::CU_EVENT_DISABLE_TIMING, CU_EVENT_DISABLE_TIMING)
+CHECK_CONST(tb::CU_EVENT_BLOCKING_SYNC, CU_EVENT_BLOCKING_SYNC)
+CHECK_CONST(tb::CUDA_ERROR_INVALID_HANDLE, CUDA_ERROR_INVALID_HANDLE)
+CHECK_CONST(tb::CUDA_ERROR_NOT_SUPPORTED, CUDA_ERROR_NOT_SUPPORTED)
 
-// Constants cuda_driver.h may gain: turn into CHECK_CONST(tb::X, X) once there.
-PENDING_CONST(CU_EVENT_DEFAULT)
-PENDING_CONST(CU_EVENT_BLOCKING_SYNC)
-PENDING_CONST(CU_STREAM_DEFAULT)
-PENDING_CONST(CUDA_ERROR_DEINITIALIZED)
-PENDING_CONST(CUDA_ERROR_INVALID_CONTEXT)
-PENDING_CONST(CUDA_ERROR_INVALID_HANDLE)
-PENDING_CONST(CUDA_ERROR_ILLEGAL_ADDRESS)
-PENDING_CONST(CUDA_ERROR_LAUNCH_FAILED)
-PENDING_CONST(CUDA_ERROR_NOT_PERMITTED)
-PENDING_CONST(CUDA_ERROR_NOT_SUPPORTED)
-PENDING_CONST(CUDA_ERROR_UNKNOWN)
-PENDING_CONST(CU_GET_PROC_ADDRESS_DEFAULT)
-PENDING_CONST(CU_GET_PROC_ADDRESS_SUCCESS)
-PENDING_CONST(CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND)
-PENDING_CONST(CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT)
 
 int main(int argc, char** argv) {
-  // CU_STREAM_LEGACY is a cast, not a constant expression: checked here.
+  // CU_STREAM_LEGACY and CU_STREAM_PER_THREAD are casts, not constant expressions.
   if (reinterpret_cast<uintptr_t>(CU_STREAM_LEGACY) != 1 ||
-      reinterpret_cast<uintptr_t>(tb::legacy_stream()) !=
-          reinterpret_cast<uintptr_t>(CU_STREAM_LEGACY)) {
-    std::printf("FAIL: tb::legacy_stream() differs from cuda.h's CU_STREAM_LEGACY\n");
+      !tb::is_legacy_stream(CU_STREAM_LEGACY) || !tb::is_legacy_stream(nullptr) ||
+      tb::is_legacy_stream(CU_STREAM_PER_THREAD)) {
+    std::printf("FAIL: tb::is_legacy_stream() disagrees with cuda.h's CU_STREAM_LEGACY\n");
     return 1;
   }
   const bool verbose = argc > 1 && argv[1][0] == '-' && argv[1][1] == 'v';

@@ -91,7 +91,7 @@ PY
   # 3. once: a broken copy of our header must be refused.
   if [ $self_tested -eq 0 ]; then
     mkdir -p "$scratch/broken"
-    sed 's/CUresult (\*cuMemcpyDtoHAsync)(void\* dst, CUdeviceptr src, size_t bytes/CUresult (*cuMemcpyDtoHAsync)(void* dst, CUdeviceptr src, unsigned bytes/' \
+    sed 's/CUresult(void\* dst, CUdeviceptr src, size_t bytes/CUresult(void* dst, CUdeviceptr src, unsigned bytes/' \
       csrc/cuda_driver.h > "$scratch/broken/cuda_driver.h"
     if cmp -s csrc/cuda_driver.h "$scratch/broken/cuda_driver.h"; then
       echo "note: self-test skipped (cuMemcpyDtoHAsync's declaration changed shape)"

@@ -169,7 +169,8 @@ def tests(quick, junit_xml):
         return 1
     else:
         reason("no GPU on this machine: the engine tests against the stand-in driver")
-        command += ["tests/test_device_engine.py", "tests/test_gpu.py"]
+        command += ["tests/test_device_engine.py", "tests/test_driver_rules.py",
+                    "tests/test_gpu.py"]
     print(" ".join(command), flush=True)
     os.chdir(ROOT)
     os.execve(sys.executable, command, env)
@@ -178,17 +179,7 @@ def tests(quick, junit_xml):
 _PROBE = """
 import json
 import tensorbridge as tb
-found = {"tensorbridge_cuda": tb.cuda_available()}
-if hasattr(tb, "cuda_status"):
-    found["tensorbridge_status"] = tb.cuda_status()
-else:  # older tensorbridge: empty_pinned's error says why there is no driver
-    status = {"available": found["tensorbridge_cuda"], "reason": None}
-    try:
-        status["device_count"] = tb._core.device_count() if found["tensorbridge_cuda"] else 0
-        tb.empty_pinned((1,), "float32")
-    except Exception as error:
-        status["reason"] = f"{type(error).__name__}: {error}"
-    found["tensorbridge_status"] = status
+found = {"tensorbridge_cuda": tb.cuda_available(), "tensorbridge_status": tb.cuda_status()}
 try:
     import torch
     found["torch_gpus"] = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+import tensorbridge as tb
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 EXPECTED_CPU_METHODS = {
@@ -93,8 +95,21 @@ def test_info(tmp_path):
     assert result.returncode == 0, result.stderr
     for line in ("tensorbridge  0.", "numpy", "torch", "cupy          not installed",
                  "torch tensors: C fast path over the DLPack C exchange API",
-                 "CUDA driver: not found", "pinned pool:", "host memcpy:"):
+                 "CUDA: unusable, CPU conversions only: cannot load the CUDA driver "
+                 "/nonexistent/libcuda: ",
+                 "pinned pool: none (pinned memory needs a usable CUDA driver)", "host memcpy:"):
         assert line in result.stdout
+
+
+def test_info_as_json(tmp_path):
+    result = tensorbridge("info", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["cuda"]["available"] is False and report["cuda"]["library"] is None
+    assert report["cuda"]["reason"].startswith("cannot load the CUDA driver /nonexistent/libcuda")
+    assert report["pinned_pool"]["limit_bytes"] == 0
+    assert report["versions"]["tensorbridge"] == tb.__version__
+    assert report["measurements"]["host_memcpy_GB_per_s"] > 0
 
 
 def test_output_piped_into_a_reader_that_stops_early(tmp_path):

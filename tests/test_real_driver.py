@@ -37,11 +37,13 @@ pytestmark = pytest.mark.skipif(
 STATUS_KEYS = {"available", "library", "driver_version", "device_count", "reason"}
 ENTRY_KEYS = {"name", "version", "optional", "resolved"}
 # Every entry point today's table needs (csrc/cuda_driver.cpp); more may follow.
-REQUIRED_ENTRY_POINTS = {
+# The entry points the engine calls, each of which the 535 driver has (the
+# batch copy, optional, is 12.8+ and checked on its own below).
+CALLED_ENTRY_POINTS = {
     "cuInit", "cuDriverGetVersion", "cuGetErrorString", "cuGetErrorName", "cuDeviceGetCount",
-    "cuDeviceGet", "cuDeviceGetName", "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease",
-    "cuCtxGetCurrent", "cuCtxSetCurrent", "cuMemHostAlloc", "cuMemFreeHost", "cuMemcpyDtoHAsync",
-    "cuMemcpyHtoDAsync", "cuStreamCreate", "cuStreamDestroy", "cuStreamWaitEvent", "cuEventCreate",
+    "cuDeviceGet", "cuDeviceGetName", "cuDevicePrimaryCtxRetain", "cuCtxGetCurrent",
+    "cuCtxSetCurrent", "cuMemHostAlloc", "cuMemFreeHost", "cuMemcpyDtoHAsync",
+    "cuMemcpyHtoDAsync", "cuStreamCreate", "cuStreamWaitEvent", "cuEventCreate",
     "cuEventRecord", "cuEventQuery", "cuEventSynchronize", "cuEventDestroy",
 }
 ZERO_STATS = dict.fromkeys(("reserved_bytes", "in_use_bytes", "cached_bytes", "peak_bytes",
@@ -168,10 +170,10 @@ def test_driver_entry_points(driver, tmp_path):
         assert isinstance(entry["optional"], bool) and isinstance(entry["resolved"], bool), entry
     by_name = {entry["name"]: entry for entry in entries}
     assert len(by_name) == len(entries), "an entry point is listed twice"
-    missing = REQUIRED_ENTRY_POINTS - set(by_name)
-    assert not missing, f"not listed: {sorted(missing)}"
-    unresolved = [e["name"] for e in entries if not e["optional"] and not e["resolved"]]
-    assert not unresolved, f"required entry points the real driver did not resolve: {unresolved}"
+    assert set(by_name) - {"cuMemcpyBatchAsync"} == CALLED_ENTRY_POINTS
+    unresolved = [e["name"] for e in entries
+                  if e["name"] in CALLED_ENTRY_POINTS and not e["resolved"]]
+    assert not unresolved, f"entry points the real driver did not resolve: {unresolved}"
     batch = by_name.get("cuMemcpyBatchAsync")
     assert batch == {"name": "cuMemcpyBatchAsync", "version": 12080, "optional": True,
                      "resolved": driver["version"] >= 12080}, batch

@@ -414,11 +414,14 @@ def device_memory(x, stream=None, caller="to_numpy"):
 
 def _plain_contiguous(torch, t):
     """`t` as plain row-major values on its device, made there (on the current
-    stream) only when needed: autograd, layout, conj/neg bits, complex32."""
+    stream) only when needed: autograd, layout, conj/neg bits, complex32, and
+    ZeroTensors (no memory behind them: zeros are made)."""
     if t.requires_grad:
         t = t.detach()
     if t.layout != torch.strided:
         t = t.to_dense()
+    elif t._is_zerotensor():
+        t = torch.zeros(t.shape, dtype=t.dtype, device=t.device)
     t = t.resolve_conj().resolve_neg()
     if _dtypes.needs_widening(t.dtype):
         t = t.to(torch.complex64)

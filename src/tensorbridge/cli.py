@@ -47,11 +47,13 @@ def main(argv=None) -> int:
     bench.add_argument("--no-workflows", action="store_true",
                        help="skip the three end-to-end workflows")
 
-    commands.add_parser("info", help="versions, CUDA driver, GPUs, pinned pool, quick bandwidths",
-                        description="Show what tensorbridge finds on this machine.")
+    info = commands.add_parser("info",
+                               help="versions, CUDA driver, GPUs, pinned pool, quick bandwidths",
+                               description="Show what tensorbridge finds on this machine.")
+    info.add_argument("--json", action="store_true", help="print it as one JSON object")
     args = parser.parse_args(argv)
     try:
-        return _bench(args) if args.command == "bench" else _info()
+        return _bench(args) if args.command == "bench" else _info(args.json)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 1
@@ -246,32 +248,41 @@ def _plot(report, path):
     plt.close(figure)
 
 
-def _info() -> int:
+def _info(as_json: bool = False) -> int:
     from . import _bench as bench
-    from ._cuda import cuda_available, pinned_memory_stats
+    from ._cuda import cuda_status, pinned_memory_stats
 
-    print("versions:")
-    for name, version in bench.versions().items():
-        print(f"  {name:13} {version or 'not installed'}")
+    versions = bench.versions()
     torch = sys.modules.get("torch")  # imported by versions() when installed
+    route = None
     if torch is not None:
         route = ("the DLPack C exchange API" if hasattr(torch.Tensor, "__dlpack_c_exchange_api__")
                  else "Tensor.numpy() (this torch has no DLPack C exchange API: torch < 2.10)")
-        print(f"torch tensors: C fast path over {route}")
     hardware = bench.hardware()
+    cuda = cuda_status()
+    stats = pinned_memory_stats()
+    figures = bench.quick_measurements()
+    if as_json:
+        print(json.dumps({"versions": versions, "torch_route": route, "hardware": hardware,
+                          "cuda": cuda, "pinned_pool": stats, "measurements": figures},
+                         indent=2, default=str))
+        return 0
+    print("versions:")
+    for name, version in versions.items():
+        print(f"  {name:13} {version or 'not installed'}")
+    if route is not None:
+        print(f"torch tensors: C fast path over {route}")
     print(f"cpu: {hardware['cpu']} ({hardware['cpus']} cores), memory "
           f"{(hardware['memory_bytes'] or 0) / 2**30:.1f} GiB")
-    if cuda_available():
-        version = hardware["cuda_driver"]
-        print(f"CUDA driver: {version // 1000}.{version % 1000 // 10}")
+    if cuda["available"]:
+        print(f"CUDA driver: {cuda['driver_version']} from {cuda['library']}")
         for index, name in enumerate(hardware["gpus"]):
             print(f"  cuda:{index} {name}")
+        print(f"pinned pool: limit {stats['limit_bytes'] / 2**30:.2f} GiB, reserved "
+              f"{stats['reserved_bytes']} B, in use {stats['in_use_bytes']} B")
     else:
-        print("CUDA driver: not found (CPU conversions only)")
-    stats = pinned_memory_stats()
-    print(f"pinned pool: limit {stats['limit_bytes'] / 2**30:.2f} GiB, reserved "
-          f"{stats['reserved_bytes']} B, in use {stats['in_use_bytes']} B")
-    figures = bench.quick_measurements()
+        print(f"CUDA: unusable, CPU conversions only: {cuda['reason']}")
+        print("pinned pool: none (pinned memory needs a usable CUDA driver)")
     print(f"host memcpy: {figures['host_memcpy_GB_per_s']:.1f} GB/s")
     if "device_to_pinned_GB_per_s" in figures:
         print(f"GPU -> pinned: {figures['device_to_pinned_GB_per_s']:.1f} GB/s")
