@@ -74,6 +74,8 @@ void interruptibly(Copy&& copy) {
 PYBIND11_MODULE(_core, m) {
   if (_import_array() < 0) throw py::error_already_set();
   tb::init_interrupts();
+  m.def("init_interrupts", &tb::init_interrupts,
+        "Take note of Python's main thread again (after fork, in the child).");
   m.doc() = "tensorbridge's native core";
 
   m.add_object("to_numpy", py::reinterpret_steal<py::object>(
@@ -271,6 +273,7 @@ PYBIND11_MODULE(_core, m) {
         tb::parallel_memcpy(out.ptr, in.ptr, bytes);
       },
       py::arg("dst"), py::arg("src"), "Copy between two contiguous buffers on several threads.");
-  m.def("wait_for_all_transfers", &tb::wait_for_all_transfers,
-        py::call_guard<py::gil_scoped_release>());
+  m.def("wait_for_all_transfers", &tb::wait_for_all_transfers, py::arg("timeout_seconds") = -1.0,
+        py::call_guard<py::gil_scoped_release>(),
+        "Wait until every copy has completed; False if the timeout passed first.");
 }

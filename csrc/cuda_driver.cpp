@@ -183,12 +183,13 @@ DeviceGuard::DeviceGuard(int ordinal) {
     State& s = state();
     std::lock_guard<std::mutex> lock(s.mutex);
     if (ordinal < 0) throw DriverError("device ordinal must be >= 0", CUDA_ERROR_INVALID_DEVICE);
-    if (static_cast<size_t>(ordinal) >= s.contexts.size()) s.contexts.resize(ordinal + 1);
-    if (s.contexts[ordinal] == nullptr) {
+    if (static_cast<size_t>(ordinal) >= s.contexts.size() || s.contexts[ordinal] == nullptr) {
       CUdevice device = 0;
-      check(d.cuDeviceGet(&device, ordinal), "cuDeviceGet");
-      check(d.cuDevicePrimaryCtxRetain(&s.contexts[ordinal], device),
-            "cuDevicePrimaryCtxRetain");
+      check(d.cuDeviceGet(&device, ordinal), "cuDeviceGet");  // refuses an unknown ordinal
+      CUcontext retained = nullptr;
+      check(d.cuDevicePrimaryCtxRetain(&retained, device), "cuDevicePrimaryCtxRetain");
+      if (static_cast<size_t>(ordinal) >= s.contexts.size()) s.contexts.resize(ordinal + 1);
+      s.contexts[ordinal] = retained;
     }
     context = s.contexts[ordinal];
   }
@@ -201,6 +202,15 @@ DeviceGuard::DeviceGuard(int ordinal) {
 
 DeviceGuard::~DeviceGuard() {
   if (changed_) driver().cuCtxSetCurrent(previous_);  // nothing sensible to do on failure
+}
+
+int first_retained_device() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  for (size_t i = 0; i < s.contexts.size(); ++i) {
+    if (s.contexts[i] != nullptr) return static_cast<int>(i);
+  }
+  return 0;
 }
 
 int driver_version() {

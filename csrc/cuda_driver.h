@@ -170,6 +170,10 @@ class DeviceGuard {
   bool changed_ = false;
 };
 
+// The lowest device ordinal whose primary context this process retained
+// (0 when none): for work any context can do, without creating one.
+int first_retained_device();
+
 // Driver version as reported (12040 = 12.4), device count and names, for `info`.
 int driver_version();
 int device_count();

@@ -11,7 +11,20 @@ unsigned long g_main_thread = 0;
 thread_local std::shared_ptr<Transfer> t_interrupted;
 }  // namespace
 
-void init_interrupts() { g_main_thread = PyThread_get_thread_ident(); }
+void init_interrupts() {
+  // threading's idea of the main thread: the importing thread may be another.
+  PyObject* threading = PyImport_ImportModule("threading");
+  PyObject* main = threading ? PyObject_CallMethod(threading, "main_thread", nullptr) : nullptr;
+  PyObject* ident = main ? PyObject_GetAttrString(main, "ident") : nullptr;
+  g_main_thread = ident ? PyLong_AsUnsignedLong(ident) : PyThread_get_thread_ident();
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    g_main_thread = PyThread_get_thread_ident();
+  }
+  Py_XDECREF(ident);
+  Py_XDECREF(main);
+  Py_XDECREF(threading);
+}
 
 InterruptCheck python_interrupt_check() {
   if (PyThread_get_thread_ident() != g_main_thread) return {};

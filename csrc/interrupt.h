@@ -10,7 +10,8 @@
 namespace tensorbridge {
 
 // Remembers which thread is Python's main one (the only one signals reach).
-// Called once, with the GIL held, when the module is imported.
+// Called with the GIL held when the module is imported, and again in a forked
+// child (whose main thread is the one that forked).
 void init_interrupts();
 
 // An InterruptCheck that runs Python's signal handlers (taking the GIL for a

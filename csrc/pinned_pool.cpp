@@ -45,7 +45,8 @@ class BlockContext {
     }
     cuda::CUcontext current = nullptr;
     cuda::check(cuda::driver().cuCtxGetCurrent(&current), "cuCtxGetCurrent");
-    if (current == nullptr) guard_.emplace(0);
+    // A context this process already uses, so that none is created for it.
+    if (current == nullptr) guard_.emplace(cuda::first_retained_device());
   }
 
  private:
@@ -74,7 +75,7 @@ void PinnedPool::collect_completed_locked() {
   auto still_pending = std::remove_if(pending_.begin(), pending_.end(), [&](Pending& p) {
     cuda::CUresult state;
     try {
-      BlockContext context(p.block.device);
+      cuda::DeviceGuard context(p.device);  // the event's own context
       state = d.cuEventQuery(p.event);
       if (state == cuda::CUDA_ERROR_NOT_READY) return false;
       d.cuEventDestroy(p.event);
@@ -122,29 +123,24 @@ Block PinnedPool::obtain(int device, size_t bytes, bool must_fit) {
       ++stats_.hit_count;
       return block;
     }
-    // Make room: cached blocks count against the limit too.
-    if (stats_.reserved_bytes + size > stats_.limit_bytes) to_free = take_cached_locked();
-    const bool fits = size <= stats_.limit_bytes &&
-                      stats_.reserved_bytes <= stats_.limit_bytes - size;
-    if (fits) {
-      // Reserved before allocating, so that concurrent requests see the bytes.
-      stats_.reserved_bytes += size;
-      stats_.in_use_bytes += size;
-      stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.reserved_bytes);
-    } else if (must_fit) {
-      const std::string message =
+    // Cached blocks count against the limit too: drop them only when that
+    // makes room (else the cache would be lost for nothing).
+    const bool fits_uncached = size <= stats_.limit_bytes &&
+                               stats_.in_use_bytes <= stats_.limit_bytes - size;
+    if (!fits_uncached) {
+      if (!must_fit) return Block{nullptr, 0, device};
+      throw std::length_error(
           "pinned memory limit reached: " + std::to_string(stats_.in_use_bytes) +
           " bytes in use, limit " + std::to_string(stats_.limit_bytes) + ", " +
-          std::to_string(size) + " requested; raise it with set_pinned_memory_limit()";
-      free_blocks(to_free);
-      throw std::length_error(message);
+          std::to_string(size) + " requested; raise it with set_pinned_memory_limit()");
     }
-    if (!fits) {
-      free_blocks(to_free);
-      return Block{nullptr, 0, device};
-    }
+    if (stats_.reserved_bytes > stats_.limit_bytes - size) to_free = take_cached_locked();
+    // Reserved before allocating, so that concurrent requests see the bytes.
+    stats_.reserved_bytes += size;
+    stats_.in_use_bytes += size;
+    stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.reserved_bytes);
   }
-  free_blocks(to_free);
+  free_blocks(to_free);  // outside the lock: freeing waits for the device
   void* data = nullptr;
   cuda::CUresult result;
   try {
@@ -185,11 +181,11 @@ Block PinnedPool::try_acquire(int device, size_t bytes) {
   }
 }
 
-void PinnedPool::release(Block block, cuda::CUevent after) {
+void PinnedPool::release(Block block, cuda::CUevent after, int event_device) {
   if (block.data == nullptr) return;
   std::lock_guard<std::mutex> lock(mutex_);
   if (after != nullptr) {
-    pending_.push_back(Pending{block, after});
+    pending_.push_back(Pending{block, after, event_device});
     return;
   }
   cached_.emplace(block.size, block);

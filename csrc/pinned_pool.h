@@ -35,7 +35,7 @@
 namespace tensorbridge {
 
 // For blocks not tied to a device (empty_pinned): the context current on the
-// calling thread, else device 0's.
+// calling thread, else one this process already retained (device 0's when none).
 constexpr int kAnyDevice = -1;
 
 struct Block {
@@ -61,9 +61,10 @@ class PinnedPool {
   // The same, but returns a block with data == nullptr instead of throwing
   // when the limit (or the driver, after a retry) refuses.
   Block try_acquire(int device, size_t bytes);
-  // Hands a block back; reusable once `after` (if any) has completed. The
-  // pool takes ownership of the event and destroys it.
-  void release(Block block, cuda::CUevent after = nullptr);
+  // Hands a block back; reusable once `after` (if any), an event of
+  // `event_device`'s context, has completed. The pool takes ownership of the
+  // event and destroys it (in that context).
+  void release(Block block, cuda::CUevent after = nullptr, int event_device = 0);
 
   // Frees a block whose copies are in an unknown state (after a driver
   // failure) instead of caching it: freeing pinned memory waits for the
@@ -79,6 +80,7 @@ class PinnedPool {
   struct Pending {
     Block block;
     cuda::CUevent event;
+    int device;  // the event's
   };
   Block obtain(int device, size_t bytes, bool must_fit);
   void collect_completed_locked();

@@ -61,11 +61,13 @@ std::atomic<size_t> g_chunk_bytes{16u << 20};
 constexpr size_t kMinChunkBytes = 64u << 10;
 constexpr size_t kStagingSlots = 3;
 constexpr unsigned kEventFlags = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING;
-// Event queries before a wait is handed to a completion thread: a short copy
-// is over within them, and a long wait then sleeps instead of spinning.
-constexpr int kQuickPolls = 8;
+// How long an interruptible wait polls before a completion thread takes it
+// over: a small copy is over by then (a hand-over costs two thread wake-ups),
+// and a long wait then sleeps instead of spinning.
+constexpr auto kQuickPollTime = std::chrono::microseconds(20);
 constexpr double kInterruptSliceSeconds = 0.1;
 constexpr size_t kMaxCompletionThreads = 4;
+constexpr size_t kUrgentThreads = 2;  // beyond the maximum, for waiting callers only
 
 // An event, destroyed with its last owner (inside a context of its device:
 // every owner drops it under a DeviceGuard).
@@ -101,25 +103,40 @@ class Completer {
 
   static Completer& instance() { return per_process<Completer>(); }
 
-  void submit(Job job) {
+  // `urgent`: a caller is waiting for it (a synchronous copy): it goes first,
+  // and may start a thread beyond the maximum, so that it never waits behind
+  // asynchronous copies on slower streams.
+  void submit(Job job, bool urgent = false) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      jobs_.push_back(std::move(job));
-      ++unfinished_;
       // Every queued job has an idle thread to take it, up to the maximum
-      // (a thread counts as idle from its start until it takes a job).
-      if (jobs_.size() > idle_ && threads_ < kMaxCompletionThreads) {
+      // (a thread counts as idle from its start until it takes a job). The
+      // thread starts before the job is queued: if it cannot, nothing is.
+      const size_t limit = kMaxCompletionThreads + (urgent ? kUrgentThreads : 0);
+      if (jobs_.size() + 1 > idle_ && threads_ < limit) {
         std::thread([this] { run(); }).detach();
         ++threads_;
         ++idle_;
       }
+      if (urgent) {
+        jobs_.push_front(std::move(job));
+      } else {
+        jobs_.push_back(std::move(job));
+      }
+      ++unfinished_;
     }
     changed_.notify_all();
   }
 
-  void wait_idle() {
+  // False if `timeout_seconds` (< 0: none) passed before every job finished.
+  bool wait_idle(double timeout_seconds) {
     std::unique_lock<std::mutex> lock(mutex_);
-    changed_.wait(lock, [this] { return unfinished_ == 0; });
+    auto idle = [this] { return unfinished_ == 0; };
+    if (timeout_seconds < 0) {
+      changed_.wait(lock, idle);
+      return true;
+    }
+    return changed_.wait_for(lock, std::chrono::duration<double>(timeout_seconds), idle);
   }
 
  private:
@@ -187,6 +204,16 @@ std::shared_ptr<Transfer> stream_point(int device, CUstream stream) {
   return transfer;
 }
 
+// What an interrupted copy leaves in flight on `stream`. If even that cannot
+// be recorded (a sticky error), nothing will run there any more: no pending.
+void set_pending(CopyInterrupted& stop, int device, CUstream stream) {
+  try {
+    stop.pending = stream_point(device, stream);
+  } catch (const std::exception&) {
+    stop.pending = nullptr;
+  }
+}
+
 // Waits for `event`; with an InterruptCheck, in slices that it may stop
 // (throwing CopyInterrupted with what is still in flight on `stream`).
 void wait_for(const std::shared_ptr<Event>& event, int device, CUstream stream,
@@ -196,14 +223,15 @@ void wait_for(const std::shared_ptr<Event>& event, int device, CUstream stream,
     check(d.cuEventSynchronize(event->get()), "cuEventSynchronize");
     return;
   }
-  for (int i = 0; i < kQuickPolls; ++i) {
+  const auto give_up = std::chrono::steady_clock::now() + kQuickPollTime;
+  do {
     const CUresult state = d.cuEventQuery(event->get());
     if (state == CUDA_SUCCESS) return;
     if (state != CUDA_ERROR_NOT_READY) check(state, "cuEventQuery");
     std::this_thread::yield();
-  }
+  } while (std::chrono::steady_clock::now() < give_up);
   auto watched = std::make_shared<Transfer>();
-  Completer::instance().submit({watched, device, event, nullptr});
+  Completer::instance().submit({watched, device, event, nullptr}, /*urgent=*/true);
   while (!watched->wait(kInterruptSliceSeconds)) {
     if (interrupted()) throw CopyInterrupted(nullptr);  // `pending` is set by the copy
   }
@@ -215,12 +243,12 @@ void wait_for(const std::shared_ptr<Event>& event, int device, CUstream stream,
 // that used them may still be in flight, so each goes back with an event
 // recorded after them; if even that fails the block is retired (freed, never
 // reused).
-void release_after_failure(std::vector<Block>& blocks, CUstream stream) {
+void release_after_failure(std::vector<Block>& blocks, int device, CUstream stream) {
   for (Block& block : blocks) {
     CUevent event = nullptr;
     if (driver().cuEventCreate(&event, kEventFlags) == CUDA_SUCCESS &&
         driver().cuEventRecord(event, stream) == CUDA_SUCCESS) {
-      PinnedPool::instance().release(block, event);
+      PinnedPool::instance().release(block, event, device);
     } else {
       if (event != nullptr) driver().cuEventDestroy(event);
       PinnedPool::instance().retire(block);
@@ -356,7 +384,7 @@ void copy_to_host(const DeviceSpan& src, CUstream stream, void* dst, bool dst_pi
     try {
       wait_for_stream(src.device, stream, interrupted);
     } catch (CopyInterrupted& stop) {
-      stop.pending = stream_point(src.device, stream);
+      set_pending(stop, src.device, stream);
       throw;
     }
     return;
@@ -380,11 +408,11 @@ void copy_to_host(const DeviceSpan& src, CUstream stream, void* dst, bool dst_pi
       if (i + slots.size() < chunks) enqueue(i + slots.size());
     }
   } catch (CopyInterrupted& stop) {
-    release_after_failure(slots, stream);
-    stop.pending = stream_point(src.device, stream);  // after the blocks' events
+    release_after_failure(slots, src.device, stream);
+    set_pending(stop, src.device, stream);  // after the blocks' events
     throw;
   } catch (...) {
-    release_after_failure(slots, stream);
+    release_after_failure(slots, src.device, stream);
     throw;
   }
   for (Block& block : slots) PinnedPool::instance().release(block);
@@ -425,7 +453,7 @@ std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, CUstream str
                                     PinnedPool::instance().release(staging);
                                   }});
   } catch (...) {
-    release_after_failure(held, stream);
+    release_after_failure(held, src.device, stream);
     throw;
   }
   return transfer;
@@ -461,11 +489,11 @@ void copy_many_to_host(const std::vector<DeviceSpan>& srcs, CUstream stream,
     enqueue_packed(device, copies, stream);
     wait_for_stream(device, stream, interrupted);
   } catch (CopyInterrupted& stop) {
-    release_after_failure(held, stream);
-    stop.pending = stream_point(device, stream);  // after the block's event
+    release_after_failure(held, device, stream);
+    set_pending(stop, device, stream);  // after the block's event
     throw;
   } catch (...) {
-    release_after_failure(held, stream);
+    release_after_failure(held, device, stream);
     throw;
   }
   for (size_t i = 0; i < srcs.size(); ++i) std::memcpy(dsts[i], base + offsets[i], srcs[i].bytes);
@@ -505,17 +533,19 @@ std::shared_ptr<Transfer> copy_to_device(const void* src, bool src_pinned, const
       events[k]->record(stream);
     }
   } catch (...) {
-    release_after_failure(slots, stream);
+    release_after_failure(slots, dst.device, stream);
     throw;
   }
   // Each slot goes back with the event of its last copy; the pool reuses it
   // only once that copy has completed.
   for (size_t k = 0; k < slots.size(); ++k) {
-    PinnedPool::instance().release(slots[k], events[k]->release());
+    PinnedPool::instance().release(slots[k], events[k]->release(), dst.device);
   }
   return stream_point(dst.device, stream);
 }
 
-void wait_for_all_transfers() { Completer::instance().wait_idle(); }
+bool wait_for_all_transfers(double timeout_seconds) {
+  return Completer::instance().wait_idle(timeout_seconds);
+}
 
 }  // namespace tensorbridge

@@ -111,8 +111,9 @@ void copy_many_to_host(const std::vector<DeviceSpan>& srcs, cuda::CUstream strea
 std::shared_ptr<Transfer> copy_to_device(const void* src, bool src_pinned, const DeviceSpan& dst,
                                          cuda::CUstream stream);
 
-// Blocks until the completion threads have nothing left (interpreter exit).
-void wait_for_all_transfers();
+// Blocks until the completion threads have nothing left (interpreter exit);
+// false if `timeout_seconds` (< 0: none) passed first.
+bool wait_for_all_transfers(double timeout_seconds = -1);
 
 // Chunk size used by staging; tests lower it to exercise the pipeline.
 void set_staging_chunk_bytes(size_t bytes);

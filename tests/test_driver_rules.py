@@ -81,13 +81,18 @@ def test_the_stand_in_refuses_a_batch_copy_on_the_legacy_stream(standin):
     dst, src, size, fail = size_t(0), size_t(0), size_t(4), size_t(0)
     attributes = (ctypes.c_int * 6)(1, 1, 0, 2, 0, 0)
     first = size_t(0)
-    _core.cuda_available()  # a context current on this thread is not needed to be refused
+    x = DeviceArray(standin, np.ones(1, np.float32))
+    out = tb.empty_pinned(1, np.float32)
+    dst, src = size_t(out.ctypes.data), size_t(x.address)
     for legacy in (0, 1):
         result = batch(ctypes.byref(dst), ctypes.byref(src), ctypes.byref(size), size_t(1),
                        attributes, ctypes.byref(first), size_t(1), ctypes.byref(fail),
                        ctypes.c_void_p(legacy))
-        assert result != 0
+        assert result == INVALID_VALUE
+        assert fail.value == 2**64 - 1  # SIZE_MAX: the error is not one copy's
+    assert standin.misuses() == {"misuse: cuMemcpyBatchAsync on the legacy stream": 2}
     standin.reset()  # those refusals were on purpose
+    del out
 
 
 def test_batches_are_bounded(standin):
@@ -310,10 +315,13 @@ def test_waits_sleep_on_blocking_sync_events(standin):
     tb.to_numpy_async(x).wait()
     assert standin.calls("cuEventSynchronize") > 0
     assert standin.calls("spinning cuEventSynchronize") == 0
-    assert standin.calls("cuEventQuery") < 50  # a few quick polls, then a sleep
+    # Polls for 20 us, then sleeps: a spin through the 20 ms copies would
+    # query tens of thousands of times.
+    assert standin.calls("cuEventQuery") < 2000
 
 
-@pytest.mark.parametrize("how", ["Transfer.wait", "to_numpy", "to_numpy exchange", "collect"])
+@pytest.mark.parametrize("how", ["Transfer.wait", "to_numpy", "to_numpy exchange", "collect",
+                                 "collect small", "to_numpy strided"])
 def test_ctrl_c_interrupts_a_wait_and_the_copy_completes_behind_it(how):
     out = run_python(f"""
         import ctypes, gc, threading, _thread
@@ -321,7 +329,12 @@ def test_ctrl_c_interrupts_a_wait_and_the_copy_completes_behind_it(how):
         how = {how!r}
         Device = ExchangeDeviceArray if how == "to_numpy exchange" else DeviceArray
         expected = np.arange(300_000, dtype=np.float32)
-        x = Device(s, expected)
+        if how == "collect small":  # packed copies of many small batches
+            x = [Device(s, expected[i * 1000:(i + 1) * 1000]) for i in range(50)]
+        elif how == "to_numpy strided":  # packed copies of the runs
+            x = Device(s, expected.reshape(1000, 300), shape=(1000, 150), strides=(300, 1))
+        else:
+            x = Device(s, expected)
         gate = ctypes.c_int(0)
         s.enqueue_gate(None, ctypes.byref(gate))  # the stream stops here until the gate opens
         threading.Timer(0.3, _thread.interrupt_main).start()
@@ -332,12 +345,14 @@ def test_ctrl_c_interrupts_a_wait_and_the_copy_completes_behind_it(how):
                 transfer.wait()
             elif how == "collect":
                 tb.collect([x, x, x])
+            elif how == "collect small":
+                tb.collect(x)
             else:
                 tb.to_numpy(x)
             print("not interrupted")
         except KeyboardInterrupt:
             print("interrupted")
-        print(s.calls("cuEventQuery") - queries < 100, s.calls("spinning cuEventSynchronize"))
+        print(s.calls("cuEventQuery") - queries < 2000, s.calls("spinning cuEventSynchronize"))
         if how != "to_numpy exchange":
             del x  # the copy in flight keeps its source alive (freed at once otherwise)
             gc.collect()
@@ -422,3 +437,68 @@ def test_the_interpreter_waits_for_copies_in_flight_at_exit():
     """, STANDIN_REPORT_EXIT="1")
     assert result.stdout.strip() == "exiting"
     assert "standin: 0 stream tasks in flight at exit" in result.stderr
+
+
+def test_a_refused_request_keeps_the_cache(standin):
+    tb.empty_pinned_cache()
+    del_me = tb.empty_pinned(1 << 20, np.uint8)
+    del del_me  # its block is cached now
+    cached = tb.pinned_memory_stats()["cached_bytes"]
+    assert cached >= 1 << 20
+    tb.set_pinned_memory_limit(cached + (1 << 20))
+    frees = standin.calls("cuMemFreeHost")
+    with pytest.raises(MemoryError, match="pinned memory limit reached"):
+        tb.empty_pinned(8 << 20, np.uint8)  # dropping the cache would not make room
+    assert tb.pinned_memory_stats()["cached_bytes"] == cached
+    assert standin.calls("cuMemFreeHost") == frees
+
+
+def test_pool_events_are_destroyed_in_their_own_context(standin):
+    # A block cached from a copy on device 1 is reused for one on device 0,
+    # and goes back with device 0's event.
+    x = DeviceArray(standin, np.ones((256, 256), np.float32), device=1)
+    tb.to_numpy(x)
+    nbytes = 1 << 20
+    address = standin.malloc(0, nbytes)
+    transfer = _core.copy_to_device(np.ones(nbytes, np.uint8), False, 0, address, nbytes, 1)
+    assert transfer.wait(30.0) and transfer.error() == ""
+    tb.pinned_memory_stats()  # collects the completed events
+    assert standin.calls("cuEventDestroy") > 0
+    standin.free(address)
+
+
+class ForeignStream:
+    """A CuPy-like stream of device 1."""
+    device_id = 1
+    ptr = 0
+
+
+def test_a_stream_of_another_device_is_refused(standin):
+    x = DeviceArray(standin, np.ones(4, np.float32), device=0)
+    for call in (tb.to_numpy, tb.to_numpy_async):
+        with pytest.raises(ValueError, match="stream is on cuda:1, but the memory is on cuda:0"):
+            call(x, stream=ForeignStream())
+
+
+def test_ctrl_c_works_when_tensorbridge_was_imported_in_a_thread():
+    out = run_python("""
+        import ctypes, threading, _thread
+        imported = threading.Thread(target=lambda: __import__("tensorbridge"))
+        imported.start(); imported.join()
+        import numpy as np, tensorbridge as tb, os
+        from standin.build import StandIn
+        from device_producers import DeviceArray
+        s = StandIn(os.environ["TENSORBRIDGE_LIBCUDA"])
+        x = DeviceArray(s, np.ones(300_000, np.float32))
+        gate = ctypes.c_int(0)
+        s.enqueue_gate(None, ctypes.byref(gate))
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        try:
+            tb.to_numpy(x)
+            print("not interrupted")
+        except KeyboardInterrupt:
+            print("interrupted")
+        gate.value = 1
+    """, prelude=False).stdout.split()
+    assert out == ["interrupted"]
+

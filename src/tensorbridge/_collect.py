@@ -103,8 +103,10 @@ def _gather_small_device_batches(batches, out):
         return None  # the general path accepts or refuses it, with the reason
     target = _as_bytes(out)
     for start in range(0, len(sources), _PACK_COUNT):
-        _core.copy_many_to_host(device, sources[start:start + _PACK_COUNT], stream, target,
-                                offsets[start:start + _PACK_COUNT])
+        # On Ctrl-C the copies in flight keep their sources (and target) alive.
+        _cuda._interruptible(lambda: _core.copy_many_to_host(
+            device, sources[start:start + _PACK_COUNT], stream, target,
+            offsets[start:start + _PACK_COUNT]), batches, out)
     return out
 
 
@@ -320,9 +322,11 @@ class _Writer:
         # A non-contiguous out= receives the rows through a contiguous staging array.
         staging = region if region.flags.c_contiguous else np.empty(region.shape, region.dtype)
         for (device, stream), group in by_device.items():
-            _core.copy_many_to_host(device, [(s.address, s.nbytes) for _, s in group], stream,
-                                    _as_bytes(staging),
-                                    [(row - start) * self.row_bytes for row, _ in group])
+            # On Ctrl-C the copies in flight keep their sources (and staging) alive.
+            _cuda._interruptible(lambda: _core.copy_many_to_host(
+                device, [(s.address, s.nbytes) for _, s in group], stream, _as_bytes(staging),
+                [(row - start) * self.row_bytes for row, _ in group]),
+                [s.keep for _, s in group], staging)
         if staging is not region:
             for group in by_device.values():
                 for row, source in group:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import collections
 import math
+import os
 import sys
 import threading
 import time
@@ -157,10 +158,13 @@ def release_finished() -> None:
     if not _sweeping.acquire(blocking=False):
         return
     try:
+        # An entry leaves the deque only once done: an exception raised
+        # anywhere in here (Ctrl-C) never drops one still in flight.
         for _ in range(len(_in_flight)):
-            entry = _in_flight.popleft()
-            if not entry[0].done():
-                _in_flight.append(entry)
+            if _in_flight[0][0].done():
+                _in_flight.popleft()
+            else:
+                _in_flight.rotate(-1)
     finally:
         _sweeping.release()
 
@@ -168,17 +172,24 @@ def release_finished() -> None:
 @atexit.register
 def _finish_copies_in_flight() -> None:
     # At interpreter exit, let every copy complete (and its completion thread
-    # finish writing) before the memory it uses goes: awaited or not.
-    _core.wait_for_all_transfers()
+    # finish writing) before the memory it uses goes: awaited or not. In
+    # slices, so that a second Ctrl-C still ends a wait on a hung device.
+    while not _core.wait_for_all_transfers(_WAIT_SLICE_SECONDS):
+        pass
     _in_flight.clear()
 
 
+# A forked child's main thread is the one that forked.
+os.register_at_fork(after_in_child=_core.init_interrupts)
+
+
 def _interruptible(copy, *keep):
-    """Run a synchronous native copy; on Ctrl-C, keep `keep` alive until the
-    copies it left in flight complete, then let KeyboardInterrupt through."""
+    """Run a synchronous native copy; when a signal handler stops it (Ctrl-C),
+    keep `keep` alive until the copies it left in flight complete, then let
+    the handler's exception through."""
     try:
         return copy()
-    except KeyboardInterrupt:
+    except BaseException:
         keep_alive_until_done(_core.take_interrupted(), *keep)
         raise
 
@@ -268,6 +279,21 @@ def stream_handle(stream) -> int:
     )
 
 
+def check_stream_device(stream, device: int, caller: str = "to_numpy") -> None:
+    """Refuse a torch or CuPy stream of another device than the memory's: an
+    event of one device cannot be recorded on another's stream (an int
+    handle carries no device, and is trusted)."""
+    if stream is None or isinstance(stream, (int, np.integer)):
+        return
+    torch_device = getattr(stream, "device", None)
+    index = getattr(torch_device, "index", None)
+    if index is None:
+        index = getattr(stream, "device_id", None)  # cupy.cuda.Stream
+    if isinstance(index, (int, np.integer)) and int(index) != device:
+        raise ValueError(f"{caller}: stream is on cuda:{int(index)}, but the memory is on "
+                         f"cuda:{device}; pass a stream of cuda:{device}")
+
+
 def _producer_stream(device: int) -> int:
     """The current stream of the library that made a tensor, if we know it."""
     cupy = sys.modules.get("cupy")
@@ -330,6 +356,7 @@ class DeviceMemory:
         and the current stream waits for the copy before its later kernels
         can overwrite the source."""
         device = t.device.index if t.device.index is not None else torch.cuda.current_device()
+        check_stream_device(stream, device)
         current = torch.cuda.current_stream(device)
         handle = current.cuda_stream
         if stream is None or stream_handle(stream) == handle:
@@ -347,6 +374,7 @@ class DeviceMemory:
     @classmethod
     def of_dlpack(cls, x, device_id, stream=None, caller="to_numpy"):
         """Any DLPack producer in CUDA memory."""
+        check_stream_device(stream, device_id, caller)
         handle = stream_handle(stream) if stream is not None else _producer_stream(device_id)
         # The consumer names its stream: the producer orders its pending work
         # before anything we enqueue there.

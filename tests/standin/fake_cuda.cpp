@@ -494,13 +494,14 @@ CUresult cuMemcpyBatchAsync(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes,
                             MemcpyAttributes* attrs, size_t* attr_indices, size_t attr_count,
                             size_t* fail_index, void* stream) {
   ENTER("cuMemcpyBatchAsync");
-  NEED_CONTEXT;
   auto refuse = [&](const char* why, size_t index = SIZE_MAX) {
     if (fail_index) *fail_index = index;
     return misuse(why, kInvalidValue);
   };
-  // cuda.h: "Must not be legacy NULL stream".
+  // cuda.h: "Must not be legacy NULL stream" (and INVALID_VALUE is the
+  // only refusal it lists besides initialisation).
   if (is_legacy(stream)) return refuse("cuMemcpyBatchAsync on the legacy stream");
+  NEED_CONTEXT;
   if (count == 0) return refuse("cuMemcpyBatchAsync of no copies");
   if (attrs == nullptr || attr_indices == nullptr || attr_count == 0 || attr_count > count) {
     return refuse("cuMemcpyBatchAsync attributes");
@@ -581,6 +582,10 @@ CUresult cuEventDestroy(Event* event) {
   // once the stream is done with it. The object is kept (a pending stream
   // task may still touch it), marked so that a later use is refused.
   if (live(event) == nullptr) return misuse("event used after cuEventDestroy", kInvalidHandle);
+  // (*) Destroyed from its own context, as every other call on it.
+  if (t_current->device != event->device) {
+    return misuse("cuEventDestroy in another context", kInvalidContext);
+  }
   std::lock_guard<std::mutex> lock(g_mutex);
   event->destroyed = true;
   return kSuccess;
