@@ -181,6 +181,8 @@ ViewStatus view_dltensor(const DLTensor& t, bool writeable, PyObject* base, PyOb
                                          strides, data, writeable ? NPY_ARRAY_WRITEABLE : 0,
                                          nullptr);
   if (array == nullptr) return ViewStatus::kError;
+  // NumPy ignores the flags when it allocates (data == NULL): read-only still.
+  if (!writeable) PyArray_CLEARFLAGS(reinterpret_cast<PyArrayObject*>(array), NPY_ARRAY_WRITEABLE);
   Py_INCREF(base);
   if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(array), base) < 0) {
     Py_DECREF(array);

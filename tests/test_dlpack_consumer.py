@@ -82,6 +82,9 @@ def test_read_only_flag_gives_a_read_only_array():
     with pytest.raises(ValueError, match="read-only"):
         a[0] = 1
     assert tb.to_numpy(Producer(np.arange(3.0))).flags.writeable
+    # An empty tensor without memory too (NumPy allocates its placeholder).
+    empty = Producer(np.arange(0.0), flags=READ_ONLY, data=None)
+    assert not tb.to_numpy(empty).flags.writeable
 
 
 def test_null_strides_mean_row_major():
