@@ -54,6 +54,14 @@ def test_copy_true_is_immune_and_leaves_the_tensor_resizable(path, dtype, layout
     np.testing.assert_array_equal(out.astype(np.float32), expected)
 
 
+def test_collect_leaves_its_batches_resizable(path):
+    batches = [torch.arange(6.0).reshape(2, 3), torch.ones(1, 3, requires_grad=True)]
+    result = tb.collect(batches)
+    np.testing.assert_array_equal(result[:2], np.arange(6.0).reshape(2, 3))
+    for batch in batches:
+        batch.detach().resize_(1 << 20)  # Tensor.numpy() would have forbidden it
+
+
 def test_numpy_method_still_forbids_it_for_comparison():
     t = torch.zeros(4)
     t.numpy()

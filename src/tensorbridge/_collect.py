@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _core, _cuda
 from ._cuda import _as_bytes
-from ._convert import to_numpy
+from ._convert import view_to_copy
 
 _PACK_BYTES = 64 << 10  # a batch at most this large waits to be packed with others
 _PACK_COUNT = 1024
@@ -125,7 +125,9 @@ def _gather_small_host_batches(batches, out):
             if type(batch) is not np.ndarray:
                 if torch is None or not isinstance(batch, torch.Tensor):
                     return None
-                batch = _core.fast_view(batch)  # None unless a plain CPU view: no copies
+                # None unless a plain CPU view, read without Tensor.numpy()
+                # (which would leave the batch unresizable): no copies.
+                batch = _core.fast_view(batch, numpy_method=False)
                 if batch is None:
                     return None
             arrays.append(batch)
@@ -211,7 +213,7 @@ class _Writer:
         source, array = None, batch
         if type(batch) is not np.ndarray:
             source = _cuda.device_memory(batch, caller="collect")
-            array = to_numpy(batch) if source is None else None
+            array = view_to_copy(batch) if source is None else None
         described = array if source is None else source
         shape, dtype = described.shape, described.dtype
         self._check(index, shape, dtype)

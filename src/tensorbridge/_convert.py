@@ -176,6 +176,21 @@ def _view_to_copy(t, result_dtype: np.dtype) -> np.ndarray:
     return view.view(result_dtype) if through_integer else view
 
 
+def view_to_copy(x) -> np.ndarray:
+    """What `to_numpy(x)` gives, for a caller that only copies it (collect):
+    a plain CPU tensor is read without Tensor.numpy(), as for copy=True, so
+    that it stays resizable on torch < 2.10 too."""
+    view = _core.fast_view(x, numpy_method=False)  # C: the exchange route
+    if view is not None:
+        return view
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor) and x.device.type == "cpu":
+        t = x.detach() if x.requires_grad else x
+        if _why_tensor_needs_copy(torch, t) is None:
+            return _view_to_copy(t, _dtypes.numpy_dtype(t.dtype))
+    return to_numpy(x)
+
+
 def _torch_dtype_of(numpy_dtype: np.dtype):
     import torch
 
