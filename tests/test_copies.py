@@ -234,7 +234,7 @@ def test_ml_dtypes_are_recognised_in_a_fresh_process():
     import sys
 
     code = ("import ml_dtypes, numpy as np, torch\n"
-            "from tensorbridge._convert import tensor_over\n"
+            "from tensorbridge._dtypes import tensor_over\n"
             "print(tensor_over(torch, np.ones(2, ml_dtypes.bfloat16)).dtype)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "torch.bfloat16"

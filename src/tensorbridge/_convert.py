@@ -13,11 +13,9 @@ import sys
 
 import numpy as np
 
-from . import _core, _cuda, _dtypes
+from . import _core, _cuda, _dlpack, _dtypes
+from ._out import check_out_array, check_out_matches
 
-# DLPack device types whose memory the CPU can read directly.
-_CPU_READABLE_DEVICES = {1, 3, 11}  # CPU, CUDA host (pinned), ROCm host
-_DLPACK_MAX_VERSION = (1, 3)
 
 
 def install() -> None:
@@ -34,7 +32,7 @@ def to_numpy(x, *, copy=None, out=None, stream=None):
                 "to_numpy: copy=False cannot be combined with out=, which always copies; "
                 "drop one of them"
             )
-        _check_out_array(out)
+        check_out_array(out)
 
     if isinstance(x, np.ndarray):
         return _finish_view(x, copy, out)
@@ -69,20 +67,11 @@ def to_numpy_async(x, *, out=None, stream=None):
     converted by :func:`to_numpy` and given as an already-finished Transfer.
     """
     if out is not None:
-        _check_out_array(out)
+        check_out_array(out)
     memory = _cuda.device_memory(x, stream)
     if memory is not None:
         return _cuda.copy_device_memory(memory, out, asynchronous=True)
     return _cuda.Transfer.finished(to_numpy(x, out=out, stream=stream))
-
-
-def _dlpack_device(x):
-    if not hasattr(type(x), "__dlpack__"):
-        return None
-    if not hasattr(x, "__dlpack_device__"):
-        return (1, 0)
-    device_type, device_id = x.__dlpack_device__()
-    return int(device_type), int(device_id)
 
 
 def _from_tensor(torch, t, copy, out, stream):
@@ -116,7 +105,7 @@ def _from_tensor(torch, t, copy, out, stream):
     if out is None:
         out = np.empty(tuple(t.shape), result_dtype)
     else:
-        _check_out_matches(out, tuple(t.shape), result_dtype)
+        check_out_matches(out, tuple(t.shape), result_dtype)
     try:
         _copy_tensor_into(torch, out, t)
     except Exception as error:
@@ -172,7 +161,7 @@ def _view_to_copy(t, result_dtype: np.dtype) -> np.ndarray:
     # Through a same-size integer where older torch's DLPack lacks the dtype.
     through_integer = _dtypes.is_extended(result_dtype) or result_dtype == np.bool_
     source = t.view(_torch_dtype_of(result_dtype)) if through_integer else t
-    view = _core.array_from_capsule(_request_capsule(source))
+    view = _core.array_from_capsule(_dlpack.request_capsule(source))
     return view.view(result_dtype) if through_integer else view
 
 
@@ -207,9 +196,9 @@ def _copy_tensor_into(torch, dst: np.ndarray, t) -> None:
     if any(s < 0 for s in dst.strides):  # torch cannot wrap negative strides
         target = np.empty(dst.shape, dst.dtype)
     if t.layout == torch.strided:
-        tensor_over(torch, target).copy_(t)
+        _dtypes.tensor_over(torch, target).copy_(t)
     else:
-        _densify_into(torch, tensor_over(torch, target), t)
+        _densify_into(torch, _dtypes.tensor_over(torch, target), t)
     if target is not dst:
         np.copyto(dst, target)
 
@@ -224,24 +213,15 @@ def _densify_into(torch, dense, t) -> None:
     dense.index_put_(tuple(coo.indices()), coo.values().to(dense.dtype), accumulate=True)
 
 
-def tensor_over(torch, array: np.ndarray):
-    """A CPU tensor over `array`'s memory (non-negative strides), ml_dtypes
-    through a same-size integer, which torch.from_numpy takes."""
-    if _dtypes.is_extended(array.dtype):
-        bits = torch.from_numpy(array.view(_dtypes.same_size_integer(array.dtype)))
-        return bits.view(getattr(torch, array.dtype.name))
-    return torch.from_numpy(array)
-
-
 # -- other producers -----------------------------------------------------------
 
 
 def _from_dlpack(x, copy, out, stream):
-    device_type, device_id = _dlpack_device(x)
-    if device_type in _CPU_READABLE_DEVICES:
+    device_type, device_id = _dlpack.device_of(x)
+    if device_type in _dlpack.CPU_READABLE_DEVICES:
         # Held in a local, the capsule outlives an error raised while reading
         # it: its producer's destructor then never runs with an exception pending.
-        capsule = _request_capsule(x)
+        capsule = _dlpack.request_capsule(x)
         return _finish_view(_core.array_from_capsule(capsule), copy, out)
     if copy is False:
         raise BufferError(
@@ -255,7 +235,7 @@ def _from_dlpack(x, copy, out, stream):
         return _cuda.copy_device_memory(memory, out, asynchronous=False)
     # Ask the producer itself for a host copy (DLPack >= 1.0 `dl_device`).
     try:
-        capsule = x.__dlpack__(max_version=_DLPACK_MAX_VERSION, dl_device=(1, 0), copy=True)
+        capsule = x.__dlpack__(max_version=_dlpack.MAX_VERSION, dl_device=(1, 0), copy=True)
     except (TypeError, BufferError, NotImplementedError) as error:
         raise BufferError(
             f"to_numpy: this {type(x).__name__} lives on DLPack device type "
@@ -263,15 +243,6 @@ def _from_dlpack(x, copy, out, stream):
             "copy it to host memory with the producer's own API first"
         ) from error
     return _finish_view(_core.array_from_capsule(capsule), copy, out)
-
-
-def _request_capsule(x):
-    # Ask for a versioned capsule first; producers older than DLPack 1.0 do
-    # not take max_version.
-    try:
-        return x.__dlpack__(max_version=_DLPACK_MAX_VERSION)
-    except TypeError:
-        return x.__dlpack__()
 
 
 def _buffer_of(x):
@@ -301,32 +272,9 @@ def _from_array_like(x, copy, out):
 
 def _finish_view(view: np.ndarray, copy, out):
     if out is not None:
-        _check_out_matches(out, view.shape, view.dtype)
+        check_out_matches(out, view.shape, view.dtype)
         np.copyto(out, view, casting="no")
         return out
     if copy:
         return view.copy(order="K")
     return view
-
-
-def _check_out_array(out) -> None:
-    if not isinstance(out, np.ndarray):
-        raise TypeError(
-            f"to_numpy: out must be a numpy.ndarray, got {type(out).__name__}; "
-            "allocate one with numpy.empty(shape, dtype) or tensorbridge.empty_pinned"
-        )
-    if not out.flags.writeable:
-        raise ValueError("to_numpy: out is read-only; pass a writeable array")
-
-
-def _check_out_matches(out: np.ndarray, shape, dtype) -> None:
-    if out.shape != tuple(shape):
-        raise ValueError(
-            f"to_numpy: out has shape {out.shape}, but the result has shape {tuple(shape)}; "
-            "pass an array of exactly that shape"
-        )
-    if out.dtype != dtype:
-        raise ValueError(
-            f"to_numpy: out has dtype {out.dtype}, but the result has dtype {dtype}; "
-            "pass an array of exactly that dtype"
-        )

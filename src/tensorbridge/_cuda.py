@@ -20,11 +20,10 @@ import time
 
 import numpy as np
 
-from . import _core, _dtypes
+from . import _core, _dlpack, _dtypes
+from ._out import check_out_matches
 
-_KDL_CUDA = 2
-_KDL_CUDA_MANAGED = 13
-CUDA_DEVICE_TYPES = {_KDL_CUDA, _KDL_CUDA_MANAGED}
+CUDA_DEVICE_TYPES = _dlpack.CUDA_DEVICE_TYPES
 _LEGACY_STREAM = 1  # DLPack's and the driver's name for the legacy default stream
 
 # -- driver and pinned memory ----------------------------------------------------
@@ -310,9 +309,7 @@ def _result_array(shape, dtype, out):
     """A new array for the result, or `out` once it is checked to fit."""
     if out is None:
         return np.empty(shape, dtype)
-    from ._convert import _check_out_matches
-
-    _check_out_matches(out, shape, dtype)
+    check_out_matches(out, shape, dtype)
     return out
 
 
@@ -378,10 +375,7 @@ class DeviceMemory:
         handle = stream_handle(stream) if stream is not None else _producer_stream(device_id)
         # The consumer names its stream: the producer orders its pending work
         # before anything we enqueue there.
-        try:
-            capsule = x.__dlpack__(stream=handle, max_version=(1, 3))
-        except TypeError:
-            capsule = x.__dlpack__(stream=handle)
+        capsule = _dlpack.request_capsule(x, stream=handle)
         owner, _, device, address, shape, strides, dtype, name = _core.describe_capsule(capsule)
         if dtype is None:
             raise TypeError(f"{caller}: this {type(x).__name__} holds {name}, which has no "
@@ -430,9 +424,7 @@ def device_memory(x, stream=None, caller="to_numpy"):
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
         return DeviceMemory.of_tensor(torch, x, stream) if x.is_cuda else None
-    from ._convert import _dlpack_device
-
-    device = _dlpack_device(x)
+    device = _dlpack.device_of(x)
     if device is None or device[0] not in CUDA_DEVICE_TYPES:
         return None
     if not cuda_available():
@@ -510,8 +502,6 @@ def to_device(a, device, *, dtype=None, stream=None):
     """
     import torch
 
-    from ._convert import tensor_over, to_numpy
-
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError) as error:
@@ -535,10 +525,10 @@ def to_device(a, device, *, dtype=None, stream=None):
     release_finished()
     if isinstance(a, torch.Tensor) and a.is_cuda:
         return a.to(device=torch.device("cuda", index), dtype=dtype)
-    source = tensor_over(torch, np.ascontiguousarray(to_numpy(a)))
+    source = _dtypes.tensor_over(torch, np.ascontiguousarray(_core.to_numpy(a)))
     if dtype is not None:
         source = source.to(dtype)  # on the host; `source` itself when it already is
-    host = to_numpy(source)  # contiguous: a view
+    host = _core.to_numpy(source)  # contiguous: a view
     result = torch.empty(source.shape, dtype=source.dtype, device=torch.device("cuda", index))
     handle = (stream_handle(stream) if stream is not None
               else torch.cuda.current_stream(index).cuda_stream)
@@ -549,12 +539,10 @@ def to_device(a, device, *, dtype=None, stream=None):
 
 
 def _to_cpu_tensor(torch, a, dtype):
-    from ._convert import tensor_over, to_numpy
-
     if isinstance(a, torch.Tensor):
         return a.to(device="cpu", dtype=dtype)
-    host = to_numpy(a)
+    host = _core.to_numpy(a)  # the public fast path
     if not host.flags.writeable or any(stride < 0 for stride in host.strides):
         host = host.copy()  # torch tensors are writeable and cannot step backwards
-    tensor = tensor_over(torch, host)
+    tensor = _dtypes.tensor_over(torch, host)
     return tensor if dtype is None else tensor.to(dtype)

@@ -86,3 +86,12 @@ def _fix_for(name: str) -> str:
     if name.startswith(("int", "uint")):
         return "sub-byte integers have no NumPy layout: call t.to(torch.int8) or t.to(torch.uint8)"
     return "convert it first, for example with t.float()"
+
+
+def tensor_over(torch, array: np.ndarray):
+    """A CPU tensor over `array`'s memory (non-negative strides), ml_dtypes
+    through a same-size integer, which torch.from_numpy takes."""
+    if is_extended(array.dtype):
+        bits = torch.from_numpy(array.view(same_size_integer(array.dtype)))
+        return bits.view(getattr(torch, array.dtype.name))
+    return torch.from_numpy(array)

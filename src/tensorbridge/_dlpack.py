@@ -1,0 +1,28 @@
+"""The DLPack protocol as a consumer uses it: which devices the CPU reads,
+the version we ask for, and how a producer is asked for its capsule."""
+
+from __future__ import annotations
+
+# DLPack device types whose memory the CPU can read directly.
+CPU_READABLE_DEVICES = {1, 3, 11}  # CPU, CUDA host (pinned), ROCm host
+CUDA_DEVICE_TYPES = {2, 13}  # CUDA, CUDA managed
+MAX_VERSION = (1, 3)  # the newest DLPack ABI we read
+
+
+def device_of(x):
+    """`x`'s (DLPack device type, device id), or None when it is no producer."""
+    if not hasattr(type(x), "__dlpack__"):
+        return None
+    if not hasattr(x, "__dlpack_device__"):
+        return (1, 0)
+    device_type, device_id = x.__dlpack_device__()
+    return int(device_type), int(device_id)
+
+
+def request_capsule(x, **kwargs):
+    """`x.__dlpack__(**kwargs)`, asking for a versioned capsule first:
+    producers older than DLPack 1.0 do not take max_version."""
+    try:
+        return x.__dlpack__(max_version=MAX_VERSION, **kwargs)
+    except TypeError:
+        return x.__dlpack__(**kwargs)
