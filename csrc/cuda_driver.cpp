@@ -26,6 +26,7 @@ struct State {
   std::string error;
   std::string library;  // the file dlopen found
   int driver_version = 0;
+  std::string found;    // "driver 12.2 loaded from <library>", the start of every reason
   Driver table{};
   std::vector<EntryPoint> entry_points;
   std::vector<CUcontext> contexts;  // primary context per ordinal, retained once
@@ -47,6 +48,19 @@ std::string loaded_path(void* library, const char* fallback) {
     return map->l_name;
   }
   return fallback;
+}
+
+// "CUDA_ERROR_NO_DEVICE (no CUDA-capable device is detected)", in the
+// driver's own words once its error strings are resolved.
+std::string error_text(CUresult result) {
+  const char* name = nullptr;
+  const char* text = nullptr;
+  const Driver& table = state().table;
+  if (table.cuGetErrorName != nullptr) table.cuGetErrorName(result, &name);
+  if (table.cuGetErrorString != nullptr) table.cuGetErrorString(result, &text);
+  std::string message = name ? name : "CUDA error " + std::to_string(result);
+  if (text != nullptr) message += std::string(" (") + text + ")";
+  return message;
 }
 
 void load(State& s) {
@@ -92,9 +106,10 @@ void load(State& s) {
 #undef TB_RESOLVE
   s.table = table;  // describe() needs the error strings before `loaded` is set
   if (table.cuDriverGetVersion != nullptr) table.cuDriverGetVersion(&s.driver_version);
-  const std::string loaded = "driver " + (s.driver_version ? version_text(s.driver_version)
-                                                            : std::string("of unknown version")) +
-                             " loaded from " + s.library;
+  s.found = "driver " + (s.driver_version ? version_text(s.driver_version)
+                                          : std::string("of unknown version")) +
+            " loaded from " + s.library;
+  const std::string& loaded = s.found;
   if (!missing.empty()) {
     s.error = loaded + ", but it lacks " + missing + " for CUDA " +
               version_text(kDeclaredCudaVersion) + "; update the NVIDIA driver";
@@ -102,9 +117,7 @@ void load(State& s) {
   }
   const CUresult init = table.cuInit(0);
   if (init != CUDA_SUCCESS) {
-    std::string answer = describe("cuInit", init);
-    answer.replace(0, std::string("cuInit failed: ").size(), "");
-    s.error = loaded + ", but cuInit says " + answer;
+    s.error = loaded + ", but cuInit says " + error_text(init);
     return;
   }
   s.loaded = true;
@@ -132,18 +145,19 @@ Status status() noexcept {
   Status result;
   try {
     const bool loaded = try_driver() != nullptr;
+    std::string found;
     {
       State& s = state();
       std::lock_guard<std::mutex> lock(s.mutex);
       result.library = s.library;
       result.driver_version = s.driver_version;
       result.reason = s.error;
+      found = s.found;
     }
     if (!loaded) return result;
     result.device_count = device_count();
     if (result.device_count == 0) {
-      result.reason = "driver " + version_text(result.driver_version) + " loaded from " +
-                      result.library + ", but it reports no CUDA device";
+      result.reason = found + ", but it reports no CUDA device";
       return result;
     }
     result.available = true;
@@ -165,15 +179,7 @@ std::vector<EntryPoint> entry_points() {
 }
 
 std::string describe(const char* call, CUresult result) {
-  const char* name = nullptr;
-  const char* text = nullptr;
-  const Driver& table = state().table;
-  if (table.cuGetErrorName != nullptr) table.cuGetErrorName(result, &name);
-  if (table.cuGetErrorString != nullptr) table.cuGetErrorString(result, &text);
-  std::string message = std::string(call) + " failed: " +
-                        (name ? name : "CUDA error " + std::to_string(result));
-  if (text != nullptr) message += std::string(" (") + text + ")";
-  return message;
+  return std::string(call) + " failed: " + error_text(result);
 }
 
 DeviceGuard::DeviceGuard(int ordinal) {

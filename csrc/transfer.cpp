@@ -423,14 +423,11 @@ std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, CUstream str
   if (src.bytes == 0) return Transfer::finished();
   DeviceGuard guard(src.device);
   const Driver& d = driver();
-  auto transfer = std::make_shared<Transfer>();
   if (dst_pinned) {
     check(d.cuMemcpyDtoHAsync(dst, src.data, src.bytes, stream), "cuMemcpyDtoHAsync");
-    auto done = std::make_shared<Event>();
-    done->record(stream);
-    Completer::instance().submit({transfer, src.device, std::move(done), nullptr});
-    return transfer;
+    return stream_point(src.device, stream);
   }
+  auto transfer = std::make_shared<Transfer>();
   Block staging = PinnedPool::instance().try_acquire(src.device, src.bytes);
   if (staging.data == nullptr) {  // the limit forbids staging it whole: copy now
     copy_to_host(src, stream, dst, false);

@@ -229,8 +229,6 @@ def _from_dlpack(x, copy, out, stream):
             f"type {device_type}, which the CPU cannot read; pass copy=None to allow the copy"
         )
     if device_type in _cuda.CUDA_DEVICE_TYPES:
-        if not _cuda.cuda_available():
-            raise _cuda.unusable_cuda_error("to_numpy", x, device_id)
         memory = _cuda.DeviceMemory.of_dlpack(x, device_id, stream)
         return _cuda.copy_device_memory(memory, out, asynchronous=False)
     # Ask the producer itself for a host copy (DLPack >= 1.0 `dl_device`).

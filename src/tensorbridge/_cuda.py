@@ -61,7 +61,7 @@ def cuda_status() -> dict:
                 "reason": f"the CUDA probe failed: {error}"}
 
 
-def unusable_cuda_error(caller: str, x, device_id: int) -> BufferError:
+def _unusable_cuda_error(caller: str, x, device_id: int) -> BufferError:
     """The error for CUDA memory on a machine where CUDA is unusable."""
     return BufferError(
         f"{caller}: this {type(x).__name__} holds CUDA memory (device {device_id}), but CUDA is "
@@ -370,7 +370,10 @@ class DeviceMemory:
 
     @classmethod
     def of_dlpack(cls, x, device_id, stream=None, caller="to_numpy"):
-        """Any DLPack producer in CUDA memory."""
+        """Any DLPack producer in CUDA memory (BufferError, saying why, when
+        CUDA is unusable here)."""
+        if not cuda_available():
+            raise _unusable_cuda_error(caller, x, device_id)
         check_stream_device(stream, device_id, caller)
         handle = stream_handle(stream) if stream is not None else _producer_stream(device_id)
         # The consumer names its stream: the producer orders its pending work
@@ -427,8 +430,6 @@ def device_memory(x, stream=None, caller="to_numpy"):
     device = _dlpack.device_of(x)
     if device is None or device[0] not in CUDA_DEVICE_TYPES:
         return None
-    if not cuda_available():
-        raise unusable_cuda_error(caller, x, device[1])
     return DeviceMemory.of_dlpack(x, device[1], stream, caller)
 
 
