@@ -14,7 +14,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 from numbers import Integral
 
-from .._convert import to_numpy
+from .._core import to_numpy  # the native fast path, as tensorbridge.to_numpy
 
 
 def _estimator_has(method):
