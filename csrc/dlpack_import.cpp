@@ -8,6 +8,8 @@
 namespace tensorbridge {
 namespace {
 
+PyTypeObject* g_capsule_memory_type = nullptr;
+
 using namespace dlpack;
 
 constexpr const char* kOwnerName = "tensorbridge.dlpack_owner";
@@ -296,11 +298,39 @@ PyObject* describe_capsule(PyObject* capsule) {
   PyObject* descr = reinterpret_cast<PyObject*>(descr_for(t.dtype));
   if (descr == nullptr) descr = (Py_INCREF(Py_None), Py_None);
   const auto address = reinterpret_cast<uintptr_t>(t.data) + t.byte_offset;
-  PyObject* result = Py_BuildValue("(NiiKNNNs)", taken.owner, static_cast<int>(t.device.device_type),
-                                   static_cast<int>(t.device.device_id),
-                                   static_cast<unsigned long long>(address), shape, strides, descr,
-                                   dtype_name(t.dtype).c_str());
+  PyObject* items = Py_BuildValue("(NiiKNNNs)", taken.owner, static_cast<int>(t.device.device_type),
+                                  static_cast<int>(t.device.device_id),
+                                  static_cast<unsigned long long>(address), shape, strides, descr,
+                                  dtype_name(t.dtype).c_str());
+  PyObject* result = items == nullptr ? nullptr : PyStructSequence_New(g_capsule_memory_type);
+  for (Py_ssize_t i = 0; result != nullptr && i < PyTuple_GET_SIZE(items); ++i) {
+    PyObject* item = PyTuple_GET_ITEM(items, i);
+    Py_INCREF(item);
+    PyStructSequence_SetItem(result, i, item);
+  }
+  Py_XDECREF(items);
   return result;
+}
+
+bool add_capsule_types(PyObject* module) {
+  static PyStructSequence_Field fields[] = {
+      {"owner", "keeps the memory alive; calls the producer's deleter when dropped"},
+      {"device_type", "the DLPack device type"},
+      {"device", "the device id"},
+      {"address", "the address of the first element"},
+      {"shape", "the shape"},
+      {"strides", "the strides in elements, or None when compact row-major"},
+      {"dtype", "the NumPy dtype, or None when NumPy has none"},
+      {"dtype_name", "a readable name of the element type"},
+      {nullptr, nullptr}};
+  static PyStructSequence_Desc desc = {
+      "tensorbridge._core.CapsuleMemory", "Where a consumed DLPack capsule's memory is.", fields,
+      8};
+  g_capsule_memory_type = PyStructSequence_NewType(&desc);
+  if (g_capsule_memory_type == nullptr) return false;
+  Py_INCREF(g_capsule_memory_type);  // the module holds one reference, we keep the other
+  return PyModule_AddObject(module, "CapsuleMemory",
+                            reinterpret_cast<PyObject*>(g_capsule_memory_type)) == 0;
 }
 
 }  // namespace tensorbridge

@@ -199,7 +199,9 @@ def test_exchange_route_leaves_the_rest_to_the_python_route(standin, case):
     a = tb.to_numpy(x, **kwargs)
     np.testing.assert_array_equal(a, expected)
     assert a.shape == expected.shape and a.dtype == expected.dtype
-    assert len(x.requests) == (0 if case == "empty" else 1)  # one __dlpack__ call, or none
+    # out= copies the memory the native core described: no __dlpack__ call
+    # (nor for an empty one); the others ask the producer once.
+    assert len(x.requests) == (0 if case in ("empty", "out=") else 1)
 
 
 def test_both_routes_raise_the_same_driver_error(standin):
@@ -257,17 +259,18 @@ def test_thousand_small_batches_are_packed(standin, Device, given_as, monkeypatc
         assert all(b.requests == [] for b in batches)
 
 
-def test_describe_device_covers_only_plain_compact_exchange_memory(standin):
+def test_the_route_describes_only_plain_compact_exchange_memory(standin):
     import torch
 
     plain = ExchangeDeviceArray(standin, values((3, 4)), device=1)
-    device, stream, address, shape, dtype = _core.describe_device(plain)
-    assert (device, stream, address, shape, dtype) == (1, 0, plain.address, (3, 4),
-                                                       np.dtype(np.float32))
+    route = _core.route(plain)
+    assert route.kind == "device" and route.torch_device is None
+    assert tuple(route.memory) == (1, 0, plain.address, (3, 4), np.dtype(np.float32))
+    assert (route.memory.device, route.memory.address) == (1, plain.address)
     strided = ExchangeDeviceArray(standin, values((3, 4)), shape=(3, 2), strides=(4, 2))
     for other in (np.ones(3), torch.ones(3), DeviceArray(standin, values((3,))), strided,
                   ExchangeDeviceArray(standin, values((3,)), refuse_exchange=True), "text"):
-        assert _core.describe_device(other) is None
+        assert _core.route(other).memory is None
 
 
 def test_collect_of_exchange_sequences_that_need_the_general_path(standin):
@@ -427,9 +430,9 @@ def test_transfers_dropped_unawaited_are_safe(standin):
         tb.to_numpy_async(p)  # dropped at once
     gc.collect()
     _core.wait_for_all_transfers()
-    from tensorbridge import _cuda
+    from tensorbridge import _transfer
 
-    _cuda.release_finished()
+    _transfer.release_finished()
     gc.collect()
     assert all(p.deleted == 1 for p in producers)
 

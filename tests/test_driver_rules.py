@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import tensorbridge as tb
-from tensorbridge import _core, _cuda
+from tensorbridge import _core, _transfer
 from device_producers import CURRENT_STREAMS, DeviceArray, ExchangeDeviceArray
 
 HERE = os.path.dirname(__file__)
@@ -360,7 +360,7 @@ def test_ctrl_c_interrupts_a_wait_and_the_copy_completes_behind_it(how):
         if how == "Transfer.wait":
             assert (transfer.wait() == expected).all()
         _core.wait_for_all_transfers()
-        tb._cuda.release_finished()
+        tb._transfer.release_finished()
         print(tb.pinned_memory_stats()["in_use_bytes"], s.misuses())
     """).stdout.split("\n")
     assert out[:3] == ["interrupted", "True 0", "0 {}"]
@@ -371,7 +371,7 @@ def test_a_transfer_dropped_inside_a_garbage_collection_of_a_sweep_is_kept():
     # transfers included: it must neither deadlock nor lose the entry.
     out = run_python("""
         import ctypes, gc
-        from tensorbridge import _cuda
+        from tensorbridge import _transfer
         gate = ctypes.c_int(0)
         x = DeviceArray(s, np.ones(1000, np.float32))
         s.enqueue_gate(None, ctypes.byref(gate))
@@ -384,14 +384,14 @@ def test_a_transfer_dropped_inside_a_garbage_collection_of_a_sweep_is_kept():
                 gc.collect()  # runs the cycle's Transfer.__del__ inside the sweep
                 return True
 
-        _cuda.keep_alive_until_done(CollectsWhenAsked(), None)
+        _transfer.keep_alive_until_done(CollectsWhenAsked(), None)
         gc.disable()
-        _cuda.release_finished()
-        print(len(_cuda._in_flight))
+        _transfer.release_finished()
+        print(len(_transfer._in_flight))
         gate.value = 1
         _core.wait_for_all_transfers()
-        _cuda.release_finished()
-        print(len(_cuda._in_flight))
+        _transfer.release_finished()
+        print(len(_transfer._in_flight))
     """).stdout.split()
     assert out == ["1", "0"]
 

@@ -68,9 +68,9 @@ def test_threads_convert_collect_and_drop_transfers(standin):
     assert not errors, errors[0]
     assert all(counts.values()), counts
     _core.wait_for_all_transfers()
-    from tensorbridge import _cuda
+    from tensorbridge import _transfer
 
-    _cuda.release_finished()
+    _transfer.release_finished()
     gc.collect()
     assert tb.pinned_memory_stats()["in_use_bytes"] == 0
     assert all(p.deleted == len(p.requests) for p in producers)  # every capsule released

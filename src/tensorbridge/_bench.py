@@ -34,7 +34,8 @@ import numpy as np
 from . import _core
 from ._collect import collect
 from ._convert import to_numpy_async
-from ._cuda import cuda_available, empty_pinned, pinned_memory_stats
+from ._driver import cuda_available
+from ._pinned import empty_pinned, pinned_memory_stats
 
 to_numpy = _core.to_numpy
 

@@ -19,9 +19,9 @@ import sys
 
 import numpy as np
 
-from . import _core, _cuda
-from ._cuda import _as_bytes
-from ._convert import view_to_copy
+from . import _convert, _core, _device_memory, _torch
+from ._device_memory import as_bytes
+from ._transfer import interruptible
 
 _PACK_BYTES = 64 << 10  # a batch at most this large waits to be packed with others
 _PACK_COUNT = 1024
@@ -78,10 +78,10 @@ def _gather_small_device_batches(batches, out):
     done) for any other sequence, which the general path then handles."""
     described = []
     for batch in batches:
-        description = _core.describe_device(batch)
-        if description is None:
+        memory = _core.route(batch, numpy_method=False).memory
+        if memory is None:
             return None
-        described.append(description)
+        described.append(memory)
     if not described:
         return None
     device, stream, _, shape, dtype = described[0]
@@ -101,10 +101,10 @@ def _gather_small_device_batches(batches, out):
         out = _new_result(rows, trailing, dtype)
     elif out.shape != (rows, *trailing) or out.dtype != dtype or not out.flags.c_contiguous:
         return None  # the general path accepts or refuses it, with the reason
-    target = _as_bytes(out)
+    target = as_bytes(out)
     for start in range(0, len(sources), _PACK_COUNT):
         # On Ctrl-C the copies in flight keep their sources (and target) alive.
-        _cuda._interruptible(lambda: _core.copy_many_to_host(
+        interruptible(lambda: _core.copy_many_to_host(
             device, sources[start:start + _PACK_COUNT], stream, target,
             offsets[start:start + _PACK_COUNT]), batches, out)
     return out
@@ -119,15 +119,14 @@ def _gather_small_host_batches(batches, out):
     if all(type(batch) is np.ndarray for batch in batches):
         arrays = batches
     else:
-        torch = sys.modules.get("torch")
         arrays = []
         for batch in batches:
             if type(batch) is not np.ndarray:
-                if torch is None or not isinstance(batch, torch.Tensor):
+                if not _torch.is_tensor(batch):
                     return None
                 # None unless a plain CPU view, read without Tensor.numpy()
                 # (which would leave the batch unresizable): no copies.
-                batch = _core.fast_view(batch, numpy_method=False)
+                batch = _core.route(batch, numpy_method=False).view
                 if batch is None:
                     return None
             arrays.append(batch)
@@ -212,8 +211,9 @@ class _Writer:
     def add(self, index, batch):
         source, array = None, batch
         if type(batch) is not np.ndarray:
-            source = _cuda.device_memory(batch, caller="collect")
-            array = view_to_copy(batch) if source is None else None
+            route = _core.route(batch, numpy_method=False)
+            source = _device_memory.of_route(route, batch, caller="collect")
+            array = _convert.view_to_copy(route, batch) if source is None else None
         described = array if source is None else source
         shape, dtype = described.shape, described.dtype
         self._check(index, shape, dtype)
@@ -307,7 +307,7 @@ class _Writer:
             return
         if (array.nbytes >= _THREADED_COPY_BYTES and array.flags.c_contiguous
                 and target.flags.c_contiguous):
-            _core.host_copy(_as_bytes(target), _as_bytes(array))  # several threads
+            _core.host_copy(as_bytes(target), as_bytes(array))  # several threads
         else:
             target[...] = array  # same shape and dtype: checked
 
@@ -325,8 +325,8 @@ class _Writer:
         staging = region if region.flags.c_contiguous else np.empty(region.shape, region.dtype)
         for (device, stream), group in by_device.items():
             # On Ctrl-C the copies in flight keep their sources (and staging) alive.
-            _cuda._interruptible(lambda: _core.copy_many_to_host(
-                device, [(s.address, s.nbytes) for _, s in group], stream, _as_bytes(staging),
+            interruptible(lambda: _core.copy_many_to_host(
+                device, [(s.address, s.nbytes) for _, s in group], stream, as_bytes(staging),
                 [(row - start) * self.row_bytes for row, _ in group]),
                 [s.keep for _, s in group], staging)
         if staging is not region:

@@ -250,7 +250,7 @@ def _plot(report, path):
 
 def _info(as_json: bool = False) -> int:
     from . import _bench as bench
-    from ._cuda import cuda_status, pinned_memory_stats
+    from . import cuda_status, pinned_memory_stats
 
     versions = bench.versions()
     torch = sys.modules.get("torch")  # imported by versions() when installed

@@ -190,7 +190,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """On a GPU: while batch k computes, batch k+1 is uploaded on one side
         stream and batch k-1's output downloaded on another, straight into its
         rows of the result."""
-        from .._cuda import to_device
+        from .._to_device import to_device
         from .._convert import to_numpy_async
 
         device, batch_size = self.device_, self.batch_size
