@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import sys
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -28,18 +31,45 @@ _PACK_COUNT = 1024
 _THREADED_COPY_BYTES = 1 << 20  # a host batch at least this large is copied on several threads
 
 
-def collect(batches, *, out=None):
-    """Gather an iterable of batches (CPU or GPU tensors, arrays, any DLPack
-    producer) with the same trailing shape and dtype into one array.
+def collect(batches: Iterable[Any], *, out: np.ndarray | None = None) -> np.ndarray:
+    """Gather batches with the same trailing shape and dtype into one array.
 
     Each batch is written straight into its slice of the result; the iterable
-    is consumed once and never materialised. ``out=`` receives the rows and
-    must hold exactly as many as the batches bring.
+    is consumed once and never materialised, so peak memory stays at the
+    result plus one batch (``np.concatenate`` of a list holds both).
 
-    Raises ValueError for an empty iterable, a batch whose trailing shape or
-    dtype differs from the first one's, or an ``out=`` too small or too large;
-    an exception raised by the iterable propagates and nothing is returned
+    Parameters
+    ----------
+    batches : iterable
+        CPU or GPU tensors, arrays, or any DLPack producer, each with a
+        leading (row) dimension; a generator is consumed as it yields.
+    out : numpy.ndarray, optional
+        Receives the rows; must hold exactly as many as the batches bring.
+
+    Returns
+    -------
+    numpy.ndarray
+        The rows of every batch, in order.
+
+    Raises
+    ------
+    ValueError
+        For an empty iterable, a batch whose trailing shape or dtype differs
+        from the first one's, or an ``out=`` too small or too large.
+    TypeError, BufferError
+        For a batch ``to_numpy`` cannot read, naming the batch.
+
+    An exception raised by the iterable propagates and nothing is returned
     (rows already written into ``out=`` stay written).
+
+    Examples
+    --------
+    >>> import torch, tensorbridge as tb
+    >>> tb.collect(torch.full((2, 3), float(i)) for i in range(3)).shape
+    (6, 3)
+    >>> tb.collect([torch.ones(1, 2), torch.zeros(1, 2)])
+    array([[1., 1.],
+           [0., 0.]], dtype=float32)
     """
     try:
         iterator = iter(batches)
@@ -211,9 +241,14 @@ class _Writer:
     def add(self, index, batch):
         source, array = None, batch
         if type(batch) is not np.ndarray:
-            route = _core.route(batch, numpy_method=False)
-            source = _device_memory.of_route(route, batch, caller="collect")
-            array = _convert.view_to_copy(route, batch) if source is None else None
+            try:
+                route = _core.route(batch, numpy_method=False)
+                source = _device_memory.of_route(route, batch, caller="collect")
+                array = _convert.view_to_copy(route, batch) if source is None else None
+            except (TypeError, ValueError, BufferError) as error:
+                # The same error, naming the call the user made and the batch.
+                message = re.sub(r"^(to_numpy|collect): ", "", str(error))
+                raise type(error)(f"collect: batch {index}: {message}") from error
         described = array if source is None else source
         shape, dtype = described.shape, described.dtype
         self._check(index, shape, dtype)

@@ -12,6 +12,8 @@ finished by ``_finish_view``, or is copied straight into NumPy-owned memory
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import _core, _device_memory, _dlpack, _dtypes, _torch
@@ -67,13 +69,27 @@ def convert(route, x=_MISSING, *extra, copy=None, out=None, stream=None, **unkno
     )
 
 
-def to_numpy_async(x, *, out=None, stream=None):
+def to_numpy_async(x: Any, *, out: np.ndarray | None = None, stream: Any = None) -> Transfer:
     """Start copying `x` to a NumPy array and return a :class:`Transfer` at once.
 
     Device memory is copied in stream order (after the work queued on
     ``stream``, default the producer's current stream, at call time) without
     blocking; ``Transfer.wait()`` returns the array. Anything else is
     converted by :func:`to_numpy` and given as an already-finished Transfer.
+
+    Parameters
+    ----------
+    x : torch.Tensor, DLPack producer or array-like
+        What :func:`to_numpy` takes.
+    out : numpy.ndarray, optional
+        Writeable array of the result's exact shape and dtype (pinned, from
+        :func:`empty_pinned`, for the fastest copy).
+    stream : optional
+        The stream to order a device copy on.
+
+    Returns
+    -------
+    Transfer
 
     Examples
     --------

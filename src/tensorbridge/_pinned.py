@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _core, _driver
 
 
-def pinned_memory_stats() -> dict:
+def pinned_memory_stats() -> dict[str, int]:
     """The pinned pool's counters (all zero without a usable CUDA driver).
 
     Examples
@@ -24,7 +25,17 @@ def pinned_memory_stats() -> dict:
 
 
 def empty_pinned_cache() -> None:
-    """Free the cached pinned blocks that no copy uses any more."""
+    """Free the cached pinned blocks that no copy uses any more.
+
+    Blocks in use (by a copy in flight or an :func:`empty_pinned` array) stay.
+
+    Examples
+    --------
+    >>> import tensorbridge as tb
+    >>> tb.empty_pinned_cache()
+    >>> tb.pinned_memory_stats()["cached_bytes"]
+    0
+    """
     _core.empty_pinned_cache()
 
 
@@ -33,6 +44,23 @@ def set_pinned_memory_limit(nbytes: int) -> None:
 
     Conversions never fail because of the limit (they stage in smaller
     chunks); only ``empty_pinned`` and pinned ``out=`` arrays can.
+
+    Parameters
+    ----------
+    nbytes : int
+        The bound, ``0 <= nbytes < 2**64``; ``2**64 - 1`` means none.
+
+    Raises
+    ------
+    TypeError
+        For a non-integer `nbytes`.
+    ValueError
+        For a negative one, or one beyond 64 bits.
+
+    Examples
+    --------
+    >>> import tensorbridge as tb
+    >>> tb.set_pinned_memory_limit(2 << 30)  # 2 GiB
     """
     if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
         raise TypeError(f"set_pinned_memory_limit: nbytes must be an int, got {nbytes!r}")
@@ -44,11 +72,38 @@ def set_pinned_memory_limit(nbytes: int) -> None:
     _core.set_pinned_limit(int(nbytes))
 
 
-def empty_pinned(shape, dtype) -> np.ndarray:
+def empty_pinned(shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
     """An uninitialised array in page-locked memory, from tensorbridge's pool.
 
     Copies between it and a GPU run at link speed and asynchronously. Its
     block returns to the pool when the array (and every view of it) is gone.
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+        Non-negative sizes.
+    dtype : data-type
+        Any NumPy dtype.
+
+    Returns
+    -------
+    numpy.ndarray
+        C-contiguous, writeable, uninitialised.
+
+    Raises
+    ------
+    RuntimeError
+        Without a usable CUDA driver (the message says why, in
+        :func:`cuda_status`'s words).
+    MemoryError
+        When the pinned limit (:func:`set_pinned_memory_limit`) or the
+        machine refuses the bytes.
+
+    Examples
+    --------
+    >>> import torch, tensorbridge as tb
+    >>> host = tb.empty_pinned((1024, 1024), "float32")  # doctest: +SKIP
+    >>> tb.to_numpy(torch.ones(1024, 1024, device="cuda"), out=host)  # doctest: +SKIP
     """
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)

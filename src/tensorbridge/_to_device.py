@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import _core, _driver, _dtypes, _streams
@@ -10,15 +12,43 @@ from ._pinned import is_pinned
 from ._transfer import keep_alive_until_done, release_finished
 
 
-def to_device(a, device, *, dtype=None, stream=None):
+def to_device(a: Any, device: Any, *, dtype: Any = None, stream: Any = None) -> Any:
     """Copy host data to a torch tensor on `device`, through pinned staging.
 
-    ``a`` is anything :func:`to_numpy` takes; ``dtype`` (a torch dtype)
-    converts on the host first. The copy is enqueued on ``stream`` (default:
-    torch's current stream on that device) and the call returns once the host
-    memory may be reused; like ``non_blocking=True``, but never reading
-    memory that changes afterwards. ``device="cpu"`` gives a CPU tensor that
-    shares ``a``'s memory where it can, as ``torch.as_tensor`` does.
+    The copy is enqueued on ``stream`` and the call returns once the host
+    memory may be reused: like ``non_blocking=True``, but never reading
+    memory that changes afterwards.
+
+    Parameters
+    ----------
+    a : array-like
+        Anything :func:`to_numpy` takes.
+    device : str or torch.device
+        ``"cuda"``, ``"cuda:N"`` or ``"cpu"`` (a CPU tensor that shares
+        `a`'s memory where it can, as ``torch.as_tensor`` does).
+    dtype : torch.dtype, optional
+        Converted to on the host first.
+    stream : optional
+        The stream to order the copy on (default: torch's current stream on
+        that device).
+
+    Returns
+    -------
+    torch.Tensor
+
+    Raises
+    ------
+    ValueError
+        For a device that is not a torch device, the CPU or CUDA.
+    RuntimeError
+        For a CUDA device on a machine where CUDA is unusable, saying why.
+
+    Examples
+    --------
+    >>> import numpy as np, tensorbridge as tb
+    >>> tb.to_device(np.arange(3), "cpu")
+    tensor([0, 1, 2])
+    >>> tb.to_device(np.arange(3), "cuda", dtype=torch.float16)  # doctest: +SKIP
     """
     import torch
 

@@ -79,6 +79,15 @@ class Transfer:
     returns the array, or raises the copy's error (``RuntimeError`` with the
     driver's text) or ``TimeoutError``. Dropping a Transfer unawaited is safe:
     its source and destination stay alive until the copy has completed.
+
+    Examples
+    --------
+    >>> import torch, tensorbridge as tb
+    >>> transfer = tb.to_numpy_async(torch.zeros(2))  # host memory: finished at once
+    >>> transfer
+    <tensorbridge.Transfer done, (2,) float32>
+    >>> transfer.wait()
+    array([0., 0.], dtype=float32)
     """
 
     __slots__ = ("_native", "_array", "_keep")
@@ -89,17 +98,31 @@ class Transfer:
         self._keep = keep
 
     @classmethod
-    def finished(cls, array) -> "Transfer":
+    def finished(cls, array: np.ndarray) -> Transfer:
+        """A Transfer of an array that is already there."""
         return cls(None, array)
 
     def done(self) -> bool:
         """Whether the copy has finished (successfully or not). Never blocks."""
         return self._native is None or self._native.done()
 
-    def wait(self, timeout=None) -> np.ndarray:
+    def wait(self, timeout: float | None = None) -> np.ndarray:
         """The array, once the copy has finished (the GIL is released while
-        waiting). Raises TimeoutError after `timeout` seconds, or
-        RuntimeError with the driver's text if the copy failed."""
+        waiting).
+
+        Parameters
+        ----------
+        timeout : float or None
+            Seconds to wait at most; None waits as long as the copy takes.
+
+        Raises
+        ------
+        TimeoutError
+            After `timeout` seconds; the copy goes on, and this Transfer
+            can be waited on again.
+        RuntimeError
+            With the driver's text, if the copy failed.
+        """
         if self._native is not None:
             seconds = math.inf if timeout is None else float(timeout)
             if not seconds >= 0:
