@@ -253,7 +253,7 @@ def _cells(row):
 def _format_ratio(ratio) -> str:
     """A ratio with at least two significant digits: "0.42x", "473x", "3.8e-05x"."""
     if ratio < 0.01:
-        return f"{ratio:.2g}x"
+        return f"{ratio:.1e}x"
     return f"{ratio:.{2 if ratio < 10 else 1 if ratio < 100 else 0}f}x"
 
 
