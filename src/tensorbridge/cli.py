@@ -23,6 +23,29 @@ import sys
 
 
 def main(argv=None) -> int:
+    """Run the ``tensorbridge`` command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the command's name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status: 0 ok, 1 a failure, 2 a usage error (``--help`` and
+        ``--version`` exit through ``SystemExit(0)``, as argparse does).
+
+    Examples
+    --------
+    >>> from tensorbridge.cli import main
+    >>> try:
+    ...     main(["--version"])
+    ... except SystemExit as done:
+    ...     print("exit status", done.code)  # doctest: +ELLIPSIS
+    tensorbridge 0...
+    exit status 0
+    """
     from . import __version__
 
     parser = argparse.ArgumentParser(
