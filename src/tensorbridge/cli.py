@@ -463,7 +463,12 @@ def _info(as_json: bool = False) -> int:
     route = _torch_route(versions["torch"])
     hardware = bench.hardware()
     cuda = cuda_status()
+    if cuda["available"] and sys.stderr.isatty():  # torch's import and the GPU's start: seconds
+        print("tensorbridge info: measuring the GPU link (importing torch) ...", end="\r",
+              file=sys.stderr, flush=True)
     measured = bench.quick_measurements()
+    if cuda["available"] and sys.stderr.isatty():
+        print(" " * 70, end="\r", file=sys.stderr, flush=True)
     stats = measured.pop("pinned_pool")
     pinned = {"available": cuda["available"],
               "reason": "" if cuda["available"] else
