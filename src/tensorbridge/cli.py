@@ -419,7 +419,7 @@ def _plot_figure(report, plt):
                             for r in mine if r["method"] == method)
             ceiling = "ceiling" in method
             axis.plot(*zip(*points), marker="" if ceiling else "o", label=method,
-                      color="black" if ceiling else None, linestyle="--" if ceiling else "-")
+                      linestyle="--" if ceiling else "-", linewidth=2 if ceiling else 1.5)
         sizes = sorted({r["bytes"] for r in mine})
         axis.set_xscale("log")
         axis.xaxis.set_major_locator(FixedLocator(sizes))
