@@ -338,6 +338,16 @@ def test_output_paths_are_checked_before_the_run(option, monkeypatch, tmp_path, 
         assert status == 2 and f"{option} {path}: " in output.err and why in output.err
 
 
+def test_a_plot_format_matplotlib_cannot_write_is_refused_before_the_run(monkeypatch, tmp_path,
+                                                                         capsys):
+    from tensorbridge import _bench
+
+    monkeypatch.setattr(_bench, "run", lambda *a, **k: pytest.fail("ran anyway"))
+    status, output = bench_in_process(capsys, "--plot", str(tmp_path / "sizes.xyz"))
+    assert status == 2 and "matplotlib cannot write .xyz files; name a .png" in output.err
+    assert os.listdir(tmp_path) == []
+
+
 def test_committed_results_stay_readable(capsys):
     from tensorbridge import _bench
     from tensorbridge.cli import _print_table

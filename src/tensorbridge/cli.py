@@ -116,11 +116,17 @@ def _bench(args) -> int:
             return 2
     if args.plot:
         try:
-            import matplotlib  # noqa: F401
+            from matplotlib.backend_bases import FigureCanvasBase
         except ImportError:
             print("tensorbridge bench: --plot needs matplotlib; install it with "
                   "pip install matplotlib", file=sys.stderr)
             return 1
+        kind = os.path.splitext(args.plot)[1][1:].lower()
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if kind and kind not in formats:
+            print(f"tensorbridge bench: --plot {args.plot}: matplotlib cannot write .{kind} "
+                  f"files; name a .png (or {', '.join(sorted(formats))})", file=sys.stderr)
+            return 2
     if args.device == "cuda":
         why = _why_no_gpu()
         if why:
@@ -155,7 +161,12 @@ def _bench(args) -> int:
         signal.signal(signal.SIGTERM, previous)
     _finish(report, args, to_stdout, checkpoint)
     if args.plot:
-        _plot(report, args.plot)
+        try:
+            _plot(report, args.plot)
+        except OSError as error:  # the disk filled, the folder went: the report still stands
+            print(f"tensorbridge bench: --plot {args.plot}: not written: {error}",
+                  file=sys.stderr)
+            return 1
         print(f"tensorbridge bench: wrote the plot to {args.plot}", file=sys.stderr)
     if report["failed"]:
         print(f"tensorbridge bench: {len(report['failed'])} method(s) failed; the others were "
