@@ -348,6 +348,21 @@ def test_a_plot_format_matplotlib_cannot_write_is_refused_before_the_run(monkeyp
     assert os.listdir(tmp_path) == []
 
 
+def test_a_report_that_cannot_be_written_is_said_once_and_fails(fake_cases, monkeypatch,
+                                                                 tmp_path, capsys):
+    from tensorbridge import cli
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "_write_atomically", full_disk)
+    path = tmp_path / "bench.json"
+    status, output = bench_in_process(capsys, "--json", str(path))
+    assert status == 1 and "Traceback" not in output.err
+    assert f"--json {path}: not written: [Errno 28] No space left on device" in output.err
+    assert "wrote the report" not in output.err and "np.zeros" in output.out  # the table
+
+
 def test_committed_results_stay_readable(capsys):
     from tensorbridge import _bench
     from tensorbridge.cli import _print_table

@@ -142,8 +142,11 @@ def _bench(args) -> int:
 
     def checkpoint(report):
         latest["report"] = report
-        if args.json and not to_stdout:
-            _write_atomically(args.json, json.dumps(report, indent=2, default=str) + "\n")
+        if args.json and not to_stdout and "json_error" not in latest:
+            try:
+                _write_atomically(args.json, json.dumps(report, indent=2, default=str) + "\n")
+            except OSError as error:  # a full disk: the run goes on, and says so at the end
+                latest["json_error"] = error
 
     # SIGTERM (a time limit: `timeout`) ends the run as Ctrl-C does: what was
     # measured is written and shown before the exit.
@@ -154,34 +157,40 @@ def _bench(args) -> int:
         report = latest.get("report")
         if report is not None:
             report["interrupted"] = True
-            _finish(report, args, to_stdout, checkpoint)
+            _finish(report, args, to_stdout, checkpoint, latest)
         print("interrupted", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _finish(report, args, to_stdout, checkpoint)
+    _finish(report, args, to_stdout, checkpoint, latest)
+    status = 0
+    if "json_error" in latest:
+        print(f"tensorbridge bench: --json {args.json}: not written: {latest['json_error']}",
+              file=sys.stderr)
+        status = 1
     if args.plot:
         try:
             _plot(report, args.plot)
-        except OSError as error:  # the disk filled, the folder went: the report still stands
+            print(f"tensorbridge bench: wrote the plot to {args.plot}", file=sys.stderr)
+        except OSError as error:  # the disk filled, the folder went: the table still stands
             print(f"tensorbridge bench: --plot {args.plot}: not written: {error}",
                   file=sys.stderr)
-            return 1
-        print(f"tensorbridge bench: wrote the plot to {args.plot}", file=sys.stderr)
+            status = 1
     if report["failed"]:
         print(f"tensorbridge bench: {len(report['failed'])} method(s) failed; the others were "
               "measured (see the table)", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    return status
 
 
-def _finish(report, args, to_stdout, checkpoint):
+def _finish(report, args, to_stdout, checkpoint, latest):
     _print_table(report, sys.stderr if to_stdout else sys.stdout)
     if to_stdout:
         print(json.dumps(report, indent=2, default=str))
     elif args.json:
         checkpoint(report)
-        print(f"tensorbridge bench: wrote the report to {args.json}", file=sys.stderr)
+        if "json_error" not in latest:
+            print(f"tensorbridge bench: wrote the report to {args.json}", file=sys.stderr)
 
 
 def _interrupt(signum, frame):
