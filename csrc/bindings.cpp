@@ -34,7 +34,8 @@ PyMethodDef to_numpy_def = {
 // when the last view of it dies.
 class PinnedBuffer {
  public:
-  explicit PinnedBuffer(size_t bytes) : bytes_(bytes), block_(tb::PinnedPool::instance().acquire(tb::kAnyDevice, bytes)) {}
+  explicit PinnedBuffer(size_t bytes)
+      : bytes_(bytes), block_(tb::PinnedPool::instance().acquire(tb::kAnyDevice, bytes)) {}
   ~PinnedBuffer() { tb::PinnedPool::instance().release(block_); }
   PinnedBuffer(const PinnedBuffer&) = delete;
   PinnedBuffer& operator=(const PinnedBuffer&) = delete;
@@ -87,8 +88,8 @@ PYBIND11_MODULE(_core, m) {
         "Take note of Python's main thread again (after fork, in the child).");
   m.doc() = "tensorbridge's native core";
 
-  m.add_object("to_numpy", py::reinterpret_steal<py::object>(
-                               PyCFunction_NewEx(&to_numpy_def, nullptr, m.attr("__name__").ptr())));
+  m.add_object("to_numpy", py::reinterpret_steal<py::object>(PyCFunction_NewEx(
+                               &to_numpy_def, nullptr, m.attr("__name__").ptr())));
   m.def(
       "array_from_capsule",
       [](py::handle capsule) {
@@ -157,8 +158,9 @@ PYBIND11_MODULE(_core, m) {
     }
     return entries;
   });
-  m.def("take_interrupted", [] { return tb::take_interrupted(); },
-        "What the last interrupted copy of this thread left in flight (a Transfer), or None.");
+  m.def(
+      "take_interrupted", [] { return tb::take_interrupted(); },
+      "What the last interrupted copy of this thread left in flight (a Transfer), or None.");
   m.def("driver_version", &tb::cuda::driver_version);
   m.def("device_count", &tb::cuda::device_count);
   m.def("device_name", &tb::cuda::device_name, py::arg("ordinal"));
@@ -190,10 +192,12 @@ PYBIND11_MODULE(_core, m) {
     d["hit_count"] = s.hit_count;
     return d;
   });
-  m.def("empty_pinned_cache", [] { tb::PinnedPool::instance().empty_cache(); },
-        py::call_guard<py::gil_scoped_release>());
-  m.def("set_pinned_limit", [](size_t bytes) { tb::PinnedPool::instance().set_limit(bytes); },
-        py::arg("nbytes"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "empty_pinned_cache", [] { tb::PinnedPool::instance().empty_cache(); },
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "set_pinned_limit", [](size_t bytes) { tb::PinnedPool::instance().set_limit(bytes); },
+      py::arg("nbytes"), py::call_guard<py::gil_scoped_release>());
   m.def("set_staging_chunk_bytes", &tb::set_staging_chunk_bytes, py::arg("nbytes"));
   m.attr("MAX_BATCH_COPIES") = tb::kMaxBatchCopies;
 
@@ -203,8 +207,7 @@ PYBIND11_MODULE(_core, m) {
          bool dst_pinned) {
         void* out = writable_address(dst, nbytes);
         interruptibly([&](const tb::InterruptCheck& interrupted) {
-          tb::copy_to_host({device, src, nbytes}, as_stream(stream), out, dst_pinned,
-                           interrupted);
+          tb::copy_to_host({device, src, nbytes}, as_stream(stream), out, dst_pinned, interrupted);
         });
       },
       py::arg("device"), py::arg("src"), py::arg("nbytes"), py::arg("stream"), py::arg("dst"),

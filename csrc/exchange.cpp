@@ -122,8 +122,7 @@ PyObject* copy_exchanged(const DLTensor& tensor, DeviceTensor& device) {
   std::string error;
   bool interrupted = false;
   const InterruptCheck check = python_interrupt_check();
-  Py_BEGIN_ALLOW_THREADS
-  try {
+  Py_BEGIN_ALLOW_THREADS try {
     copy_to_host(device.span, static_cast<cuda::CUstream>(device.stream), destination,
                  /*dst_pinned=*/false, check);
   } catch (const CopyInterrupted&) {
@@ -142,8 +141,7 @@ PyObject* copy_exchanged(const DLTensor& tensor, DeviceTensor& device) {
     error_type = PyExc_RuntimeError;
     error = failure.what();
   }
-  Py_END_ALLOW_THREADS
-  if (interrupted || error_type != nullptr) {
+  Py_END_ALLOW_THREADS if (interrupted || error_type != nullptr) {
     Py_DECREF(array);
     if (error_type != nullptr) PyErr_SetString(error_type, error.c_str());
     return nullptr;

@@ -26,8 +26,8 @@ PyObject* view_exchanged(PyObject* x, const TypeInfo& info, const dlpack::DLTens
 // CUDA memory of an exchange-API producer that one plain copy reads whole.
 struct DeviceTensor {
   DeviceSpan span;
-  void* stream = nullptr;           // the producer's current stream on that device
-  PyArray_Descr* descr = nullptr;   // new reference
+  void* stream = nullptr;          // the producer's current stream on that device
+  PyArray_Descr* descr = nullptr;  // new reference
 };
 
 // Fills `out` when `tensor` is sound, compact row-major CUDA memory of an

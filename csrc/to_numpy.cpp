@@ -70,9 +70,8 @@ enum class Kind {
 };
 
 PyObject* kind_name(Kind kind) {
-  static PyObject* names[] = {intern("view"),  intern("device"), intern("torch"),
-                              intern("dlpack"), intern("array"), intern("buffer"),
-                              intern("unknown")};
+  static PyObject* names[] = {intern("view"),  intern("device"), intern("torch"),  intern("dlpack"),
+                              intern("array"), intern("buffer"), intern("unknown")};
   return names[static_cast<int>(kind)];
 }
 
@@ -127,10 +126,10 @@ void classify(PyObject* x, bool numpy_method, Found* found) {
     }
   }
   found->kind = found->info.torch != TorchKind::kNotTorch ? Kind::kTorch
-                : type_has(x, "__dlpack__")                ? Kind::kDLPack
-                : type_has(x, "__array__")                 ? Kind::kArray
-                : PyObject_CheckBuffer(x)                  ? Kind::kBuffer
-                                                           : Kind::kUnknown;
+                : type_has(x, "__dlpack__")               ? Kind::kDLPack
+                : type_has(x, "__array__")                ? Kind::kArray
+                : PyObject_CheckBuffer(x)                 ? Kind::kBuffer
+                                                          : Kind::kUnknown;
 }
 
 PyObject* cuda_memory(const Found& found) {
@@ -145,11 +144,10 @@ PyObject* cuda_memory(const Found& found) {
     PyTuple_SET_ITEM(shape, i, PyLong_FromLongLong(found.tensor.shape[i]));
   }
   Py_INCREF(found.device.descr);
-  PyObject* items[] = {
-      PyLong_FromLong(found.device.span.device),
-      PyLong_FromVoidPtr(found.device.stream),
-      PyLong_FromUnsignedLongLong(found.device.span.data), shape,
-      reinterpret_cast<PyObject*>(found.device.descr)};
+  PyObject* items[] = {PyLong_FromLong(found.device.span.device),
+                       PyLong_FromVoidPtr(found.device.stream),
+                       PyLong_FromUnsignedLongLong(found.device.span.data), shape,
+                       reinterpret_cast<PyObject*>(found.device.descr)};
   bool ok = true;
   for (int i = 0; i < 5; ++i) {
     ok = ok && items[i] != nullptr;
@@ -178,7 +176,8 @@ PyObject* python_route(PyObject* x, Found& found) {
   } else if (!torch_facts(x, found.info, &facts)) {
     return nullptr;
   }
-  PyObject* memory = found.kind == Kind::kDevice ? cuda_memory(found) : (Py_INCREF(Py_None), Py_None);
+  PyObject* memory =
+      found.kind == Kind::kDevice ? cuda_memory(found) : (Py_INCREF(Py_None), Py_None);
   PyObject* route = memory == nullptr ? nullptr : PyStructSequence_New(g_route_type);
   if (route == nullptr) {
     Py_XDECREF(memory);
@@ -186,7 +185,9 @@ PyObject* python_route(PyObject* x, Found& found) {
     Py_XDECREF(facts.reason);
     return nullptr;
   }
-  auto or_none = [](PyObject* item) { return item != nullptr ? item : (Py_INCREF(Py_None), Py_None); };
+  auto or_none = [](PyObject* item) {
+    return item != nullptr ? item : (Py_INCREF(Py_None), Py_None);
+  };
   PyObject* kind = kind_name(found.kind);
   Py_INCREF(kind);
   PyStructSequence_SetItem(route, 0, kind);
@@ -194,8 +195,8 @@ PyObject* python_route(PyObject* x, Found& found) {
   found.view = nullptr;
   PyStructSequence_SetItem(route, 2, memory);
   PyStructSequence_SetItem(route, 3, or_none(facts.device_type));
-  PyStructSequence_SetItem(route, 4, facts.why != nullptr ? PyUnicode_InternFromString(facts.why)
-                                                          : or_none(nullptr));
+  PyStructSequence_SetItem(
+      route, 4, facts.why != nullptr ? PyUnicode_InternFromString(facts.why) : or_none(nullptr));
   PyStructSequence_SetItem(route, 5, or_none(facts.reason));
   if (PyErr_Occurred()) Py_CLEAR(route);
   return route;
@@ -270,7 +271,8 @@ const char* const kToNumpyDoc =
 
 PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   const Arguments arguments = parse(args, nargs, kwnames);
-  if (arguments.x == nullptr) return call_fallback((Py_INCREF(Py_None), Py_None), args, nargs, kwnames);
+  if (arguments.x == nullptr)
+    return call_fallback((Py_INCREF(Py_None), Py_None), args, nargs, kwnames);
   Found found;
   classify(arguments.x, arguments.request == Request::kView, &found);
   if (g_fast_path && arguments.request != Request::kPython) {
@@ -297,8 +299,9 @@ bool add_route_types(PyObject* module) {
       {"view", "for 'view': the NumPy array viewing the host memory"},
       {"memory", "for 'device': the CudaMemory one plain copy reads"},
       {"torch_device", "for a torch tensor not viewed: its device type ('cpu', 'cuda', 'meta')"},
-      {"why", "for a torch tensor not viewed: why NumPy cannot view it ('dispatch', 'layout', "
-              "'zerotensor', 'device', 'conj', 'neg', 'widened'), or None"},
+      {"why",
+       "for a torch tensor not viewed: why NumPy cannot view it ('dispatch', 'layout', "
+       "'zerotensor', 'device', 'conj', 'neg', 'widened'), or None"},
       {"reason", "the explanation of `why`, for error messages"},
       {nullptr, nullptr}};
   static PyStructSequence_Desc route_desc = {

@@ -44,8 +44,7 @@ TorchQuery resolve_query(PyTypeObject* type, PyObject* name, bool is_method) {
     if ((def->ml_flags & ~(METH_CLASS | METH_STATIC | METH_COEXIST)) == METH_NOARGS) {
       query.method = def->ml_meth;
     }
-  } else if (descriptor != nullptr && !is_method &&
-             Py_IS_TYPE(descriptor, &PyGetSetDescr_Type)) {
+  } else if (descriptor != nullptr && !is_method && Py_IS_TYPE(descriptor, &PyGetSetDescr_Type)) {
     PyGetSetDef* def = reinterpret_cast<PyGetSetDescrObject*>(descriptor)->d_getset;
     query.get = def->get;
     query.closure = def->closure;
@@ -191,16 +190,15 @@ PyObject* numpy_method_view(PyObject* x, const TypeInfo& info) {
     return nullptr;
   }
   PyObject* base = torch_view_base(x, info);
-  PyObject* array =
-      base == nullptr ? nullptr
-                      : PyObject_VectorcallMethod(numpy_name, &base,
-                                                  1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  PyObject* array = base == nullptr
+                        ? nullptr
+                        : PyObject_VectorcallMethod(numpy_name, &base,
+                                                    1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
   // Recent torch makes the view's base a detached alias of its own, which
   // holds the storage whatever is later done to `x` (`x.data = ...`,
   // `x.set_(...)`). Where the base is `x` itself, the view is remade over the
   // same memory with the storage as its base.
-  if (array != nullptr && base == x &&
-      PyArray_BASE(reinterpret_cast<PyArrayObject*>(array)) == x) {
+  if (array != nullptr && base == x && PyArray_BASE(reinterpret_cast<PyArrayObject*>(array)) == x) {
     PyObject* storage = info.untyped_storage.call(x);
     auto* tensor_view = reinterpret_cast<PyArrayObject*>(array);
     PyArray_Descr* descr = PyArray_DESCR(tensor_view);
@@ -229,8 +227,8 @@ namespace {
 
 // 1 or 0 for a no-argument method's answer; -1 with a Python error set.
 int ask_method(PyObject* x, PyObject* name) {
-  PyObject* answer = PyObject_VectorcallMethod(name, &x, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                               nullptr);
+  PyObject* answer =
+      PyObject_VectorcallMethod(name, &x, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
   if (answer == nullptr) return -1;
   const int truth = PyObject_IsTrue(answer);
   Py_DECREF(answer);
@@ -258,9 +256,9 @@ bool find_reason(PyObject* x, const TypeInfo& info, PyObject* device, PyObject* 
   }
   const int zeros = ask_method(x, zerotensor_name);
   if (zeros != 0) {
-    return zeros > 0 && because("zerotensor", PyUnicode_FromString(
-                                                  "it is a ZeroTensor (zeros with no memory "
-                                                  "behind them)"));
+    return zeros > 0 &&
+           because("zerotensor", PyUnicode_FromString("it is a ZeroTensor (zeros with no memory "
+                                                      "behind them)"));
   }
   if (PyUnicode_CompareWithASCIIString(facts->device_type, "cpu") != 0) {
     return because("device", PyUnicode_FromFormat("its memory is on %S", device));
@@ -273,11 +271,11 @@ bool find_reason(PyObject* x, const TypeInfo& info, PyObject* device, PyObject* 
   const int neg = info.is_neg.ask(x);
   if (neg != 0) {
     return neg > 0 && because("neg", PyUnicode_FromString("it has the negative bit set "
-                                                         "(x.resolve_neg() materialises it)"));
+                                                          "(x.resolve_neg() materialises it)"));
   }
   if (torch_dtype_kind(dtype) == DtypeKind::kWidened) {
-    return because("widened",
-                   PyUnicode_FromFormat("%S has no NumPy dtype and is widened to complex64", dtype));
+    return because("widened", PyUnicode_FromFormat(
+                                  "%S has no NumPy dtype and is widened to complex64", dtype));
   }
   return true;
 }

@@ -36,7 +36,8 @@ def problems(out, require_complete=False):
             path = os.path.join(folder, name)
             relative = os.path.relpath(path, out)
             if os.path.islink(path) or not os.path.isfile(path):
-                found.append(f"{relative} is not a plain file (links and the like do not come back)")
+                found.append(f"{relative} is not a plain file "
+                             "(links and the like do not come back)")
                 continue
             size = os.path.getsize(path)
             names.append(relative)

@@ -1,7 +1,8 @@
 """The Python half of scripts/gpu_check.sh: its stages' bodies and its summary.
 
     gpu_check_steps.py environment
-    gpu_check_steps.py built PYTHON             exit 0 when PYTHON's tensorbridge is built from this tree
+    gpu_check_steps.py built PYTHON
+        exit 0 when PYTHON's tensorbridge is built from this tree
     gpu_check_steps.py build HOST_PYTHON PYTHON create PYTHON's venv if missing, install, stamp
     gpu_check_steps.py tests QUICK JUNIT_XML    choose the driver, then exec pytest
     gpu_check_steps.py fixture PATH
@@ -42,7 +43,7 @@ def environment():
                  "psutil", "pybind11", "scikit_build_core", "cmake", "ninja"]:
         try:
             found[name] = getattr(importlib.import_module(name), "__version__", "?")
-        except Exception as error:  # noqa: BLE001 - reported, not fatal
+        except Exception as error:
             found[name] = f"missing ({type(error).__name__})"
     try:
         import torch
@@ -50,7 +51,7 @@ def environment():
         found["torch.cuda"] = torch.cuda.is_available() and [
             torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         found["torch.version.cuda"] = torch.version.cuda
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         found["torch.cuda"] = f"{type(error).__name__}: {error}"
     if shutil.which("nvidia-smi"):
         found["nvidia-smi"] = subprocess.run(["nvidia-smi", "-L"], capture_output=True,

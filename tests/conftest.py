@@ -36,7 +36,7 @@ def collect_garbage():
 # TENSORBRIDGE_LIBCUDA before anything loads a driver. With
 # TENSORBRIDGE_TEST_DRIVER=real (scripts/gpu_check.sh on a GPU machine): the
 # real libcuda, and the stand-in tests skip themselves.
-import os  # noqa: E402
+import os
 
 REAL_DRIVER = os.environ.get("TENSORBRIDGE_TEST_DRIVER") == "real"
 _standin = None

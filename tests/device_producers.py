@@ -5,9 +5,8 @@ from __future__ import annotations
 import ctypes
 
 import numpy as np
-
-from dlpack_producer import DLPackVersion, DLTensor, Producer
-from dlpack_producer import _DESTRUCTOR, _api as pythonapi
+from dlpack_producer import _DESTRUCTOR, DLPackVersion, DLTensor, Producer
+from dlpack_producer import _api as pythonapi
 
 LEGACY_STREAM = 1
 _EXPORTED = set()  # producers with capsules outstanding: their callbacks must stay alive

@@ -78,9 +78,9 @@ def test_views_are_time_per_call_and_only_copies_get_a_rate(quick_run):
     assert ceilings and all(r["ratio_to_ceiling"] == 1.0 for r in ceilings)
     # in the table, a view row has no GB/s and no ratio to the ceiling; a copy row has both
     lines = result.stderr.splitlines()
-    header = next(l for l in lines if l.startswith("method "))
-    view = next(l for l in lines if l.startswith("t.numpy(force=True) "))
-    copy = next(l for l in lines if l.startswith("tb.to_numpy(t, copy=True) "))
+    header = next(line for line in lines if line.startswith("method "))
+    view = next(line for line in lines if line.startswith("t.numpy(force=True) "))
+    copy = next(line for line in lines if line.startswith("tb.to_numpy(t, copy=True) "))
     assert cell(view, header, "result") == "view" and cell(copy, header, "result") == "copy"
     assert cell(view, header, "GB/s") == cell(view, header, "vs ceil") == ""
     assert float(cell(copy, header, "GB/s")) > 0 and cell(copy, header, "vs ceil").endswith("x")
@@ -438,10 +438,10 @@ def test_columns_stay_aligned_whatever_the_widths(capsys):
     _print_table(fake_report(rows), sys.stdout)
     out = capsys.readouterr().out
     lines = out.splitlines()
-    headers = [i for i, l in enumerate(lines) if l.startswith("method ")]
+    headers = [i for i, line in enumerate(lines) if line.startswith("method ")]
     assert len(headers) == 2 and lines[headers[0]] == lines[headers[1]]
     header = lines[headers[0]]
-    body = [l for l in lines if l.startswith(("t.numpy()", "tb.to_numpy(", "m "))]
+    body = [line for line in lines if line.startswith(("t.numpy()", "tb.to_numpy(", "m "))]
     assert len(body) == 3 and long_name in out  # never cut
     for column in ("result", "median", "spread", "GB/s", "vs base"):
         end = header.index(column) + len(column)

@@ -11,9 +11,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from helpers import SANITIZED
 
 import tensorbridge as tb
-from helpers import SANITIZED
 
 
 def test_arrays_tensors_and_buffers_of_any_leading_size():

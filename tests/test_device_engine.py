@@ -12,10 +12,10 @@ import threading
 
 import numpy as np
 import pytest
+from device_producers import CURRENT_STREAMS, DeviceArray, ExchangeDeviceArray
 
 import tensorbridge as tb
 from tensorbridge import _core
-from device_producers import CURRENT_STREAMS, DeviceArray, ExchangeDeviceArray
 
 SIZES = {"empty": (0, 3), "64 bytes": (4, 4), "1 row": (1, 1000), "5 MB": (1250, 1000)}
 
@@ -449,7 +449,7 @@ def test_threads_convert_concurrently(standin, Device):
                 x = Device(standin, expected, device=seed % 2)
                 got = tb.to_numpy_async(x).wait() if i % 2 else tb.to_numpy(x)
                 np.testing.assert_array_equal(got, expected)
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]

@@ -29,7 +29,8 @@ def docstrings():
                     yield f"{name}.{attribute}", inspect.getdoc(member)
 
 
-@pytest.mark.parametrize("name, obj", list(public_objects()), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("name, obj", list(public_objects()),
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_every_public_name_has_an_examples_section(name, obj):
     doc = inspect.getdoc(obj) or ""
     assert "Examples\n--------\n" in doc, f"{name} has no numpydoc Examples section"

@@ -4,7 +4,6 @@ stand-in driver, which refuses what the real one refuses (and counts every
 such call: the `standin` fixture fails a test that made one)."""
 
 import ctypes
-import gc
 import os
 import subprocess
 import sys
@@ -14,10 +13,10 @@ import time
 
 import numpy as np
 import pytest
+from device_producers import CURRENT_STREAMS, DeviceArray, ExchangeDeviceArray
 
 import tensorbridge as tb
-from tensorbridge import _core, _transfer
-from device_producers import CURRENT_STREAMS, DeviceArray, ExchangeDeviceArray
+from tensorbridge import _core
 
 HERE = os.path.dirname(__file__)
 INVALID_VALUE = 1
@@ -227,7 +226,7 @@ def test_every_message_says_why_cuda_is_unusable():
     """, **NO_DEVICE).stdout.strip().split("\n")
     assert out[0].startswith("RuntimeError | empty_pinned: pinned memory needs a usable CUDA "
                              "driver: driver 12.2 loaded from ")
-    for line, caller in zip(out[1:4], ["to_numpy", "to_numpy", "collect"]):
+    for line, caller in zip(out[1:4], ["to_numpy", "to_numpy", "collect: batch 0"]):
         kind, message = line.split(" | ")
         assert kind == "BufferError", line
         assert message.startswith(f"{caller}: this DeviceArray holds CUDA memory (device 0), but "

@@ -9,10 +9,10 @@ import threading
 import time
 
 import numpy as np
+from device_producers import DeviceArray, ExchangeDeviceArray
 
 import tensorbridge as tb
 from tensorbridge import _core
-from device_producers import DeviceArray, ExchangeDeviceArray
 
 SECONDS = float(os.environ.get("TENSORBRIDGE_STRESS_SECONDS", "4"))
 
@@ -57,7 +57,7 @@ def test_threads_convert_collect_and_drop_transfers(standin):
                     np.testing.assert_array_equal(out, expected)
                 with lock:
                     counts[action] += 1
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(seed,)) for seed in range(6)]

@@ -4,10 +4,18 @@ subclass, on every route through to_numpy."""
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    VIEWED_DTYPES,
+    array_bytes,
+    data_address,
+    is_view_of,
+    logical_bytes,
+    numpy_dtype,
+    reference_numpy,
+    sample,
+)
 
 import tensorbridge as tb
-from helpers import (VIEWED_DTYPES, array_bytes, data_address, is_view_of, logical_bytes,
-                     numpy_dtype, reference_numpy, sample)
 
 LAYOUTS = {
     "contiguous": lambda base: base((3, 4)),
@@ -117,7 +125,7 @@ def test_numpy_arrays_come_back_as_they_are(path):
 
 
 def test_plain_cpu_tensors_never_reach_python(monkeypatch):
-    from tensorbridge import _core, _convert
+    from tensorbridge import _convert, _core
 
     def fallback(*args, **kwargs):
         raise AssertionError("the fast path handed a plain tensor to Python")

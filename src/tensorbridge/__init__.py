@@ -7,10 +7,10 @@ through ``sys.modules``, and the CUDA driver is loaded on first GPU use.
 
 __version__ = "0.1.0"
 
-from ._core import to_numpy
 from . import _convert
 from ._collect import collect
 from ._convert import to_numpy_async
+from ._core import to_numpy
 from ._driver import cuda_available, cuda_status
 from ._pinned import empty_pinned, empty_pinned_cache, pinned_memory_stats, set_pinned_memory_limit
 from ._to_device import to_device

@@ -35,8 +35,15 @@ from functools import partial
 
 import numpy as np
 
-from . import (_core, collect, cuda_available, empty_pinned, pinned_memory_stats, to_numpy,
-               to_numpy_async)
+from . import (
+    _core,
+    collect,
+    cuda_available,
+    empty_pinned,
+    pinned_memory_stats,
+    to_numpy,
+    to_numpy_async,
+)
 
 HOST_CEILING = "host memcpy (memory ceiling)"
 LINK_CEILING = "raw pinned copy (link ceiling)"
@@ -113,7 +120,7 @@ def run(settings: Settings, progress=None, checkpoint=None) -> dict:
         start = time.perf_counter()
         try:
             case = make_case()
-        except Exception as error:  # noqa: BLE001 - recorded, and the run goes on
+        except Exception as error:
             title = _factory_title(make_case)
             report["failed"].append({"case": title, "method": "(making the case's data)",
                                      **_error_fields(error)})
@@ -257,7 +264,7 @@ def measure_case(case: Case, settings: Settings):
             del result
             start = time.perf_counter()
             call(fn)
-        except Exception as error:  # noqa: BLE001 - recorded, and the case goes on
+        except Exception as error:
             drop(name, error, "warm-up")
             continue
         single = max(time.perf_counter() - start, 1e-7)
@@ -280,7 +287,7 @@ def measure_case(case: Case, settings: Settings):
                     events[1].record()
                     events[1].synchronize()
                     gpu.append(events[0].elapsed_time(events[1]) / 1e3 / number)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 drop(name, error, f"round {rounds + 1}")
         rounds += 1
     rows = []

@@ -18,6 +18,7 @@ import operator
 import re
 import sys
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -134,9 +135,8 @@ def _gather_small_device_batches(batches, out):
     target = as_bytes(out)
     for start in range(0, len(sources), _PACK_COUNT):
         # On Ctrl-C the copies in flight keep their sources (and target) alive.
-        interruptible(lambda: _core.copy_many_to_host(
-            device, sources[start:start + _PACK_COUNT], stream, target,
-            offsets[start:start + _PACK_COUNT]), batches, out)
+        interruptible(partial(_core.copy_many_to_host, device, sources[start:start + _PACK_COUNT],
+                              stream, target, offsets[start:start + _PACK_COUNT]), batches, out)
     return out
 
 
@@ -209,7 +209,7 @@ def _row_hints(batches):
     hints = []
     for batch in batches:
         try:
-            rows = operator.index(getattr(batch, "shape")[0])
+            rows = operator.index(batch.shape[0])
         except Exception:  # no shape, 0-d, or not a count: no hint at all
             return None
         if rows < 0:
@@ -360,9 +360,9 @@ class _Writer:
         staging = region if region.flags.c_contiguous else np.empty(region.shape, region.dtype)
         for (device, stream), group in by_device.items():
             # On Ctrl-C the copies in flight keep their sources (and staging) alive.
-            interruptible(lambda: _core.copy_many_to_host(
-                device, [(s.address, s.nbytes) for _, s in group], stream, as_bytes(staging),
-                [(row - start) * self.row_bytes for row, _ in group]),
+            interruptible(partial(
+                _core.copy_many_to_host, device, [(s.address, s.nbytes) for _, s in group],
+                stream, as_bytes(staging), [(row - start) * self.row_bytes for row, _ in group]),
                 [s.keep for _, s in group], staging)
         if staging is not region:
             for group in by_device.values():

@@ -3,10 +3,9 @@
 from collections.abc import Callable
 from typing import Any, Final, Literal, TypedDict, final
 
+import numpy as np
 from _typeshed import structseq
 from typing_extensions import Buffer
-
-import numpy as np
 
 # -- to_numpy's front door (csrc/to_numpy.cpp) ---------------------------------
 

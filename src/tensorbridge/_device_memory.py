@@ -51,7 +51,8 @@ class DeviceMemory:
     def described(cls, memory, x):
         """The compact CUDA memory the native core described (a
         ``_core.CudaMemory``), on the producer's current stream, kept alive by `x`."""
-        return cls(memory.device, memory.stream, memory.address, memory.shape, None, memory.dtype, x)
+        return cls(memory.device, memory.stream, memory.address, memory.shape, None, memory.dtype,
+                   x)
 
     @classmethod
     def of_tensor(cls, torch, t, stream=None):

@@ -421,8 +421,13 @@ def _plot(report, path):
 def _plot_figure(report, plt):
     """The float32 size sweep: a panel of time per call for views, one of GB/s
     (with the ceiling) for copies, per device measured."""
-    from matplotlib.ticker import (FixedLocator, FuncFormatter, LogLocator, NullFormatter,
-                                   NullLocator)
+    from matplotlib.ticker import (
+        FixedLocator,
+        FuncFormatter,
+        LogLocator,
+        NullFormatter,
+        NullLocator,
+    )
 
     rows = [r for r in report["results"] if _SWEEP.match(r["case"])]
     panels = [(device, copies) for device in ("cpu", "cuda") for copies in (False, True)
