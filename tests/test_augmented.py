@@ -595,3 +595,27 @@ def test_dummy_estimators_and_regressor_tags_pass_through():
 
     assert AugmentedEstimator(Reg(), augment=noisy).__sklearn_tags__() \
         .estimator_type == "regressor"
+
+
+class Negate(torch.nn.Module):
+    """A module whose forward takes the generator: it is batched like a function."""
+
+    def forward(self, batch, generator):
+        return negate_some(batch, generator)
+
+
+def test_a_module_taking_a_generator_is_called_on_batches():
+    X, y = data(n=50)
+    log = Log()
+    AugmentedEstimator(Spy(log), augment=Negate(), batch_size=16, random_state=0).fit(X, y)
+    by_function = Log()
+    AugmentedEstimator(Spy(by_function), augment=negate_some, batch_size=16,
+                       random_state=0).fit(X, y)
+    np.testing.assert_array_equal(log[-1]["X"], by_function[-1]["X"])
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    results = doctest.testmod(augmented_module)
+    assert results.attempted >= 5 and results.failed == 0

@@ -10,13 +10,14 @@ the estimator owns), so the caller's ``X`` is never handed to ``augment``.
 from __future__ import annotations
 
 import inspect
+import sys
 from numbers import Integral
 
 import numpy as np
 from sklearn import get_config
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
 from sklearn.base import _fit_context
-from sklearn.utils import Bunch, check_random_state
+from sklearn.utils import Bunch, check_random_state, get_tags
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.metadata_routing import MetadataRouter, MethodMapping, process_routing
 from sklearn.utils.metaestimators import available_if
@@ -70,8 +71,10 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
           ``torch.random.fork_rng``, so that the global state is the same
           afterwards.
 
-        The result must keep the shape (it is cast to the input's dtype) and
-        its input must not be changed in place.
+        Samples are CPU tensors (a tensor ``X`` on a GPU is copied to the
+        host first); the result may be a tensor on any device or an array,
+        must keep the shape (it is cast to the input's dtype), and must leave
+        its input unchanged (no in-place operations on it).
     n_views : int, default=1
         Augmented copies of each sample at fit.
     batch_size : int, default=None
@@ -120,8 +123,8 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
     >>> from sklearn.linear_model import LogisticRegression
     >>> from tensorbridge.sklearn import AugmentedEstimator
     >>> def flip(batch, generator):  # each sample negated with probability 1/2
-    ...     signs = torch.rand(len(batch), 1, generator=generator) < 0.5
-    ...     return torch.where(signs, -batch, batch)
+    ...     negate = torch.rand(len(batch), generator=generator) < 0.5
+    ...     return torch.where(negate.view(-1, *[1] * (batch.ndim - 1)), -batch, batch)
     >>> X, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
     >>> model = AugmentedEstimator(LogisticRegression(), augment=flip, n_views=2,
     ...                            batch_size=8, random_state=0).fit(X, y)
@@ -195,7 +198,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
     def _validate(self, X, reset):
         if is_tensor_like(X):
             X = to_numpy(X)
-        allow_nan = self.estimator.__sklearn_tags__().input_tags.allow_nan
+        allow_nan = get_tags(self.estimator).input_tags.allow_nan
         X = validate_data(self, X, reset=reset, dtype="numeric", allow_nd=True,
                           ensure_min_samples=1, ensure_all_finite=not allow_nan)
         if not reset and self.flatten and X.shape[1:] != self._sample_shape:
@@ -299,7 +302,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         routed = self._routed("predict", params)
         if not self.test_views:
             return self.estimator_.predict(self._rows(X, 0), **routed.predict)
-        tags = self.estimator_.__sklearn_tags__()
+        tags = get_tags(self.estimator_)
         if tags.estimator_type == "regressor":
             return self._averaged("predict", X, routed.predict)
         if tags.estimator_type != "classifier":
@@ -361,7 +364,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         params = self._routed("score", params).score
         y = None if y is None else _as_array(y)
         if self.test_views:
-            estimator_type = self.estimator_.__sklearn_tags__().estimator_type
+            estimator_type = get_tags(self.estimator_).estimator_type
             if estimator_type in ("classifier", "regressor"):
                 from sklearn.metrics import accuracy_score, r2_score
 
@@ -394,7 +397,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        inner = self.estimator.__sklearn_tags__()
+        inner = get_tags(self.estimator)
         tags.estimator_type = inner.estimator_type
         tags.classifier_tags = inner.classifier_tags
         tags.regressor_tags = inner.regressor_tags
@@ -405,6 +408,9 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
 
 
 def _takes_generator(augment) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(augment, torch.nn.Module):
+        augment = augment.forward  # a module's __call__ takes (*args, **kwargs)
     try:
         return "generator" in inspect.signature(augment).parameters
     except (TypeError, ValueError):  # no signature to read (some builtins)
