@@ -95,7 +95,9 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         probabilities, else of the averaged decision function, else the most
         frequent prediction; for a regressor: the mean prediction); ``score``
         is then accuracy or R^2 of that ``predict``. The views are seeded at
-        fit from ``random_state``, so two calls on the same ``X`` agree.
+        fit from ``random_state``, so two calls on the same ``X`` agree; a
+        sample's views depend on its position in ``X`` (batched: on its
+        batch), so a subset or a reordering of ``X`` gets other views.
         0: the data as given. ``transform`` always uses the data as given.
     random_state : int, RandomState or None
         Seeds every generator: two fits with the same seed (and batch size)
