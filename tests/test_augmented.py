@@ -16,6 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import tensorbridge
 import tensorbridge.sklearn._augmented as augmented_module
 from tensorbridge.sklearn import AugmentedEstimator, TorchTransformer
 
@@ -163,13 +164,13 @@ def test_the_global_generator_is_restored_when_augment_raises():
 
 def test_rows_are_written_by_collect_into_the_array_the_estimator_gets(monkeypatch):
     X, y = images()
-    outs, real = [], augmented_module.collect
+    outs, real = [], tensorbridge.collect
 
     def recording_collect(batches, *, out=None):
         outs.append(out)
         return real(batches, out=out)
 
-    monkeypatch.setattr(augmented_module, "collect", recording_collect)
+    monkeypatch.setattr(tensorbridge, "collect", recording_collect)
     log = Log()
     AugmentedEstimator(Spy(log), augment=negate_some, n_views=3, batch_size=8,
                        random_state=0).fit(X, y)

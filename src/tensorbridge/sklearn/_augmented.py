@@ -24,7 +24,9 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import (_num_samples, check_consistent_length, check_is_fitted,
                                       validate_data)
 
-from .. import collect, to_numpy
+import tensorbridge  # collect is looked up when called: the public function, as patched
+
+from .. import to_numpy
 from ._to_numpy import is_tensor_like
 
 _SEED_BOUND = 2**63 - 1
@@ -221,7 +223,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         if n_views:
             views = self._views(torch, torch.from_numpy(rows[:n]), n_views, rng)
             try:
-                collect(views, out=rows[n:])
+                tensorbridge.collect(views, out=rows[n:])
             finally:
                 views.close()  # restores torch's global state at once, even on an error
         return rows.reshape(len(rows), -1) if self.flatten else rows
