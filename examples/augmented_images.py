@@ -61,7 +61,7 @@ def by_hand(images, n_views, batch_size, seed):
     return np.concatenate(views)
 
 
-def best_times(runs, repeats=5):
+def best_times(runs, repeats=15):
     """The best of `repeats` timings of each run, taken in turn, so that a busy
     moment of the machine weighs on all of them alike."""
     times = {name: [] for name in runs}
@@ -90,7 +90,7 @@ start = time.perf_counter()
 per_image.fit(many)
 per_image_s = time.perf_counter() - start
 assert batched.estimator_.shape_ == by_hand(many, 4, 512, seed=0).shape == (44900, 64)
-print("rows for 8,980 images x 4 views (best of 5):")
+print("rows for 8,980 images x 4 views (best of 15):")
 print(f"  by hand, batches + list + np.concatenate: {hand_s * 1e3:7.1f} ms")
 print(f"  AugmentedEstimator(batch_size=512):       {batched_s * 1e3:7.1f} ms "
       f"({batched_s / hand_s:.2f}x the hand-written loop)")
