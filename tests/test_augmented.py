@@ -355,7 +355,8 @@ def test_every_per_sample_fit_parameter_is_repeated_with_the_rows():
     np.testing.assert_array_equal(seen["sample_weight"], np.tile(w, 3))
     np.testing.assert_array_equal(seen["groups"], np.tile(groups, 3))
     assert seen["tol"] == 1e-3  # not per sample: as it is
-    for given in (torch.from_numpy(w), __import__("pandas").Series(w, index=np.arange(40) * 7)):
+    pd = pytest.importorskip("pandas")
+    for given in (torch.from_numpy(w), pd.Series(w, index=np.arange(40) * 7)):
         AugmentedEstimator(Spy(log), augment=noisy, random_state=0).fit(X, y, sample_weight=given)
         np.testing.assert_array_equal(np.asarray(log[-1]["sample_weight"]), np.tile(w, 2))
 
@@ -620,3 +621,20 @@ def test_the_docstring_examples_run():
 
     results = doctest.testmod(augmented_module)
     assert results.attempted >= 5 and results.failed == 0
+
+
+@pytest.mark.gpu
+def test_a_cuda_X_and_views_handed_back_on_the_gpu():
+    X, y = images()
+    device_X = torch.from_numpy(X).cuda()
+
+    def on_the_gpu(batch, generator):  # samples come on the CPU; views may come back on a GPU
+        return negate_some(batch, generator).cuda()
+
+    log = Log()
+    AugmentedEstimator(Spy(log), augment=on_the_gpu, n_views=2, batch_size=8,
+                       random_state=0).fit(device_X, y)
+    on_cpu = Log()
+    AugmentedEstimator(Spy(on_cpu), augment=negate_some, n_views=2, batch_size=8,
+                       random_state=0).fit(X, y)
+    np.testing.assert_array_equal(log[-1]["X"], on_cpu[-1]["X"])
