@@ -286,6 +286,11 @@ def test_sparse_and_empty_input_get_clear_errors():
         AugmentedEstimator(LogisticRegression(), augment=noisy).fit(X[:0], y[:0])
     with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         AugmentedEstimator(LogisticRegression(), augment=noisy).fit(X, y[:-1])
+    if np.dtype(np.longdouble).itemsize > 8:  # where long double is wider than float64
+        with pytest.raises(TypeError, match=f"X has dtype {np.dtype(np.longdouble)}, which "
+                                            "torch cannot hold; convert X to float64"):
+            AugmentedEstimator(LogisticRegression(), augment=noisy).fit(
+                X.astype(np.longdouble), y)
 
 
 # -- batched augmentation ---------------------------------------------------------------

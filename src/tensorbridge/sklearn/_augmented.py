@@ -221,7 +221,12 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         rows = np.empty(((1 + n_views) * n, *X.shape[1:]), X.dtype)
         rows[:n] = X
         if n_views:
-            views = self._views(torch, torch.from_numpy(rows[:n]), n_views, rng)
+            try:
+                samples = torch.from_numpy(rows[:n])
+            except TypeError as error:  # longdouble, for one
+                raise TypeError(f"AugmentedEstimator: X has dtype {X.dtype}, which torch "
+                                "cannot hold; convert X to float64 or float32") from error
+            views = self._views(torch, samples, n_views, rng)
             try:
                 tensorbridge.collect(views, out=rows[n:])
             finally:
