@@ -42,7 +42,7 @@ def shift_one(image, generator):
 
 
 class KeepRows(BaseEstimator):
-    """Fits on nothing but the rows: times the augmentation alone."""
+    """Keeps the rows' shape and learns nothing: the rows alone are timed."""
 
     def fit(self, X, y=None):
         self.shape_ = X.shape

@@ -124,8 +124,10 @@ def test_n_views_zero_fits_on_the_data_as_given():
 def test_same_seed_same_model_and_torch_global_generator_untouched():
     X, y = data()
     state = torch.get_rng_state()
-    fit = lambda seed: AugmentedEstimator(LogisticRegression(), augment=noisy, n_views=2,  # noqa: E731
-                                          random_state=seed).fit(X, y).estimator_.coef_
+    def fit(seed):
+        return AugmentedEstimator(LogisticRegression(), augment=noisy, n_views=2,
+                                  random_state=seed).fit(X, y).estimator_.coef_
+
     a, b, c = fit(7), fit(7), fit(8)
     assert torch.equal(torch.get_rng_state(), state)
     np.testing.assert_array_equal(a, b)
@@ -340,8 +342,10 @@ def test_a_callable_without_generator_is_called_per_sample_even_with_batch_size(
         shapes.append(tuple(sample.shape))
         return -sample if torch.rand(()) < 0.5 else sample
 
-    fit = lambda: AugmentedEstimator(Spy(Log()), augment=global_flip, batch_size=16,  # noqa: E731
-                                     random_state=0).fit(X, y).estimator_.log[-1]["X"]
+    def fit():
+        return AugmentedEstimator(Spy(Log()), augment=global_flip, batch_size=16,
+                                  random_state=0).fit(X, y).estimator_.log[-1]["X"]
+
     np.testing.assert_array_equal(fit(), fit())
     assert set(shapes) == {(5,)} and len(shapes) == 80
     assert torch.equal(torch.get_rng_state(), state)
