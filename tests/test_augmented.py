@@ -438,6 +438,16 @@ def test_routing_reaches_score(metadata_routing):
     model = AugmentedEstimator(inner, augment=noisy, random_state=0).fit(X[:20], y[:20])
     assert model.score(X, y, sample_weight=w) == model.estimator_.score(X, y, sample_weight=w)
     assert model.score(X, y, sample_weight=w) != model.score(X, y)
+    # every method, test-time augmented or not, routes (here: nothing) to the estimator's
+    for test_views in (0, 2):
+        model.set_params(test_views=test_views)
+        proba = model.predict_proba(X)
+        np.testing.assert_array_equal(model.predict(X), np.argmax(proba, axis=1))
+        np.testing.assert_allclose(model.predict_log_proba(X), np.log(proba))
+        assert model.decision_function(X).shape == (40,)
+    with pytest.raises(TypeError, match=r"predict got unexpected argument\(s\) "
+                                        r"\{'sample_weight'\}, which are not routed"):
+        model.predict(X, sample_weight=w)
 
 
 # -- conventions -------------------------------------------------------------------------
