@@ -578,17 +578,40 @@ def _workflow_scaling(torch, device, rows):
 
 
 def _workflow_augmentation(torch, count):
-    """Workflow 3: augmented image views, flattened (for a RandomForest)."""
+    """Workflow 3: image views augmented on batches (a random flip per image),
+    flattened into the rows an estimator is fitted on: by hand, and by
+    AugmentedEstimator(batch_size=...), whose estimator here does nothing."""
+    from sklearn.base import BaseEstimator
+
+    from .sklearn import AugmentedEstimator
+
     images = torch.rand(count, 1, 16, 16)
+    n_views, batch_size = 2, 512
+
+    def flip(batch, generator):
+        flipped = torch.rand(len(batch), generator=generator) < 0.5
+        return torch.where(flipped[:, None, None, None], torch.flip(batch, dims=[-1]), batch)
 
     def views():
-        return (images, torch.flip(images, dims=[-1]), torch.rot90(images, 1, dims=[-2, -1]))
+        generator = torch.Generator().manual_seed(0)
+        yield images.reshape(count, -1)
+        for _ in range(n_views):
+            for start in range(0, count, batch_size):
+                batch = flip(images[start:start + batch_size], generator)
+                yield batch.reshape(len(batch), -1)
 
-    return Case("workflow: augmented views -> flattened (cpu)", "cpu", images.numel() * 12,
-                "np.concatenate(views)", {
-                    "np.concatenate(views)": lambda: np.concatenate(
-                        [v.reshape(len(v), -1).numpy() for v in views()]),
-                    "tb.collect(views)": lambda: collect(v.reshape(len(v), -1) for v in views())})
+    class Rows(BaseEstimator):  # fitting costs nothing: the rows alone are timed
+        def fit(self, X, y=None):
+            return self
+
+    estimator = AugmentedEstimator(Rows(), augment=flip, n_views=n_views, batch_size=batch_size,
+                                   random_state=0)
+    array = images.numpy()
+    return Case("workflow: augmented views -> flattened (cpu)", "cpu",
+                images.numel() * 4 * (1 + n_views), "np.concatenate(views)", {
+                    "np.concatenate(views)": lambda: np.concatenate([v.numpy() for v in views()]),
+                    "tb.collect(views)": lambda: collect(views()),
+                    f"AugmentedEstimator(batch_size={batch_size})": lambda: estimator.fit(array)})
 
 
 def _size(nbytes):
