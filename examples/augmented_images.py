@@ -65,7 +65,7 @@ def best_times(runs, repeats=15):
     """The best of `repeats` timings of each run, taken in turn, so that a busy
     moment of the machine weighs on all of them alike."""
     times = {name: [] for name in runs}
-    for name, run in runs.items():
+    for run in runs.values():
         run()  # warm-up
     for _ in range(repeats):
         for name, run in runs.items():
