@@ -170,7 +170,9 @@ def tests(quick, junit_xml):
         return 1
     else:
         reason("no GPU on this machine: the engine tests against the stand-in driver")
-        command += ["tests/test_device_engine.py", "tests/test_driver_rules.py",
+        command += ["tests/test_device_copies.py", "tests/test_device_batches.py",
+                    "tests/test_pinned_pool.py", "tests/test_device_lifetimes.py",
+                    "tests/test_driver_rules.py",
                     "tests/test_gpu.py"]
     print(" ".join(command), flush=True)
     os.chdir(ROOT)

@@ -121,3 +121,8 @@ class ExchangeDeviceArray(DeviceArray):
         super().__init__(standin, array, device, **overrides)
         self.exchange_calls = 0
         self.refuse_exchange = refuse_exchange
+
+
+def values(shape, dtype="float32", seed=0):
+    """Reproducible random values of `shape` and `dtype`."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
