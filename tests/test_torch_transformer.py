@@ -704,3 +704,138 @@ def test_importing_tensorbridge_sklearn_without_scikit_learn_names_the_extra():
                             timeout=120, check=True)
     assert "tensorbridge.sklearn needs scikit-learn" in result.stdout
     assert "pip install 'tensorbridge[sklearn]'" in result.stdout
+
+
+# -- layer= ----------------------------------------------------------------------------
+
+
+class Tail(torch.nn.Module):
+    """Counts its calls: a layer after the one asked for must never run."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x.sum(1, keepdim=True)
+
+
+def backbone():
+    from collections import OrderedDict
+
+    torch.manual_seed(0)
+    layers = OrderedDict(layer1=torch.nn.Linear(4, 6), layer2=torch.nn.Tanh(),
+                         layer3=torch.nn.Linear(6, 3))
+    return torch.nn.Sequential(OrderedDict(backbone=torch.nn.Sequential(layers), tail=Tail()))
+
+
+def test_layer_takes_a_nested_submodules_output_and_stops_there():
+    X = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    model = backbone()
+    t = TorchTransformer(model, layer="backbone.layer3", batch_size=4).fit(X)
+    out = t.transform(X)
+    with torch.no_grad():
+        expected = model.backbone(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert t.n_features_out_ == 3 and t.module_.tail.calls == 0  # the pass stopped there
+    hidden = TorchTransformer(model, layer="backbone.layer2").fit_transform(X)
+    assert hidden.shape == (10, 6) and np.all(np.abs(hidden) <= 1)
+    assert not t.module_.backbone.layer3._forward_hooks  # no hook left behind
+    loaded = pickle.loads(pickle.dumps(t))
+    np.testing.assert_array_equal(loaded.transform(X), out)
+
+
+def test_layer_output_may_be_a_tuple_picked_by_output():
+    class Pair(torch.nn.Module):
+        def forward(self, x):
+            return x * 2, x * 3
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pair = Pair()
+
+        def forward(self, x):
+            a, b = self.pair(x)
+            return a + b
+
+    X = np.ones((3, 2), np.float32)
+    np.testing.assert_array_equal(TorchTransformer(Net(), layer="pair", output=1).fit_transform(X),
+                                  X * 3)
+
+
+def test_a_module_that_swallows_the_stop_still_gives_the_layers_output():
+    class Careless(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(2, 2)
+
+        def forward(self, x):
+            try:
+                return self.inner(x) + 100
+            except Exception:
+                return x
+
+    X = np.ones((3, 2), np.float32)
+    t = TorchTransformer(Careless(), layer="inner").fit(X)
+    with torch.no_grad():
+        expected = t.module_.inner(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(t.transform(X), expected, rtol=1e-6)
+
+
+class Skips(torch.nn.Module):
+    """Has a submodule its forward never calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize(("module", "layer", "error", "message"), [
+    (backbone(), "backbone.layer4", ValueError,
+     r"layer='backbone.layer4' is not a submodule of Sequential; its submodules are: "
+     r"'backbone', 'backbone.layer1', 'backbone.layer2', 'backbone.layer3', 'tail'"),
+    (torch.nn.Identity(), "x", ValueError, r"its submodules are: none"),
+    (lambda x: x, "x", ValueError, "layer='x' needs a torch.nn.Module, but module is a function"),
+    (Skips(), "unused", RuntimeError, "layer='unused' never ran in the module's forward pass"),
+])
+def test_layer_errors(module, layer, error, message):
+    with pytest.raises(error, match=message):
+        TorchTransformer(module, layer=layer).fit(np.ones((3, 4)))
+
+
+# -- on a GPU (scripts/gpu_check.sh's tests stage runs these by name) -------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["numpy", "cuda-tensor", "dataset", "loader", "dict"])
+def test_on_a_gpu_every_input_kind_matches_the_cpu_and_x_is_untouched(kind, capsys):
+    X = np.random.default_rng(0).standard_normal((1000, 3)).astype(np.float32)
+    module = InPlace(torch.nn.ReLU(inplace=True))
+    expected = TorchTransformer(module, device="cpu").fit(X).transform(X)
+    X_cuda = torch.from_numpy(X).cuda()
+    original = X_cuda.clone()
+    given = {"numpy": lambda: X, "cuda-tensor": lambda: X_cuda,
+             "dataset": lambda: TensorDataset(X_cuda),
+             "loader": lambda: DataLoader(TensorDataset(torch.from_numpy(X)), batch_size=300),
+             "dict": lambda: {"x": X_cuda}}[kind]()
+    t = TorchTransformer(_Keyword(module) if kind == "dict" else module, device="cuda",
+                         batch_size=256, verbose=1).fit(given)
+    out = t.transform(given)
+    assert isinstance(out, np.ndarray) and out.shape == (1000, 3)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(X_cuda, original)  # the caller's device memory: untouched
+    assert "transform: 1,000 rows in" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_a_pickle_makes_module_again_on_the_gpu():
+    X = np.ones((8, 4), np.float32)
+    t = TorchTransformer(torch.nn.Linear(4, 3), device="cuda").fit(X)
+    loaded = pickle.loads(pickle.dumps(t))
+    assert loaded.module_.weight.is_cuda and not loaded.module.weight.is_cuda
+    np.testing.assert_array_equal(loaded.transform(X), t.transform(X))

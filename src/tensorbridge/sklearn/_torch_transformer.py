@@ -68,8 +68,9 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         tensors, for a dict ``X``) to a tensor whose first dimension is the
         batch (or a tuple/dict of them: see ``output``). A skorch
         ``NeuralNet`` (the ``skorch`` extra) is cloned and trained by ``fit``
-        on ``X, y`` under its own ``device``; ``transform`` runs the trained
-        ``net.module_``. Its parameters are grid keys: ``module__lr``,
+        on ``X, y`` (floating arrays in torch's default dtype, float32) under
+        its own ``device``; ``transform`` runs the trained ``net.module_`` on
+        this transformer's ``device``. Its parameters are grid keys: ``module__lr``,
         ``module__max_epochs``.
     batch_size : int, default=1024
         Rows per forward call (a DataLoader ``X`` keeps its own batches).
@@ -257,12 +258,11 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         net.fit(data, y, **fit_params)
         return net
 
-    def _numpy_dtype(self, torch):
-        """The NumPy dtype X is cast to before a skorch net trains on it."""
-        dtype = torch.float32
-        if self.dtype is not None:
-            dtype = self._resolve_dtype(torch, None)
-        return to_numpy(torch.empty(0, dtype=dtype)).dtype
+    @staticmethod
+    def _numpy_dtype(torch):
+        """The NumPy dtype of floating X for a skorch net's training: torch's
+        default dtype, the one a module's parameters are made in."""
+        return to_numpy(torch.empty(0, dtype=torch.get_default_dtype())).dtype
 
     # -- reading X: the one place where the kind of input is told apart ------------
 
