@@ -288,9 +288,9 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """An array or tensor of 2 or more dimensions, validated as scikit-learn does
         (a CUDA tensor where it is)."""
         X = _on_device(X)
-        if reset is False and hasattr(self, "sample_shape_in_") and getattr(X, "ndim", 2) > 2 \
-                and isinstance(self.sample_shape_in_, tuple):
-            self._check_shape(tuple(X.shape[1:]))  # before scikit-learn's width check: names both
+        shape = getattr(X, "shape", None)
+        if not reset and shape is not None and len(shape) >= 2:
+            self._check_shape(tuple(shape[1:]))  # before scikit-learn's width check: names both
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(X, torch.Tensor) and X.device.type != "cpu":
             self._validate_device_tensor(X, reset)
@@ -375,9 +375,12 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             raise ValueError(f"{_NAME}: X{where} has samples of shape {_describe(shape)}, but "
                              f"{_NAME} was fitted on samples of shape {_describe(expected)}; "
                              "pass X of the kind and shape it was fitted on, or fit again")
-        raise ValueError(f"{_NAME}: X{where} has samples of shape {shape}, but {_NAME} was "
-                         f"fitted on samples of shape {expected}; pass X of that shape, or fit "
-                         "again")
+        width = "" if not shape or not expected or shape[0] == expected[0] else (
+            f"X has {shape[0]} features, but {_NAME} is expecting {expected[0]} features as "
+            "input. ")  # scikit-learn's sentence, for the first dimension
+        raise ValueError(f"{width}{_NAME}: X{where} has samples of shape {shape}, but {_NAME} "
+                         f"was fitted on samples of shape {expected}; pass X of that shape, or "
+                         "fit again")
 
     # -- transforming --------------------------------------------------------------
 
@@ -402,7 +405,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             return None
         if isinstance(X, torch.Tensor):
             return "torch", X.device
-        if type(X).__module__.split(".")[0] == "cupy":
+        if type(X).__module__.split(".")[0] == "cupy" and torch.cuda.is_available():
             return "cupy", torch.device("cuda", X.device.id)
         return None
 
@@ -501,6 +504,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             buffer = staging[name] = torch.empty((max(rows, self.batch_size), *trailing),
                                                  dtype=self.dtype_)
         target = buffer[:rows]
+        if isinstance(value, torch.Tensor) and value.device.type == "cpu":
+            value = to_numpy(value)  # a view: NumPy's copy below is the cheapest here
         if isinstance(value, np.ndarray):
             try:
                 view = to_numpy(target, copy=False)
