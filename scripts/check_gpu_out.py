@@ -17,7 +17,7 @@ MAX_FILES = 5
 MAX_FILE_BYTES = 16 << 20
 MAX_TOTAL_BYTES = 64 << 20
 MAX_DEPTH = 2  # folders between OUT and a file
-STAGES = ["environment", "build", "abi", "tests", "bench", "fixture"]
+STAGES = ["environment", "build", "abi", "tests", "array_api", "bench", "fixture"]
 STATUSES = {"pending", "not selected", "passed", "failed", "timed out", "skipped", "interrupted"}
 SUMMARY = "gpu_check.json"
 

@@ -51,7 +51,7 @@ def test_threads_convert_concurrently(standin, Device):
                 x = Device(standin, expected, device=seed % 2)
                 got = tb.to_numpy_async(x).wait() if i % 2 else tb.to_numpy(x)
                 np.testing.assert_array_equal(got, expected)
-        except BaseException as error:
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]

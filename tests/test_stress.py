@@ -57,7 +57,7 @@ def test_threads_convert_collect_and_drop_transfers(standin):
                     np.testing.assert_array_equal(out, expected)
                 with lock:
                     counts[action] += 1
-        except BaseException as error:
+        except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(seed,)) for seed in range(6)]

@@ -120,7 +120,7 @@ def run(settings: Settings, progress=None, checkpoint=None) -> dict:
         start = time.perf_counter()
         try:
             case = make_case()
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - recorded, and the run goes on
             title = _factory_title(make_case)
             report["failed"].append({"case": title, "method": "(making the case's data)",
                                      **_error_fields(error)})
@@ -264,7 +264,7 @@ def measure_case(case: Case, settings: Settings):
             del result
             start = time.perf_counter()
             call(fn)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - recorded, and the case goes on
             drop(name, error, "warm-up")
             continue
         single = max(time.perf_counter() - start, 1e-7)
@@ -287,7 +287,7 @@ def measure_case(case: Case, settings: Settings):
                     events[1].record()
                     events[1].synchronize()
                     gpu.append(events[0].elapsed_time(events[1]) / 1e3 / number)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001
                 drop(name, error, f"round {rounds + 1}")
         rounds += 1
     rows = []
@@ -404,6 +404,14 @@ def build_cases(settings: Settings, skipped: list):
         yield partial(_workflow_features, torch, device, rows)
         yield partial(_workflow_scaling, torch, device, rows)
         yield partial(_workflow_augmentation, torch, 2000 if settings.quick else 10_000)
+        yield partial(_workflow_array_api, torch, device, rows // 4)
+        try:
+            import skorch  # noqa: F401
+        except ImportError:
+            skipped.append({"case": "workflow: skorch net's features", "method": "*",
+                            "reason": "skorch is not installed (the skorch extra)"})
+        else:
+            yield partial(_workflow_skorch, torch, device, rows // 4)
 
 
 def _has_sklearn() -> bool:
@@ -612,6 +620,71 @@ def _workflow_augmentation(torch, count):
                     "np.concatenate(views)": lambda: np.concatenate([v.numpy() for v in views()]),
                     "tb.collect(views)": lambda: collect(views()),
                     f"AugmentedEstimator(batch_size={batch_size})": lambda: estimator.fit(array)})
+
+
+def _workflow_array_api(torch, device, rows):
+    """Workflow 1 with scikit-learn's array API dispatch on (features stay
+    tensors on X's device, PCA runs there) against off (NumPy, PCA on the CPU)."""
+    import sklearn
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+
+    from .sklearn import TorchTransformer
+
+    X = torch.randn(rows, 256, generator=torch.Generator().manual_seed(0)).to(device)
+    pipe = make_pipeline(TorchTransformer(_feature_model(torch, device), batch_size=4096,
+                                          device=device), PCA(n_components=16, svd_solver="full"))
+
+    def dispatch(on):
+        with sklearn.config_context(array_api_dispatch=on):
+            return pipe.fit_transform(X)
+
+    methods = {"array_api_dispatch=False": lambda: dispatch(False)}
+    skipped = {}
+    if os.environ.get("SCIPY_ARRAY_API") == "1":
+        methods["array_api_dispatch=True"] = lambda: dispatch(True)
+    else:
+        skipped["array_api_dispatch=True"] = ("scikit-learn needs SCIPY_ARRAY_API=1 set before "
+                                              "scipy is imported: run the benchmark with it")
+    return Case(f"workflow: features -> PCA, array API dispatch ({device})", device, X.numel() * 4,
+                "array_api_dispatch=False", methods,
+                sync=torch.cuda.synchronize if device == "cuda" else None, skipped=skipped)
+
+
+def _workflow_skorch(torch, device, rows):
+    """A trained skorch net's hidden layer as features: skorch's own inference
+    (net.forward, then to NumPy) against TorchTransformer(net, layer=...)."""
+    import skorch
+
+    from .sklearn import TorchTransformer
+
+    X = np.random.default_rng(0).standard_normal((rows, 256)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(),
+                                 torch.nn.Linear(512, 128), torch.nn.Linear(128, 2))
+    net = skorch.NeuralNetClassifier(module, criterion=torch.nn.CrossEntropyLoss, max_epochs=1,
+                                     batch_size=4096, train_split=None, verbose=0,
+                                     device=device)
+    transformer = TorchTransformer(net, batch_size=4096, device=device, layer="2").fit(
+        X[:4096], y[:4096])
+    trained = transformer.net_
+
+    def skorch_forward():
+        hidden = []
+        handle = trained.module_[2].register_forward_hook(
+            lambda module, args, output: hidden.append(output))
+        try:
+            trained.forward(X)
+        finally:
+            handle.remove()
+        return torch.cat(hidden).cpu().numpy()
+
+    return Case(f"workflow: skorch net's features ({device})", device, X.nbytes,
+                "net.forward + hook", {"net.forward + hook": skorch_forward,
+                                       "TorchTransformer(net, layer=...)":
+                                           lambda: transformer.transform(X)},
+                sync=torch.cuda.synchronize if device == "cuda" else None)
 
 
 def _size(nbytes):

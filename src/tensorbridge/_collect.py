@@ -210,7 +210,7 @@ def _row_hints(batches):
     for batch in batches:
         try:
             rows = operator.index(batch.shape[0])
-        except Exception:  # no shape, 0-d, or not a count: no hint at all
+        except Exception:  # noqa: BLE001 - no shape, 0-d, or not a count: no hint at all
             return None
         if rows < 0:
             return None
