@@ -1,4 +1,4 @@
-"""The seed's three workflows, in examples/, run as a user would run them."""
+"""The end-to-end workflows in examples/, run as a user would run them."""
 
 import pathlib
 import re

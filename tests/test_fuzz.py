@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 import tensorbridge as tb
 
+pytestmark = pytest.mark.slow  # the longest part of the suite: -m "not slow" skips it
+
 FUZZ_CASES = {"dlpack": 0, "to_numpy": 0, "collect": 0}
 # Cases per test; .ci/run lowers it for the slow valgrind pass.
 EXAMPLES = int(os.environ.get("TENSORBRIDGE_FUZZ_EXAMPLES", "400"))

@@ -93,6 +93,7 @@ def _leak_sources():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(_leak_sources()))
 def test_no_leak_over_100k_conversions(path, kind, collect_garbage):
     x = _leak_sources()[kind]

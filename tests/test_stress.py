@@ -9,10 +9,13 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from device_producers import DeviceArray, ExchangeDeviceArray
 
 import tensorbridge as tb
 from tensorbridge import _core
+
+pytestmark = pytest.mark.slow
 
 SECONDS = float(os.environ.get("TENSORBRIDGE_STRESS_SECONDS", "4"))
 

@@ -589,8 +589,9 @@ def test_pickles_of_earlier_versions_still_load(name):
 def test_gpu_pickle_fixture_loads_here():
     fixture = FIXTURES / "torch_transformer_cuda.pkl"
     if not fixture.exists():
-        pytest.skip("tests/fixtures/torch_transformer_cuda.pkl is written by "
-                    "scripts/gpu_check.sh on a GPU and not committed yet")
+        pytest.skip("tests/fixtures/torch_transformer_cuda.pkl (a TorchTransformer fitted on a "
+                    "GPU) is not in this checkout; scripts/gpu_check.sh writes it on a GPU "
+                    "machine")
     loaded = joblib.load(fixture)
     X = np.ones((4, loaded.n_features_in_), np.float32)
     assert loaded.transform(X).shape == (4, loaded.n_features_out_)

@@ -15,3 +15,9 @@ def is_tensor(x) -> bool:
     """Whether `x` is a torch tensor (subclasses included)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+def is_module(x) -> bool:
+    """Whether `x` is a torch.nn.Module."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.nn.Module)

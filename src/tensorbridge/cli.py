@@ -21,6 +21,8 @@ import re
 import signal
 import sys
 
+from . import _torch
+
 
 def main(argv=None) -> int:
     """Run the ``tensorbridge`` command.
@@ -59,8 +61,9 @@ def main(argv=None) -> int:
         description="Time every conversion method this machine supports (torch, NumPy, "
                     "CuPy, tensorbridge) on the same data: views as time per call, copies "
                     "also as GB/s against the memory and link ceilings, each with its ratio "
-                    "to the case's baseline; then three end-to-end workflows (features for a "
-                    "classifier, batches into a StandardScaler, augmented images).")
+                    "to the case's baseline; then the end-to-end workflows (features for a "
+                    "classifier, batches into a StandardScaler, augmented images, scikit-learn's "
+                    "array API dispatch, a skorch net's hidden layer as features).")
     bench.add_argument("--quick", action="store_true",
                        help="small sizes and short budgets (well under a minute)")
     bench.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
                        help="time budget per case once 3 rounds are done (default: 2, 0.25 "
                             "with --quick)")
     bench.add_argument("--no-workflows", action="store_true",
-                       help="skip the three end-to-end workflows")
+                       help="skip the end-to-end workflows")
 
     info = commands.add_parser("info",
                                help="versions, CUDA driver, GPUs, pinned pool, quick bandwidths",
@@ -531,7 +534,7 @@ def _info(as_json: bool = False) -> int:
 def _torch_route(version):
     """How tensorbridge reads this torch's tensors: the DLPack C exchange API
     from torch 2.10 on, Tensor.numpy() before (or None without torch)."""
-    torch = sys.modules.get("torch")
+    torch = _torch.imported()
     if torch is not None:  # imported already: ask it
         has_api = hasattr(torch.Tensor, "__dlpack_c_exchange_api__")
     elif version is None:

@@ -10,7 +10,6 @@ the estimator owns), so the caller's ``X`` is never handed to ``augment``.
 from __future__ import annotations
 
 import inspect
-import sys
 from numbers import Integral
 
 import numpy as np
@@ -29,7 +28,7 @@ from sklearn.utils.validation import (
 
 import tensorbridge  # collect is looked up when called: the public function, as patched
 
-from .. import to_numpy
+from .. import _torch, to_numpy
 from ._to_numpy import is_tensor_like
 
 _SEED_BOUND = 2**63 - 1
@@ -420,8 +419,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
 
 
 def _takes_generator(augment) -> bool:
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(augment, torch.nn.Module):
+    if _torch.is_module(augment):
         augment = augment.forward  # a module's __call__ takes (*args, **kwargs)
     try:
         return "generator" in inspect.signature(augment).parameters

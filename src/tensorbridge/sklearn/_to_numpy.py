@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._core import to_numpy  # the native fast path, as tensorbridge.to_numpy
+from .. import _torch, to_numpy
 
 
 class ToNumpy(TransformerMixin, BaseEstimator):
@@ -37,7 +35,16 @@ class ToNumpy(TransformerMixin, BaseEstimator):
     def transform(self, X):
         """``X`` as a NumPy array: a view of CPU tensors and arrays wherever
         possible, whatever their dtype (bfloat16 and float8 included)."""
-        check_is_fitted(self)
+        if "n_features_in_" not in self.__dict__:
+            check_is_fitted(self)  # raises NotFittedError, worded as scikit-learn does
+        if is_tensor_like(X):
+            X = to_numpy(X)
+        if (type(X) is np.ndarray and X.ndim == 2 and X.dtype.kind in "biuf" and len(X) > 0
+                and X.shape[1] == self.n_features_in_ > 0
+                and "feature_names_in_" not in self.__dict__):
+            # What validate_data concludes for a plain 2-D numeric array of the
+            # fitted width (fitted without column names), without its ~50 us.
+            return X
         return self._validate(X, reset=False)
 
     def _validate(self, X, reset):
@@ -58,7 +65,6 @@ class ToNumpy(TransformerMixin, BaseEstimator):
 
 def is_tensor_like(X) -> bool:
     """A torch tensor, or any DLPack producer that is not a NumPy array."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(X, torch.Tensor):
+    if _torch.is_tensor(X):
         return True
     return hasattr(type(X), "__dlpack__") and type(X).__module__.split(".")[0] != "numpy"

@@ -33,7 +33,7 @@ from sklearn.base import (
 from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from .. import collect, to_device, to_numpy, to_numpy_async
+from .. import _torch, collect, to_device, to_numpy, to_numpy_async
 from ._to_numpy import is_tensor_like
 
 _WIDENED_OUTPUTS = ("bfloat16", "float8")  # dtypes NumPy lacks: returned as float32
@@ -296,8 +296,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         shape = getattr(X, "shape", None)
         if not reset and shape is not None and len(shape) >= 2:
             self._check_shape(tuple(shape[1:]))  # before scikit-learn's width check: names both
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(X, torch.Tensor) and X.device.type != "cpu":
+        if _torch.is_tensor(X) and X.device.type != "cpu":
             self._validate_device_tensor(X, reset)
         else:
             if is_tensor_like(X):
@@ -335,8 +334,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 raise TypeError(f"{_NAME}: X is a dict, so its keys are the module's keyword "
                                 f"arguments, but key {name!r} is not a Python name")
             value = _on_device(value)
-            torch = sys.modules.get("torch")
-            if torch is not None and isinstance(value, torch.Tensor) and value.device.type != "cpu":
+            if _torch.is_tensor(value) and value.device.type != "cpu":
                 if value.ndim < 1:
                     raise ValueError(f"{_NAME}: X[{name!r}] is 0-d; every input needs a leading "
                                      "(sample) dimension")
@@ -639,7 +637,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if recreate is not None:
             state["module_"] = recreate
         for key in ("module", "module_"):
-            if _is_torch_module(state.get(key)):
+            if _torch.is_module(state.get(key)):
                 import torch
 
                 buffer = io.BytesIO()
@@ -649,9 +647,9 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def _recreatable(self):
         """A `_Recreate` when module_ equals what _place makes of its source."""
-        torch = sys.modules.get("torch")
+        torch = _torch.imported()
         placed = self.__dict__.get("module_")
-        if torch is None or not isinstance(placed, torch.nn.Module):
+        if not _torch.is_module(placed):
             return None
         net = self.__dict__.get("net_")
         source, name = (net.module_, "net_") if net is not None else (self.module, "module")
@@ -863,7 +861,7 @@ def _item_input(item, where):
 def _on_device(X):
     """A CUDA DLPack producer other than torch (CuPy) as a torch tensor over the
     same memory; anything else as it is."""
-    torch = sys.modules.get("torch")
+    torch = _torch.imported()
     if torch is None or isinstance(X, (torch.Tensor, np.ndarray)) or not is_tensor_like(X):
         return X
     try:
@@ -940,11 +938,6 @@ class _Progress:
 # -- modules -------------------------------------------------------------------------
 
 
-def _is_torch_module(value) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.nn.Module)
-
-
 def _is_skorch_net(value) -> bool:
     skorch = sys.modules.get("skorch")
     return skorch is not None and isinstance(value, skorch.NeuralNet)
@@ -957,7 +950,7 @@ def _cupy():
 
 
 def _first_parameter(module):
-    if not _is_torch_module(module):
+    if not _torch.is_module(module):
         return None
     for tensor in itertools.chain(module.parameters(), module.buffers()):
         if tensor.is_floating_point():
