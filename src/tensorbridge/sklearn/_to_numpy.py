@@ -9,6 +9,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._core import to_numpy  # the native fast path, as tensorbridge.to_numpy
+from . import _dask
 
 
 class ToNumpy(TransformerMixin, BaseEstimator):
@@ -31,12 +32,17 @@ class ToNumpy(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Record ``n_features_in_`` (and ``feature_names_in_``)."""
+        if _dask.is_dask_collection(X):  # metadata and one row only: see _dask.py
+            return _dask.fit(self, X, y)
         self._validate(X, reset=True)
         return self
 
     def transform(self, X):
         """``X`` as a NumPy array: a view of CPU tensors and arrays wherever
-        possible, whatever their dtype (bfloat16 and float8 included)."""
+        possible, whatever their dtype (bfloat16 and float8 included); a lazy
+        dask array of them, block by block, for a dask array or Dask DataFrame."""
+        if _dask.is_dask_collection(X):
+            return _dask.transform(self, X)
         check_is_fitted(self)
         return self._validate(X, reset=False)
 

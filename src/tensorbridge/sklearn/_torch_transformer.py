@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._collect import collect
 from .._core import to_numpy  # the native fast path, as tensorbridge.to_numpy
+from . import _dask
 from ._to_numpy import is_tensor_like
 
 _WIDENED_OUTPUTS = ("bfloat16", "float8")  # dtypes NumPy lacks: returned as float32
@@ -82,6 +83,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Validate ``X`` and place a copy of the module on the device."""
+        if _dask.is_dask_collection(X):  # metadata and one row only: see _dask.py
+            return _dask.fit(self, X, y)
         import torch
 
         self.device_ = self._resolve_device(torch)
@@ -160,7 +163,10 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     # -- transforming --------------------------------------------------------------
 
     def transform(self, X):
-        """Run ``module_`` over ``X`` in batches; returns a 2-D NumPy array."""
+        """Run ``module_`` over ``X`` in batches; returns a 2-D NumPy array
+        (a lazy dask array for a dask array or Dask DataFrame)."""
+        if _dask.is_dask_collection(X):
+            return _dask.transform(self, X, self.batch_size)
         import torch
 
         check_is_fitted(self)
