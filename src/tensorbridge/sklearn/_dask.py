@@ -39,6 +39,7 @@ import os
 import re
 import sys
 import threading
+import uuid
 import weakref
 from collections import Counter
 
@@ -225,7 +226,8 @@ def _block_estimator(estimator):
 
 def _ship(local):
     """The graph's handle on the estimator: scattered when a distributed client is
-    active (the scheduler never carries the weights), else one literal key."""
+    active (the scheduler never carries the weights), else one literal key that
+    the local schedulers hand to every block as it is (no copy)."""
     import dask
 
     shipped = _Shipped(local)
@@ -237,63 +239,76 @@ def _ship(local):
         except ValueError:
             client = None
     if client is not None and dask.config.get("scheduler", None) in (None, "dask.distributed"):
-        return client.scatter(shipped, hash=True)
-    return dask.delayed(shipped, name=f"tensorbridge-estimator-{shipped.token}", pure=True)
+        # A fresh key per graph: reusing a key (hash=True) races with the release of
+        # an earlier graph's copy. Two copies in one process still load once (_live).
+        return client.scatter(shipped, hash=False)
+    return dask.delayed(shipped, name=f"tensorbridge-estimator-{shipped.key}", pure=True)
 
 
 # Per process: how many times each payload was deserialised (for tests and
-# diagnostics), and the estimators alive, so two copies of one payload in a
-# process share one load.
+# diagnostics); the estimators alive, so that copies of one payload share one
+# load; and the last one loaded, kept after dask drops its payload: a worker
+# drops the copies it fetched from others once its own blocks are done, and
+# fetches them again for the next computation (or a stolen block).
 _loads: Counter = Counter()
 _live: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_last_loaded = None
 _lock = threading.Lock()
 
 
 def worker_state() -> dict:
-    """This process's record: loads per payload token, and estimators alive."""
-    return {"loads": dict(_loads), "live": len(_live)}
+    """This process's record: loads per payload token, and the estimators alive."""
+    return {"loads": dict(_loads), "live": sorted(_live)}
 
 
 class _Shipped:
-    """A fitted estimator as bytes; built once per process, on its first use there.
+    """A fitted estimator for the blocks: itself in the process that made it, bytes
+    everywhere else, deserialised once per process on first use there.
 
     torch modules are saved apart with torch.save over cloudpickle, so that they
-    load onto the worker's own device and classes defined in a script travel by
-    value."""
+    load onto the worker's own device (``worker_device``) and classes defined in
+    a script travel by value."""
 
     def __init__(self, local):
-        import cloudpickle
+        self._estimator = local
+        self._payload = None  # (token, estimator bytes, modules bytes, module is module_)
+        self.key = uuid.uuid4().hex
 
-        state, modules = copy.copy(local), {}
-        for field in _MODULE_FIELDS:
-            if _is_torch_module(vars(state).get(field)):
-                modules[field] = vars(state).pop(field)
-        if "module_" in modules and "module" in modules:
-            del modules["module"]  # the worker's copy reuses module_: one set of weights
-            self.module_is_placed = True
-        else:
-            self.module_is_placed = False
-        blob = b""
-        if modules:
-            import torch
+    @property
+    def token(self):
+        """A digest of the payload: equal estimators have equal tokens."""
+        return self._serialised()[0]
 
-            buffer = io.BytesIO()
-            torch.save(modules, buffer, pickle_module=cloudpickle)
-            blob = buffer.getvalue()
-        self.estimator_bytes = cloudpickle.dumps(state)
-        self.modules_bytes = blob
-        digest = hashlib.blake2b(self.estimator_bytes, digest_size=16)
-        digest.update(blob)
-        self.token = digest.hexdigest()
-        self._estimator = None
+    def _serialised(self):
+        if self._payload is None:
+            import cloudpickle
+
+            state, modules = copy.copy(self._estimator), {}
+            for field in _MODULE_FIELDS:
+                if _is_torch_module(vars(state).get(field)):
+                    modules[field] = vars(state).pop(field)
+            shared = "module_" in modules and "module" in modules
+            if shared:
+                del modules["module"]  # the worker's copy reuses module_: one set of weights
+            blob = b""
+            if modules:
+                import torch
+
+                buffer = io.BytesIO()
+                torch.save(modules, buffer, pickle_module=cloudpickle)
+                blob = buffer.getvalue()
+            estimator_bytes = cloudpickle.dumps(state)
+            digest = hashlib.blake2b(estimator_bytes, digest_size=16)
+            digest.update(blob)
+            self._payload = (digest.hexdigest(), estimator_bytes, blob, shared)
+        return self._payload
 
     def __getstate__(self):
-        state = dict(vars(self))
-        state["_estimator"] = None  # never the loaded copy: each process builds its own
-        return state
+        # Never the estimator itself: each process builds its own, on its own device.
+        return {"_estimator": None, "_payload": self._serialised(), "key": self.key}
 
     def __dask_tokenize__(self):
-        return ("tensorbridge-estimator", self.token)
+        return ("tensorbridge-estimator", self.key)
 
     @staticmethod
     def estimator_of(shipped):
@@ -302,21 +317,24 @@ class _Shipped:
     def estimator(self):
         if self._estimator is not None:
             return self._estimator
+        global _last_loaded
+        token = self._payload[0]
         with _lock:  # the worker's threads share one load
             if self._estimator is None:
-                loaded = _live.get(self.token)
+                loaded = _live.get(token)
                 if loaded is None:
-                    loaded = self._load()
-                    _live[self.token] = loaded
-                    _loads[self.token] += 1
+                    loaded = _last_loaded = self._load()
+                    _live[token] = loaded
+                    _loads[token] += 1
                 self._estimator = loaded
         return self._estimator
 
     def _load(self):
         import pickle
 
-        estimator = pickle.loads(self.estimator_bytes)
-        if not self.modules_bytes:
+        _, estimator_bytes, modules_bytes, shared = self._payload
+        estimator = pickle.loads(estimator_bytes)
+        if not modules_bytes:
             return estimator
         import torch
 
@@ -324,11 +342,11 @@ class _Shipped:
         device = torch.device(worker_device(
             requested, torch.cuda.device_count() if torch.cuda.is_available() else 0,
             **_worker_facts()))
-        modules = torch.load(io.BytesIO(self.modules_bytes), map_location=device,
+        modules = torch.load(io.BytesIO(modules_bytes), map_location=device,
                              weights_only=False)
         for field, module in modules.items():
             setattr(estimator, field, module)
-        if self.module_is_placed:
+        if shared:
             estimator.module = estimator.module_
         if hasattr(estimator, "device_"):
             estimator.device_ = device
