@@ -223,6 +223,24 @@ def test_shape_errors_are_raised_while_building(client):
         model.transform(dask.delayed(X))
 
 
+def test_pandas_output_is_refused_for_dask_input():
+    X = features(20)
+    model = TorchTransformer(network(), device="cpu").fit(X).set_output(transform="pandas")
+    with pytest.raises(ValueError, match=r"set_output\(transform='pandas'\).*to_dask_dataframe"):
+        model.transform(da.from_array(X, chunks=10))
+    assert model.transform(X).shape == (20, 5)  # in memory it applies as before
+
+
+def test_importing_the_layer_imports_no_dask():
+    code = ("import sys, numpy as np, tensorbridge.sklearn as s\n"
+            "s.ToNumpy().fit_transform(np.ones((2, 2)))\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('dask', 'distributed', 'dask_ml')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=TIMEOUT).stdout
+    assert out.strip() == "[]"
+
+
 def test_missing_extra_is_named(monkeypatch):
     dX = da.zeros((10, 8), chunks=5)
     model = TorchTransformer(network(), device="cpu").fit(features(10))

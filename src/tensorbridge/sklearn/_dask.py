@@ -97,6 +97,19 @@ def _check_structure(name, estimator, X):
                          "features as input.")
 
 
+def _check_output(name, estimator):
+    """set_output(transform="pandas") would gather the lazy result into the client."""
+    import sklearn
+
+    output = getattr(estimator, "_sklearn_output_config", {}).get(
+        "transform", sklearn.get_config()["transform_output"])
+    if output != "default":
+        raise ValueError(f"{name}: set_output(transform={output!r}) does not apply to dask "
+                         "input (it would compute the whole result into this process); use "
+                         "set_output(transform='default') and, for a Dask DataFrame, "
+                         "result.to_dask_dataframe(columns=list(model.get_feature_names_out()))")
+
+
 def _check_names(estimator, X):
     """The feature-name checks scikit-learn makes on in-memory input, made once here
     (the blocks reach workers as plain arrays)."""
@@ -185,6 +198,7 @@ def transform(estimator, X, batch_size=None):
     array = _as_array(name, X)
     _check_structure(name, estimator, array)
     _check_names(estimator, X)
+    _check_output(name, estimator)
     local = _block_estimator(estimator)
     if batch_size is None:  # the block's own dtype, as ToNumpy returns it
         dtype, width = array.dtype, array.shape[1]
