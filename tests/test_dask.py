@@ -156,6 +156,27 @@ def test_fit_reads_metadata_and_one_block():
         assert np.array_equal(model.transform(dX).compute(), model.transform(X))
 
 
+def test_a_skorch_net_is_fitted_on_every_row(monkeypatch):
+    class NeuralNet:  # stands in for skorch's: training needs every row
+        def __call__(self, batch):
+            return batch
+
+    monkeypatch.setitem(sys.modules, "skorch", type(sys)("skorch"))
+    sys.modules["skorch"].NeuralNet = NeuralNet
+    seen = []
+
+    class Recording(TorchTransformer):
+        def fit(self, X, y=None):
+            seen.append((type(X).__module__.split(".")[0], X.shape, None if y is None else len(y)))
+            return super().fit(X, y)
+
+    X = features(90)
+    with dask.config.set(scheduler="sync"):
+        Recording(NeuralNet(), device="cpu").fit(da.from_array(X, chunks=30),
+                                                 da.from_array(np.arange(90), chunks=30))
+    assert seen == [("dask", (90, 8), 90), ("numpy", (90, 8), 90)]
+
+
 def test_nd_samples_and_chunked_trailing_axes(client):
     X = np.random.default_rng(1).normal(size=(90, 2, 3, 4)).astype(np.float32)
     torch.manual_seed(0)

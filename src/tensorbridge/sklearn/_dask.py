@@ -55,7 +55,8 @@ _MODULE_FIELDS = ("module", "module_")
 def is_dask_collection(X) -> bool:
     """Whether ``X`` is a dask collection, without importing dask."""
     dask = sys.modules.get("dask")
-    return dask is not None and bool(dask.is_dask_collection(X))
+    return (dask is not None and hasattr(type(X), "__dask_graph__")
+            and bool(dask.is_dask_collection(X)))
 
 
 def _require(name):
