@@ -78,8 +78,9 @@ def torch_blocks(dX):
 
 
 def released(client, timeout=30):
-    """Every worker's record once the graphs' data is gone: the client's release of
-    a scattered estimator reaches the workers asynchronously."""
+    """Every worker's record once the graphs' data is gone (the client's release
+    of a scattered estimator reaches the workers asynchronously): no estimator
+    held by the cluster, each worker alive with at most the last one it loaded."""
     def state():
         gc.collect()
         return _dask.worker_state()
@@ -88,7 +89,10 @@ def released(client, timeout=30):
     deadline = time.monotonic() + timeout
     while True:
         states = client.run(state)
-        if all(len(s["live"]) <= 1 for s in states.values()) or time.monotonic() > deadline:
+        held = [key for key in client.who_has() if "_Shipped" in str(key)]
+        done = not held and all(len(s["live"]) <= 1 for s in states.values())
+        if done or time.monotonic() > deadline:
+            assert not held, held
             return states
         time.sleep(0.05)
 
@@ -320,7 +324,7 @@ def test_workers_build_on_their_own_device(client):
     model = TorchTransformer(network(), device="auto").fit(features(8))
 
     def device_used(shipped):
-        estimator = _dask._Shipped.estimator_of(shipped)
+        estimator = shipped.estimator()
         return str(estimator.device_), str(next(estimator.module_.parameters()).device)
 
     shipped = client.scatter(_dask._Shipped(_dask._block_estimator(model)), broadcast=True)

@@ -9,8 +9,10 @@ dask until one arrives. ``transform`` builds a lazy graph and computes nothing:
   block then splits into exactly the batches the in-memory transform would
   make, so the results are equal bit for bit;
 - the output's chunks and dtype are known up front (``map_blocks`` with
-  ``chunks`` and ``dtype``): the width from fit, the dtype from one forward
-  call on a single row of zeros made here (no block of ``X`` is read);
+  ``chunks`` and ``dtype``): its width and dtype from one forward call on a
+  single row of zeros made here (no block of ``X`` is read). A Dask DataFrame
+  is taken as ``to_dask_array(lengths=True)``, which counts its partitions'
+  rows: the one pass it needs;
 - each block runs the estimator's own ``transform`` on the worker, so the
   checks it makes on NumPy input (NaN/inf, shape) run per block at compute
   time, with the same errors;
@@ -18,7 +20,8 @@ dask until one arrives. ``transform`` builds a lazy graph and computes nothing:
   cluster when a distributed client is active, else one graph key), never
   once per block, and is deserialised once per worker process, onto that
   worker's own device (``worker_device``). It is freed with the payload, when
-  dask releases it.
+  dask releases it; each process keeps only the last one it loaded, for the
+  next computation of the same graph.
 
 ``fit`` reads metadata (shape, dtype, column names) and one row of the first
 non-empty block; training needs every row only for a skorch ``NeuralNet``,
@@ -217,7 +220,7 @@ def transform(estimator, X, batch_size=None):
 def _transform_block(block, shipped, name, width, dtype):
     if block.shape[0] == 0:  # dask allows empty blocks; transform refuses 0 samples
         return np.empty((0, width), dtype)
-    result = _Shipped.estimator_of(shipped).transform(block)
+    result = shipped.estimator().transform(block)
     if result.shape != (block.shape[0], width) or result.dtype != dtype:
         raise ValueError(f"{name}: a block of {block.shape[0]} rows gave shape {result.shape} "
                          f"{result.dtype}, but the graph was built for ({block.shape[0]}, "
@@ -324,10 +327,6 @@ class _Shipped:
 
     def __dask_tokenize__(self):
         return ("tensorbridge-estimator", self.key)
-
-    @staticmethod
-    def estimator_of(shipped):
-        return shipped.estimator()
 
     def estimator(self):
         if self._estimator is not None:
