@@ -589,9 +589,10 @@ def distributed_scaling(rows=196_608, width=64, batch_size=4096, block_rows=12_2
     once per worker). The overhead per block is the time of a ToNumpy pass
     over ``small_blocks`` blocks of 8 rows less that of one block (the graph's
     fixed cost: building, scattering, submitting), divided by the blocks
-    added: what a block costs beyond its work. The in-memory transform also runs on one
-    torch thread: the work of one single-threaded worker, without dask. Needs the dask extra (dask[array],
-    distributed); returns the report as a dict: per method ``median_s``,
+    added: what a block costs beyond its work. The in-memory transform also
+    runs on one torch thread: the work of one single-threaded worker, without
+    dask. Needs the dask extra (dask[array], distributed); returns the report
+    as a dict: per method ``median_s``,
     ``rows_per_s``, ``ratio_to_in_memory`` (time over the in-memory
     transform's in the same rounds: below 1 is faster) and
     ``ratio_to_one_thread`` (over the one-thread transform's: each worker is one
