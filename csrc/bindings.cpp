@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <stdexcept>
+#include <string>
 
 #include "cuda_driver.h"
 #include "dlpack_import.h"
@@ -14,6 +15,8 @@
 #include "host_copy.h"
 #include "interrupt.h"
 #include "pinned_pool.h"
+#include "to_numpy.h"
+#include "torch_dtypes.h"
 #include "transfer.h"
 
 namespace py = pybind11;
@@ -31,7 +34,8 @@ PyMethodDef to_numpy_def = {
 // when the last view of it dies.
 class PinnedBuffer {
  public:
-  explicit PinnedBuffer(size_t bytes) : bytes_(bytes), block_(tb::PinnedPool::instance().acquire(tb::kAnyDevice, bytes)) {}
+  explicit PinnedBuffer(size_t bytes)
+      : bytes_(bytes), block_(tb::PinnedPool::instance().acquire(tb::kAnyDevice, bytes)) {}
   ~PinnedBuffer() { tb::PinnedPool::instance().release(block_); }
   PinnedBuffer(const PinnedBuffer&) = delete;
   PinnedBuffer& operator=(const PinnedBuffer&) = delete;
@@ -45,8 +49,14 @@ class PinnedBuffer {
   tb::Block block_;
 };
 
-void* writable_address(const py::buffer& buffer) {
+// The address of a writeable buffer that holds at least `nbytes`.
+void* writable_address(const py::buffer& buffer, size_t nbytes) {
   py::buffer_info info = buffer.request(/*writable=*/true);
+  if (static_cast<size_t>(info.size * info.itemsize) < nbytes) {
+    throw std::invalid_argument("the destination buffer holds " +
+                                std::to_string(info.size * info.itemsize) + " bytes, fewer than " +
+                                std::to_string(nbytes));
+  }
   return info.ptr;
 }
 
@@ -78,8 +88,8 @@ PYBIND11_MODULE(_core, m) {
         "Take note of Python's main thread again (after fork, in the child).");
   m.doc() = "tensorbridge's native core";
 
-  m.add_object("to_numpy", py::reinterpret_steal<py::object>(
-                               PyCFunction_NewEx(&to_numpy_def, nullptr, m.attr("__name__").ptr())));
+  m.add_object("to_numpy", py::reinterpret_steal<py::object>(PyCFunction_NewEx(
+                               &to_numpy_def, nullptr, m.attr("__name__").ptr())));
   m.def(
       "array_from_capsule",
       [](py::handle capsule) {
@@ -89,14 +99,15 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("capsule"), "Consume a DLPack capsule and return a NumPy array viewing it.");
   m.def(
-      "fast_view",
-      [](py::handle x, bool numpy_method) -> py::object {
-        PyObject* array = tb::fast_view(x.ptr(), numpy_method);
-        return array ? py::reinterpret_steal<py::object>(array) : py::none();
+      "route",
+      [](py::handle x, bool numpy_method) {
+        PyObject* found = tb::route(x.ptr(), numpy_method);
+        if (found == nullptr) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(found);
       },
       py::arg("x"), py::arg("numpy_method") = true,
-      "A zero-copy view of a plain CPU tensor, or None (numpy_method=False: never through "
-      "Tensor.numpy(), which marks the storage unresizable).");
+      "The Route of `x`, as the fallback receives it (numpy_method=False: never a view "
+      "through Tensor.numpy(), which marks the storage unresizable).");
   m.def(
       "describe_capsule",
       [](py::handle capsule) {
@@ -105,16 +116,17 @@ PYBIND11_MODULE(_core, m) {
         return py::reinterpret_steal<py::object>(result);
       },
       py::arg("capsule"), "Consume a DLPack capsule and describe where its memory is.");
-  m.def(
-      "describe_device",
-      [](py::handle x) {
-        PyObject* described = tb::describe_device(x.ptr());
-        if (described == nullptr) throw py::error_already_set();
-        return py::reinterpret_steal<py::object>(described);
-      },
-      py::arg("x"),
-      "(device, stream, address, shape, dtype) of plain compact CUDA memory read through the "
-      "DLPack C exchange API, or None.");
+  if (!tb::add_route_types(m.ptr()) || !tb::add_capsule_types(m.ptr())) {
+    throw py::error_already_set();
+  }
+  {
+    py::list table;  // (torch name, NumPy name, kind): the one torch -> NumPy dtype table
+    for (int i = 0; i < tb::kTorchDtypeCount; ++i) {
+      const tb::TorchDtype& d = tb::kTorchDtypes[i];
+      table.append(py::make_tuple(d.torch_name, d.numpy_name, tb::kind_name(d.kind)));
+    }
+    m.attr("TORCH_DTYPES") = py::tuple(table);
+  }
   m.def("set_fallback", [](py::object fallback) { tb::set_fallback(fallback.ptr()); });
   m.def("set_fast_path", &tb::set_fast_path, py::arg("enabled"));
   m.def("set_exchange_api", &tb::set_exchange_api, py::arg("enabled"));
@@ -146,8 +158,9 @@ PYBIND11_MODULE(_core, m) {
     }
     return entries;
   });
-  m.def("take_interrupted", [] { return tb::take_interrupted(); },
-        "What the last interrupted copy of this thread left in flight (a Transfer), or None.");
+  m.def(
+      "take_interrupted", [] { return tb::take_interrupted(); },
+      "What the last interrupted copy of this thread left in flight (a Transfer), or None.");
   m.def("driver_version", &tb::cuda::driver_version);
   m.def("device_count", &tb::cuda::device_count);
   m.def("device_name", &tb::cuda::device_name, py::arg("ordinal"));
@@ -179,10 +192,12 @@ PYBIND11_MODULE(_core, m) {
     d["hit_count"] = s.hit_count;
     return d;
   });
-  m.def("empty_pinned_cache", [] { tb::PinnedPool::instance().empty_cache(); },
-        py::call_guard<py::gil_scoped_release>());
-  m.def("set_pinned_limit", [](size_t bytes) { tb::PinnedPool::instance().set_limit(bytes); },
-        py::arg("nbytes"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "empty_pinned_cache", [] { tb::PinnedPool::instance().empty_cache(); },
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "set_pinned_limit", [](size_t bytes) { tb::PinnedPool::instance().set_limit(bytes); },
+      py::arg("nbytes"), py::call_guard<py::gil_scoped_release>());
   m.def("set_staging_chunk_bytes", &tb::set_staging_chunk_bytes, py::arg("nbytes"));
   m.attr("MAX_BATCH_COPIES") = tb::kMaxBatchCopies;
 
@@ -190,10 +205,9 @@ PYBIND11_MODULE(_core, m) {
       "copy_to_host",
       [](int device, uintptr_t src, size_t nbytes, uintptr_t stream, const py::buffer& dst,
          bool dst_pinned) {
-        void* out = writable_address(dst);
+        void* out = writable_address(dst, nbytes);
         interruptibly([&](const tb::InterruptCheck& interrupted) {
-          tb::copy_to_host({device, src, nbytes}, as_stream(stream), out, dst_pinned,
-                           interrupted);
+          tb::copy_to_host({device, src, nbytes}, as_stream(stream), out, dst_pinned, interrupted);
         });
       },
       py::arg("device"), py::arg("src"), py::arg("nbytes"), py::arg("stream"), py::arg("dst"),
@@ -202,7 +216,7 @@ PYBIND11_MODULE(_core, m) {
       "copy_to_host_async",
       [](int device, uintptr_t src, size_t nbytes, uintptr_t stream, const py::buffer& dst,
          bool dst_pinned) {
-        void* out = writable_address(dst);
+        void* out = writable_address(dst, nbytes);
         py::gil_scoped_release release;
         return tb::copy_to_host_async({device, src, nbytes}, as_stream(stream), out, dst_pinned);
       },

@@ -26,7 +26,7 @@ struct State {
   std::string error;
   std::string library;  // the file dlopen found
   int driver_version = 0;
-  std::string found;    // "driver 12.2 loaded from <library>", the start of every reason
+  std::string found;  // "driver 12.2 loaded from <library>", the start of every reason
   Driver table{};
   std::vector<EntryPoint> entry_points;
   std::vector<CUcontext> contexts;  // primary context per ordinal, retained once
@@ -96,19 +96,20 @@ void load(State& s) {
   };
   Driver table{};
   std::string missing;
-#define TB_RESOLVE(name, version, required, type)                                     \
-  {                                                                                   \
-    const bool found = resolve(#name, version, reinterpret_cast<void**>(&table.name)); \
-    s.entry_points.push_back(EntryPoint{#name, version, required, found});            \
+#define TB_RESOLVE(name, version, required, type)                                        \
+  {                                                                                      \
+    const bool found = resolve(#name, version, reinterpret_cast<void**>(&table.name));   \
+    s.entry_points.push_back(EntryPoint{#name, version, required, found});               \
     if (required && !found) missing += std::string(missing.empty() ? "" : ", ") + #name; \
   }
   TB_DRIVER_ENTRY_POINTS(TB_RESOLVE)
 #undef TB_RESOLVE
   s.table = table;  // describe() needs the error strings before `loaded` is set
   if (table.cuDriverGetVersion != nullptr) table.cuDriverGetVersion(&s.driver_version);
-  s.found = "driver " + (s.driver_version ? version_text(s.driver_version)
-                                          : std::string("of unknown version")) +
-            " loaded from " + s.library;
+  s.found =
+      "driver " +
+      (s.driver_version ? version_text(s.driver_version) : std::string("of unknown version")) +
+      " loaded from " + s.library;
   const std::string& loaded = s.found;
   if (!missing.empty()) {
     s.error = loaded + ", but it lacks " + missing + " for CUDA " +

@@ -42,9 +42,7 @@ constexpr unsigned CU_EVENT_BLOCKING_SYNC = 0x1;
 constexpr unsigned CU_EVENT_DISABLE_TIMING = 0x2;
 // The legacy default stream, as the handles 0 (NULL) and 1 (CU_STREAM_LEGACY);
 // DLPack's stream=1 means the same. cuda.h forbids it for the batch copy.
-inline bool is_legacy_stream(CUstream stream) {
-  return reinterpret_cast<uintptr_t>(stream) <= 1;
-}
+inline bool is_legacy_stream(CUstream stream) { return reinterpret_cast<uintptr_t>(stream) <= 1; }
 
 // The CUDA version whose ABIs we declared; passed to cuGetProcAddress.
 constexpr int kDeclaredCudaVersion = 12000;
@@ -71,35 +69,35 @@ constexpr int CU_MEM_LOCATION_TYPE_HOST = 2;
 // It generates the table below and its resolution (cuda_driver.cpp). An
 // optional entry point is nullptr when the driver lacks it, and its caller
 // takes a slower path; a missing required one makes CUDA unavailable.
-#define TB_DRIVER_ENTRY_POINTS(X)                                                            \
-  X(cuInit, 12000, true, CUresult(unsigned flags))                                          \
-  X(cuDriverGetVersion, 12000, true, CUresult(int* version))                                \
-  X(cuGetErrorString, 12000, true, CUresult(CUresult error, const char** text))             \
-  X(cuGetErrorName, 12000, true, CUresult(CUresult error, const char** text))               \
-  X(cuDeviceGetCount, 12000, true, CUresult(int* count))                                    \
-  X(cuDeviceGet, 12000, true, CUresult(CUdevice * device, int ordinal))                     \
-  X(cuDeviceGetName, 12000, true, CUresult(char* name, int length, CUdevice device))        \
-  X(cuDevicePrimaryCtxRetain, 12000, true, CUresult(CUcontext * context, CUdevice device))  \
-  X(cuCtxGetCurrent, 12000, true, CUresult(CUcontext * context))                            \
-  X(cuCtxSetCurrent, 12000, true, CUresult(CUcontext context))                              \
-  X(cuMemHostAlloc, 12000, true, CUresult(void** pointer, size_t bytes, unsigned flags))    \
-  X(cuMemFreeHost, 12000, true, CUresult(void* pointer))                                    \
-  X(cuMemcpyDtoHAsync, 12000, true,                                                         \
-    CUresult(void* dst, CUdeviceptr src, size_t bytes, CUstream stream))                    \
-  X(cuMemcpyHtoDAsync, 12000, true,                                                         \
-    CUresult(CUdeviceptr dst, const void* src, size_t bytes, CUstream stream))              \
-  X(cuEventCreate, 12000, true, CUresult(CUevent * event, unsigned flags))                  \
-  X(cuEventRecord, 12000, true, CUresult(CUevent event, CUstream stream))                   \
-  X(cuEventQuery, 12000, true, CUresult(CUevent event))                                     \
-  X(cuEventSynchronize, 12000, true, CUresult(CUevent event))                               \
-  X(cuEventDestroy, 12000, true, CUresult(CUevent event))                                   \
-  /* Our own stream for batch copies that the producer's stream forbids. */                 \
-  X(cuStreamCreate, 12000, false, CUresult(CUstream * stream, unsigned flags))              \
+#define TB_DRIVER_ENTRY_POINTS(X)                                                              \
+  X(cuInit, 12000, true, CUresult(unsigned flags))                                             \
+  X(cuDriverGetVersion, 12000, true, CUresult(int* version))                                   \
+  X(cuGetErrorString, 12000, true, CUresult(CUresult error, const char** text))                \
+  X(cuGetErrorName, 12000, true, CUresult(CUresult error, const char** text))                  \
+  X(cuDeviceGetCount, 12000, true, CUresult(int* count))                                       \
+  X(cuDeviceGet, 12000, true, CUresult(CUdevice* device, int ordinal))                         \
+  X(cuDeviceGetName, 12000, true, CUresult(char* name, int length, CUdevice device))           \
+  X(cuDevicePrimaryCtxRetain, 12000, true, CUresult(CUcontext* context, CUdevice device))      \
+  X(cuCtxGetCurrent, 12000, true, CUresult(CUcontext* context))                                \
+  X(cuCtxSetCurrent, 12000, true, CUresult(CUcontext context))                                 \
+  X(cuMemHostAlloc, 12000, true, CUresult(void** pointer, size_t bytes, unsigned flags))       \
+  X(cuMemFreeHost, 12000, true, CUresult(void* pointer))                                       \
+  X(cuMemcpyDtoHAsync, 12000, true,                                                            \
+    CUresult(void* dst, CUdeviceptr src, size_t bytes, CUstream stream))                       \
+  X(cuMemcpyHtoDAsync, 12000, true,                                                            \
+    CUresult(CUdeviceptr dst, const void* src, size_t bytes, CUstream stream))                 \
+  X(cuEventCreate, 12000, true, CUresult(CUevent* event, unsigned flags))                      \
+  X(cuEventRecord, 12000, true, CUresult(CUevent event, CUstream stream))                      \
+  X(cuEventQuery, 12000, true, CUresult(CUevent event))                                        \
+  X(cuEventSynchronize, 12000, true, CUresult(CUevent event))                                  \
+  X(cuEventDestroy, 12000, true, CUresult(CUevent event))                                      \
+  /* Our own stream for batch copies that the producer's stream forbids. */                    \
+  X(cuStreamCreate, 12000, false, CUresult(CUstream* stream, unsigned flags))                  \
   X(cuStreamWaitEvent, 12000, false, CUresult(CUstream stream, CUevent event, unsigned flags)) \
-  X(cuMemcpyBatchAsync, 12080, false,                                                       \
-    CUresult(CUdeviceptr * dsts, CUdeviceptr * srcs, size_t * sizes, size_t count,          \
-             CUmemcpyAttributes * attrs, size_t * attr_indices, size_t attr_count,          \
-             size_t * fail_index, CUstream stream))
+  X(cuMemcpyBatchAsync, 12080, false,                                                          \
+    CUresult(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count,                \
+             CUmemcpyAttributes* attrs, size_t* attr_indices, size_t attr_count,               \
+             size_t* fail_index, CUstream stream))
 
 // Every entry point we call, as one table of function pointers.
 struct Driver {
@@ -139,7 +137,7 @@ struct Status {
   std::string library;     // the file loaded; empty when none was
   int driver_version = 0;  // cuDriverGetVersion (works before cuInit); 0 unknown
   int device_count = 0;
-  std::string reason;      // "driver 12.2 loaded from ..., but cuInit says ..."
+  std::string reason;  // "driver 12.2 loaded from ..., but cuInit says ..."
 };
 Status status() noexcept;
 

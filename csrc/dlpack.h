@@ -114,8 +114,7 @@ struct DLPackExchangeAPIHeader {
 struct DLPackExchangeAPI {
   DLPackExchangeAPIHeader header;
   void* managed_tensor_allocator;
-  int (*managed_tensor_from_py_object_no_sync)(void* py_object,
-                                               DLManagedTensorVersioned** out);
+  int (*managed_tensor_from_py_object_no_sync)(void* py_object, DLManagedTensorVersioned** out);
   int (*managed_tensor_to_py_object_no_sync)(DLManagedTensorVersioned* tensor,
                                              void** out_py_object);
   // Returns 0 on success; on failure returns -1 with a Python error set.

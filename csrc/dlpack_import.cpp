@@ -8,6 +8,8 @@
 namespace tensorbridge {
 namespace {
 
+PyTypeObject* g_capsule_memory_type = nullptr;
+
 using namespace dlpack;
 
 constexpr const char* kOwnerName = "tensorbridge.dlpack_owner";
@@ -47,8 +49,9 @@ PyObject* owner_of(DLManagedTensorVersioned* managed) {
 namespace {
 
 std::string int64_overflow(const std::string& what) {
-  return what + " overflows int64, so its bytes have no address; the producer's tensor is "
-                "malformed (ask the producer for a compact copy)";
+  return what +
+         " overflows int64, so its bytes have no address; the producer's tensor is "
+         "malformed (ask the producer for a compact copy)";
 }
 
 // Every byte a sound tensor reaches has an address: its element count, the
@@ -99,8 +102,8 @@ std::string extent_violation(const DLTensor& t, bool empty) {
       __builtin_sub_overflow(origin, below, &first) ||
       __builtin_add_overflow(origin, static_cast<uint64_t>(high), &last) ||
       __builtin_add_overflow(last, static_cast<uint64_t>(itemsize), &end)) {
-    return "data + byte_offset (" + std::to_string(start) + " + " +
-           std::to_string(t.byte_offset) + ") and the strides reach past the address space; " +
+    return "data + byte_offset (" + std::to_string(start) + " + " + std::to_string(t.byte_offset) +
+           ") and the strides reach past the address space; " +
            "the producer's tensor is malformed (ask the producer for a compact copy)";
   }
   return {};
@@ -110,8 +113,8 @@ std::string extent_violation(const DLTensor& t, bool empty) {
 
 std::string contract_violation(const DLTensor& t) {
   if (t.ndim < 0 || t.ndim > NPY_MAXDIMS) {
-    return "ndim=" + std::to_string(t.ndim) + " is outside [0, " +
-           std::to_string(NPY_MAXDIMS) + "]";
+    return "ndim=" + std::to_string(t.ndim) + " is outside [0, " + std::to_string(NPY_MAXDIMS) +
+           "]";
   }
   if (t.ndim > 0 && t.shape == nullptr) return "shape is NULL with ndim=" + std::to_string(t.ndim);
   bool empty = false;
@@ -158,8 +161,7 @@ ViewStatus view_dltensor(const DLTensor& t, bool writeable, PyObject* base, PyOb
       strides[i] = row_major;
       overflow = __builtin_mul_overflow(row_major, shape[i] > 0 ? shape[i] : 1, &row_major);
     } else {
-      overflow = __builtin_mul_overflow(static_cast<npy_intp>(t.strides[i]), itemsize,
-                                        &strides[i]);
+      overflow = __builtin_mul_overflow(static_cast<npy_intp>(t.strides[i]), itemsize, &strides[i]);
     }
     if (overflow) {
       Py_DECREF(descr);
@@ -177,9 +179,8 @@ ViewStatus view_dltensor(const DLTensor& t, bool writeable, PyObject* base, PyOb
   // An empty tensor may have no memory at all (data == NULL); NumPy then
   // allocates a placeholder, exactly as for Tensor.numpy().
 
-  PyObject* array = PyArray_NewFromDescr(&PyArray_Type, descr /* stolen */, t.ndim, shape,
-                                         strides, data, writeable ? NPY_ARRAY_WRITEABLE : 0,
-                                         nullptr);
+  PyObject* array = PyArray_NewFromDescr(&PyArray_Type, descr /* stolen */, t.ndim, shape, strides,
+                                         data, writeable ? NPY_ARRAY_WRITEABLE : 0, nullptr);
   if (array == nullptr) return ViewStatus::kError;
   // NumPy ignores the flags when it allocates (data == NULL): read-only still.
   if (!writeable) PyArray_CLEARFLAGS(reinterpret_cast<PyArrayObject*>(array), NPY_ARRAY_WRITEABLE);
@@ -296,11 +297,38 @@ PyObject* describe_capsule(PyObject* capsule) {
   PyObject* descr = reinterpret_cast<PyObject*>(descr_for(t.dtype));
   if (descr == nullptr) descr = (Py_INCREF(Py_None), Py_None);
   const auto address = reinterpret_cast<uintptr_t>(t.data) + t.byte_offset;
-  PyObject* result = Py_BuildValue("(NiiKNNNs)", taken.owner, static_cast<int>(t.device.device_type),
-                                   static_cast<int>(t.device.device_id),
-                                   static_cast<unsigned long long>(address), shape, strides, descr,
-                                   dtype_name(t.dtype).c_str());
+  PyObject* items =
+      Py_BuildValue("(NiiKNNNs)", taken.owner, static_cast<int>(t.device.device_type),
+                    static_cast<int>(t.device.device_id), static_cast<unsigned long long>(address),
+                    shape, strides, descr, dtype_name(t.dtype).c_str());
+  PyObject* result = items == nullptr ? nullptr : PyStructSequence_New(g_capsule_memory_type);
+  for (Py_ssize_t i = 0; result != nullptr && i < PyTuple_GET_SIZE(items); ++i) {
+    PyObject* item = PyTuple_GET_ITEM(items, i);
+    Py_INCREF(item);
+    PyStructSequence_SetItem(result, i, item);
+  }
+  Py_XDECREF(items);
   return result;
+}
+
+bool add_capsule_types(PyObject* module) {
+  static PyStructSequence_Field fields[] = {
+      {"owner", "keeps the memory alive; calls the producer's deleter when dropped"},
+      {"device_type", "the DLPack device type"},
+      {"device", "the device id"},
+      {"address", "the address of the first element"},
+      {"shape", "the shape"},
+      {"strides", "the strides in elements, or None when compact row-major"},
+      {"dtype", "the NumPy dtype, or None when NumPy has none"},
+      {"dtype_name", "a readable name of the element type"},
+      {nullptr, nullptr}};
+  static PyStructSequence_Desc desc = {"tensorbridge._core.CapsuleMemory",
+                                       "Where a consumed DLPack capsule's memory is.", fields, 8};
+  g_capsule_memory_type = PyStructSequence_NewType(&desc);
+  if (g_capsule_memory_type == nullptr) return false;
+  Py_INCREF(g_capsule_memory_type);  // the module holds one reference, we keep the other
+  return PyModule_AddObject(module, "CapsuleMemory",
+                            reinterpret_cast<PyObject*>(g_capsule_memory_type)) == 0;
 }
 
 }  // namespace tensorbridge

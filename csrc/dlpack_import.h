@@ -47,10 +47,13 @@ PyObject* owner_of(dlpack::DLManagedTensorVersioned* managed);
 PyObject* array_from_capsule(PyObject* capsule);
 
 // Consumes a DLPack capsule (same rules) whose memory may live anywhere, for
-// the device copy path: returns (owner, device_type, device_id, address,
-// shape, strides (in elements; None when compact row-major), NumPy dtype or
-// None, element type name). `owner` keeps the memory alive and calls the
-// producer's deleter when dropped.
+// the device copy path: returns a CapsuleMemory (owner, device_type, device,
+// address, shape, strides (in elements; None when compact row-major), NumPy
+// dtype or None, element type name). `owner` keeps the memory alive and calls
+// the producer's deleter when dropped.
 PyObject* describe_capsule(PyObject* capsule);
+
+// Adds the CapsuleMemory type to `module`; false with a Python error set.
+bool add_capsule_types(PyObject* module);
 
 }  // namespace tensorbridge

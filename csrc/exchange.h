@@ -1,45 +1,48 @@
-// The fast path of `to_numpy`: torch tensors (and any producer publishing the
-// DLPack C exchange API) read with no Python-level DLPack call.
+// Reading a producer through the DLPack C exchange API: a view of its CPU
+// memory, or one copy of its compact CUDA memory, with no Python-level
+// DLPack call.
 #pragma once
 
+#include "dlpack.h"
 #include "numpy_api.h"
+#include "torch_probe.h"
+#include "transfer.h"
 
 namespace tensorbridge {
 
-// `to_numpy(x, *, copy=None, out=None, stream=None)`, METH_FASTCALL|KEYWORDS.
-// Handles the common cases in C (a NumPy array, CPU memory that NumPy can
-// view as is, compact CUDA memory of an exchange-API producer such as a torch
-// CUDA tensor, copied on its current stream) and hands everything else,
-// arguments untouched, to the Python implementation registered with
-// set_fallback.
-PyObject* to_numpy(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames);
+// Reads `x` through its type's exchange API (`info.api`, not nullptr) into
+// `tensor`; false (no Python error set) when that is not possible, when the
+// tensor breaks the DLPack contract (a torch ZeroTensor has NULL data: its
+// zeros are not in memory) or when the raw memory of a torch tensor does not
+// show its values.
+bool read_exchanged(PyObject* x, const TypeInfo& info, dlpack::DLTensor* tensor);
 
-// A zero-copy view of `x` when it is a CPU tensor that NumPy can view as is
-// (new reference), or nullptr with no Python error set when it is anything
-// else: the fast path's decision, shared with the Python fallback.
-// `numpy_method` allows the view of torch without the exchange API, through
-// Tensor.numpy(), which marks the storage unresizable for good: not for a
-// view that is only copied.
-PyObject* fast_view(PyObject* x, bool numpy_method = true);
+bool is_cuda_memory(dlpack::DLDeviceType type);
 
-// For CUDA memory that one plain copy reads whole, read through the exchange
-// API (a plain, compact torch CUDA tensor): (device, stream, address, shape,
-// NumPy dtype), the stream being the producer's current one. None for
-// anything else. New reference.
-PyObject* describe_device(PyObject* x);
+// A zero-copy view of CPU memory read through the exchange API, or nullptr
+// (no Python error set) when NumPy cannot view it.
+PyObject* view_exchanged(PyObject* x, const TypeInfo& info, const dlpack::DLTensor& tensor);
 
-// Registers the Python implementation that handles what the fast path does not.
-void set_fallback(PyObject* fallback);
+// CUDA memory of an exchange-API producer that one plain copy reads whole.
+struct DeviceTensor {
+  DeviceSpan span;
+  void* stream = nullptr;          // the producer's current stream on that device
+  PyArray_Descr* descr = nullptr;  // new reference
+};
+
+// Fills `out` when `tensor` is sound, compact row-major CUDA memory of an
+// element type NumPy has, and the producer names its current stream; false
+// (no Python error set) for whatever needs more than one plain copy.
+bool device_tensor_of(const dlpack::DLTensor& tensor, const dlpack::DLPackExchangeAPI& api,
+                      DeviceTensor* out);
+
+// Copies `device` (described from `tensor` by device_tensor_of) into a new
+// NumPy array on the producer's current stream, with the GIL released. New
+// reference, or nullptr with a Python error set (KeyboardInterrupt on
+// Ctrl-C, the driver's error as _core.DriverError). Takes `device.descr`.
+PyObject* copy_exchanged(const dlpack::DLTensor& tensor, DeviceTensor& device);
 
 // The Python exception type a failed device copy raises (tensorbridge._core.DriverError).
 void set_driver_error_type(PyObject* type);
-
-// Turns the fast path off or on, and its use of the C exchange API (off, torch
-// tensors take Tensor.numpy() as with torch < 2.10). The tests run the whole
-// matrix in each mode.
-void set_fast_path(bool enabled);
-void set_exchange_api(bool enabled);
-
-extern const char* const kToNumpyDoc;
 
 }  // namespace tensorbridge

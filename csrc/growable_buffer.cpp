@@ -91,8 +91,8 @@ char* reserve_aligned(size_t bytes) {
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (raw == MAP_FAILED) throw std::bad_alloc();
   auto* start = static_cast<char*>(raw);
-  char* aligned = reinterpret_cast<char*>(
-      (reinterpret_cast<uintptr_t>(start) + kHugePage - 1) / kHugePage * kHugePage);
+  char* aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(start) + kHugePage - 1) /
+                                          kHugePage * kHugePage);
   if (aligned > start) munmap(start, static_cast<size_t>(aligned - start));
   const size_t tail = static_cast<size_t>(start + bytes + kHugePage - (aligned + bytes));
   if (tail > 0) munmap(aligned + bytes, tail);

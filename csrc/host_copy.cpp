@@ -23,7 +23,7 @@ constexpr unsigned kMaxThreads = 8;
 // the process (a forked child starts its own set: see per_process).
 class CopyThreads {
  public:
-  static CopyThreads& instance() { return per_process<CopyThreads>(); }
+  static CopyThreads& for_this_process() { return per_process<CopyThreads>(); }
 
   unsigned helpers() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -31,7 +31,7 @@ class CopyThreads {
     return static_cast<unsigned>(threads_started_);
   }
 
-  void submit(std::function<void()> task) {
+  void hand_out(std::function<void()> task) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       start_locked();
@@ -45,10 +45,10 @@ class CopyThreads {
     if (threads_started_ > 0) return;
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
     threads_started_ = std::min(kMaxThreads, cores) - 1;  // the caller copies too
-    for (int i = 0; i < threads_started_; ++i) std::thread([this] { run(); }).detach();
+    for (int i = 0; i < threads_started_; ++i) std::thread([this] { serve(); }).detach();
   }
 
-  void run() {
+  void serve() {
     for (;;) {
       std::function<void()> task;
       {
@@ -80,7 +80,7 @@ void parallel_memcpy(void* dst, const void* src, size_t bytes) {
     std::memmove(out, in, bytes);
     return;
   }
-  CopyThreads& threads = CopyThreads::instance();
+  CopyThreads& threads = CopyThreads::for_this_process();
   const size_t pieces = std::min<size_t>(bytes / kMinPiece, threads.helpers() + 1);
   if (pieces <= 1) {
     std::memcpy(out, in, bytes);
@@ -88,20 +88,20 @@ void parallel_memcpy(void* dst, const void* src, size_t bytes) {
   }
   const size_t piece = (bytes / pieces + 4095) / 4096 * 4096;
   std::mutex mutex;
-  std::condition_variable finished;
+  std::condition_variable all_copied;
   size_t remaining = pieces - 1;
   for (size_t i = 1; i < pieces; ++i) {
     const size_t begin = i * piece;
     const size_t length = i + 1 == pieces ? bytes - begin : piece;
-    threads.submit([&, begin, length] {
+    threads.hand_out([&, begin, length] {
       std::memcpy(out + begin, in + begin, length);
       std::lock_guard<std::mutex> lock(mutex);
-      if (--remaining == 0) finished.notify_one();
+      if (--remaining == 0) all_copied.notify_one();
     });
   }
   std::memcpy(out, in, std::min(piece, bytes));
   std::unique_lock<std::mutex> lock(mutex);
-  finished.wait(lock, [&] { return remaining == 0; });
+  all_copied.wait(lock, [&] { return remaining == 0; });
 }
 
 }  // namespace tensorbridge

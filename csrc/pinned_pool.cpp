@@ -125,8 +125,8 @@ Block PinnedPool::obtain(int device, size_t bytes, bool must_fit) {
     }
     // Cached blocks count against the limit too: drop them only when that
     // makes room (else the cache would be lost for nothing).
-    const bool fits_uncached = size <= stats_.limit_bytes &&
-                               stats_.in_use_bytes <= stats_.limit_bytes - size;
+    const bool fits_uncached =
+        size <= stats_.limit_bytes && stats_.in_use_bytes <= stats_.limit_bytes - size;
     if (!fits_uncached) {
       if (!must_fit) return Block{nullptr, 0, device};
       throw std::length_error(

@@ -343,8 +343,8 @@ void enqueue_packed(int device, const std::vector<HostCopy>& copies, CUstream st
       size_t first = 0;
       size_t fail_index = 0;
       // Refused (nothing of it queued): the rest goes one by one below.
-      if (d.cuMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), count, &attributes,
-                               &first, 1, &fail_index, on) != CUDA_SUCCESS) {
+      if (d.cuMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), count, &attributes, &first,
+                               1, &fail_index, on) != CUDA_SUCCESS) {
         break;
       }
       issued += count;
@@ -361,9 +361,7 @@ void enqueue_packed(int device, const std::vector<HostCopy>& copies, CUstream st
 
 }  // namespace
 
-void set_staging_chunk_bytes(size_t bytes) {
-  g_chunk_bytes = std::max(bytes, size_t{4096});
-}
+void set_staging_chunk_bytes(size_t bytes) { g_chunk_bytes = std::max(bytes, size_t{4096}); }
 
 // -- device -> host ------------------------------------------------------------
 
@@ -440,15 +438,15 @@ std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, CUstream str
     auto done = std::make_shared<Event>();
     done->record(stream);
     const size_t bytes = src.bytes;
-    Completer::instance().submit({transfer, src.device, std::move(done),
-                                  [staging, dst, bytes](bool ok) {
-                                    if (!ok) {  // the block's state is unknown
-                                      PinnedPool::instance().retire(staging);
-                                      return;
-                                    }
-                                    parallel_memcpy(dst, staging.data, bytes);
-                                    PinnedPool::instance().release(staging);
-                                  }});
+    Completer::instance().submit(
+        {transfer, src.device, std::move(done), [staging, dst, bytes](bool ok) {
+           if (!ok) {  // the block's state is unknown
+             PinnedPool::instance().retire(staging);
+             return;
+           }
+           parallel_memcpy(dst, staging.data, bytes);
+           PinnedPool::instance().release(staging);
+         }});
   } catch (...) {
     release_after_failure(held, src.device, stream);
     throw;

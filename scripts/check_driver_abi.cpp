@@ -41,7 +41,8 @@
 // lines to verify their PFN versions: keep each on one line.
 #include <cuda.h>
 #if !__has_include(<cudaTypedefs.h>)
-#error "cudaTypedefs.h (NVIDIA's PFN_* typedefs) must sit next to cuda.h: both come with the toolkit and the runtime wheels"
+#error \
+    "cudaTypedefs.h (NVIDIA's PFN_* typedefs) must sit next to cuda.h: both come with the toolkit and the runtime wheels"
 #endif
 #include <cudaTypedefs.h>
 
@@ -136,18 +137,18 @@ template <class T>
 constexpr bool declared_v = !std::is_same_v<std::remove_cv_t<T>, abi_probe::NotDeclared>;
 
 // Driver slots: detected by name (SFINAE), one detector per pending slot.
-#define TB_SLOT_DETECTOR(slot)                                                          \
-  template <class D, class = void>                                                     \
-  struct has_##slot : std::false_type {};                                              \
-  template <class D>                                                                   \
-  struct has_##slot<D, std::void_t<decltype(&D::slot)>> : std::true_type {};           \
-  template <class D, bool = has_##slot<D>::value>                                      \
-  struct type_of_##slot {                                                              \
-    using type = abi_probe::NotDeclared;                                               \
-  };                                                                                   \
-  template <class D>                                                                   \
-  struct type_of_##slot<D, true> {                                                     \
-    using type = decltype(D::slot);                                                    \
+#define TB_SLOT_DETECTOR(slot)                                               \
+  template <class D, class = void>                                           \
+  struct has_##slot : std::false_type {};                                    \
+  template <class D>                                                         \
+  struct has_##slot<D, std::void_t<decltype(&D::slot)>> : std::true_type {}; \
+  template <class D, bool = has_##slot<D>::value>                            \
+  struct type_of_##slot {                                                    \
+    using type = abi_probe::NotDeclared;                                     \
+  };                                                                         \
+  template <class D>                                                         \
+  struct type_of_##slot<D, true> {                                           \
+    using type = decltype(D::slot);                                          \
   };
 
 // -- the check macros -----------------------------------------------------------
@@ -169,29 +170,29 @@ struct Register {
 #define TB_CAT(a, b) TB_CAT2(a, b)
 #define TB_REGISTER(name, pending) static Register TB_CAT(registered_, __LINE__){name, pending};
 
-#define CHECK_ENTRY(slot, pfn)                                                          \
-  static_assert(compatible_v<std::remove_pointer_t<decltype(tb::Driver::slot)>,         \
-                             std::remove_pointer_t<pfn>>,                               \
-                "Driver::" #slot " differs from cudaTypedefs.h's " #pfn);               \
+#define CHECK_ENTRY(slot, pfn)                                                                     \
+  static_assert(                                                                                   \
+      compatible_v<std::remove_pointer_t<decltype(tb::Driver::slot)>, std::remove_pointer_t<pfn>>, \
+      "Driver::" #slot " differs from cudaTypedefs.h's " #pfn);                                    \
   TB_REGISTER(#slot " = " #pfn, false)
 
-#define PENDING_ENTRY(slot, pfn)                                                        \
-  TB_SLOT_DETECTOR(slot)                                                               \
-  static_assert(!has_##slot<tb::Driver>::value ||                                      \
+#define PENDING_ENTRY(slot, pfn)                                                                   \
+  TB_SLOT_DETECTOR(slot)                                                                           \
+  static_assert(!has_##slot<tb::Driver>::value ||                                                  \
                     compatible_v<std::remove_pointer_t<typename type_of_##slot<tb::Driver>::type>, \
-                                 std::remove_pointer_t<pfn>>,                           \
-                "Driver::" #slot " differs from cudaTypedefs.h's " #pfn);               \
+                                 std::remove_pointer_t<pfn>>,                                      \
+                "Driver::" #slot " differs from cudaTypedefs.h's " #pfn);                          \
   TB_REGISTER(#slot " = " #pfn, !has_##slot<tb::Driver>::value)
 
-#define PENDING_TYPE(name, pfn)                                                         \
-  static_assert(!declared_v<tb::name> || compatible_v<std::remove_pointer_t<tb::name>,  \
-                                                      std::remove_pointer_t<pfn>>,      \
-                "tb::" #name " differs from cudaTypedefs.h's " #pfn);                   \
+#define PENDING_TYPE(name, pfn)                                                                \
+  static_assert(!declared_v<tb::name> ||                                                       \
+                    compatible_v<std::remove_pointer_t<tb::name>, std::remove_pointer_t<pfn>>, \
+                "tb::" #name " differs from cudaTypedefs.h's " #pfn);                          \
   TB_REGISTER(#name " = " #pfn, !declared_v<tb::name>)
 
-#define CHECK_CONST(ours, theirs)                                                       \
-  static_assert(static_cast<long long>(ours) == static_cast<long long>(theirs),         \
-                #ours " differs from cuda.h's " #theirs);                               \
+#define CHECK_CONST(ours, theirs)                                               \
+  static_assert(static_cast<long long>(ours) == static_cast<long long>(theirs), \
+                #ours " differs from cuda.h's " #theirs);                       \
   TB_REGISTER(#ours, false)
 
 template <class Ours, class Theirs>
@@ -203,9 +204,9 @@ constexpr bool same_value_if_declared(const Ours& ours, const Theirs& theirs) {
   }
 }
 
-#define PENDING_CONST(name)                                                             \
-  static_assert(same_value_if_declared(tb::name, ::name),                              \
-                "tb::" #name " differs from cuda.h's " #name);                         \
+#define PENDING_CONST(name)                                    \
+  static_assert(same_value_if_declared(tb::name, ::name),      \
+                "tb::" #name " differs from cuda.h's " #name); \
   TB_REGISTER(#name, !declared_v<decltype(tb::name)>)
 
 // -- the items --------------------------------------------------------------------
@@ -238,7 +239,6 @@ CHECK_ENTRY(cuEventRecord, PFN_cuEventRecord_v2000)
 CHECK_ENTRY(cuEventQuery, PFN_cuEventQuery_v2000)
 CHECK_ENTRY(cuEventSynchronize, PFN_cuEventSynchronize_v2000)
 CHECK_ENTRY(cuEventDestroy, PFN_cuEventDestroy_v4000)
-
 
 // cuGetProcAddress itself: dlsym'd as cuGetProcAddress_v2, so not a Driver slot;
 // checked once cuda_driver.h declares the function pointer type it casts to.
@@ -299,7 +299,6 @@ CHECK_CONST(tb::CU_EVENT_DISABLE_TIMING, CU_EVENT_DISABLE_TIMING)
 CHECK_CONST(tb::CU_EVENT_BLOCKING_SYNC, CU_EVENT_BLOCKING_SYNC)
 CHECK_CONST(tb::CUDA_ERROR_INVALID_HANDLE, CUDA_ERROR_INVALID_HANDLE)
 CHECK_CONST(tb::CUDA_ERROR_NOT_SUPPORTED, CUDA_ERROR_NOT_SUPPORTED)
-
 
 int main(int argc, char** argv) {
   // CU_STREAM_LEGACY and CU_STREAM_PER_THREAD are casts, not constant expressions.

@@ -17,7 +17,7 @@ MAX_FILES = 5
 MAX_FILE_BYTES = 16 << 20
 MAX_TOTAL_BYTES = 64 << 20
 MAX_DEPTH = 2  # folders between OUT and a file
-STAGES = ["environment", "build", "abi", "tests", "bench", "fixture"]
+STAGES = ["environment", "build", "abi", "tests", "array_api", "bench", "fixture"]
 STATUSES = {"pending", "not selected", "passed", "failed", "timed out", "skipped", "interrupted"}
 SUMMARY = "gpu_check.json"
 
@@ -36,7 +36,8 @@ def problems(out, require_complete=False):
             path = os.path.join(folder, name)
             relative = os.path.relpath(path, out)
             if os.path.islink(path) or not os.path.isfile(path):
-                found.append(f"{relative} is not a plain file (links and the like do not come back)")
+                found.append(f"{relative} is not a plain file "
+                             "(links and the like do not come back)")
                 continue
             size = os.path.getsize(path)
             names.append(relative)

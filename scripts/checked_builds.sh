@@ -2,9 +2,7 @@
 # The native core under checkers, run by .ci/run after the plain suite:
 #   asan      the whole suite against an AddressSanitizer + UBSan build (leak
 #             detection in the main pytest process only; suppressions in
-#             tests/sanitizers/lsan.supp, each with its reason), less
-#             tests/test_dask.py: its cluster's worker processes run nothing
-#             of the native core that the rest of the suite does not
+#             tests/sanitizers/lsan.supp, each with its reason)
 #   tsan      the threaded stress test against a ThreadSanitizer build (the
 #             stand-in driver is instrumented too)
 #   valgrind  memcheck over a short, torch-free slice (the DLPack fuzzer)
@@ -36,7 +34,7 @@ for stage in $stages; do
       ASAN_OPTIONS="detect_leaks=1" \
       LSAN_OPTIONS="suppressions=$PWD/tests/sanitizers/lsan.supp:print_suppressions=0" \
       UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" PYTHONPATH="$site" \
-        "$PY" -m pytest -q -p no:cacheprovider tests --ignore=tests/test_dask.py
+        "$PY" -m pytest -q -p no:cacheprovider tests
       ;;
     tsan)
       echo "== the threaded stress test against the TSan build"

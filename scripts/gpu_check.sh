@@ -13,15 +13,19 @@
 #   build         150   30 s   venv (when PYTHON is not one) + the extension, --no-build-isolation,
 #                              --no-index (nothing downloaded); ~1 s when already up to date
 #   abi            20    5 s   our driver prototypes against this machine's own cuda.h
-#   tests         130   40 s   tests/test_gpu.py + test_readme.py on the real driver when
-#                              tensorbridge finds a GPU (a failure when torch finds one and
-#                              tensorbridge does not); else the engine tests on the stand-in;
+#   tests         130   40 s   tests/test_gpu.py, test_readme.py and test_torch_transformer.py's GPU
+#                              tests on the real driver when tensorbridge finds a GPU (a
+#                              failure when torch finds one and tensorbridge does not); else
+#                              the engine tests on the stand-in;
 #                              90 s per test at most (scripts/pytest_per_test_timeout.py)
+#   array_api      30   15 s   TorchTransformer -> StandardScaler -> PCA -> LDA on CUDA tensors
+#                              under scikit-learn's array API dispatch: device-to-host copies
+#                              counted by torch's profiler (none of the features), results vs NumPy
 #   bench         120   70 s   tensorbridge bench --device all (QUICK=1: --quick, ~20 s): CPU,
 #                              GPU ("skipped" without one), the workflows; cut at its limit,
 #                              it still leaves bench.json with the cases it finished
 #   fixture        30   10 s   a TorchTransformer fitted on the GPU, pickled for tests/fixtures
-#   in all        470  165 s   (480 s at most with the packing between stages)
+#   in all        500  180 s   (480 s at most: no stage starts or runs past it)
 # A rerun of failed stages only (STAGES="tests bench" or arguments) takes
 # about 2-3 minutes (build 30 + tests 40 + bench 70 s on a fresh machine): build runs first by itself whenever a selected stage
 # needs the extension and this environment lacks this tree's build (a fresh
@@ -39,8 +43,9 @@
 # Exit status: 0 when no stage failed or timed out (skipped stages say why),
 # 1 otherwise, 2 for a usage error.
 set -uo pipefail
-ALL_STAGES="environment build abi tests bench fixture"
-declare -A LIMIT=([environment]=20 [build]=150 [abi]=20 [tests]=130 [bench]=120 [fixture]=30)
+ALL_STAGES="environment build abi tests array_api bench fixture"
+declare -A LIMIT=([environment]=20 [build]=150 [abi]=20 [tests]=130 [array_api]=30 [bench]=120
+                  [fixture]=30)
 for pair in ${GPU_CHECK_LIMITS:-}; do  # e.g. "bench=30": lower a stage's limit for a try-out
   [[ $pair =~ ^([a-z]+)=([0-9]+)$ ]] && [ -n "${LIMIT[${BASH_REMATCH[1]}]:-}" ] \
     || { echo "gpu_check.sh: GPU_CHECK_LIMITS: bad entry '$pair'" >&2; exit 2; }
@@ -83,7 +88,7 @@ if "$HOST_PY" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
 else
   PY=$SCRATCH/venv/bin/python
 fi
-if ! selected build && { selected tests || selected bench || selected fixture; }; then
+if ! selected build && { selected tests || selected array_api || selected bench || selected fixture; }; then
   if why=$("$HOST_PY" scripts/gpu_check_steps.py built "$PY" 2>&1); then :; else
     SELECTED="build $SELECTED"
     BUILD_NOTE="run although not selected: a selected stage needs the extension and $why"
@@ -138,7 +143,7 @@ run_stage() {  # name command...: under the stage's limit, logged, recorded
   shift
   LAST_STATUS="not selected"
   selected "$name" || return 0
-  if [ -n "${BUILD_FAILED:-}" ] && [[ " tests bench fixture " == *" $name "* ]]; then
+  if [ -n "${BUILD_FAILED:-}" ] && [[ " tests array_api bench fixture " == *" $name "* ]]; then
     record "$name" skipped 0 "" "not run: the build stage $BUILD_FAILED"
     return 0
   fi
@@ -192,8 +197,11 @@ fi
 
 run_stage tests "$PY" scripts/gpu_check_steps.py tests "${QUICK:-0}" "$LOGS/tests-junit.xml"
 
-run_stage bench env -u TENSORBRIDGE_LIBCUDA "$PY" -m tensorbridge bench --device all \
-  $QUICK_FLAG --json "$STAGING/bench.json"
+run_stage array_api env -u TENSORBRIDGE_LIBCUDA "$PY" scripts/gpu_check_steps.py array_api
+
+# SCIPY_ARRAY_API=1: the array API workflow measures dispatch on as well as off.
+run_stage bench env -u TENSORBRIDGE_LIBCUDA SCIPY_ARRAY_API=1 "$PY" -m tensorbridge bench \
+  --device all $QUICK_FLAG --json "$STAGING/bench.json"
 
 run_stage fixture env -u TENSORBRIDGE_LIBCUDA "$PY" scripts/gpu_check_steps.py fixture \
   "$STAGING/torch_transformer_cuda.pkl"

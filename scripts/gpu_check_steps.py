@@ -1,9 +1,11 @@
 """The Python half of scripts/gpu_check.sh: its stages' bodies and its summary.
 
     gpu_check_steps.py environment
-    gpu_check_steps.py built PYTHON             exit 0 when PYTHON's tensorbridge is built from this tree
+    gpu_check_steps.py built PYTHON
+        exit 0 when PYTHON's tensorbridge is built from this tree
     gpu_check_steps.py build HOST_PYTHON PYTHON create PYTHON's venv if missing, install, stamp
     gpu_check_steps.py tests QUICK JUNIT_XML    choose the driver, then exec pytest
+    gpu_check_steps.py array_api
     gpu_check_steps.py fixture PATH
     gpu_check_steps.py summary init|stage|finish SUMMARY ...
 
@@ -21,7 +23,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ["environment", "build", "abi", "tests", "bench", "fixture"]
+STAGES = ["environment", "build", "abi", "tests", "array_api", "bench", "fixture"]
 SKIPPED = 77
 STAMP = "tensorbridge-gpu-check.stamp"
 
@@ -159,9 +161,14 @@ def tests(quick, junit_xml):
                "-o", "faulthandler_timeout=45", f"--junitxml={junit_xml}"]
     if found["tensorbridge_cuda"]:
         reason(f"tensorbridge finds {found['tensorbridge_status'].get('device_count')} GPU(s): "
-               "test_gpu.py and test_readme.py on the real driver")
+               "test_gpu.py, test_readme.py and the GPU tests of test_torch_transformer.py on "
+               "the real driver")
         env["TENSORBRIDGE_TEST_DRIVER"] = "real"
-        command += ["--fail-if-skipped=gpu", "tests/test_gpu.py", "tests/test_readme.py"]
+        command += ["--fail-if-skipped=gpu", "tests/test_gpu.py", "tests/test_readme.py",
+                    "tests/test_torch_transformer.py::"
+                    "test_on_a_gpu_every_input_kind_matches_the_cpu_and_x_is_untouched",
+                    "tests/test_torch_transformer.py::"
+                    "test_on_a_gpu_a_pickle_makes_module_again_on_the_gpu"]
     elif found["torch_gpus"]:
         reason(f"FAILED: torch sees {found['torch_gpus']} GPU(s) but tensorbridge.cuda_available() "
                f"is False: {found['tensorbridge_status'].get('reason')!s} "
@@ -169,7 +176,9 @@ def tests(quick, junit_xml):
         return 1
     else:
         reason("no GPU on this machine: the engine tests against the stand-in driver")
-        command += ["tests/test_device_engine.py", "tests/test_driver_rules.py",
+        command += ["tests/test_device_copies.py", "tests/test_device_batches.py",
+                    "tests/test_pinned_pool.py", "tests/test_device_lifetimes.py",
+                    "tests/test_driver_rules.py",
                     "tests/test_gpu.py"]
     print(" ".join(command), flush=True)
     os.chdir(ROOT)
@@ -187,6 +196,100 @@ except ImportError:
     found["torch_gpus"] = 0
 print(json.dumps(found, default=str))
 """
+
+
+# -- array_api -----------------------------------------------------------------------
+
+
+def array_api():
+    """TorchTransformer -> StandardScaler -> PCA -> LDA on CUDA tensors under
+    scikit-learn's array API dispatch: the features never reach the host.
+    Every device-to-host copy is counted (torch's profiler, CUPTI); the results
+    are checked against the same pipeline on NumPy."""
+    os.environ["SCIPY_ARRAY_API"] = "1"  # before scipy is imported, as scikit-learn needs
+    import tempfile
+
+    import torch
+
+    if not torch.cuda.is_available():
+        reason("no CUDA GPU: the GPU-resident pipeline was not run")
+        return SKIPPED
+    import numpy as np
+    import sklearn
+    from sklearn.decomposition import PCA
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tensorbridge.sklearn import TorchTransformer
+
+    def pipeline():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(),
+                                    torch.nn.Linear(512, 128))
+        return make_pipeline(TorchTransformer(model, batch_size=4096, device="cuda"),
+                             StandardScaler(), PCA(n_components=16, svd_solver="full"),
+                             LinearDiscriminantAnalysis())
+
+    generator = torch.Generator().manual_seed(0)
+    X_host = torch.randn(20_000, 256, generator=generator)
+    y_host = (X_host[:, 0] + X_host[:, 1] > 0).long()
+    X, y = X_host.cuda(), y_host.cuda()
+    features_bytes = X.shape[0] * 128 * 4
+    expected = pipeline().fit(X_host.numpy(), y_host.numpy()).predict_proba(X_host.numpy())
+    with sklearn.config_context(array_api_dispatch=True):
+        pipe = pipeline().fit(X, y)  # warm-up: kernels, cuBLAS/cuSOLVER handles
+        torch.cuda.synchronize()
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as profile:
+            pipe = pipeline().fit(X, y)
+            proba = pipe.predict_proba(X)
+            torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as folder:
+        trace = os.path.join(folder, "trace.json")
+        profile.export_chrome_trace(trace)
+        with open(trace) as f:
+            events = json.load(f).get("traceEvents", [])
+    copies = [e for e in events if e.get("cat") == "gpu_memcpy" and "DtoH" in e.get("name", "")]
+    sizes = sorted((int(e.get("args", {}).get("bytes", 0)) for e in copies), reverse=True)
+    found = {"device_to_host_copies": len(copies), "device_to_host_bytes": sum(sizes),
+             "largest_copies_bytes": sizes[:5], "features_bytes": features_bytes,
+             "memcpy_events_seen": sum(e.get("cat") == "gpu_memcpy" for e in events),
+             "result": f"{type(proba).__module__}.{type(proba).__name__} on "
+                       f"{getattr(proba, 'device', '?')}"}
+    problems = []
+    if not found["memcpy_events_seen"]:
+        problems.append("the profiler recorded no memcpy at all (no CUPTI?): nothing was counted")
+    # A copy of features is at least one batch row block; scikit-learn's own
+    # scalars (tolerances, ranks) are a few bytes each.
+    feature_copies = [size for size in sizes if size >= 4096 * 4]
+    if feature_copies:
+        problems.append(f"{len(feature_copies)} device-to-host copies of 16 KiB or more: "
+                        f"{feature_copies[:5]} bytes")
+    if not (isinstance(proba, torch.Tensor) and proba.is_cuda):
+        problems.append(f"predict_proba returned {found['result']}, not a CUDA tensor")
+    else:
+        gap = float(np.abs(proba.cpu().numpy() - expected).max())
+        found["max_abs_difference_vs_numpy"] = gap
+        if gap > 1e-3:
+            problems.append(f"results differ from the NumPy pipeline by {gap}")
+    try:
+        import cupy
+    except ImportError:
+        found["cupy"] = "not installed: not checked"
+    else:
+        with sklearn.config_context(array_api_dispatch=True):
+            out = pipe[0].transform(cupy.asarray(X_host.numpy()))
+        found["cupy"] = f"{type(out).__module__}.{type(out).__name__}"
+        if not isinstance(out, cupy.ndarray):
+            problems.append(f"a CuPy X gave {found['cupy']}, not a CuPy array")
+    print(json.dumps(found, indent=1))
+    if problems:
+        reason("FAILED: " + "; ".join(problems))
+        return 1
+    reason(f"pipeline on CUDA: {len(copies)} device-to-host copies, {sum(sizes)} bytes in all "
+           f"(features: {features_bytes} bytes, none copied); same results as NumPy")
+    return 0
 
 
 # -- fixture -----------------------------------------------------------------------
@@ -304,6 +407,8 @@ def main(argv):
         return build(*args)
     if command == "tests":
         return tests(*args)
+    if command == "array_api":
+        return array_api()
     if command == "fixture":
         return fixture(*args)
     if command == "summary":

@@ -36,7 +36,7 @@ def collect_garbage():
 # TENSORBRIDGE_LIBCUDA before anything loads a driver. With
 # TENSORBRIDGE_TEST_DRIVER=real (scripts/gpu_check.sh on a GPU machine): the
 # real libcuda, and the stand-in tests skip themselves.
-import os  # noqa: E402
+import os
 
 REAL_DRIVER = os.environ.get("TENSORBRIDGE_TEST_DRIVER") == "real"
 _standin = None
@@ -103,3 +103,13 @@ def pytest_terminal_summary(terminalreporter):
     if fuzz is not None and any(fuzz.FUZZ_CASES.values()):
         cases = ", ".join(f"{name} {count}" for name, count in fuzz.FUZZ_CASES.items())
         terminalreporter.write_line(f"fuzz cases tried: {cases}")
+
+
+# The two routes of to_numpy for device memory: any DLPack producer through
+# the Python route, and a producer publishing the C exchange API (as torch
+# CUDA tensors do) copied by the native fast path.
+@pytest.fixture(params=["dlpack", "exchange"])
+def Device(request):
+    from device_producers import DeviceArray, ExchangeDeviceArray
+
+    return DeviceArray if request.param == "dlpack" else ExchangeDeviceArray

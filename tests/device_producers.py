@@ -5,9 +5,8 @@ from __future__ import annotations
 import ctypes
 
 import numpy as np
-
-from dlpack_producer import DLPackVersion, DLTensor, Producer
-from dlpack_producer import _DESTRUCTOR, _api as pythonapi
+from dlpack_producer import _DESTRUCTOR, DLPackVersion, DLTensor, Producer
+from dlpack_producer import _api as pythonapi
 
 LEGACY_STREAM = 1
 _EXPORTED = set()  # producers with capsules outstanding: their callbacks must stay alive
@@ -122,3 +121,8 @@ class ExchangeDeviceArray(DeviceArray):
         super().__init__(standin, array, device, **overrides)
         self.exchange_calls = 0
         self.refuse_exchange = refuse_exchange
+
+
+def values(shape, dtype="float32", seed=0):
+    """Reproducible random values of `shape` and `dtype`."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)

@@ -11,9 +11,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from helpers import SANITIZED
 
 import tensorbridge as tb
-from helpers import SANITIZED
 
 
 def test_arrays_tensors_and_buffers_of_any_leading_size():
@@ -96,9 +96,15 @@ def test_an_exception_mid_iteration_propagates_and_returns_nothing():
         tb.collect(batches())
 
 
-def test_unconvertible_batches_are_reported():
-    with pytest.raises(TypeError, match="to_numpy: cannot convert an object of type 'list'"):
+def test_unconvertible_batches_are_reported_as_collect_errors_naming_the_batch():
+    with pytest.raises(TypeError, match=r"^collect: batch 1: cannot convert an object of "
+                                        "type 'list'"):
         tb.collect([np.ones((2, 2)), [[1.0, 2.0]]])
+    with pytest.raises(TypeError, match=r"^collect: batch 2: x is a meta tensor"):
+        tb.collect(iter([torch.ones(1, 2), torch.ones(1, 2), torch.empty(1, 2, device="meta")]))
+    with pytest.raises(TypeError, match=r"^collect: batch 0: torch.qint8 has no NumPy dtype"):
+        tb.collect([torch.quantize_per_tensor(torch.ones(1, 2), 0.1, 0, torch.qint8)])
+
 
 
 @pytest.mark.skipif(SANITIZED, reason="ASan's quarantine keeps freed batches resident; the "

@@ -9,9 +9,9 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from helpers import SANITIZED, array_bytes, is_view_of, logical_bytes, numpy_dtype, sample
 
 import tensorbridge as tb
-from helpers import SANITIZED, array_bytes, is_view_of, logical_bytes, numpy_dtype, sample
 
 
 def conj(dtype):

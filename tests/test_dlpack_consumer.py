@@ -3,10 +3,10 @@
 
 import numpy as np
 import pytest
-
-import tensorbridge as tb
 from dlpack_producer import READ_ONLY, Producer, capsule_name
 from helpers import OnlyDLPack, data_address
+
+import tensorbridge as tb
 
 import_capsule = tb._core.array_from_capsule
 

@@ -4,7 +4,6 @@ stand-in driver, which refuses what the real one refuses (and counts every
 such call: the `standin` fixture fails a test that made one)."""
 
 import ctypes
-import gc
 import os
 import subprocess
 import sys
@@ -14,10 +13,10 @@ import time
 
 import numpy as np
 import pytest
+from device_producers import CURRENT_STREAMS, DeviceArray, ExchangeDeviceArray
 
 import tensorbridge as tb
-from tensorbridge import _core, _cuda
-from device_producers import CURRENT_STREAMS, DeviceArray, ExchangeDeviceArray
+from tensorbridge import _core
 
 HERE = os.path.dirname(__file__)
 INVALID_VALUE = 1
@@ -227,7 +226,7 @@ def test_every_message_says_why_cuda_is_unusable():
     """, **NO_DEVICE).stdout.strip().split("\n")
     assert out[0].startswith("RuntimeError | empty_pinned: pinned memory needs a usable CUDA "
                              "driver: driver 12.2 loaded from ")
-    for line, caller in zip(out[1:4], ["to_numpy", "to_numpy", "collect"]):
+    for line, caller in zip(out[1:4], ["to_numpy", "to_numpy", "collect: batch 0"]):
         kind, message = line.split(" | ")
         assert kind == "BufferError", line
         assert message.startswith(f"{caller}: this DeviceArray holds CUDA memory (device 0), but "
@@ -360,7 +359,7 @@ def test_ctrl_c_interrupts_a_wait_and_the_copy_completes_behind_it(how):
         if how == "Transfer.wait":
             assert (transfer.wait() == expected).all()
         _core.wait_for_all_transfers()
-        tb._cuda.release_finished()
+        tb._transfer.release_finished()
         print(tb.pinned_memory_stats()["in_use_bytes"], s.misuses())
     """).stdout.split("\n")
     assert out[:3] == ["interrupted", "True 0", "0 {}"]
@@ -371,7 +370,7 @@ def test_a_transfer_dropped_inside_a_garbage_collection_of_a_sweep_is_kept():
     # transfers included: it must neither deadlock nor lose the entry.
     out = run_python("""
         import ctypes, gc
-        from tensorbridge import _cuda
+        from tensorbridge import _transfer
         gate = ctypes.c_int(0)
         x = DeviceArray(s, np.ones(1000, np.float32))
         s.enqueue_gate(None, ctypes.byref(gate))
@@ -384,14 +383,14 @@ def test_a_transfer_dropped_inside_a_garbage_collection_of_a_sweep_is_kept():
                 gc.collect()  # runs the cycle's Transfer.__del__ inside the sweep
                 return True
 
-        _cuda.keep_alive_until_done(CollectsWhenAsked(), None)
+        _transfer.keep_alive_until_done(CollectsWhenAsked(), None)
         gc.disable()
-        _cuda.release_finished()
-        print(len(_cuda._in_flight))
+        _transfer.release_finished()
+        print(len(_transfer._in_flight))
         gate.value = 1
         _core.wait_for_all_transfers()
-        _cuda.release_finished()
-        print(len(_cuda._in_flight))
+        _transfer.release_finished()
+        print(len(_transfer._in_flight))
     """).stdout.split()
     assert out == ["1", "0"]
 

@@ -12,11 +12,11 @@ import os
 
 import numpy as np
 import pytest
+from dlpack_producer import READ_ONLY, Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tensorbridge as tb
-from dlpack_producer import READ_ONLY, Producer
 
 FUZZ_CASES = {"dlpack": 0, "to_numpy": 0, "collect": 0}
 # Cases per test; .ci/run lowers it for the slow valgrind pass.

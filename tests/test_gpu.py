@@ -5,9 +5,9 @@ torch's own `.cpu()`. Skipped, with the reason, everywhere else."""
 import numpy as np
 import pytest
 import torch
+from helpers import array_bytes, logical_bytes
 
 import tensorbridge as tb
-from helpers import array_bytes, logical_bytes
 
 pytestmark = pytest.mark.gpu
 

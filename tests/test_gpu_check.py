@@ -15,7 +15,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-STAGES = ["environment", "build", "abi", "tests", "bench", "fixture"]
+STAGES = ["environment", "build", "abi", "tests", "array_api", "bench", "fixture"]
 
 
 def load_script(name):

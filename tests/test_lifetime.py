@@ -7,10 +7,10 @@ import numpy as np
 import psutil
 import pytest
 import torch
-
-import tensorbridge as tb
 from dlpack_producer import Producer
 from helpers import SANITIZED, array_bytes, data_address, logical_bytes, sample
+
+import tensorbridge as tb
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64], ids=str)

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from helpers import VIEWED_DTYPES, OnlyDLPack, array_bytes, is_view_of, logical_bytes, sample
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tensorbridge as tb
-from helpers import VIEWED_DTYPES, OnlyDLPack, array_bytes, is_view_of, logical_bytes, sample
 
 # The `path` fixture only flips a global switch, so sharing it across the
 # examples of one test is sound.

@@ -10,9 +10,9 @@ ever reading memory that a resize freed.
 import numpy as np
 import pytest
 import torch
+from helpers import data_address
 
 import tensorbridge as tb
-from helpers import data_address
 
 
 def test_the_hazard_is_documented():

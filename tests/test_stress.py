@@ -9,10 +9,10 @@ import threading
 import time
 
 import numpy as np
+from device_producers import DeviceArray, ExchangeDeviceArray
 
 import tensorbridge as tb
 from tensorbridge import _core
-from device_producers import DeviceArray, ExchangeDeviceArray
 
 SECONDS = float(os.environ.get("TENSORBRIDGE_STRESS_SECONDS", "4"))
 
@@ -68,9 +68,9 @@ def test_threads_convert_collect_and_drop_transfers(standin):
     assert not errors, errors[0]
     assert all(counts.values()), counts
     _core.wait_for_all_transfers()
-    from tensorbridge import _cuda
+    from tensorbridge import _transfer
 
-    _cuda.release_finished()
+    _transfer.release_finished()
     gc.collect()
     assert tb.pinned_memory_stats()["in_use_bytes"] == 0
     assert all(p.deleted == len(p.requests) for p in producers)  # every capsule released

@@ -1,6 +1,6 @@
 """to_device on a machine without a CUDA-enabled torch: the CPU target and
 every refusal. The GPU copies themselves are in test_gpu.py (real GPU) and
-test_device_engine.py (the staging engine, against the stand-in)."""
+test_device_copies.py (the staging engine, against the stand-in)."""
 
 import ml_dtypes
 import numpy as np

@@ -7,20 +7,14 @@ through ``sys.modules``, and the CUDA driver is loaded on first GPU use.
 
 __version__ = "0.1.0"
 
-from ._core import to_numpy
 from . import _convert
 from ._collect import collect
 from ._convert import to_numpy_async
-from ._cuda import (
-    Transfer,
-    cuda_available,
-    cuda_status,
-    empty_pinned,
-    empty_pinned_cache,
-    pinned_memory_stats,
-    set_pinned_memory_limit,
-    to_device,
-)
+from ._core import to_numpy
+from ._driver import cuda_available, cuda_status
+from ._pinned import empty_pinned, empty_pinned_cache, pinned_memory_stats, set_pinned_memory_limit
+from ._to_device import to_device
+from ._transfer import Transfer
 
 _convert.install()
 

@@ -4,9 +4,11 @@ Every method is a call as people write it (``t.numpy()``, ``np.from_dlpack(t)``,
 ``tb.to_numpy(t)``), timed on the same data in interleaved rounds: warm-up
 first, then rounds in which each method of a case runs once, until the repeats
 are done or the case's time budget is spent. CPU wall time and, on a GPU,
-CUDA event time are reported apart: median and interquartile range, bytes/s,
-and ratios to the case's baseline and to the ceilings (host memcpy; a raw
-pinned device-to-host copy on a GPU).
+CUDA event time are reported apart: median and interquartile range, and the
+ratio to the case's baseline. Each row says whether its method copied, as
+found from its result (a view shares the source's memory): only copies move
+bytes, so only they get bytes/s and a ratio to the ceiling (host memcpy; a raw
+pinned device-to-host copy on a GPU); a view is its time per call.
 
 A method that raises is recorded in the report's "failed" list (case, method,
 error) and dropped from its case; the other methods and cases go on. The
@@ -18,7 +20,9 @@ version written so far.
 
 from __future__ import annotations
 
+import datetime
 import gc
+import importlib.metadata
 import json
 import os
 import platform
@@ -31,12 +35,15 @@ from functools import partial
 
 import numpy as np
 
-from . import _core
-from ._collect import collect
-from ._convert import to_numpy_async
-from ._cuda import cuda_available, empty_pinned, pinned_memory_stats
-
-to_numpy = _core.to_numpy
+from . import (
+    _core,
+    collect,
+    cuda_available,
+    empty_pinned,
+    pinned_memory_stats,
+    to_numpy,
+    to_numpy_async,
+)
 
 HOST_CEILING = "host memcpy (memory ceiling)"
 LINK_CEILING = "raw pinned copy (link ceiling)"
@@ -73,11 +80,23 @@ class Case:
     ceiling: str | None = None
     sync: object = None  # callable, for device work
     skipped: dict = field(default_factory=dict)  # method -> why it cannot run here
+    # NumPy views of the source's memory: a result that shares it is a view.
+    memory: tuple = ()
+    # Batches per call, for cases whose figure is the cost per batch.
+    items: int | None = None
 
 
 # 1: the first layout (no "schema" key); 2: adds "schema", "complete", "cases"
-# (one entry per case, in run order, with its status and seconds) and "failed".
-SCHEMA = 2
+# (one entry per case, in run order, with its status and seconds) and "failed";
+# 3: adds "date", and per row "copies" (and "per_item_s" where a call handles
+# many batches); "bytes_per_s" and "ratio_to_ceiling" are for copies only.
+SCHEMA = 3
+
+# The methods of schema 1 and 2 files that return views (those files do not
+# say): the CPU cases' zero-copy calls.
+_VIEWS_BEFORE_SCHEMA_3 = {"t.numpy()", "np.asarray(t)", "np.from_dlpack(t)",
+                          "t.detach().cpu().numpy()", "t.numpy(force=True)", "tb.to_numpy(t)",
+                          "t.detach().numpy()", "float32 t.numpy() (same count)"}
 
 
 def run(settings: Settings, progress=None, checkpoint=None) -> dict:
@@ -88,6 +107,7 @@ def run(settings: Settings, progress=None, checkpoint=None) -> dict:
     False until the run ends.
     """
     report = {"schema": SCHEMA, "complete": False, "settings": vars(settings).copy(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "versions": versions(), "hardware": hardware(),
               "cases": [], "results": [], "skipped": [], "failed": []}
     report["settings"]["devices"] = list(settings.devices)
@@ -118,7 +138,9 @@ def run(settings: Settings, progress=None, checkpoint=None) -> dict:
             report["skipped"].append({"case": case.title, "method": method, "reason": why})
         status = "measured" if not failed else "failed" if not rows else "partly failed"
         report["cases"].append({"case": case.title, "device": case.device, "status": status,
-                                "seconds": time.perf_counter() - start})
+                                "seconds": time.perf_counter() - start,
+                                "baseline": case.baseline, "ceiling": case.ceiling,
+                                "items": case.items})
         del case
         gc.collect()
         save(report)
@@ -133,7 +155,8 @@ def run(settings: Settings, progress=None, checkpoint=None) -> dict:
 
 def load_report(path) -> dict:
     """A report written by any version of `tensorbridge bench --json`, in this
-    version's layout (schema 1 files gain empty "failed", derived "cases")."""
+    version's layout (schema 1 files gain empty "failed", derived "cases";
+    schema 1 and 2 rows gain "copies", and views lose their bytes/s)."""
     with open(path) as f:
         report = json.load(f)
     schema = report.get("schema", 1)
@@ -148,6 +171,15 @@ def load_report(path) -> dict:
         devices = {row["case"]: row["device"] for row in report.get("results", [])}
         report.setdefault("cases", [{"case": title, "device": device, "status": "measured",
                                      "seconds": None} for title, device in devices.items()])
+    if schema < 3:
+        report["schema"] = SCHEMA
+        report.setdefault("date", None)
+        for row in report.get("results", []):
+            row["copies"] = not (row["case"].startswith("cpu ")
+                                 and row["method"] in _VIEWS_BEFORE_SCHEMA_3)
+            if not row["copies"]:
+                row["bytes_per_s"] = None
+                row.pop("ratio_to_ceiling", None)
     return report
 
 
@@ -222,11 +254,14 @@ def measure_case(case: Case, settings: Settings):
     # Warm up, and calibrate: each sample repeats a method enough times to
     # last about 1/(repeats * methods) of the budget (at least 100 us), so that
     # sub-microsecond calls are not drowned by the clock.
-    numbers = {}
+    numbers, copies = {}, {}
     target = max(1e-4, settings.budget_s / (settings.repeats * max(len(methods), 1)))
     for name, fn in list(methods.items()):
         try:
-            call(fn)
+            result = fn()
+            sync()
+            copies[name] = not _shares_memory(result, case.memory)
+            del result
             start = time.perf_counter()
             call(fn)
         except Exception as error:  # noqa: BLE001 - recorded, and the case goes on
@@ -259,19 +294,34 @@ def measure_case(case: Case, settings: Settings):
     for name in methods:
         wall, gpu = samples[name]
         row = {"case": case.title, "device": case.device, "method": name, "bytes": case.nbytes,
-               "rounds": len(wall), "calls_per_round": numbers[name], **_summary(wall, "")}
+               "copies": copies[name], "rounds": len(wall), "calls_per_round": numbers[name],
+               **_summary(wall, "")}
         if gpu:
             row.update(_summary(gpu, "gpu_"))
-        row["bytes_per_s"] = case.nbytes / row["median_s"] if case.nbytes else None
+        # A view moves no bytes: its figure is the time per call, not a rate.
+        row["bytes_per_s"] = (case.nbytes / row["median_s"] if case.nbytes and row["copies"]
+                              else None)
+        if case.items:
+            row["per_item_s"] = row["median_s"] / case.items
         rows.append(row)
     medians = {row["method"]: row["median_s"] for row in rows}
     for row in rows:
         # None when the baseline itself failed: no ratio is better than a wrong one
         row["ratio_to_baseline"] = (row["median_s"] / medians[case.baseline]
                                     if case.baseline in medians else None)
-        if case.ceiling in medians:
+        if case.ceiling in medians and row["copies"]:
             row["ratio_to_ceiling"] = row["median_s"] / medians[case.ceiling]
     return rows, failed
+
+
+def _shares_memory(result, memory) -> bool:
+    """Whether `result` (a method's return value) is a view of the case's
+    source: an array whose memory overlaps one of `memory`'s, or a list of them."""
+    if isinstance(result, list) and result:
+        return all(_shares_memory(part, memory) for part in result)
+    if not isinstance(result, np.ndarray):
+        return False
+    return any(np.may_share_memory(result, source) for source in memory)
 
 
 def _summary(values, prefix):
@@ -323,10 +373,20 @@ def build_cases(settings: Settings, skipped: list):
             yield partial(_cpu_grad, torch)
             for nbytes in (2048, 16 << 20):
                 yield partial(_cpu_bfloat16, torch, nbytes)
+            if _has_sklearn():
+                yield partial(_cpu_sklearn_step, torch)
+            else:
+                skipped.append({"case": "cpu ToNumpy().transform(t)", "method": "*",
+                                "reason": "scikit-learn is not installed"})
         yield partial(_cpu_collect, 16 if settings.quick else 64)
         yield partial(_cpu_collect_small, 2_000 if settings.quick else 10_000)
+        if torch is not None:
+            yield partial(_cpu_collect_tensors, torch, 2_000 if settings.quick else 10_000)
     if "cuda" in settings.devices:
-        if torch is None or not torch.cuda.is_available():
+        if torch is None:
+            skipped.append({"case": "*", "method": "every CUDA method",
+                            "reason": "torch is not installed (the CUDA cases time torch tensors)"})
+        elif not torch.cuda.is_available():
             skipped.append({"case": "*", "method": "every CUDA method",
                             "reason": "no CUDA GPU found (torch.cuda.is_available() is False)"})
         else:
@@ -334,9 +394,7 @@ def build_cases(settings: Settings, skipped: list):
                 yield partial(_cuda_float32, torch, nbytes)
             yield partial(_cuda_small, torch)
     if settings.workflows and torch is not None:
-        try:
-            import sklearn  # noqa: F401
-        except ImportError:
+        if not _has_sklearn():
             skipped.append({"case": "workflows", "method": "*",
                             "reason": "scikit-learn is not installed"})
             return
@@ -346,6 +404,22 @@ def build_cases(settings: Settings, skipped: list):
         yield partial(_workflow_features, torch, device, rows)
         yield partial(_workflow_scaling, torch, device, rows)
         yield partial(_workflow_augmentation, torch, 2000 if settings.quick else 10_000)
+        yield partial(_workflow_array_api, torch, device, rows // 4)
+        try:
+            import skorch  # noqa: F401
+        except ImportError:
+            skipped.append({"case": "workflow: skorch net's features", "method": "*",
+                            "reason": "skorch is not installed (the skorch extra)"})
+        else:
+            yield partial(_workflow_skorch, torch, device, rows // 4)
+
+
+def _has_sklearn() -> bool:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _cpu_float32(torch, nbytes):
@@ -364,14 +438,16 @@ def _cpu_float32(torch, nbytes):
             "tb.to_numpy(t, copy=True)": lambda: to_numpy(t, copy=True),
         })
     baseline = "t.numpy()" if torch is not None else HOST_CEILING
-    return Case(f"cpu float32 {_size(nbytes)}", "cpu", nbytes, baseline, methods, HOST_CEILING)
+    memory = (source,) if torch is None else (t.numpy(),)
+    return Case(f"cpu float32 {_size(nbytes)}", "cpu", nbytes, baseline, methods, HOST_CEILING,
+                memory=memory)
 
 
 def _cpu_grad(torch):
     grad = torch.ones(1024, requires_grad=True)
     return Case("cpu float32 requires_grad 4 KiB", "cpu", 4096, "t.detach().numpy()", {
         "t.detach().numpy()": lambda: grad.detach().numpy(),
-        "tb.to_numpy(t)": lambda: to_numpy(grad)})
+        "tb.to_numpy(t)": lambda: to_numpy(grad)}, memory=(grad.detach().numpy(),))
 
 
 def _cpu_bfloat16(torch, nbytes):
@@ -380,7 +456,19 @@ def _cpu_bfloat16(torch, nbytes):
     return Case(f"cpu bfloat16 {_size(nbytes)}", "cpu", nbytes, ".float().numpy()", {
         ".float().numpy()": lambda: bf16.float().numpy(),
         "float32 t.numpy() (same count)": lambda: f32.numpy(),
-        "tb.to_numpy(t)": lambda: to_numpy(bf16)})
+        "tb.to_numpy(t)": lambda: to_numpy(bf16)},
+        memory=(bf16.view(torch.int16).numpy(), f32.numpy()))
+
+
+def _cpu_sklearn_step(torch):
+    """The per-call cost of ToNumpy, the first step of a pipeline fed tensors."""
+    from .sklearn import ToNumpy
+
+    t = torch.ones(64, 16)
+    step = ToNumpy().fit(t)
+    return Case("cpu ToNumpy().transform(t) 64 x 16 float32", "cpu", t.numel() * 4, "t.numpy()",
+                {"t.numpy()": lambda: t.numpy(), "tb.to_numpy(t)": lambda: to_numpy(t),
+                 "ToNumpy().transform(t)": lambda: step.transform(t)}, memory=(t.numpy(),))
 
 
 def _cpu_collect(count):
@@ -396,6 +484,19 @@ def _cpu_collect_small(count):
                 {"np.concatenate(list)": lambda: np.concatenate(batches),
                  "tb.collect(batches)": lambda: collect(batches),
                  "tb.collect(iter(batches))": lambda: collect(iter(batches))})
+
+
+def _cpu_collect_tensors(torch, count):
+    """collect's cost per batch, for small torch batches, against a t.numpy() per batch."""
+    whole = torch.ones(count, 64)
+    batches = list(whole.split(1))
+    return Case(f"cpu collect {count} x 256 B tensors", "cpu", count * 256,
+                "[t.numpy() for t in batches]", {
+                    "[t.numpy() for t in batches]": lambda: [b.numpy() for b in batches],
+                    "np.concatenate([t.numpy() ...])": lambda: np.concatenate(
+                        [b.numpy() for b in batches]),
+                    "tb.collect(batches)": lambda: collect(batches)},
+                items=count, memory=(whole.numpy(),))
 
 
 def _cuda_float32(torch, nbytes):
@@ -485,17 +586,105 @@ def _workflow_scaling(torch, device, rows):
 
 
 def _workflow_augmentation(torch, count):
-    """Workflow 3: augmented image views, flattened (for a RandomForest)."""
+    """Workflow 3: image views augmented on batches (a random flip per image),
+    flattened into the rows an estimator is fitted on: by hand, and by
+    AugmentedEstimator(batch_size=...), whose estimator here does nothing."""
+    from sklearn.base import BaseEstimator
+
+    from .sklearn import AugmentedEstimator
+
     images = torch.rand(count, 1, 16, 16)
+    n_views, batch_size = 2, 512
+
+    def flip(batch, generator):
+        flipped = torch.rand(len(batch), generator=generator) < 0.5
+        return torch.where(flipped[:, None, None, None], torch.flip(batch, dims=[-1]), batch)
 
     def views():
-        return (images, torch.flip(images, dims=[-1]), torch.rot90(images, 1, dims=[-2, -1]))
+        generator = torch.Generator().manual_seed(0)
+        yield images.reshape(count, -1)
+        for _ in range(n_views):
+            for start in range(0, count, batch_size):
+                batch = flip(images[start:start + batch_size], generator)
+                yield batch.reshape(len(batch), -1)
 
-    return Case("workflow: augmented views -> flattened (cpu)", "cpu", images.numel() * 12,
-                "np.concatenate(views)", {
-                    "np.concatenate(views)": lambda: np.concatenate(
-                        [v.reshape(len(v), -1).numpy() for v in views()]),
-                    "tb.collect(views)": lambda: collect(v.reshape(len(v), -1) for v in views())})
+    class Rows(BaseEstimator):  # fitting costs nothing: the rows alone are timed
+        def fit(self, X, y=None):
+            return self
+
+    estimator = AugmentedEstimator(Rows(), augment=flip, n_views=n_views, batch_size=batch_size,
+                                   random_state=0)
+    array = images.numpy()
+    return Case("workflow: augmented views -> flattened (cpu)", "cpu",
+                images.numel() * 4 * (1 + n_views), "np.concatenate(views)", {
+                    "np.concatenate(views)": lambda: np.concatenate([v.numpy() for v in views()]),
+                    "tb.collect(views)": lambda: collect(views()),
+                    f"AugmentedEstimator(batch_size={batch_size})": lambda: estimator.fit(array)})
+
+
+def _workflow_array_api(torch, device, rows):
+    """Workflow 1 with scikit-learn's array API dispatch on (features stay
+    tensors on X's device, PCA runs there) against off (NumPy, PCA on the CPU)."""
+    import sklearn
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+
+    from .sklearn import TorchTransformer
+
+    X = torch.randn(rows, 256, generator=torch.Generator().manual_seed(0)).to(device)
+    pipe = make_pipeline(TorchTransformer(_feature_model(torch, device), batch_size=4096,
+                                          device=device), PCA(n_components=16, svd_solver="full"))
+
+    def dispatch(on):
+        with sklearn.config_context(array_api_dispatch=on):
+            return pipe.fit_transform(X)
+
+    methods = {"array_api_dispatch=False": lambda: dispatch(False)}
+    skipped = {}
+    if os.environ.get("SCIPY_ARRAY_API") == "1":
+        methods["array_api_dispatch=True"] = lambda: dispatch(True)
+    else:
+        skipped["array_api_dispatch=True"] = ("scikit-learn needs SCIPY_ARRAY_API=1 set before "
+                                              "scipy is imported: run the benchmark with it")
+    return Case(f"workflow: features -> PCA, array API dispatch ({device})", device, X.numel() * 4,
+                "array_api_dispatch=False", methods,
+                sync=torch.cuda.synchronize if device == "cuda" else None, skipped=skipped)
+
+
+def _workflow_skorch(torch, device, rows):
+    """A trained skorch net's hidden layer as features: skorch's own inference
+    (net.forward, then to NumPy) against TorchTransformer(net, layer=...)."""
+    import skorch
+
+    from .sklearn import TorchTransformer
+
+    X = np.random.default_rng(0).standard_normal((rows, 256)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(),
+                                 torch.nn.Linear(512, 128), torch.nn.Linear(128, 2))
+    net = skorch.NeuralNetClassifier(module, criterion=torch.nn.CrossEntropyLoss, max_epochs=1,
+                                     batch_size=4096, train_split=None, verbose=0,
+                                     device=device)
+    transformer = TorchTransformer(net, batch_size=4096, device=device, layer="2").fit(
+        X[:4096], y[:4096])
+    trained = transformer.net_
+
+    def skorch_forward():
+        hidden = []
+        handle = trained.module_[2].register_forward_hook(
+            lambda module, args, output: hidden.append(output))
+        try:
+            trained.forward(X)
+        finally:
+            handle.remove()
+        return torch.cat(hidden).cpu().numpy()
+
+    return Case(f"workflow: skorch net's features ({device})", device, X.nbytes,
+                "net.forward + hook", {"net.forward + hook": skorch_forward,
+                                       "TorchTransformer(net, layer=...)":
+                                           lambda: transformer.transform(X)},
+                sync=torch.cuda.synchronize if device == "cuda" else None)
 
 
 def _size(nbytes):
@@ -508,19 +697,29 @@ def _size(nbytes):
 # -- context --------------------------------------------------------------------
 
 
+# Each optional module and the distributions that install it (CuPy's are per CUDA).
+_DISTRIBUTIONS = {"ml_dtypes": ("ml_dtypes",), "torch": ("torch",),
+                  "cupy": ("cupy", "cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x"),
+                  "sklearn": ("scikit-learn",)}
+
+
 def versions() -> dict:
+    """Installed versions; None for a module that is not installed. A module
+    not imported yet is looked up in the installed packages' metadata, not
+    imported: importing torch and scikit-learn takes seconds."""
     from . import __version__
 
     found = {"tensorbridge": __version__, "python": platform.python_version(),
              "numpy": np.__version__}
-    for name in ("ml_dtypes", "torch", "cupy", "sklearn"):
+    for name, distributions in _DISTRIBUTIONS.items():
         module = sys.modules.get(name)
-        if module is None:
+        found[name] = getattr(module, "__version__", None) if module is not None else None
+        for distribution in distributions if module is None else ():
             try:
-                module = __import__(name)
-            except Exception:  # noqa: BLE001 - reported as missing
-                module = None
-        found[name] = getattr(module, "__version__", None)
+                found[name] = importlib.metadata.version(distribution)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
     return found
 
 
@@ -560,11 +759,14 @@ def quick_measurements() -> dict:
     for _ in range(5):
         np.copyto(dst, src)
     result = {"host_memcpy_GB_per_s": 5 * nbytes / (time.perf_counter() - start) / 1e9}
+    result["pinned_pool"] = pinned_memory_stats()
+    if not cuda_available():  # tensorbridge's own probe: no torch import on a CPU machine
+        return result
     try:
         import torch
     except ImportError:
         return result
-    if torch.cuda.is_available() and cuda_available():
+    if torch.cuda.is_available():
         t = torch.ones(nbytes // 4, device="cuda")
         out = empty_pinned(t.shape, np.float32)
         to_numpy(t, out=out)
@@ -572,7 +774,7 @@ def quick_measurements() -> dict:
         for _ in range(5):
             to_numpy(t, out=out)
         result["device_to_pinned_GB_per_s"] = 5 * nbytes / (time.perf_counter() - start) / 1e9
-    result["pinned_pool"] = pinned_memory_stats()
+        result["pinned_pool"] = pinned_memory_stats()
     return result
 
 
@@ -604,7 +806,7 @@ def distributed_scaling(rows=196_608, width=64, batch_size=4096, block_rows=12_2
     import distributed
     import torch
 
-    from .sklearn import ToNumpy, TorchTransformer
+    from .sklearn import TorchTransformer
 
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(width, 256), torch.nn.ReLU(),
@@ -626,24 +828,7 @@ def distributed_scaling(rows=196_608, width=64, batch_size=4096, block_rows=12_2
             if X is None:
                 X = dX.compute()
                 model = TorchTransformer(module, batch_size=batch_size, device="cpu").fit(X)
-            step = ToNumpy().fit(X[:, :4])
-            methods = {
-                "in-memory transform": lambda: model.transform(X),
-                "in-memory transform, 1 torch thread": lambda: _one_thread(
-                    torch, model.transform, X),
-                "dask compute": lambda: client.compute(model.transform(dX)).result(),
-                "dask persist": lambda: distributed.wait(model.transform(dX).persist()),
-                "overhead per block": lambda: distributed.wait(step.transform(tiny).persist()),
-                "fixed cost per graph": lambda: distributed.wait(
-                    step.transform(tiny[:8]).persist()),
-            }
-            times = {name: [] for name in methods}
-            for round_ in range(repeats + 1):  # round 0 warms up: first loads, first calls
-                for name, fn in methods.items():
-                    start = time.perf_counter()
-                    fn()
-                    if round_:
-                        times[name].append(time.perf_counter() - start)
+            times = _scaling_rounds(torch, distributed, client, model, X, dX, tiny, repeats)
             base = statistics.median(times["in-memory transform"])
             one = statistics.median(times["in-memory transform, 1 torch thread"])
             for name, samples in times.items():
@@ -660,6 +845,29 @@ def distributed_scaling(rows=196_608, width=64, batch_size=4096, block_rows=12_2
                                ratio_to_one_thread=median / one)
                 report["results"].append(row)
     return report
+
+
+def _scaling_rounds(torch, distributed, client, model, X, dX, tiny, repeats):
+    """Seconds per round of each method of distributed_scaling, on one cluster."""
+    from .sklearn import ToNumpy
+
+    step = ToNumpy().fit(X[:, :4])
+    methods = {
+        "in-memory transform": lambda: model.transform(X),
+        "in-memory transform, 1 torch thread": lambda: _one_thread(torch, model.transform, X),
+        "dask compute": lambda: client.compute(model.transform(dX)).result(),
+        "dask persist": lambda: distributed.wait(model.transform(dX).persist()),
+        "overhead per block": lambda: distributed.wait(step.transform(tiny).persist()),
+        "fixed cost per graph": lambda: distributed.wait(step.transform(tiny[:8]).persist()),
+    }
+    times = {name: [] for name in methods}
+    for round_ in range(repeats + 1):  # round 0 warms up: first loads, first calls
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def _one_thread(torch, fn, *args):

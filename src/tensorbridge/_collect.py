@@ -15,31 +15,62 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import sys
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
 
 import numpy as np
 
-from . import _core, _cuda
-from ._cuda import _as_bytes
-from ._convert import view_to_copy
+from . import _convert, _core, _device_memory, _torch
+from ._device_memory import as_bytes
+from ._transfer import interruptible
 
 _PACK_BYTES = 64 << 10  # a batch at most this large waits to be packed with others
 _PACK_COUNT = 1024
 _THREADED_COPY_BYTES = 1 << 20  # a host batch at least this large is copied on several threads
 
 
-def collect(batches, *, out=None):
-    """Gather an iterable of batches (CPU or GPU tensors, arrays, any DLPack
-    producer) with the same trailing shape and dtype into one array.
+def collect(batches: Iterable[Any], *, out: np.ndarray | None = None) -> np.ndarray:
+    """Gather batches with the same trailing shape and dtype into one array.
 
     Each batch is written straight into its slice of the result; the iterable
-    is consumed once and never materialised. ``out=`` receives the rows and
-    must hold exactly as many as the batches bring.
+    is consumed once and never materialised, so peak memory stays at the
+    result plus one batch (``np.concatenate`` of a list holds both).
 
-    Raises ValueError for an empty iterable, a batch whose trailing shape or
-    dtype differs from the first one's, or an ``out=`` too small or too large;
-    an exception raised by the iterable propagates and nothing is returned
+    Parameters
+    ----------
+    batches : iterable
+        CPU or GPU tensors, arrays, or any DLPack producer, each with a
+        leading (row) dimension; a generator is consumed as it yields.
+    out : numpy.ndarray, optional
+        Receives the rows; must hold exactly as many as the batches bring.
+
+    Returns
+    -------
+    numpy.ndarray
+        The rows of every batch, in order.
+
+    Raises
+    ------
+    ValueError
+        For an empty iterable, a batch whose trailing shape or dtype differs
+        from the first one's, or an ``out=`` too small or too large.
+    TypeError, BufferError
+        For a batch ``to_numpy`` cannot read, naming the batch.
+
+    An exception raised by the iterable propagates and nothing is returned
     (rows already written into ``out=`` stay written).
+
+    Examples
+    --------
+    >>> import torch, tensorbridge as tb
+    >>> tb.collect(torch.full((2, 3), float(i)) for i in range(3)).shape
+    (6, 3)
+    >>> tb.collect([torch.ones(1, 2), torch.zeros(1, 2)])
+    array([[1., 1.],
+           [0., 0.]], dtype=float32)
     """
     try:
         iterator = iter(batches)
@@ -78,10 +109,10 @@ def _gather_small_device_batches(batches, out):
     done) for any other sequence, which the general path then handles."""
     described = []
     for batch in batches:
-        description = _core.describe_device(batch)
-        if description is None:
+        memory = _core.route(batch, numpy_method=False).memory
+        if memory is None:
             return None
-        described.append(description)
+        described.append(memory)
     if not described:
         return None
     device, stream, _, shape, dtype = described[0]
@@ -101,12 +132,11 @@ def _gather_small_device_batches(batches, out):
         out = _new_result(rows, trailing, dtype)
     elif out.shape != (rows, *trailing) or out.dtype != dtype or not out.flags.c_contiguous:
         return None  # the general path accepts or refuses it, with the reason
-    target = _as_bytes(out)
+    target = as_bytes(out)
     for start in range(0, len(sources), _PACK_COUNT):
         # On Ctrl-C the copies in flight keep their sources (and target) alive.
-        _cuda._interruptible(lambda: _core.copy_many_to_host(
-            device, sources[start:start + _PACK_COUNT], stream, target,
-            offsets[start:start + _PACK_COUNT]), batches, out)
+        interruptible(partial(_core.copy_many_to_host, device, sources[start:start + _PACK_COUNT],
+                              stream, target, offsets[start:start + _PACK_COUNT]), batches, out)
     return out
 
 
@@ -119,15 +149,14 @@ def _gather_small_host_batches(batches, out):
     if all(type(batch) is np.ndarray for batch in batches):
         arrays = batches
     else:
-        torch = sys.modules.get("torch")
         arrays = []
         for batch in batches:
             if type(batch) is not np.ndarray:
-                if torch is None or not isinstance(batch, torch.Tensor):
+                if not _torch.is_tensor(batch):
                     return None
                 # None unless a plain CPU view, read without Tensor.numpy()
                 # (which would leave the batch unresizable): no copies.
-                batch = _core.fast_view(batch, numpy_method=False)
+                batch = _core.route(batch, numpy_method=False).view
                 if batch is None:
                     return None
             arrays.append(batch)
@@ -180,8 +209,8 @@ def _row_hints(batches):
     hints = []
     for batch in batches:
         try:
-            rows = operator.index(getattr(batch, "shape")[0])
-        except Exception:  # no shape, 0-d, or not a count: no hint at all
+            rows = operator.index(batch.shape[0])
+        except Exception:  # noqa: BLE001 - no shape, 0-d, or not a count: no hint at all
             return None
         if rows < 0:
             return None
@@ -212,8 +241,14 @@ class _Writer:
     def add(self, index, batch):
         source, array = None, batch
         if type(batch) is not np.ndarray:
-            source = _cuda.device_memory(batch, caller="collect")
-            array = view_to_copy(batch) if source is None else None
+            try:
+                route = _core.route(batch, numpy_method=False)
+                source = _device_memory.of_route(route, batch, caller="collect")
+                array = _convert.view_to_copy(route, batch) if source is None else None
+            except (TypeError, ValueError, BufferError) as error:
+                # The same error, naming the call the user made and the batch.
+                message = re.sub(r"^(to_numpy|collect): ", "", str(error))
+                raise type(error)(f"collect: batch {index}: {message}") from error
         described = array if source is None else source
         shape, dtype = described.shape, described.dtype
         self._check(index, shape, dtype)
@@ -307,7 +342,7 @@ class _Writer:
             return
         if (array.nbytes >= _THREADED_COPY_BYTES and array.flags.c_contiguous
                 and target.flags.c_contiguous):
-            _core.host_copy(_as_bytes(target), _as_bytes(array))  # several threads
+            _core.host_copy(as_bytes(target), as_bytes(array))  # several threads
         else:
             target[...] = array  # same shape and dtype: checked
 
@@ -325,9 +360,9 @@ class _Writer:
         staging = region if region.flags.c_contiguous else np.empty(region.shape, region.dtype)
         for (device, stream), group in by_device.items():
             # On Ctrl-C the copies in flight keep their sources (and staging) alive.
-            _cuda._interruptible(lambda: _core.copy_many_to_host(
-                device, [(s.address, s.nbytes) for _, s in group], stream, _as_bytes(staging),
-                [(row - start) * self.row_bytes for row, _ in group]),
+            interruptible(partial(
+                _core.copy_many_to_host, device, [(s.address, s.nbytes) for _, s in group],
+                stream, as_bytes(staging), [(row - start) * self.row_bytes for row, _ in group]),
                 [s.keep for _, s in group], staging)
         if staging is not region:
             for group in by_device.values():

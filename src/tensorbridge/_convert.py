@@ -1,29 +1,44 @@
-"""``to_numpy`` beyond the native fast path.
+"""The routes of ``to_numpy`` that need Python.
 
-``tensorbridge._core.to_numpy`` handles NumPy arrays and plain CPU tensors in
-C and hands every other case here, arguments untouched: other producers, the
-cases that need a copy, ``out=``, ``copy=True`` and every error. Each source
-kind yields either a *view* of its memory, finished by ``_finish_view``, or is
-copied straight into NumPy-owned memory (one copy, never two).
+The native core (``csrc/to_numpy.cpp``) classifies every input once into a
+``_core.Route`` and finishes itself the routes that need no Python: a view of
+host memory, one copy of compact CUDA memory. Every other call reaches
+:func:`convert` with its route and the caller's arguments untouched: ``out=``,
+``copy=`` checks, torch tensors that need a torch operation first, other DLPack
+producers, array-likes, buffers, and every error. Each yields either a *view*,
+finished by ``_finish_view``, or is copied straight into NumPy-owned memory
+(one copy, never two).
 """
 
 from __future__ import annotations
 
-import sys
+from typing import Any
 
 import numpy as np
 
-from . import _core, _cuda, _dlpack, _dtypes
+from . import _core, _device_memory, _dlpack, _dtypes, _torch
 from ._out import check_out_array, check_out_matches
+from ._transfer import Transfer
 
+_MISSING = object()
 
 
 def install() -> None:
-    """Register this module's implementation as the native fast path's fallback."""
-    _core.set_fallback(to_numpy)
+    """Register :func:`convert` as the native front door's fallback."""
+    _core.set_fallback(convert)
 
 
-def to_numpy(x, *, copy=None, out=None, stream=None):
+def convert(route, x=_MISSING, *extra, copy=None, out=None, stream=None, **unknown):
+    """``to_numpy(x, ...)`` for the routes the native core leaves to Python;
+    `route` is what it found of `x` (None without an `x`). Callers use
+    ``tensorbridge.to_numpy``, whose front door calls this."""
+    # Python's own wording, for the public signature to_numpy(x, *, copy, out, stream)
+    if unknown:
+        raise TypeError(f"to_numpy() got an unexpected keyword argument {next(iter(unknown))!r}")
+    if extra:
+        raise TypeError(f"to_numpy() takes 1 positional argument but {1 + len(extra)} were given")
+    if x is _MISSING:
+        raise TypeError("to_numpy() missing 1 required positional argument: 'x'")
     if copy is not None and not isinstance(copy, bool):
         raise TypeError(f"to_numpy: copy must be None, True or False, got {copy!r}")
     if out is not None:
@@ -34,20 +49,19 @@ def to_numpy(x, *, copy=None, out=None, stream=None):
             )
         check_out_array(out)
 
-    if isinstance(x, np.ndarray):
-        return _finish_view(x, copy, out)
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return _from_tensor(torch, x, copy, out, stream)
-    if hasattr(type(x), "__dlpack__"):
-        return _from_dlpack(x, copy, out, stream)
-    if hasattr(type(x), "__array__"):
+    kind = route.kind
+    if kind == "view":
+        return _finish_view(route.view, copy, out)
+    if route.torch_device is not None:
+        return _from_tensor(route, x, copy, out, stream)
+    if kind in ("device", "dlpack"):
+        return _from_dlpack(route, x, copy, out, stream)
+    if kind == "array":
         return _from_array_like(x, copy, out)
-    buffer = _buffer_of(x)
-    if buffer is not None:
+    if kind == "buffer":
         # The buffer itself, in its format, as memoryview(x) shows it: NumPy
         # would read bytes as a 0-d string, and copy them.
-        return _finish_view(np.asarray(buffer), copy, out)
+        return _finish_view(np.asarray(memoryview(x)), copy, out)
     raise TypeError(
         f"to_numpy: cannot convert an object of type {type(x).__name__!r}; pass a "
         "torch tensor, a NumPy array, or an object with __dlpack__, __array__ or the "
@@ -55,51 +69,82 @@ def to_numpy(x, *, copy=None, out=None, stream=None):
     )
 
 
-# -- torch -------------------------------------------------------------------
-
-
-def to_numpy_async(x, *, out=None, stream=None):
+def to_numpy_async(x: Any, *, out: np.ndarray | None = None, stream: Any = None) -> Transfer:
     """Start copying `x` to a NumPy array and return a :class:`Transfer` at once.
 
     Device memory is copied in stream order (after the work queued on
     ``stream``, default the producer's current stream, at call time) without
     blocking; ``Transfer.wait()`` returns the array. Anything else is
     converted by :func:`to_numpy` and given as an already-finished Transfer.
+
+    Parameters
+    ----------
+    x : torch.Tensor, DLPack producer or array-like
+        What :func:`to_numpy` takes.
+    out : numpy.ndarray, optional
+        Writeable array of the result's exact shape and dtype (pinned, from
+        :func:`empty_pinned`, for the fastest copy).
+    stream : optional
+        The stream to order a device copy on.
+
+    Returns
+    -------
+    Transfer
+
+    Examples
+    --------
+    >>> import torch, tensorbridge as tb
+    >>> transfer = tb.to_numpy_async(torch.arange(3))
+    >>> transfer.done(), transfer.wait()
+    (True, array([0, 1, 2]))
     """
     if out is not None:
         check_out_array(out)
-    memory = _cuda.device_memory(x, stream)
+    memory = _device_memory.of_route(_core.route(x, numpy_method=False), x, stream)
     if memory is not None:
-        return _cuda.copy_device_memory(memory, out, asynchronous=True)
-    return _cuda.Transfer.finished(to_numpy(x, out=out, stream=stream))
+        return _device_memory.copy_device_memory(memory, out, asynchronous=True)
+    return Transfer.finished(_core.to_numpy(x, out=out, stream=stream))
 
 
-def _from_tensor(torch, t, copy, out, stream):
-    if t.device.type == "meta":
+def view_to_copy(route, x) -> np.ndarray:
+    """What ``to_numpy(x)`` gives, for a caller that only copies it
+    (collect), from `x`'s route taken with ``numpy_method=False``: a plain
+    CPU tensor is read without Tensor.numpy(), as for copy=True, so that it
+    stays resizable on torch < 2.10 too."""
+    if route.kind == "view":
+        return route.view
+    if route.torch_device == "cpu" and route.why is None:
+        t = x.detach() if x.requires_grad else x
+        return _view_to_copy(t, _dtypes.numpy_dtype(t.dtype))
+    return convert(route, x)
+
+
+# -- torch -------------------------------------------------------------------
+
+
+def _from_tensor(route, t, copy, out, stream):
+    if route.torch_device == "meta":
         raise TypeError(
             "to_numpy: x is a meta tensor, which has shape and dtype but no data; "
             "materialise it first (for example with torch.empty_like(x, device='cpu'))"
         )
     result_dtype = _dtypes.numpy_dtype(t.dtype)  # refuses dtypes NumPy cannot hold
-    # A ZeroTensor has no memory on any device: zeros are written below.
-    if t.device.type == "cuda" and not _has_own_dispatch(torch, t) and not (
-            t.layout == torch.strided and t._is_zerotensor()):
+    if _device_memory.is_torch_device_copy(route):
         if copy is False:
-            raise BufferError(f"to_numpy: copy=False, but its memory is on {t.device}, so NumPy "
+            raise BufferError(f"to_numpy: copy=False, but {route.reason}, so NumPy "
                               "cannot view it; pass copy=None to allow the copy")
-        memory = _cuda.DeviceMemory.of_tensor(torch, t, stream)
-        return _cuda.copy_device_memory(memory, out, asynchronous=False)
+        memory = _device_memory.of_route(route, t, stream)
+        return _device_memory.copy_device_memory(memory, out, asynchronous=False)
     if t.requires_grad:
         t = t.detach()  # views must not hold the autograd graph
 
-    why_copy = _why_tensor_needs_copy(torch, t)
-    if why_copy is None and (copy or out is not None):
-        return _finish_view(_view_to_copy(t, result_dtype), copy, out)
-    if why_copy is None:
-        return _finish_view(_view_cpu_tensor(t, result_dtype), copy, out)
+    if route.why is None:  # plain memory the native core did not view (copy=True, out=, ml_dtypes)
+        view = _view_to_copy(t, result_dtype) if copy or out is not None \
+            else _view_cpu_tensor(t, result_dtype)
+        return _finish_view(view, copy, out)
     if copy is False:
         raise BufferError(
-            f"to_numpy: copy=False, but {why_copy}, so NumPy cannot view it; "
+            f"to_numpy: copy=False, but {route.reason}, so NumPy cannot view it; "
             "pass copy=None to allow the copy"
         )
     if out is None:
@@ -107,9 +152,9 @@ def _from_tensor(torch, t, copy, out, stream):
     else:
         check_out_matches(out, tuple(t.shape), result_dtype)
     try:
-        _copy_tensor_into(torch, out, t)
+        _copy_tensor_into(_torch.imported(), out, t, zeros=route.why == "zerotensor")
     except Exception as error:
-        if not _has_own_dispatch(torch, t):
+        if route.why != "dispatch":
             raise
         raise TypeError(
             f"to_numpy: cannot read the values of this {type(t).__name__} (a tensor subclass "
@@ -118,34 +163,10 @@ def _from_tensor(torch, t, copy, out, stream):
     return out
 
 
-def _has_own_dispatch(torch, t) -> bool:
-    return type(t).__torch_dispatch__ is not torch.Tensor.__torch_dispatch__
-
-
-def _why_tensor_needs_copy(torch, t):
-    if _has_own_dispatch(torch, t):
-        return (f"it is a {type(t).__name__}, a tensor subclass with its own "
-                "__torch_dispatch__, whose memory is not plain")
-    if t.layout != torch.strided:
-        return f"its layout is {t.layout} (it must be densified)"
-    if t.device.type != "cpu":
-        return f"its memory is on {t.device}"
-    if t._is_zerotensor():
-        return "it is a ZeroTensor (zeros with no memory behind them)"
-    if t.is_conj():
-        return "it has the conjugate bit set (x.resolve_conj() materialises it)"
-    if t.is_neg():
-        return "it has the negative bit set (x.resolve_neg() materialises it)"
-    if _dtypes.needs_widening(t.dtype):
-        return f"{t.dtype} has no NumPy dtype and is widened to complex64"
-    return None
-
-
 def _view_cpu_tensor(t, result_dtype: np.dtype) -> np.ndarray:
-    view = _core.fast_view(t)  # the native route, when it applies
-    if view is not None:
-        return view
-    # ml_dtypes go through a same-size integer, which Tensor.numpy() takes.
+    """A view of plain CPU `t` that the native core left to Python:
+    ml_dtypes (torch < 2.10) go through a same-size integer, which
+    Tensor.numpy() takes."""
     if _dtypes.is_extended(result_dtype):
         return t.view(_torch_dtype_of(result_dtype)).numpy().view(result_dtype)
     return t.numpy()
@@ -155,29 +176,11 @@ def _view_to_copy(t, result_dtype: np.dtype) -> np.ndarray:
     """A view of `t` that is only copied: read through the exchange API or a
     DLPack capsule, never Tensor.numpy(), which would leave the tensor
     unresizable for good (and copy=True is the remedy for the resize hazard)."""
-    view = _core.fast_view(t, numpy_method=False)
-    if view is not None:
-        return view
     # Through a same-size integer where older torch's DLPack lacks the dtype.
     through_integer = _dtypes.is_extended(result_dtype) or result_dtype == np.bool_
     source = t.view(_torch_dtype_of(result_dtype)) if through_integer else t
     view = _core.array_from_capsule(_dlpack.request_capsule(source))
     return view.view(result_dtype) if through_integer else view
-
-
-def view_to_copy(x) -> np.ndarray:
-    """What `to_numpy(x)` gives, for a caller that only copies it (collect):
-    a plain CPU tensor is read without Tensor.numpy(), as for copy=True, so
-    that it stays resizable on torch < 2.10 too."""
-    view = _core.fast_view(x, numpy_method=False)  # C: the exchange route
-    if view is not None:
-        return view
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor) and x.device.type == "cpu":
-        t = x.detach() if x.requires_grad else x
-        if _why_tensor_needs_copy(torch, t) is None:
-            return _view_to_copy(t, _dtypes.numpy_dtype(t.dtype))
-    return to_numpy(x)
 
 
 def _torch_dtype_of(numpy_dtype: np.dtype):
@@ -186,10 +189,10 @@ def _torch_dtype_of(numpy_dtype: np.dtype):
     return torch.from_numpy(np.empty(0, _dtypes.same_size_integer(numpy_dtype))).dtype
 
 
-def _copy_tensor_into(torch, dst: np.ndarray, t) -> None:
+def _copy_tensor_into(torch, dst: np.ndarray, t, zeros: bool) -> None:
     """Copy ``t`` into ``dst`` in one pass; torch resolves conj/neg bits,
-    widens complex32 and reads any device."""
-    if t.layout == torch.strided and t._is_zerotensor():
+    widens complex32 and reads any device. `zeros`: `t` is a ZeroTensor."""
+    if zeros:
         dst[...] = 0  # its data pointer is NULL: there is nothing to read
         return
     target = dst
@@ -216,8 +219,11 @@ def _densify_into(torch, dense, t) -> None:
 # -- other producers -----------------------------------------------------------
 
 
-def _from_dlpack(x, copy, out, stream):
-    device_type, device_id = _dlpack.device_of(x)
+def _from_dlpack(route, x, copy, out, stream):
+    if route.kind == "device":  # compact CUDA memory, described by the native core
+        device_type, device_id = _dlpack.CUDA, route.memory.device
+    else:
+        device_type, device_id = _dlpack.device_of(x)
     if device_type in _dlpack.CPU_READABLE_DEVICES:
         # Held in a local, the capsule outlives an error raised while reading
         # it: its producer's destructor then never runs with an exception pending.
@@ -228,9 +234,9 @@ def _from_dlpack(x, copy, out, stream):
             f"to_numpy: copy=False, but this {type(x).__name__} lives on DLPack device "
             f"type {device_type}, which the CPU cannot read; pass copy=None to allow the copy"
         )
-    if device_type in _cuda.CUDA_DEVICE_TYPES:
-        memory = _cuda.DeviceMemory.of_dlpack(x, device_id, stream)
-        return _cuda.copy_device_memory(memory, out, asynchronous=False)
+    if device_type in _dlpack.CUDA_DEVICE_TYPES:
+        memory = _device_memory.of_route(route, x, stream)
+        return _device_memory.copy_device_memory(memory, out, asynchronous=False)
     # Ask the producer itself for a host copy (DLPack >= 1.0 `dl_device`).
     try:
         capsule = x.__dlpack__(max_version=_dlpack.MAX_VERSION, dl_device=(1, 0), copy=True)
@@ -241,14 +247,6 @@ def _from_dlpack(x, copy, out, stream):
             "copy it to host memory with the producer's own API first"
         ) from error
     return _finish_view(_core.array_from_capsule(capsule), copy, out)
-
-
-def _buffer_of(x):
-    """A memoryview of `x`'s buffer, or None when `x` has no buffer protocol."""
-    try:
-        return memoryview(x)
-    except TypeError:
-        return None
 
 
 def _from_array_like(x, copy, out):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 # DLPack device types whose memory the CPU can read directly.
 CPU_READABLE_DEVICES = {1, 3, 11}  # CPU, CUDA host (pinned), ROCm host
-CUDA_DEVICE_TYPES = {2, 13}  # CUDA, CUDA managed
+CUDA = 2  # kDLCUDA
+CUDA_DEVICE_TYPES = {CUDA, 13}  # CUDA, CUDA managed
 MAX_VERSION = (1, 3)  # the newest DLPack ABI we read
 
 

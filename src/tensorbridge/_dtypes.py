@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-# torch dtypes NumPy has natively, by torch's name.
-_NATIVE = {
-    name: np.dtype(name)
-    for name in (
-        "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
-        "float16", "float32", "float64", "complex64", "complex128",
-    )
-}
-# torch dtypes that ml_dtypes provides; zero-copy views like the native ones.
-_EXTENDED = (
-    "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
-    "float8_e8m0fnu",
-)
-# torch dtypes NumPy can only hold after a widening copy.
-_WIDENED = {"complex32": np.dtype("complex64")}
+from . import _core
+
+# The one torch -> NumPy table, shared with the native core: (torch name,
+# NumPy or ml_dtypes name, kind). "native": NumPy has it; "extended":
+# ml_dtypes has it (zero-copy views like the native ones); "widened": NumPy
+# holds its values only after a widening copy.
+_NATIVE = {t: np.dtype(n) for t, n, kind in _core.TORCH_DTYPES if kind == "native"}
+_EXTENDED = tuple(t for t, _, kind in _core.TORCH_DTYPES if kind == "extended")
+_WIDENED = {t: np.dtype(n) for t, n, kind in _core.TORCH_DTYPES if kind == "widened"}
 
 _cache: dict[str, np.dtype] = {}
 

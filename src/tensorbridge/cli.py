@@ -1,14 +1,15 @@
 """The ``tensorbridge`` command (also ``python -m tensorbridge``).
 
     tensorbridge bench [--quick] [--device cpu|cuda|all] [--json PATH|-] [--plot PATH.png]
-    tensorbridge info
+    tensorbridge info [--json]
+    tensorbridge --version
 
 Exit status: 0 ok, 1 failure (for bench: a method that raised, recorded in the
 table and the JSON while the rest ran; or no GPU for --device cuda), 2 usage
 error (an output path that cannot be written is one, found before the run).
-Nothing is written but the paths named on the command line; `--json PATH` is
-rewritten atomically after every case, so a run stopped part-way leaves the
-cases it finished ("complete": false).
+Nothing is written but the paths named on the command line, each named on
+standard error once written; `--json PATH` is rewritten atomically after every
+case, so a run stopped part-way leaves the cases it finished ("complete": false).
 """
 
 from __future__ import annotations
@@ -16,21 +17,50 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 
 
 def main(argv=None) -> int:
+    """Run the ``tensorbridge`` command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the command's name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status: 0 ok, 1 a failure, 2 a usage error (``--help`` and
+        ``--version`` exit through ``SystemExit(0)``, as argparse does).
+
+    Examples
+    --------
+    >>> from tensorbridge.cli import main
+    >>> try:
+    ...     main(["--version"])
+    ... except SystemExit as done:
+    ...     print("exit status", done.code)  # doctest: +ELLIPSIS
+    tensorbridge 0...
+    exit status 0
+    """
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="tensorbridge",
         description="Measure and inspect tensorbridge's conversions on this machine.")
+    parser.add_argument("--version", action="version", version=f"tensorbridge {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{bench,info}", required=True)
 
     bench = commands.add_parser(
         "bench", help="compare conversion methods side by side",
         description="Time every conversion method this machine supports (torch, NumPy, "
-                    "CuPy, tensorbridge) on the same data, with ratios to the baselines "
-                    "and to the memory and link ceilings, and the seed's three workflows.")
+                    "CuPy, tensorbridge) on the same data: views as time per call, copies "
+                    "also as GB/s against the memory and link ceilings, each with its ratio "
+                    "to the case's baseline; then three end-to-end workflows (features for a "
+                    "classifier, batches into a StandardScaler, augmented images).")
     bench.add_argument("--quick", action="store_true",
                        help="small sizes and short budgets (well under a minute)")
     bench.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
@@ -38,12 +68,14 @@ def main(argv=None) -> int:
     bench.add_argument("--json", metavar="PATH",
                        help="also write the full report as JSON ('-' for standard output)")
     bench.add_argument("--plot", metavar="PATH.png",
-                       help="also plot throughput against size (needs matplotlib: "
-                            "pip install 'tensorbridge[bench]')")
+                       help="also plot time per call (views) and GB/s (copies) against size "
+                            "(needs matplotlib)")
     bench.add_argument("--repeats", type=_positive_int, metavar="N",
-                       help="rounds per case (default: 15, 5 with --quick)")
+                       help="the most rounds per case (default: 15, 5 with --quick); a case "
+                            "stops sooner, after 3 rounds, once its --budget is spent")
     bench.add_argument("--budget", type=_positive_float, metavar="SECONDS",
-                       help="time budget per case once 3 rounds are done")
+                       help="time budget per case once 3 rounds are done (default: 2, 0.25 "
+                            "with --quick)")
     bench.add_argument("--no-workflows", action="store_true",
                        help="skip the three end-to-end workflows")
 
@@ -84,15 +116,22 @@ def _bench(args) -> int:
             return 2
     if args.plot:
         try:
-            import matplotlib  # noqa: F401
+            from matplotlib.backend_bases import FigureCanvasBase
         except ImportError:
             print("tensorbridge bench: --plot needs matplotlib; install it with "
-                  "pip install 'tensorbridge[bench]'", file=sys.stderr)
+                  "pip install matplotlib", file=sys.stderr)
             return 1
-    if args.device == "cuda" and not _torch_sees_a_gpu():
-        print("tensorbridge bench: --device cuda: no CUDA GPU found "
-              "(torch is missing or torch.cuda.is_available() is False)", file=sys.stderr)
-        return 1
+        kind = os.path.splitext(args.plot)[1][1:].lower()
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if kind and kind not in formats:
+            print(f"tensorbridge bench: --plot {args.plot}: matplotlib cannot write .{kind} "
+                  f"files; name a .png (or {', '.join(sorted(formats))})", file=sys.stderr)
+            return 2
+    if args.device == "cuda":
+        why = _why_no_gpu()
+        if why:
+            print(f"tensorbridge bench: --device cuda: {why}", file=sys.stderr)
+            return 1
     from . import _bench as bench
 
     devices = ("cpu", "cuda") if args.device == "all" else (args.device,)
@@ -103,8 +142,11 @@ def _bench(args) -> int:
 
     def checkpoint(report):
         latest["report"] = report
-        if args.json and not to_stdout:
-            _write_atomically(args.json, json.dumps(report, indent=2, default=str) + "\n")
+        if args.json and not to_stdout and "json_error" not in latest:
+            try:
+                _write_atomically(args.json, json.dumps(report, indent=2, default=str) + "\n")
+            except OSError as error:  # a full disk: the run goes on, and says so at the end
+                latest["json_error"] = error
 
     # SIGTERM (a time limit: `timeout`) ends the run as Ctrl-C does: what was
     # measured is written and shown before the exit.
@@ -115,39 +157,55 @@ def _bench(args) -> int:
         report = latest.get("report")
         if report is not None:
             report["interrupted"] = True
-            _finish(report, args, to_stdout, checkpoint)
+            _finish(report, args, to_stdout, checkpoint, latest)
         print("interrupted", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _finish(report, args, to_stdout, checkpoint)
+    _finish(report, args, to_stdout, checkpoint, latest)
+    status = 0
+    if "json_error" in latest:
+        print(f"tensorbridge bench: --json {args.json}: not written: {latest['json_error']}",
+              file=sys.stderr)
+        status = 1
     if args.plot:
-        _plot(report, args.plot)
+        try:
+            _plot(report, args.plot)
+            print(f"tensorbridge bench: wrote the plot to {args.plot}", file=sys.stderr)
+        except OSError as error:  # the disk filled, the folder went: the table still stands
+            print(f"tensorbridge bench: --plot {args.plot}: not written: {error}",
+                  file=sys.stderr)
+            status = 1
     if report["failed"]:
         print(f"tensorbridge bench: {len(report['failed'])} method(s) failed; the others were "
               "measured (see the table)", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    return status
 
 
-def _finish(report, args, to_stdout, checkpoint):
+def _finish(report, args, to_stdout, checkpoint, latest):
     _print_table(report, sys.stderr if to_stdout else sys.stdout)
     if to_stdout:
         print(json.dumps(report, indent=2, default=str))
-    else:
+    elif args.json:
         checkpoint(report)
+        if "json_error" not in latest:
+            print(f"tensorbridge bench: wrote the report to {args.json}", file=sys.stderr)
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _torch_sees_a_gpu():
+def _why_no_gpu():
+    """Why the CUDA cases cannot run here (they time torch tensors), or None."""
     try:
         import torch
     except ImportError:
-        return False
-    return torch.cuda.is_available()
+        return "torch is not installed (the CUDA cases time torch tensors)"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU found (torch.cuda.is_available() is False)"
+    return None
 
 
 def _unwritable(path):
@@ -189,40 +247,164 @@ def _progress_bar(done, total, label):
         print(line, file=sys.stderr, flush=True)
 
 
+def _format_time(seconds) -> str:
+    """A duration with three significant digits in ns, us, ms or s: "812 ns", "1.23 us"."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        value = seconds / scale
+        if abs(value) >= 1 or unit == "ns":
+            digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+            text = f"{value:.{digits}f}"
+            if float(text) >= 1000 and unit != "s":  # 999.7 us reads as 1.00 ms
+                return _format_time(1000 * scale)
+            return f"{text} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _format_bytes(nbytes) -> str:
+    """A size in B, KiB, MiB or GiB: "4 KiB", "1.5 GiB"."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift:
+            value = nbytes / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{nbytes} B"
+
+
+COLUMNS = ("method", "result", "median", "spread", "GPU time", "GB/s", "vs base", "vs ceil")
+
+FOOTER = """\
+result: view (the method returned the source's memory, zero-copy) or copy (new memory)
+median: wall time per call (a device method's includes the wait that makes its result usable)
+spread: interquartile range of the rounds' times
+GB/s: the case's bytes / median, for copies only (a view moves no bytes: its figure is its time)
+vs base: median / the median of the case's baseline (named above its table): below 1 is faster
+vs ceil: median / the ceiling's median (host memcpy for CPU memory, a raw pinned copy for the
+  GPU link), for copies only"""
+
+
+def _cells(row):
+    """A result row's cells, in COLUMNS order; "" where a figure does not apply."""
+    base = row.get("ratio_to_baseline")
+    copies = row.get("copies", True)
+    return [row["method"], "copy" if copies else "view", _format_time(row["median_s"]),
+            _format_time(row["iqr_s"]),
+            _format_time(row["gpu_median_s"]) if "gpu_median_s" in row else "",
+            f"{row['bytes_per_s'] / 1e9:.2f}" if copies and row.get("bytes_per_s") else "",
+            _format_ratio(base) if base is not None else "-",
+            _format_ratio(row["ratio_to_ceiling"]) if copies and "ratio_to_ceiling" in row else ""]
+
+
+def _format_ratio(ratio) -> str:
+    """A ratio with at least two significant digits: "0.42x", "473x", "3.8e-05x"."""
+    if ratio < 0.01:
+        return f"{ratio:.1e}x"
+    return f"{ratio:.{2 if ratio < 10 else 1 if ratio < 100 else 0}f}x"
+
+
 def _print_table(report, out):
-    """The report as tables, one per case in run order; failed methods in place."""
-    header = (f"{'method':38} {'median':>11} {'spread':>10} {'GPU time':>11} {'GB/s':>8} "
-              f"{'vs base':>8} {'vs ceil':>8}")
+    """The report as tables, one per case in run order, in columns aligned
+    across all of them; failed methods in place; then the headline figures."""
     failed = report.get("failed", [])  # absent in schema 1 reports
+    results = report["results"]
+    columns = list(COLUMNS)
+    if not any("gpu_median_s" in row for row in results):
+        columns.remove("GPU time")  # a CPU-only run: no empty column
+    keep = [COLUMNS.index(c) for c in columns]
+    cells = {id(row): [_cells(row)[i] for i in keep] for row in results}
+    widths = [max([len(c)] + [len(cells[id(r)][i]) for r in results])
+              for i, c in enumerate(columns)]
+
+    def line(values):
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                         for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+
     order = dict.fromkeys([c["case"] for c in report.get("cases", [])]
-                          + [r["case"] for r in report["results"]] + [f["case"] for f in failed])
+                          + [r["case"] for r in results] + [f["case"] for f in failed])
+    entries = {c["case"]: c for c in report.get("cases", [])}
     for case in order:
-        print(f"\n{case}\n{header}", file=out)
-        for row in (r for r in report["results"] if r["case"] == case):
-            gpu = f"{row['gpu_median_s'] * 1e6:9.1f}us" if "gpu_median_s" in row else " " * 11
-            rate = f"{row['bytes_per_s'] / 1e9:8.2f}" if row.get("bytes_per_s") else " " * 8
-            base = row.get("ratio_to_baseline")
-            base = f"{base:7.2f}x" if base is not None else f"{'-':>8}"
-            ceiling = f"{row['ratio_to_ceiling']:7.2f}x" if "ratio_to_ceiling" in row else " " * 8
-            print(f"{row['method'][:38]:38} {row['median_s'] * 1e6:9.2f}us "
-                  f"{row['iqr_s'] * 1e6:8.2f}us {gpu} {rate} {base} {ceiling}", file=out)
+        rows = [r for r in results if r["case"] == case]
+        print(f"\n{case}{_case_note(entries.get(case), rows)}\n{line(columns)}", file=out)
+        for row in rows:
+            print(line(cells[id(row)]), file=out)
         for failure in (f for f in failed if f["case"] == case):
             error = failure["error"].splitlines()[-1] if failure["error"] else "?"
-            print(f"{failure['method'][:38]:38} FAILED: {error[:120]}", file=out)
+            print(f"{failure['method'].ljust(widths[0])}  FAILED: {error[:120]}", file=out)
     peak = report.get("collect_peak_memory")
     if peak:
         print("\ncollect, peak memory growth / result: " + ", ".join(
             f"{name} {value:.2f}x" if isinstance(value, float) else f"{name} {value}"
             for name, value in peak.items()), file=out)
+    headline = _figures(report)
+    if headline:
+        print("\nfigures (ratios measured side by side in this run):", file=out)
+        for text in headline:
+            print(f"  {text}", file=out)
+    print(file=out)
     for skip in report["skipped"]:
-        print(f"skipped: {skip['method']} ({skip['case']}): {skip['reason']}", file=out)
+        print(f"skipped: {_skipped_what(skip)}: {skip['reason']}", file=out)
     if failed:
         print(f"failed: {len(failed)} method(s), each shown in its case above and in the JSON "
               "with the full error", file=out)
     if not report.get("complete", True):
         print("incomplete: the run stopped before its last case", file=out)
-    print("\nmedian: per call; spread: interquartile range; vs base: time / the case's first "
-          "method; vs ceil: time / the memory (CPU) or link (GPU) ceiling", file=out)
+    print(FOOTER, file=out)
+    if "GPU time" in columns:
+        print("GPU time: CUDA event time per call", file=out)
+
+
+def _case_note(entry, rows):
+    """What a case's ratios are taken against, and its batches per call."""
+    entry = entry or {}
+    baseline = entry.get("baseline") or next(
+        (r["method"] for r in rows if r.get("ratio_to_baseline") == 1.0), None)
+    ceiling = entry.get("ceiling") or next(
+        (r["method"] for r in rows if r.get("ratio_to_ceiling") == 1.0), None)
+    notes = [f"baseline: {baseline}"] if baseline else []
+    if ceiling:
+        notes.append(f"ceiling: {ceiling}")
+    if entry.get("items"):
+        notes.append(f"{entry['items']} batches per call")
+    return f"  ({'; '.join(notes)})" if notes else ""
+
+
+def _skipped_what(skip):
+    if skip["method"] == "*":
+        return f"every method of {skip['case']}"
+    if skip["case"] == "*":
+        return skip["method"]
+    return f"{skip['method']} in {skip['case']}"
+
+
+def _figures(report) -> list:
+    """The headline ratios of a report, as sentences: the per-call cost of
+    tb.to_numpy(t) and of ToNumpy().transform(t), and collect's per batch."""
+    rows = report["results"]
+    lines = []
+
+    def find(case_start, method):
+        return [r for r in rows if r["case"].startswith(case_start) and r["method"] == method
+                and r.get("ratio_to_baseline") is not None]
+
+    sweep = [r for r in find("cpu float32 ", "tb.to_numpy(t)") if _SWEEP.match(r["case"])]
+    if sweep:
+        ratios = sorted(r["ratio_to_baseline"] for r in sweep)
+        spread = (_format_ratio(ratios[0]) if len(ratios) == 1
+                  else f"{_format_ratio(ratios[0])[:-1]}-{_format_ratio(ratios[-1])}")
+        times = sorted(r["median_s"] for r in sweep)
+        lines.append(f"tb.to_numpy(t) per call: {spread} t.numpy() ({_format_time(times[0])} to "
+                     f"{_format_time(times[-1])}, {len(sweep)} sizes)")
+    for row in find("cpu ToNumpy().transform(t)", "ToNumpy().transform(t)"):
+        lines.append(f"ToNumpy().transform(t) per call: {_format_ratio(row['ratio_to_baseline'])} "
+                     f"t.numpy() ({_format_time(row['median_s'])}, {row['case'][4:]})")
+    for row in find("cpu collect ", "tb.collect(batches)"):
+        if "per_item_s" in row:
+            lines.append(f"tb.collect(batches) per batch: {_format_ratio(row['ratio_to_baseline'])}"
+                         f" t.numpy() per batch ({_format_time(row['per_item_s'])} per batch, "
+                         f"{row['case'][4:]})")
+    return lines
+
+
+# The float32 size sweep's case titles ("cpu float32 4 KiB", "cuda float32 1 GiB").
+_SWEEP = re.compile(r"^(cpu|cuda) float32 \d+ (B|KiB|MiB|GiB)$")
 
 
 def _plot(report, path):
@@ -231,40 +413,95 @@ def _plot(report, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for axis, device in zip(axes, ("cpu", "cuda")):
-        rows = [r for r in report["results"] if r["device"] == device
-                and r["case"].startswith(f"{device} float32") and r.get("bytes_per_s")]
-        for method in dict.fromkeys(r["method"] for r in rows):
-            points = sorted((r["bytes"], r["bytes_per_s"] / 1e9) for r in rows
-                            if r["method"] == method)
-            axis.plot(*zip(*points), marker="o", label=method)
-        axis.set(xscale="log", yscale="log", xlabel="bytes", ylabel="GB/s",
-                 title=f"{device}: throughput against size" + ("" if rows else " (not measured)"))
-        if rows:
-            axis.legend(fontsize=7)
-    figure.tight_layout()
+    figure = _plot_figure(report, plt)
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
+def _plot_figure(report, plt):
+    """The float32 size sweep: a panel of time per call for views, one of GB/s
+    (with the ceiling) for copies, per device measured."""
+    from matplotlib.ticker import (
+        FixedLocator,
+        FuncFormatter,
+        LogLocator,
+        NullFormatter,
+        NullLocator,
+    )
+
+    rows = [r for r in report["results"] if _SWEEP.match(r["case"])]
+    panels = [(device, copies) for device in ("cpu", "cuda") for copies in (False, True)
+              if any(r["device"] == device and r.get("copies", True) == copies for r in rows)]
+    figure, axes = plt.subplots(1, max(len(panels), 1), figsize=(6 * max(len(panels), 1), 5.2),
+                                squeeze=False)
+    axes = axes[0]
+    if not panels:
+        axes[0].text(0.5, 0.5, "no float32 size sweep was measured", ha="center", va="center")
+        axes[0].set_axis_off()
+    for axis, (device, copies) in zip(axes, panels):
+        mine = [r for r in rows if r["device"] == device and r.get("copies", True) == copies]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            points = sorted((r["bytes"], r["bytes_per_s"] / 1e9 if copies else r["median_s"])
+                            for r in mine if r["method"] == method)
+            ceiling = "ceiling" in method
+            axis.plot(*zip(*points), marker="" if ceiling else "o", label=method,
+                      linestyle="--" if ceiling else "-", linewidth=2 if ceiling else 1.5)
+        sizes = sorted({r["bytes"] for r in mine})
+        axis.set_xscale("log")
+        axis.xaxis.set_major_locator(FixedLocator(sizes))
+        axis.xaxis.set_minor_locator(NullLocator())
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _format_bytes(int(x))))
+        axis.set_yscale("log")
+        axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.yaxis.set_minor_formatter(NullFormatter())
+        axis.set_xlabel("tensor size")
+        if copies:
+            axis.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+            axis.set(ylabel="GB/s (higher is better)", title=f"{device}: copies, GB/s")
+        else:
+            axis.yaxis.set_major_formatter(FuncFormatter(lambda y, _: _format_time(y)))
+            axis.set(ylabel="time per call (lower is better)",
+                     title=f"{device}: zero-copy views, time per call")
+        axis.legend(fontsize=7, loc="best")
+    figure.suptitle(_plot_title(report), fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def _plot_title(report):
+    versions, hardware = report.get("versions", {}), report.get("hardware", {})
+    machine = f"{hardware.get('cpu') or '?'} ({hardware.get('cpus') or '?'} cores)"
+    if hardware.get("gpus"):
+        machine += ", " + ", ".join(hardware["gpus"])
+    libraries = ", ".join(f"{name} {versions[name]}" for name in ("tensorbridge", "torch", "numpy")
+                          if versions.get(name))
+    date = (report.get("date") or "date not recorded")[:10]
+    return f"tensorbridge bench, {date}: {machine}; {libraries}"
+
+
 def _info(as_json: bool = False) -> int:
     from . import _bench as bench
-    from ._cuda import cuda_status, pinned_memory_stats
+    from . import cuda_status
 
+    # Nothing here imports torch or scikit-learn (seconds each): versions come
+    # from the installed packages' metadata, CUDA from tensorbridge's own probe.
     versions = bench.versions()
-    torch = sys.modules.get("torch")  # imported by versions() when installed
-    route = None
-    if torch is not None:
-        route = ("the DLPack C exchange API" if hasattr(torch.Tensor, "__dlpack_c_exchange_api__")
-                 else "Tensor.numpy() (this torch has no DLPack C exchange API: torch < 2.10)")
+    route = _torch_route(versions["torch"])
     hardware = bench.hardware()
     cuda = cuda_status()
-    stats = pinned_memory_stats()
-    figures = bench.quick_measurements()
+    if cuda["available"] and sys.stderr.isatty():  # torch's import and the GPU's start: seconds
+        print("tensorbridge info: measuring the GPU link (importing torch) ...", end="\r",
+              file=sys.stderr, flush=True)
+    measured = bench.quick_measurements()
+    if cuda["available"] and sys.stderr.isatty():
+        print(" " * 70, end="\r", file=sys.stderr, flush=True)
+    stats = measured.pop("pinned_pool")
+    pinned = {"available": cuda["available"],
+              "reason": "" if cuda["available"] else
+              f"pinned memory needs a usable CUDA driver: {cuda['reason']}", **stats}
     if as_json:
         print(json.dumps({"versions": versions, "torch_route": route, "hardware": hardware,
-                          "cuda": cuda, "pinned_pool": stats, "measurements": figures},
+                          "cuda": cuda, "pinned_pool": pinned, "measurements": measured},
                          indent=2, default=str))
         return 0
     print("versions:")
@@ -273,20 +510,37 @@ def _info(as_json: bool = False) -> int:
     if route is not None:
         print(f"torch tensors: C fast path over {route}")
     print(f"cpu: {hardware['cpu']} ({hardware['cpus']} cores), memory "
-          f"{(hardware['memory_bytes'] or 0) / 2**30:.1f} GiB")
+          f"{_format_bytes(hardware['memory_bytes'] or 0)}")
     if cuda["available"]:
         print(f"CUDA driver: {cuda['driver_version']} from {cuda['library']}")
         for index, name in enumerate(hardware["gpus"]):
             print(f"  cuda:{index} {name}")
-        print(f"pinned pool: limit {stats['limit_bytes'] / 2**30:.2f} GiB, reserved "
-              f"{stats['reserved_bytes']} B, in use {stats['in_use_bytes']} B")
+        limit = stats["limit_bytes"]
+        print(f"pinned pool: limit {_format_bytes(limit) if limit < 2**63 else 'none'}, "
+              f"reserved {_format_bytes(stats['reserved_bytes'])}, "
+              f"in use {_format_bytes(stats['in_use_bytes'])}")
     else:
         print(f"CUDA: unusable, CPU conversions only: {cuda['reason']}")
-        print("pinned pool: none (pinned memory needs a usable CUDA driver)")
-    print(f"host memcpy: {figures['host_memcpy_GB_per_s']:.1f} GB/s")
-    if "device_to_pinned_GB_per_s" in figures:
-        print(f"GPU -> pinned: {figures['device_to_pinned_GB_per_s']:.1f} GB/s")
+        print(f"pinned memory: none, since CUDA is unusable: {cuda['reason']}")
+    print(f"host memcpy: {measured['host_memcpy_GB_per_s']:.1f} GB/s")
+    if "device_to_pinned_GB_per_s" in measured:
+        print(f"GPU -> pinned: {measured['device_to_pinned_GB_per_s']:.1f} GB/s")
     return 0
+
+
+def _torch_route(version):
+    """How tensorbridge reads this torch's tensors: the DLPack C exchange API
+    from torch 2.10 on, Tensor.numpy() before (or None without torch)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:  # imported already: ask it
+        has_api = hasattr(torch.Tensor, "__dlpack_c_exchange_api__")
+    elif version is None:
+        return None
+    else:
+        match = re.match(r"(\d+)\.(\d+)", version)
+        has_api = bool(match) and (int(match[1]), int(match[2])) >= (2, 10)
+    return ("the DLPack C exchange API" if has_api
+            else "Tensor.numpy() (this torch has no DLPack C exchange API: torch < 2.10)")
 
 
 if __name__ == "__main__":

@@ -110,9 +110,8 @@ CUresult enter(const char* name) {
   return kSuccess;
 }
 
-#define ENTER(name)                           \
-  if (CUresult r = enter(name); r != kSuccess) \
-    return r;                                 \
+#define ENTER(name)                                      \
+  if (CUresult r = enter(name); r != kSuccess) return r; \
   if (!g_initialized) return kNotInitialized;
 #define NEED_CONTEXT \
   if (t_current == nullptr) return misuse("no current context", kInvalidContext);
@@ -150,7 +149,9 @@ char* device_alias(CUdeviceptr ptr, size_t bytes) {
   return it->second.alias + (ptr - it->first);
 }
 
-bool in_device_memory(const void* host) { return device_alias(reinterpret_cast<uintptr_t>(host), 1); }
+bool in_device_memory(const void* host) {
+  return device_alias(reinterpret_cast<uintptr_t>(host), 1);
+}
 
 bool is_pinned(const void* host, size_t bytes) {
   const auto p = reinterpret_cast<uintptr_t>(host);
@@ -251,9 +252,9 @@ Stream* stream_of(void* handle) {
 }
 
 struct Event {
-  int device = 0;           // of the context it was created in
+  int device = 0;  // of the context it was created in
   unsigned flags = 0;
-  bool destroyed = false;   // guarded by g_mutex; never freed, so use after destroy is seen
+  bool destroyed = false;  // guarded by g_mutex; never freed, so use after destroy is seen
   std::mutex mutex;
   std::condition_variable changed;
   uint64_t recorded = 0;   // sequence number of the latest record
@@ -326,13 +327,18 @@ CUresult cuDriverGetVersion(int* version) {
 }
 
 CUresult cuGetErrorName(CUresult error, const char** text) {
-  static const std::map<CUresult, const char*> names = {
-      {0, "CUDA_SUCCESS"}, {1, "CUDA_ERROR_INVALID_VALUE"}, {2, "CUDA_ERROR_OUT_OF_MEMORY"},
-      {3, "CUDA_ERROR_NOT_INITIALIZED"}, {100, "CUDA_ERROR_NO_DEVICE"},
-      {101, "CUDA_ERROR_INVALID_DEVICE"}, {201, "CUDA_ERROR_INVALID_CONTEXT"},
-      {400, "CUDA_ERROR_INVALID_HANDLE"}, {500, "CUDA_ERROR_NOT_FOUND"},
-      {600, "CUDA_ERROR_NOT_READY"}, {700, "CUDA_ERROR_ILLEGAL_ADDRESS"},
-      {999, "CUDA_ERROR_UNKNOWN"}};
+  static const std::map<CUresult, const char*> names = {{0, "CUDA_SUCCESS"},
+                                                        {1, "CUDA_ERROR_INVALID_VALUE"},
+                                                        {2, "CUDA_ERROR_OUT_OF_MEMORY"},
+                                                        {3, "CUDA_ERROR_NOT_INITIALIZED"},
+                                                        {100, "CUDA_ERROR_NO_DEVICE"},
+                                                        {101, "CUDA_ERROR_INVALID_DEVICE"},
+                                                        {201, "CUDA_ERROR_INVALID_CONTEXT"},
+                                                        {400, "CUDA_ERROR_INVALID_HANDLE"},
+                                                        {500, "CUDA_ERROR_NOT_FOUND"},
+                                                        {600, "CUDA_ERROR_NOT_READY"},
+                                                        {700, "CUDA_ERROR_ILLEGAL_ADDRESS"},
+                                                        {999, "CUDA_ERROR_UNKNOWN"}};
   auto it = names.find(error);
   if (it == names.end()) {
     *text = nullptr;
@@ -344,11 +350,17 @@ CUresult cuGetErrorName(CUresult error, const char** text) {
 
 CUresult cuGetErrorString(CUresult error, const char** text) {
   static const std::map<CUresult, const char*> texts = {
-      {0, "no error"}, {1, "invalid argument"}, {2, "out of memory"},
-      {3, "initialization error"}, {100, "no CUDA-capable device is detected"},
-      {101, "invalid device ordinal"}, {201, "invalid device context"},
-      {400, "invalid resource handle"}, {500, "named symbol not found"},
-      {600, "device not ready"}, {700, "an illegal memory access was encountered"},
+      {0, "no error"},
+      {1, "invalid argument"},
+      {2, "out of memory"},
+      {3, "initialization error"},
+      {100, "no CUDA-capable device is detected"},
+      {101, "invalid device ordinal"},
+      {201, "invalid device context"},
+      {400, "invalid resource handle"},
+      {500, "named symbol not found"},
+      {600, "device not ready"},
+      {700, "an illegal memory access was encountered"},
       {999, "unknown error"}};
   auto it = texts.find(error);
   if (it == texts.end()) {
@@ -649,14 +661,32 @@ CUresult cuStreamWaitEvent(void* stream, Event* event, unsigned flags) {
 const std::unordered_map<std::string, void*>& entry_points() {
   static const std::unordered_map<std::string, void*> table = {
 #define ENTRY(name) {#name, reinterpret_cast<void*>(&name)}
-      ENTRY(cuInit), ENTRY(cuDriverGetVersion), ENTRY(cuGetErrorName), ENTRY(cuGetErrorString),
-      ENTRY(cuDeviceGetCount), ENTRY(cuDeviceGet), ENTRY(cuDeviceGetName),
-      ENTRY(cuDevicePrimaryCtxRetain), ENTRY(cuDevicePrimaryCtxRelease), ENTRY(cuCtxGetCurrent),
-      ENTRY(cuCtxSetCurrent), ENTRY(cuMemHostAlloc), ENTRY(cuMemFreeHost), ENTRY(cuMemAlloc),
-      ENTRY(cuMemFree), ENTRY(cuMemcpyDtoHAsync), ENTRY(cuMemcpyHtoDAsync),
-      ENTRY(cuMemcpyBatchAsync), ENTRY(cuStreamCreate), ENTRY(cuStreamDestroy),
-      ENTRY(cuStreamSynchronize), ENTRY(cuEventCreate), ENTRY(cuEventDestroy),
-      ENTRY(cuEventRecord), ENTRY(cuEventQuery), ENTRY(cuEventSynchronize),
+      ENTRY(cuInit),
+      ENTRY(cuDriverGetVersion),
+      ENTRY(cuGetErrorName),
+      ENTRY(cuGetErrorString),
+      ENTRY(cuDeviceGetCount),
+      ENTRY(cuDeviceGet),
+      ENTRY(cuDeviceGetName),
+      ENTRY(cuDevicePrimaryCtxRetain),
+      ENTRY(cuDevicePrimaryCtxRelease),
+      ENTRY(cuCtxGetCurrent),
+      ENTRY(cuCtxSetCurrent),
+      ENTRY(cuMemHostAlloc),
+      ENTRY(cuMemFreeHost),
+      ENTRY(cuMemAlloc),
+      ENTRY(cuMemFree),
+      ENTRY(cuMemcpyDtoHAsync),
+      ENTRY(cuMemcpyHtoDAsync),
+      ENTRY(cuMemcpyBatchAsync),
+      ENTRY(cuStreamCreate),
+      ENTRY(cuStreamDestroy),
+      ENTRY(cuStreamSynchronize),
+      ENTRY(cuEventCreate),
+      ENTRY(cuEventDestroy),
+      ENTRY(cuEventRecord),
+      ENTRY(cuEventQuery),
+      ENTRY(cuEventSynchronize),
       ENTRY(cuStreamWaitEvent),
 #undef ENTRY
   };

@@ -4,6 +4,12 @@ Imported only when used (``from tensorbridge.sklearn import ...``): importing
 tensorbridge itself pulls in neither scikit-learn nor torch.
 """
 
+try:
+    import sklearn  # noqa: F401
+except ImportError as error:
+    raise ImportError("tensorbridge.sklearn needs scikit-learn, which is not installed: "
+                      "pip install 'tensorbridge[sklearn]' (or scikit-learn>=1.6)") from error
+
 from ._augmented import AugmentedEstimator
 from ._to_numpy import ToNumpy
 from ._torch_transformer import TorchTransformer

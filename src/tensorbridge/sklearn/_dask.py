@@ -302,6 +302,8 @@ class _Shipped:
             import cloudpickle
 
             state, modules = copy.copy(self._estimator), {}
+            # A skorch net's trained clone: transform runs module_ (its module), never it.
+            vars(state).pop("net_", None)
             for field in _MODULE_FIELDS:
                 if _is_torch_module(vars(state).get(field)):
                     modules[field] = vars(state).pop(field)

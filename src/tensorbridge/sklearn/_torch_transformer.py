@@ -1,58 +1,128 @@
-"""TorchTransformer: a torch module or function as a scikit-learn transformer."""
+"""TorchTransformer: a torch module or function as a scikit-learn transformer.
+
+How X travels: ``_read`` is the one place where the kind of input is told
+apart (arrays and tensors, dicts of them, torch Datasets and DataLoaders);
+it returns an ``_Input`` that yields batches. Each batch is staged on the
+module's device in memory the caller does not own (a reused buffer on the
+CPU, fresh device memory on a GPU), run through the module, flattened, and
+written into the result: one NumPy array (``collect``, or on a GPU an array
+filled by overlapped downloads), or under scikit-learn's array API dispatch a
+tensor preallocated on X's device.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+import itertools
+import sys
+import time
 from numbers import Integral
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.base import _fit_context
-from sklearn.utils._param_validation import Interval
-from sklearn.utils.validation import check_is_fitted, validate_data
+from scipy.sparse import issparse
+from sklearn import get_config
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+    clone,
+)
+from sklearn.utils._param_validation import Interval, InvalidParameterError
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from .._collect import collect
-from .._core import to_numpy  # the native fast path, as tensorbridge.to_numpy
+from .. import collect, to_device, to_numpy, to_numpy_async
 from . import _dask
 from ._to_numpy import is_tensor_like
 
 _WIDENED_OUTPUTS = ("bfloat16", "float8")  # dtypes NumPy lacks: returned as float32
+_NAME = "TorchTransformer"
 
 
 class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Run a torch module (or any function of a tensor) over ``X`` in batches.
 
-    ``fit`` validates ``X``, records ``n_features_in_`` (and
-    ``feature_names_in_``) and places a copy of the module on the device as
-    ``module_``: the module you pass is never moved or changed. ``transform``
-    runs ``module_`` in eval mode under ``torch.inference_mode()`` over batches
-    of ``X`` cast to ``dtype``, and writes one NumPy array batch by batch
-    (outputs of any rank are flattened per sample).
+    ``fit`` validates ``X``, records the per-sample shape (``sample_shape_in_``,
+    ``n_features_in_``, ``feature_names_in_``) and places a copy of the module
+    on the device as ``module_``. ``transform`` runs ``module_`` in eval mode
+    under ``torch.inference_mode()`` over batches of ``X`` cast to ``dtype``
+    and writes one NumPy array batch by batch (outputs of any rank are
+    flattened per sample). On a GPU, uploads, compute and downloads overlap.
+
+    What is copied, and when:
+
+    - ``clone`` (and so every fold of ``cross_val_score`` or ``GridSearchCV``)
+      shares ``module`` with the original: ``TorchTransformer`` never changes
+      it. A skorch net is cloned as scikit-learn clones it (each fold trains
+      its own).
+    - ``fit`` copies the module once, straight onto ``device`` (and into
+      ``dtype`` when given): ``module_``. Your module is never moved or
+      changed, and later changes to it do not reach ``module_``.
+    - ``transform`` copies each batch once into memory the module owns (a
+      buffer reused from batch to batch on the CPU, device memory on a GPU),
+      so even a module that works in place (``nn.ReLU(inplace=True)``,
+      ``x.mul_(2)``) never changes your ``X``.
+    - A pickle holds the weights once when ``module_`` still equals ``module``
+      (then ``module_`` is made again on load), both otherwise.
 
     Parameters
     ----------
-    module : torch.nn.Module or callable
-        Maps a float tensor of shape (batch, n_features) to a tensor whose
-        first dimension is the batch (or a tuple/dict of them: see ``output``).
+    module : torch.nn.Module, callable or skorch.NeuralNet
+        Maps a float tensor of shape (batch, *sample_shape) (or keyword
+        tensors, for a dict ``X``) to a tensor whose first dimension is the
+        batch (or a tuple/dict of them: see ``output``). A skorch
+        ``NeuralNet`` (the ``skorch`` extra) is cloned and trained by ``fit``
+        on ``X, y`` (floating arrays in torch's default dtype, float32) under
+        its own ``device``; ``transform`` runs the trained ``net.module_`` on
+        this transformer's ``device``. Its parameters are grid keys: ``module__lr``,
+        ``module__max_epochs``.
     batch_size : int, default=1024
-        Rows per forward call.
+        Rows per forward call (a DataLoader ``X`` keeps its own batches).
     device : str or torch.device, default="auto"
-        Where ``module_`` runs: "auto" means CUDA when available, else the CPU.
+        Where ``module_`` runs: "auto" means CUDA when available, else the
+        CPU. A device torch cannot use here is a ``ValueError``.
     dtype : torch.dtype or str, default=None
         The dtype ``X`` is cast to (and a module's floating parameters, when
         given). Default: the module's parameter dtype, float32 without any.
+        Outputs in bfloat16 or a float8 dtype (``dtype=torch.bfloat16``, say)
+        are returned as float32, which holds each of their values exactly.
     output : int or str, default=None
         Which element of a tuple (int) or dict (str) output to keep.
+    verbose : int, default=0
+        1: every ``transform`` writes one updating progress line to stderr
+        (batches done of the total, rows per second), then a summary line.
+    layer : str, default=None
+        The dotted name of a submodule (as in ``module.named_modules()``)
+        whose output is the result; the forward pass stops there. A name the
+        module lacks is a ``ValueError`` listing the names it has.
 
     Attributes
     ----------
-    module_ : the placed copy of ``module``.
+    module_ : torch.nn.Module or callable
+        The placed copy of ``module`` (a skorch net's trained module).
+    net_ : skorch.NeuralNet
+        The trained clone of a skorch ``module``.
     device_ : torch.device
     dtype_ : torch.dtype
+    sample_shape_in_ : tuple, or dict of tuples for a dict ``X``
+        The shape of one sample seen at fit; ``transform`` requires the same.
     n_features_in_ : int
+        The size of the first per-sample dimension.
     feature_names_in_ : ndarray of str, when ``X`` has string column names.
     n_features_out_ : int, width of the flattened output.
+
+    Notes
+    -----
+    ``X`` may be a NumPy array or array-like, a pandas DataFrame, a torch
+    tensor (any device), a CuPy array, a dict of equally long arrays (passed
+    to the module as keyword arguments), a ``torch.utils.data.Dataset`` or a
+    ``DataLoader`` whose items are tensors or tuples led by the input. The
+    result has one row per sample, in order. With
+    ``sklearn.set_config(array_api_dispatch=True)`` a torch (CuPy) ``X``
+    gives a torch tensor (CuPy array) on ``X``'s device, unless
+    ``set_output`` asks for a container.
 
     Examples
     --------
@@ -61,37 +131,67 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     >>> t = TorchTransformer(torch.nn.Linear(3, 2), device="cpu").fit(np.ones((4, 3)))
     >>> t.transform(np.ones((5, 3))).shape
     (5, 2)
+    >>> t.sample_shape_in_
+    (3,)
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    >>> TorchTransformer(mlp, layer="1").fit_transform(np.ones((5, 3))).shape
+    (5, 8)
     """
 
     _parameter_constraints: dict = {
-        "module": [callable],
+        "module": "no_validation",  # a callable or a skorch net: checked in fit
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": "no_validation",  # checked in fit, where torch is imported
         "dtype": "no_validation",
         "output": [None, Integral, str],
+        "verbose": ["verbose"],
+        "layer": [None, str],
     }
 
-    def __init__(self, module, *, batch_size=1024, device="auto", dtype=None, output=None):
+    def __init__(self, module, *, batch_size=1024, device="auto", dtype=None, output=None,
+                 verbose=0, layer=None):
         self.module = module
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
         self.output = output
+        self.verbose = verbose
+        self.layer = layer
 
     # -- fitting -----------------------------------------------------------------
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Validate ``X`` and place a copy of the module on the device."""
+    def fit(self, X, y=None, **fit_params):
+        """Validate ``X``, record its sample shape, place a copy of the module
+        on the device (a skorch net: train a clone of it on ``X, y`` first).
+
+        ``fit_params`` go to a skorch net's ``fit``; other modules take none.
+        """
         if _dask.is_dask_collection(X):  # metadata and one row only: see _dask.py
-            return _dask.fit(self, X, y)
+            return _dask.fit(self, X, y, **fit_params)
         import torch
 
+        net = _is_skorch_net(self.module)
+        if not net and not callable(self.module):
+            raise InvalidParameterError(
+                f"The 'module' parameter of {_NAME} must be a callable. Got {self.module!r} "
+                "instead. Pass a torch.nn.Module, a function of a tensor or a skorch NeuralNet.")
+        if fit_params and not net:
+            raise TypeError(f"{_NAME}.fit: got fit parameters {sorted(fit_params)}, but only a "
+                            "skorch net as module takes any")
         self.device_ = self._resolve_device(torch)
-        self.dtype_ = self._resolve_dtype(torch)
-        X = self._validate(X, reset=True)
-        self.module_ = self._place_module(torch)
-        self.n_features_out_ = self._run(torch, X[:1]).shape[1]  # fails early on a broken module
+        source = self._read(X, reset=True)
+        if net:
+            self.net_ = self._train(torch, X, source, y, fit_params)
+            trained = self.net_.module_
+        else:
+            self.__dict__.pop("net_", None)
+            trained = self.module
+        self.dtype_ = self._resolve_dtype(torch, trained)
+        self._check_layer(torch, trained)
+        self.module_ = self._place(torch, trained)
+        # One row through the module: a broken module fails here, not in transform.
+        self.n_features_out_ = self._run(torch, source.head(), None, quiet=True).shape[1]
         return self
 
     def _resolve_device(self, torch):
@@ -100,179 +200,406 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError, ValueError) as error:
-            raise ValueError(f"TorchTransformer: device={self.device!r} is not a torch device; "
+            raise ValueError(f"{_NAME}: device={self.device!r} is not a torch device; "
                              "use 'auto', 'cpu' or 'cuda:N'") from error
         if device.type == "cuda":
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if (device.index or 0) >= count:
-                raise ValueError(f"TorchTransformer: device={self.device!r} does not exist here "
+                raise ValueError(f"{_NAME}: device={self.device!r} does not exist here "
                                  f"({count} CUDA devices); use device='auto' or 'cpu'")
+        elif device.type == "meta":
+            raise ValueError(f"{_NAME}: device={self.device!r} holds no data, so no features "
+                             "can come from it; use 'auto', 'cpu' or 'cuda:N'")
+        elif device.type != "cpu":
+            try:  # mps, xpu, ...: only torch knows whether this build and machine have one
+                torch.empty(1, device=device)
+            except Exception as error:  # torch raises several kinds
+                raise ValueError(f"{_NAME}: device={self.device!r} cannot be used here (torch "
+                                 f"says: {str(error).splitlines()[0]}); use 'auto', 'cpu' or "
+                                 "'cuda:N'") from error
         return device
 
-    def _resolve_dtype(self, torch):
+    def _resolve_dtype(self, torch, module):
         if self.dtype is None:
-            parameter = _first_parameter(self.module)
+            parameter = _first_parameter(module)
             return parameter.dtype if parameter is not None else torch.float32
         dtype = self.dtype
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype.removeprefix("torch."), None)
         if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
-            raise ValueError(f"TorchTransformer: dtype={self.dtype!r} is not a torch floating "
+            raise ValueError(f"{_NAME}: dtype={self.dtype!r} is not a torch floating "
                              "dtype; use for example torch.float32 or 'float64'")
         return dtype
 
-    def _place_module(self, torch):
-        if not isinstance(self.module, torch.nn.Module):
-            return self.module  # a plain function: nothing to place
-        module = copy.deepcopy(self.module).to(self.device_)
-        if self.dtype is not None:
-            module = module.to(self.dtype_)
-        return module.eval()
+    def _place(self, torch, module):
+        """module_: a copy of `module` on device_ (in dtype_ when asked), or a
+        skorch net's own trained module where it already is."""
+        cast = self.dtype_ if self.dtype is not None else None
+        shared = getattr(self, "net_", None) is not None and module is self.net_.module_
+        return _placed(torch, module, self.device_, cast, shared)
 
-    def _validate(self, X, reset):
-        """X as a NumPy array of 2 or more dimensions (or a CUDA tensor, checked where it is)."""
-        if is_tensor_like(X):
-            import torch
+    def _check_layer(self, torch, module):
+        if self.layer is None:
+            return
+        if not isinstance(module, torch.nn.Module):
+            raise ValueError(f"{_NAME}: layer={self.layer!r} needs a torch.nn.Module, but module "
+                             f"is a {type(module).__name__}; leave layer=None")
+        names = [name for name, _ in module.named_modules() if name]
+        if self.layer not in names:
+            listed = ", ".join(repr(name) for name in names) if names else "none"
+            raise ValueError(f"{_NAME}: layer={self.layer!r} is not a submodule of "
+                             f"{type(module).__name__}; its submodules are: {listed}")
 
-            if isinstance(X, torch.Tensor) and X.is_cuda:
-                return self._validate_cuda(X, reset)
-            X = to_numpy(X)
-        # Images and other N-d samples are welcome: the module sees them as they are.
-        return validate_data(self, X, reset=reset, dtype="numeric", ensure_min_samples=1,
-                             allow_nd=True)
+    def _train(self, torch, X, source, y, fit_params):
+        """A clone of the skorch net, fitted on X (as validated) and y."""
+        if source.kind == "loader":
+            raise TypeError(f"{_NAME}: a skorch net trains on arrays, dicts or a Dataset, not a "
+                            "DataLoader (skorch makes its own); pass loader.dataset")
+        data = X
+        if source.kind == "array":
+            data = source.data
+            if isinstance(data, np.ndarray) and data.dtype.kind == "f":
+                data = data.astype(self._numpy_dtype(torch), copy=False)
+        elif source.kind == "dict":
+            data = dict(source.data)
+        net = clone(self.module)
+        net.fit(data, y, **fit_params)
+        return net
 
-    def _validate_cuda(self, X, reset):
+    @staticmethod
+    def _numpy_dtype(torch):
+        """The NumPy dtype of floating X for a skorch net's training: torch's
+        default dtype, the one a module's parameters are made in."""
+        return to_numpy(torch.empty(0, dtype=torch.get_default_dtype())).dtype
+
+    # -- reading X: the one place where the kind of input is told apart ------------
+
+    def _read(self, X, reset):
+        """X as an `_Input`; records (reset) or checks its per-sample shape."""
+        data_module = sys.modules.get("torch.utils.data")
+        if data_module is not None and isinstance(X, data_module.DataLoader):
+            source = _loader_input(X, data_module)
+        elif data_module is not None and isinstance(X, data_module.TensorDataset):
+            source = self._array_input(X.tensors[0], reset)  # its input tensor, as it is
+        elif data_module is not None and isinstance(X, data_module.Dataset):
+            source = _dataset_input(X, data_module)
+        elif isinstance(X, dict) and not issparse(X):  # a DOK matrix is a dict too
+            source = self._dict_input(X)
+        else:
+            source = self._array_input(X, reset)
+        if source.kind != "array" and reset:
+            self._record_features(source.sample_shape)
+        self._record_or_check_shape(source.sample_shape, reset)
+        return source
+
+    def _array_input(self, X, reset):
+        """An array or tensor of 2 or more dimensions, validated as scikit-learn does
+        (a CUDA tensor where it is)."""
+        X = _on_device(X)
+        shape = getattr(X, "shape", None)
+        if not reset and shape is not None and len(shape) >= 2:
+            self._check_shape(tuple(shape[1:]))  # before scikit-learn's width check: names both
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(X, torch.Tensor) and X.device.type != "cpu":
+            self._validate_device_tensor(X, reset)
+        else:
+            if is_tensor_like(X):
+                X = to_numpy(X)
+            # Images and other N-d samples are welcome: the module sees them as they are.
+            X = validate_data(self, X, reset=reset, dtype="numeric", ensure_min_samples=1,
+                              allow_nd=True)
+        return _Input("array", X, X.shape[0], tuple(X.shape[1:]))
+
+    def _validate_device_tensor(self, X, reset):
         import torch
 
-        name = type(self).__name__
         if X.ndim < 2:
-            raise ValueError(f"{name}: expected X of at least 2 dimensions, got a tensor of "
+            raise ValueError(f"{_NAME}: expected X of at least 2 dimensions, got a tensor of "
                              f"shape {tuple(X.shape)}; reshape it to (n_samples, n_features)")
         if X.shape[0] < 1:
-            raise ValueError(f"{name}: X has 0 samples; at least 1 is required")
+            raise ValueError(f"{_NAME}: X has 0 samples; at least 1 is required")
         if reset:
             self.n_features_in_ = X.shape[1]
+            self.__dict__.pop("feature_names_in_", None)
         elif X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {name} is expecting "
+            raise ValueError(f"X has {X.shape[1]} features, but {_NAME} is expecting "
                              f"{self.n_features_in_} features as input.")
         if X.is_floating_point() and not bool(torch.isfinite(X).all()):
-            raise ValueError(f"{name}: X contains NaN or infinity; {name} does not accept "
+            raise ValueError(f"{_NAME}: X contains NaN or infinity; {_NAME} does not accept "
                              "missing values: impute them first")
-        return X
+
+    def _dict_input(self, X):
+        if not X:
+            raise ValueError(f"{_NAME}: X is an empty dict; pass {{name: array}} with one "
+                             "array per input of the module")
+        columns, lengths = {}, {}
+        for name, value in X.items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise TypeError(f"{_NAME}: X is a dict, so its keys are the module's keyword "
+                                f"arguments, but key {name!r} is not a Python name")
+            value = _on_device(value)
+            torch = sys.modules.get("torch")
+            if torch is not None and isinstance(value, torch.Tensor) and value.device.type != "cpu":
+                if value.ndim < 1:
+                    raise ValueError(f"{_NAME}: X[{name!r}] is 0-d; every input needs a leading "
+                                     "(sample) dimension")
+            else:
+                if is_tensor_like(value):
+                    value = to_numpy(value)
+                if np.ndim(value) < 1:
+                    raise ValueError(f"{_NAME}: X[{name!r}] is 0-d; every input needs a "
+                                     "leading (sample) dimension")
+                value = check_array(value, dtype="numeric", ensure_2d=False, allow_nd=True,
+                                    input_name=f"X[{name!r}]")
+            columns[name], lengths[name] = value, value.shape[0]
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"{_NAME}: the arrays of X have different lengths {lengths}; every "
+                             "input needs one row per sample")
+        n = next(iter(lengths.values()))
+        if n < 1:
+            raise ValueError(f"{_NAME}: X has 0 samples; at least 1 is required")
+        return _Input("dict", columns, n, {name: tuple(v.shape[1:]) for name, v in columns.items()})
+
+    def _record_features(self, shape):
+        """n_features_in_ for the inputs scikit-learn's validation does not see."""
+        self.__dict__.pop("feature_names_in_", None)
+        if isinstance(shape, tuple):
+            self.n_features_in_ = shape[0] if shape else 1
+        else:  # a dict: no single width
+            self.__dict__.pop("n_features_in_", None)
+
+    def _record_or_check_shape(self, shape, reset):
+        if reset:
+            self.sample_shape_in_ = shape
+        elif shape is not None:
+            self._check_shape(shape)
+
+    def _check_shape(self, shape, batch=None):
+        expected = getattr(self, "sample_shape_in_", None)  # None: pickled before it existed
+        if expected is None or shape == expected:
+            return
+        where = "" if batch is None else f" (batch {batch})"
+        if isinstance(expected, dict) or isinstance(shape, dict):
+            raise ValueError(f"{_NAME}: X{where} has samples of shape {_describe(shape)}, but "
+                             f"{_NAME} was fitted on samples of shape {_describe(expected)}; "
+                             "pass X of the kind and shape it was fitted on, or fit again")
+        width = "" if not shape or not expected or shape[0] == expected[0] else (
+            f"X has {shape[0]} features, but {_NAME} is expecting {expected[0]} features as "
+            "input. ")  # scikit-learn's sentence, for the first dimension
+        raise ValueError(f"{width}{_NAME}: X{where} has samples of shape {shape}, but {_NAME} "
+                         f"was fitted on samples of shape {expected}; pass X of that shape, or "
+                         "fit again")
 
     # -- transforming --------------------------------------------------------------
 
     def transform(self, X):
-        """Run ``module_`` over ``X`` in batches; returns a 2-D NumPy array
-        (a lazy dask array for a dask array or Dask DataFrame)."""
+        """Run ``module_`` over ``X`` in batches; returns a 2-D NumPy array (a
+        tensor on ``X``'s device under array API dispatch: see Notes; a lazy
+        dask array for a dask array or Dask DataFrame)."""
         if _dask.is_dask_collection(X):
             return _dask.transform(self, X, self.batch_size)
         import torch
 
         check_is_fitted(self)
-        return self._run(torch, self._validate(X, reset=False))
+        target = self._array_api_target(torch, X)
+        source = self._read(X, reset=False)
+        return self._run(torch, source, target)
 
-    def _run(self, torch, X):
-        if self.device_.type == "cuda":
-            return self._run_pipelined(torch, X)
-        module, batch_size = self.module_, self.batch_size
+    def _array_api_target(self, torch, X):
+        """(namespace, device) of the result under scikit-learn's array API
+        dispatch, or None for a NumPy result."""
+        if not get_config().get("array_api_dispatch", False):
+            return None
+        wanted = getattr(self, "_sklearn_output_config", {}).get(
+            "transform", get_config().get("transform_output", "default"))
+        if wanted != "default":  # set_output asked for a container: NumPy goes into it
+            return None
+        if isinstance(X, torch.Tensor):
+            return "torch", X.device
+        if type(X).__module__.split(".")[0] == "cupy" and torch.cuda.is_available():
+            return "cupy", torch.device("cuda", X.device.id)
+        return None
 
-        def outputs():
-            with torch.inference_mode():
-                for start in range(0, X.shape[0], batch_size):
-                    batch = self._to_device(torch, X[start:start + batch_size])
-                    try:
-                        result = module(batch)
-                    except Exception as error:
-                        raise RuntimeError(
-                            f"TorchTransformer: the module raised {type(error).__name__} on a "
-                            f"batch of shape {tuple(batch.shape)} {batch.dtype} on "
-                            f"{batch.device}: {error}") from error
-                    yield self._flatten(torch, self._select(result), batch.shape[0])
+    def _run(self, torch, source, target, quiet=False):
+        progress = _Progress(source.batch_count(self.batch_size),
+                             enabled=self.verbose > 0 and not quiet)
+        try:
+            if target is not None:
+                result = self._fill(torch, self._outputs(torch, source, progress), source,
+                                    target[1])
+                return result if target[0] == "torch" else _cupy().from_dlpack(result)
+            if self.device_.type == "cuda" and source.n_samples is not None:
+                return self._run_pipelined(torch, source, progress)
+            return collect(self._outputs(torch, source, progress))
+        finally:
+            progress.close()
 
-        return collect(outputs())
+    def _outputs(self, torch, source, progress):
+        """The flattened output of each batch, computed on device_."""
+        staging = {}
+        with torch.inference_mode(), self._layer_capture(torch) as capture:
+            for batch, rows, owned in source.batches(self.batch_size):
+                inputs = _map(batch, lambda value, name, owned=owned: self._stage(
+                    torch, value, owned, staging, name))
+                yield self._flatten(torch, self._select(self._forward(inputs, capture)), rows)
+                progress.step(rows)
 
-    def _run_pipelined(self, torch, X):
+    @staticmethod
+    def _fill(torch, outputs, source, device):
+        """The outputs written batch by batch into one tensor on `device`."""
+        result, start = None, 0
+        for output in outputs:
+            if result is None:
+                result = torch.empty((source.n_samples, output.shape[1]), dtype=output.dtype,
+                                     device=device)
+            result[start:start + output.shape[0]].copy_(output)
+            start += output.shape[0]
+        return result
+
+    def _run_pipelined(self, torch, source, progress):
         """On a GPU: while batch k computes, batch k+1 is uploaded on one side
         stream and batch k-1's output downloaded on another, straight into its
         rows of the result."""
-        from .._cuda import to_device
-        from .._convert import to_numpy_async
-
-        device, batch_size = self.device_, self.batch_size
+        device, n = self.device_, source.n_samples
         compute = torch.cuda.current_stream(device)
         upload, download = torch.cuda.Stream(device), torch.cuda.Stream(device)
+        batches = source.batches(self.batch_size)
 
-        def send(start):
-            batch = X[start:start + batch_size]
+        def send():
+            item = next(batches, None)
+            if item is None:
+                return None
+            batch, rows, _ = item
             with torch.cuda.stream(upload):
-                if isinstance(batch, torch.Tensor):
-                    return batch.to(device=device, dtype=self.dtype_, non_blocking=True)
-                return to_device(batch, device, dtype=self.dtype_, stream=upload)
+                return _map(batch, lambda value, name: self._upload(torch, value, upload)), rows
 
-        result, transfers = None, []
-        incoming = send(0)
-        with torch.inference_mode():
-            for start in range(0, X.shape[0], batch_size):
+        result, transfers, start = None, [], 0
+        upload.wait_stream(compute)  # X may still be being written on the current stream
+        incoming = send()
+        with torch.inference_mode(), self._layer_capture(torch) as capture:
+            while incoming is not None:
                 compute.wait_stream(upload)
-                batch = incoming
-                batch.record_stream(compute)  # allocated on `upload`, used here
-                if start + batch_size < X.shape[0]:
-                    incoming = send(start + batch_size)
-                try:
-                    output = self.module_(batch)
-                except Exception as error:
-                    raise RuntimeError(
-                        f"TorchTransformer: the module raised {type(error).__name__} on a "
-                        f"batch of shape {tuple(batch.shape)} {batch.dtype} on {device}: "
-                        f"{error}") from error
-                output = self._flatten(torch, self._select(output), batch.shape[0])
+                batch, rows = incoming
+                for tensor in _values(batch):
+                    tensor.record_stream(compute)  # allocated on `upload`, used here
+                incoming = send()
+                output = self._flatten(torch, self._select(self._forward(batch, capture)), rows)
+                if start + rows > n:
+                    raise ValueError(f"{_NAME}: X brought more than the {n} samples its length "
+                                     "announced")
                 if result is None:
-                    from .._dtypes import numpy_dtype
-
-                    result = np.empty((X.shape[0], output.shape[1]), numpy_dtype(output.dtype))
+                    dtype = to_numpy(torch.empty(0, dtype=output.dtype)).dtype
+                    result = np.empty((n, output.shape[1]), dtype)
                 download.wait_stream(compute)
                 output.record_stream(download)
-                rows = result[start:start + output.shape[0]]
                 with torch.cuda.stream(download):  # its own current stream: compute never waits
-                    transfers.append(to_numpy_async(output, out=rows))
+                    transfers.append(to_numpy_async(output, out=result[start:start + rows]))
+                start += rows
+                progress.step(rows)
         for transfer in transfers:
             transfer.wait()
+        if start != n:
+            raise ValueError(f"{_NAME}: X brought {start} samples, but its length said {n}")
         return result
 
-    def _to_device(self, torch, batch):
-        if isinstance(batch, np.ndarray):
-            if not batch.flags.writeable:  # torch warns on read-only memory
-                batch = batch.copy()
-            batch = torch.from_numpy(batch)
-        return batch.to(device=self.device_, dtype=self.dtype_, non_blocking=True)
+    def _stage(self, torch, value, owned, staging, name):
+        """`value` (an array or tensor) on device_ in dtype_, in memory the caller
+        does not own: a module that works in place then never changes X."""
+        if self.device_.type != "cpu":
+            return self._upload(torch, value, None)
+        if owned and isinstance(value, torch.Tensor):
+            return value.to(device=self.device_, dtype=self.dtype_)  # made here: a stacked batch
+        rows, trailing = value.shape[0], tuple(value.shape[1:])
+        buffer = staging.get(name)
+        if buffer is None or buffer.shape[0] < rows or tuple(buffer.shape[1:]) != trailing:
+            buffer = staging[name] = torch.empty((max(rows, self.batch_size), *trailing),
+                                                 dtype=self.dtype_)
+        target = buffer[:rows]
+        if isinstance(value, torch.Tensor) and value.device.type == "cpu":
+            value = to_numpy(value)  # a view: NumPy's copy below is the cheapest here
+        if isinstance(value, np.ndarray):
+            try:
+                view = to_numpy(target, copy=False)
+            except BufferError:  # complex32: no NumPy view; torch casts
+                target.copy_(torch.from_numpy(np.array(value)))
+            else:
+                np.copyto(view, value, casting="unsafe")
+        else:
+            target.copy_(value)
+        return target
+
+    def _upload(self, torch, value, stream):
+        """`value` copied to device_ in dtype_ (always a copy, on `stream`)."""
+        if isinstance(value, np.ndarray):
+            if self.device_.type == "cuda":
+                return to_device(value, self.device_, dtype=self.dtype_, stream=stream)
+            value = torch.from_numpy(value if value.flags.writeable else value.copy())
+        return value.to(device=self.device_, dtype=self.dtype_, non_blocking=True, copy=True)
+
+    def _forward(self, inputs, capture):
+        try:
+            if isinstance(inputs, dict):
+                result = self.module_(**inputs)
+            else:
+                result = self.module_(inputs)
+        except _LayerReached:
+            pass
+        except Exception as error:
+            raise RuntimeError(f"{_NAME}: the module raised {type(error).__name__} on a batch "
+                               f"of {_describe_batch(inputs)}: {error}") from error
+        if capture is not None:
+            if not capture:
+                raise RuntimeError(f"{_NAME}: layer={self.layer!r} never ran in the module's "
+                                   "forward pass; name a submodule that forward calls")
+            result = capture[0]  # its first call, where the hook stopped the pass
+            capture.clear()
+        return result
+
+    @contextlib.contextmanager
+    def _layer_capture(self, torch):
+        """With `layer`: a list that receives the layer's output, taken by a
+        forward hook that then stops the forward pass (by an exception that
+        _forward catches)."""
+        if self.layer is None:
+            yield None
+            return
+        captured = []
+
+        def hook(module, args, output):
+            captured.append(output)
+            raise _LayerReached
+
+        handle = self.module_.get_submodule(self.layer).register_forward_hook(hook)
+        try:
+            yield captured
+        finally:
+            handle.remove()
 
     def _select(self, result):
-        output, name = self.output, type(self).__name__
+        output = self.output
         if isinstance(result, dict):
             if output is None or output not in result:
-                raise ValueError(f"{name}: the module returned a dict with keys "
+                raise ValueError(f"{_NAME}: the module returned a dict with keys "
                                  f"{sorted(result, key=str)}; pass output=<key> to pick one "
                                  f"(got output={output!r})")
             return result[output]
         if isinstance(result, (tuple, list)):
             if not isinstance(output, Integral) or not -len(result) <= output < len(result):
-                raise ValueError(f"{name}: the module returned a {type(result).__name__} of "
+                raise ValueError(f"{_NAME}: the module returned a {type(result).__name__} of "
                                  f"{len(result)}; pass output=0..{len(result) - 1} to pick one "
                                  f"(got output={output!r})")
             return result[output]
         if output is not None:
-            raise ValueError(f"{name}: output={output!r}, but the module returned a single "
+            raise ValueError(f"{_NAME}: output={output!r}, but the module returned a single "
                              f"{type(result).__name__}; leave output=None")
         return result
 
     def _flatten(self, torch, result, rows):
-        name = type(self).__name__
         if not isinstance(result, torch.Tensor):
-            raise TypeError(f"{name}: the module returned {type(result).__name__}, expected a "
+            raise TypeError(f"{_NAME}: the module returned {type(result).__name__}, expected a "
                             "torch.Tensor")
         if result.ndim == 0 or result.shape[0] != rows:
-            raise ValueError(f"{name}: the module returned shape {tuple(result.shape)} for a "
+            raise ValueError(f"{_NAME}: the module returned shape {tuple(result.shape)} for a "
                              f"batch of {rows} rows; its first dimension must be the batch")
         result = result.reshape(rows, -1)
         if str(result.dtype).removeprefix("torch.").startswith(_WIDENED_OUTPUTS):
@@ -285,6 +612,21 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def _n_features_out(self):
         return self.n_features_out_
 
+    def __sklearn_clone__(self):
+        # As scikit-learn clones, except that a torch module or function is
+        # shared, not deep-copied: nothing here changes it, and fit copies it
+        # once anyway. A skorch net is cloned (it trains in place).
+        params = self.get_params(deep=False)
+        module = params.pop("module")
+        twin = type(self)(module=clone(module) if _is_skorch_net(module) else module,
+                          **{name: clone(value, safe=False) for name, value in params.items()})
+        for attribute in ("_metadata_request", "_sklearn_output_config"):
+            if hasattr(self, attribute):
+                setattr(twin, attribute, copy.deepcopy(getattr(self, attribute)))
+        if hasattr(self, "_skl_callbacks"):
+            twin._skl_callbacks = self._skl_callbacks
+        return twin
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
@@ -296,22 +638,43 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def __getstate__(self):
         # Modules are stored through torch.save, so that one fitted on a GPU
-        # loads (onto the CPU) where no GPU exists.
+        # loads (onto the CPU) where no GPU exists; module_ is left out when it
+        # can be made again from what the pickle holds anyway.
         state = dict(super().__getstate__())  # may be our own __dict__: never mutate it
+        recreate = self._recreatable()
+        if recreate is not None:
+            state["module_"] = recreate
         for key in ("module", "module_"):
             if _is_torch_module(state.get(key)):
-                buffer = io.BytesIO()
                 import torch
 
+                buffer = io.BytesIO()
                 torch.save(state[key], buffer)
                 state[key] = _SavedModule(buffer.getvalue())
         return state
 
+    def _recreatable(self):
+        """A `_Recreate` when module_ equals what _place makes of its source."""
+        torch = sys.modules.get("torch")
+        placed = self.__dict__.get("module_")
+        if torch is None or not isinstance(placed, torch.nn.Module):
+            return None
+        net = self.__dict__.get("net_")
+        source, name = (net.module_, "net_") if net is not None else (self.module, "module")
+        if source is placed:
+            return _Recreate(name, None)
+        if not isinstance(source, torch.nn.Module) or not _same_weights(torch, source, placed):
+            return None
+        return _Recreate(name, self.dtype_ if self.dtype is not None else None)
+
     def __setstate__(self, state):
         import torch
 
+        state.setdefault("verbose", 0)  # parameters added since older pickles were written
+        state.setdefault("layer", None)
         device = state.get("device_")
-        if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        if device is not None and device.type == "cuda" and (
+                not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
             state["device_"] = device = torch.device("cpu")
         for key in ("module", "module_"):
             if isinstance(state.get(key), _SavedModule):
@@ -321,7 +684,16 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                     location = None if torch.cuda.is_available() else "cpu"
                 state[key] = torch.load(io.BytesIO(state[key].data), map_location=location,
                                         weights_only=False)
+        recreate = state.get("module_")
         super().__setstate__(state)
+        if isinstance(recreate, _Recreate):
+            from_net = recreate.source == "net_"
+            source = self.net_.module_ if from_net else self.module
+            self.module_ = _placed(torch, source, self.device_, recreate.cast, from_net)
+
+
+class _LayerReached(Exception):
+    """Raised by the layer hook: the rest of the forward pass is not needed."""
 
 
 class _SavedModule:
@@ -331,17 +703,323 @@ class _SavedModule:
         self.data = data
 
 
-def _is_torch_module(value) -> bool:
-    import sys
+class _Recreate:
+    """Stands for module_ in a pickle: made again on load from `source`
+    ("module" or "net_"), cast to `cast` when not None."""
 
+    def __init__(self, source, cast):
+        self.source = source
+        self.cast = cast
+
+
+# -- inputs --------------------------------------------------------------------------
+
+
+class _Input:
+    """X as TorchTransformer reads it.
+
+    kind: "array" (data: an ndarray or device tensor of 2+ dims), "dict" (data:
+    name -> array or tensor), "dataset" (a map-style or iterable Dataset),
+    "loader" (a DataLoader). n_samples is None when only iterating tells.
+    batches(batch_size) yields (batch, rows, owned): batch is an array, a
+    tensor or a dict of them; owned means it was made here, not the caller's.
+    """
+
+    def __init__(self, kind, data, n_samples, sample_shape, batch_counter=None, batches=None):
+        self.kind, self.data, self.n_samples = kind, data, n_samples
+        self.sample_shape = sample_shape
+        self._batch_counter, self._batches = batch_counter, batches
+
+    def batch_count(self, batch_size):
+        if self._batch_counter is not None:
+            return self._batch_counter(batch_size)
+        return None if self.n_samples is None else -(-self.n_samples // batch_size)
+
+    def batches(self, batch_size):
+        if self._batches is not None:
+            yield from self._batches(batch_size)
+            return
+        for start in range(0, self.n_samples, batch_size):
+            rows = slice(start, start + batch_size)
+            yield _map(self.data, lambda value, name, rows=rows: value[rows]), \
+                min(batch_size, self.n_samples - start), False
+
+    def head(self):
+        """The first sample, as an "array" or "dict" input of one row."""
+        batch, _, _ = next(iter(self.batches(1)))
+        first = _map(batch, lambda value, name: value[:1])
+        return _Input("dict" if isinstance(first, dict) else "array", first, 1,
+                      self.sample_shape)
+
+
+def _dataset_input(dataset, data_module):
+    """A map-style Dataset (len and integer indexing) or an IterableDataset."""
+    iterable = isinstance(dataset, data_module.IterableDataset)
+    if not iterable:
+        try:
+            n = len(dataset)
+        except TypeError:
+            raise TypeError(f"{_NAME}: X is a map-style Dataset without __len__; give it "
+                            "__len__, or make it an IterableDataset") from None
+        if n < 1:
+            raise ValueError(f"{_NAME}: X is an empty Dataset; at least 1 sample is required")
+    try:
+        first = _item_input(next(iter(dataset)) if iterable else dataset[0], "item 0")
+    except StopIteration:
+        raise ValueError(f"{_NAME}: X is an empty Dataset; at least 1 sample is required") \
+            from None
+    shape = tuple(first.shape)
+
+    def batches(batch_size):
+        import torch
+
+        items = iter(dataset) if iterable else (dataset[i] for i in range(n))
+        done = 0
+        while True:
+            chunk = [_item_input(item, f"item {done + k}")
+                     for k, item in enumerate(itertools.islice(items, batch_size))]
+            if not chunk:
+                return
+            for k, sample in enumerate(chunk):
+                if tuple(sample.shape) != shape:
+                    raise ValueError(f"{_NAME}: Dataset item {done + k} has shape "
+                                     f"{tuple(sample.shape)}, but item 0 has shape {shape}; "
+                                     "every sample must have one shape")
+            done += len(chunk)
+            yield torch.stack(chunk), len(chunk), True
+
+    return _Input("dataset", dataset, None if iterable else n, shape, batches=batches)
+
+
+def _loader_input(loader, data_module):
+    sampler = getattr(loader, "sampler", None)
+    random = (data_module.RandomSampler, data_module.SubsetRandomSampler,
+              data_module.WeightedRandomSampler)
+    if isinstance(sampler, random):
+        raise ValueError(f"{_NAME}: the DataLoader draws samples at random "
+                         f"({type(sampler).__name__}), so the rows would not come out in the "
+                         "order of its dataset; pass a DataLoader with shuffle=False")
+    if loader.drop_last:
+        raise ValueError(f"{_NAME}: the DataLoader has drop_last=True, so the last samples "
+                         "would have no row; pass one with drop_last=False")
+    if loader.batch_size is None and loader.batch_sampler is None:
+        raise ValueError(f"{_NAME}: the DataLoader has batch_size=None, so its items have no "
+                         "batch dimension; give it a batch_size")
+    n = None
+    if not isinstance(loader.dataset, data_module.IterableDataset):
+        try:
+            n = len(loader.dataset)
+        except TypeError:
+            pass
+
+    def batches(batch_size):  # the loader's own batches, as they come
+        for index, batch in enumerate(loader):
+            batch = _item_input(batch, f"batch {index}")
+            if batch.ndim < 1:
+                raise ValueError(f"{_NAME}: DataLoader batch {index} is 0-d; batches need a "
+                                 "leading (sample) dimension")
+            yield batch, batch.shape[0], False
+
+    def batch_count(batch_size):
+        try:
+            return len(loader)
+        except TypeError:
+            return None
+
+    first = None
+    for batch, _, _ in batches(None):
+        first = batch
+        break
+    if first is None:
+        raise ValueError(f"{_NAME}: the DataLoader yields no batch; at least 1 sample is "
+                         "required")
+    shape = tuple(first.shape[1:])
+
+    def checked(batch_size):
+        for index, (batch, rows, owned) in enumerate(batches(batch_size)):
+            if tuple(batch.shape[1:]) != shape:
+                raise ValueError(f"{_NAME}: DataLoader batch {index} has samples of shape "
+                                 f"{tuple(batch.shape[1:])}, but batch 0 has {shape}; every "
+                                 "sample must have one shape")
+            yield batch, rows, owned
+
+    return _Input("loader", loader, n, shape, batch_counter=batch_count, batches=checked)
+
+
+def _item_input(item, where):
+    """The input of a Dataset item or DataLoader batch: the item itself (a
+    tensor or array), or the first element of a tuple or list."""
+    import torch
+
+    if isinstance(item, (tuple, list)):
+        if not item:
+            raise TypeError(f"{_NAME}: Dataset {where} is an empty {type(item).__name__}; "
+                            "items must be tensors or tuples led by the input")
+        item = item[0]
+    if isinstance(item, np.ndarray):
+        return torch.from_numpy(item if item.flags.writeable else item.copy())
+    if isinstance(item, torch.Tensor):
+        return item
+    kind = type(item).__name__
+    hint = " (for a module of several inputs pass a dict of arrays as X)" if kind == "dict" else ""
+    raise TypeError(f"{_NAME}: Dataset {where} is a {kind}; items must be tensors or arrays, "
+                    f"or tuples whose first element is one{hint}")
+
+
+def _on_device(X):
+    """A CUDA DLPack producer other than torch (CuPy) as a torch tensor over the
+    same memory; anything else as it is."""
+    torch = sys.modules.get("torch")
+    if torch is None or isinstance(X, (torch.Tensor, np.ndarray)) or not is_tensor_like(X):
+        return X
+    try:
+        device_type = X.__dlpack_device__()[0]
+    except Exception:  # noqa: BLE001 - not a DLPack producer after all
+        return X
+    if device_type in (2, 13) and torch.cuda.is_available():  # kDLCUDA, kDLCUDAManaged
+        return torch.from_dlpack(X)
+    return X
+
+
+def _map(batch, function):
+    if isinstance(batch, dict):
+        return {name: function(value, name) for name, value in batch.items()}
+    return function(batch, None)
+
+
+def _values(batch):
+    return batch.values() if isinstance(batch, dict) else (batch,)
+
+
+def _describe(shape):
+    if isinstance(shape, dict):
+        return "{" + ", ".join(f"{name!r}: {value}" for name, value in shape.items()) + "}"
+    return str(shape)
+
+
+def _describe_batch(inputs):
+    def one(tensor):
+        return f"shape {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}"
+
+    if isinstance(inputs, dict):
+        return ", ".join(f"{name}: {one(value)}" for name, value in inputs.items())
+    return one(inputs)
+
+
+# -- progress ------------------------------------------------------------------------
+
+
+class _Progress:
+    """verbose=1: one line on stderr, rewritten after each batch (at most ten
+    times a second, and always after the last), then a summary line."""
+
+    def __init__(self, total_batches, enabled):
+        self.total, self.enabled = total_batches, enabled
+        self.batches = self.rows = 0
+        self.start = self.shown = time.perf_counter()
+
+    def step(self, rows):
+        if not self.enabled:
+            return
+        self.batches += 1
+        self.rows += rows
+        now = time.perf_counter()
+        if self.batches == 1 or self.batches == self.total or now - self.shown >= 0.1:
+            self.shown = now
+            total = "" if self.total is None else f"/{self.total}"
+            sys.stderr.write(f"\r[{_NAME}] transform: batch {self.batches}{total}, "
+                             f"{self._rate(now):,.0f} rows/s")
+            sys.stderr.flush()
+
+    def close(self):
+        if not self.enabled or self.batches == 0:
+            return
+        seconds = time.perf_counter() - self.start
+        sys.stderr.write(f"\n[{_NAME}] transform: {self.rows:,} rows in {self.batches} batches, "
+                         f"{seconds:.2f} s, {self._rate(time.perf_counter()):,.0f} rows/s\n")
+        sys.stderr.flush()
+
+    def _rate(self, now):
+        return self.rows / max(now - self.start, 1e-9)
+
+
+# -- modules -------------------------------------------------------------------------
+
+
+def _is_torch_module(value) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.nn.Module)
+
+
+def _is_skorch_net(value) -> bool:
+    skorch = sys.modules.get("skorch")
+    return skorch is not None and isinstance(value, skorch.NeuralNet)
+
+
+def _cupy():
+    import cupy
+
+    return cupy
 
 
 def _first_parameter(module):
     if not _is_torch_module(module):
         return None
-    for tensor in list(module.parameters()) + list(module.buffers()):
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
         if tensor.is_floating_point():
             return tensor
     return None
+
+
+def _placed(torch, module, device, cast, shared):
+    """A copy of `module` on `device` (floating tensors cast to `cast` unless
+    None), in eval mode, each tensor copied once, straight to where it goes;
+    `module` itself when `shared` and it is already there as it should be."""
+    if not isinstance(module, torch.nn.Module):
+        return module  # a plain function: nothing to place
+    if shared and cast is None and _same_device(_module_device(module), device):
+        return module.eval()
+    memo = {}
+    with torch.no_grad():
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            if id(tensor) in memo:
+                continue
+            dtype = cast if cast is not None and tensor.is_floating_point() else None
+            placed = tensor.detach().to(device=device, dtype=dtype, copy=True)
+            if isinstance(tensor, torch.nn.Parameter):
+                placed = torch.nn.Parameter(placed, requires_grad=tensor.requires_grad)
+            memo[id(tensor)] = placed
+    return copy.deepcopy(module, memo).eval()  # the rest (structure, attributes) as it is
+
+
+def _same_device(a, b) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def _module_device(module):
+    import torch
+
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _same_weights(torch, source, placed) -> bool:
+    """Whether placed's parameters and buffers equal source's (cast to placed's
+    device and dtype): then placed can be made again from source."""
+    if type(source) is not type(placed):
+        return False
+    ours, theirs = source.state_dict(), placed.state_dict()
+    if ours.keys() != theirs.keys():
+        return False
+    with torch.no_grad():
+        for name, tensor in ours.items():
+            other = theirs[name]
+            if not isinstance(tensor, torch.Tensor) or not isinstance(other, torch.Tensor):
+                if tensor is not other:
+                    return False
+                continue
+            if tensor.shape != other.shape or not torch.equal(
+                    tensor.to(device=other.device, dtype=other.dtype), other):
+                return False
+    return True

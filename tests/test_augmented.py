@@ -1,0 +1,659 @@
+"""AugmentedEstimator: training (and predicting) on augmented views of the data."""
+
+import pickle
+
+import numpy as np
+import pytest
+import sklearn
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
+from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import UnsetMetadataPassedError
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import tensorbridge
+import tensorbridge.sklearn._augmented as augmented_module
+from tensorbridge.sklearn import AugmentedEstimator, TorchTransformer
+
+
+def data(n=40, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    return X, (X[:, 0] > 0).astype(int)
+
+
+def images(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 1, 4, 4)).astype(np.float32)
+    return X, (X[:, 0, 0, 0] > 0).astype(int)
+
+
+def noisy(sample, generator):
+    """Module level, so that the estimator pickles; works per sample and per batch."""
+    if not sample.is_floating_point():
+        return sample
+    return sample + 0.1 * torch.randn(sample.shape, generator=generator, dtype=sample.dtype)
+
+
+def negate_some(batch, generator):
+    """Per-sample randomness drawn by a batched augment: each sample negated with p=1/2."""
+    mask = torch.rand(len(batch), generator=generator) < 0.5
+    return torch.where(mask.reshape(-1, *[1] * (batch.ndim - 1)), -batch, batch)
+
+
+class Log(list):
+    """A list that clone() (a deep copy of each parameter) leaves shared."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class Spy(ClassifierMixin, BaseEstimator):
+    """Records what fit and predict_proba receive; predicts from the first feature."""
+
+    def __init__(self, log=None):
+        self.log = log
+
+    def fit(self, X, y, sample_weight=None, groups=None, tol=None):
+        self.log.append({"X": X, "y": y, "sample_weight": sample_weight, "groups": groups,
+                         "tol": tol})
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = X.shape[1] if X.ndim == 2 else X.shape[1:]
+        return self
+
+    def predict_proba(self, X):
+        if self.log is not None:
+            self.log.append({"predict_proba": X})
+        p = 1 / (1 + np.exp(-np.reshape(X, (len(X), -1))[:, 0]))
+        return np.stack([1 - p, p], axis=1)
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+# -- scikit-learn's checks -------------------------------------------------------------
+
+
+@parametrize_with_checks([
+    AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0),
+    AugmentedEstimator(LogisticRegression(), augment=negate_some, n_views=2, batch_size=7,
+                       random_state=0),
+])
+def test_scikit_learn_checks_pass_with_no_expected_failure(estimator, check):
+    check(estimator)
+
+
+def test_parameters_are_validated():
+    X, y = data()
+    for bad in ({"batch_size": 0}, {"n_views": -1}, {"test_views": -1}, {"flatten": "yes"},
+                {"augment": "flip"}):
+        with pytest.raises(InvalidParameterError, match=list(bad)[0]):
+            AugmentedEstimator(LogisticRegression(), **{"augment": noisy, **bad}).fit(X, y)
+
+
+# -- the rows the estimator is fitted on -----------------------------------------------
+
+
+def test_fit_sees_the_original_rows_plus_views():
+    X, y = data()
+    log = Log()
+    model = AugmentedEstimator(Spy(log), augment=noisy, n_views=3, random_state=0).fit(X, y)
+    seen = log[-1]
+    assert seen["X"].shape == (160, 5) and model.n_samples_seen_ == 160
+    np.testing.assert_array_equal(seen["X"][:40], X)
+    np.testing.assert_array_equal(seen["y"], np.tile(y, 4))
+    assert not np.allclose(seen["X"][40:80], X)
+    # randomness is per sample: two identical samples get different noise
+    twins = np.repeat(X[:1], 2, axis=0)
+    AugmentedEstimator(Spy(log), augment=noisy, random_state=0).fit(twins, [0, 1])
+    assert not np.array_equal(log[-1]["X"][2], log[-1]["X"][3])
+
+
+def test_n_views_zero_fits_on_the_data_as_given():
+    X, y = data()
+    log = Log()
+    AugmentedEstimator(Spy(log), augment=noisy, n_views=0).fit(X, y)
+    np.testing.assert_array_equal(log[-1]["X"], X)
+
+
+def test_same_seed_same_model_and_torch_global_generator_untouched():
+    X, y = data()
+    state = torch.get_rng_state()
+    def fit(seed):
+        return AugmentedEstimator(LogisticRegression(), augment=noisy, n_views=2,
+                                  random_state=seed).fit(X, y).estimator_.coef_
+
+    a, b, c = fit(7), fit(7), fit(8)
+    assert torch.equal(torch.get_rng_state(), state)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_augment_without_a_generator_uses_a_forked_global_generator():
+    X, y = data()
+    state = torch.get_rng_state()
+
+    def global_noise(sample):  # like a torchvision transform
+        return sample + 0.1 * torch.randn(sample.shape, dtype=sample.dtype)
+
+    a = AugmentedEstimator(LogisticRegression(), augment=global_noise, random_state=1).fit(X, y)
+    b = AugmentedEstimator(LogisticRegression(), augment=global_noise, random_state=1).fit(X, y)
+    assert torch.equal(torch.get_rng_state(), state)
+    np.testing.assert_array_equal(a.estimator_.coef_, b.estimator_.coef_)
+
+
+def test_the_global_generator_is_restored_when_augment_raises():
+    X, y = data()
+    state = torch.get_rng_state()
+    calls = []
+
+    def fails_on_the_third(sample):
+        calls.append(torch.rand(()))
+        if len(calls) == 3:
+            raise RuntimeError("broken transform")
+        return sample
+
+    with pytest.raises(RuntimeError, match="broken transform"):
+        AugmentedEstimator(LogisticRegression(), augment=fails_on_the_third,
+                           random_state=0).fit(X, y)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_rows_are_written_by_collect_into_the_array_the_estimator_gets(monkeypatch):
+    X, y = images()
+    outs, real = [], tensorbridge.collect
+
+    def recording_collect(batches, *, out=None):
+        outs.append(out)
+        return real(batches, out=out)
+
+    monkeypatch.setattr(tensorbridge, "collect", recording_collect)
+    log = Log()
+    AugmentedEstimator(Spy(log), augment=negate_some, n_views=3, batch_size=8,
+                       random_state=0).fit(X, y)
+    (out,) = outs  # one call, every view's batches, straight into a preallocated array
+    rows = log[-1]["X"]
+    assert out.shape == (90, 1, 4, 4) and np.shares_memory(out, rows)
+    np.testing.assert_array_equal(rows[30:], out.reshape(90, -1))
+
+
+def test_the_callers_X_is_never_handed_to_augment():
+    X, y = data()
+    before = X.copy()
+
+    def in_place(sample, generator):
+        return sample.mul_(2)
+
+    AugmentedEstimator(LogisticRegression(), augment=in_place, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(X, before)
+
+
+def test_inputs_of_every_kind_are_accepted():
+    X, y = data()
+    expected = AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0).fit(X, y)
+    read_only = X.copy()
+    read_only.flags.writeable = False  # torch.from_numpy would warn on it (an error here)
+    for given in (torch.from_numpy(X), read_only, X.tolist(), np.asfortranarray(X)):
+        model = AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0)
+        np.testing.assert_array_equal(model.fit(given, torch.from_numpy(y)).estimator_.coef_,
+                                      expected.estimator_.coef_)
+    uint8 = (np.abs(X) * 40).astype(np.uint8)
+    model = AugmentedEstimator(Spy(Log()), augment=lambda s, generator: 255 - s).fit(uint8, y)
+    rows = model.estimator_.log[-1]["X"]
+    assert rows.dtype == np.uint8
+    np.testing.assert_array_equal(rows[40:], 255 - uint8)
+
+
+# -- samples of any rank -----------------------------------------------------------------
+
+
+def test_images_reach_the_estimator_as_rows_at_fit_and_predict():
+    X, y = images()
+    shapes = []
+
+    def shift(image, generator):
+        shapes.append(tuple(image.shape))
+        return torch.roll(image, 1, dims=-1)
+
+    model = AugmentedEstimator(RandomForestClassifier(n_estimators=5, random_state=0),
+                               augment=shift, random_state=0).fit(X, y)
+    assert set(shapes) == {(1, 4, 4)}  # augmented in their own shape
+    assert model.estimator_.n_features_in_ == 16 and model.n_features_in_ == 1
+    np.testing.assert_array_equal(model.predict(X), model.estimator_.predict(X.reshape(30, -1)))
+    assert model.score(X, y) == model.estimator_.score(X.reshape(30, -1), y)
+    np.testing.assert_array_equal(model.predict_proba(X),
+                                  model.estimator_.predict_proba(X.reshape(30, -1)))
+
+
+def test_samples_of_another_shape_are_refused_even_with_as_many_pixels():
+    X, y = images()
+    model = AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match=r"samples of shape \(1, 2, 8\), but AugmentedEstimator "
+                                         r"was fitted on samples of shape \(1, 4, 4\)"):
+        model.predict(X.reshape(30, 1, 2, 8))
+
+
+def test_flatten_false_keeps_the_samples_as_they_are():
+    X, y = images()
+    log = Log()
+    model = AugmentedEstimator(Spy(log), augment=negate_some, batch_size=16, flatten=False,
+                               random_state=0).fit(X, y)
+    assert log[-1]["X"].shape == (60, 1, 4, 4)
+    model.predict_proba(X)
+    assert log[-1]["predict_proba"].shape == (30, 1, 4, 4)
+    # a pipeline that takes images: TorchTransformer flattens them itself
+    pipe = make_pipeline(TorchTransformer(torch.nn.Flatten(), device="cpu"), LogisticRegression())
+    model = AugmentedEstimator(pipe, augment=noisy, flatten=False, random_state=0).fit(X, y)
+    assert model.predict(X).shape == (30,)
+    # 2-D input is the same either way
+    X2, y2 = data()
+    flat = AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0).fit(X2, y2)
+    kept = AugmentedEstimator(LogisticRegression(), augment=noisy, flatten=False,
+                              random_state=0).fit(X2, y2)
+    np.testing.assert_array_equal(flat.estimator_.coef_, kept.estimator_.coef_)
+
+
+def test_augment_must_keep_the_shape():
+    X, y = data()
+    with pytest.raises(ValueError, match=r"augment changed a sample's shape from \(5,\) to \(4,\)"):
+        AugmentedEstimator(LogisticRegression(), augment=lambda s, generator: s[:4]).fit(X, y)
+    with pytest.raises(ValueError, match=r"augment changed a batch's shape from \(16, 5\) to "
+                                         r"\(16, 4\); it must keep it"):
+        AugmentedEstimator(LogisticRegression(), augment=lambda b, generator: b[:, :4],
+                           batch_size=16).fit(X, y)
+
+
+def test_augment_must_return_a_tensor():
+    X, y = data()
+    with pytest.raises(TypeError, match=r"augment returned NoneType, expected a torch tensor "
+                                        r"of shape \(5,\)"):
+        AugmentedEstimator(LogisticRegression(), augment=lambda s, generator: None).fit(X, y)
+    # arrays are taken as they are
+    model = AugmentedEstimator(Spy(Log()), augment=lambda s, generator: np.zeros(5)).fit(X, y)
+    np.testing.assert_array_equal(model.estimator_.log[-1]["X"][40:], 0)
+
+
+def test_sparse_and_empty_input_get_clear_errors():
+    from scipy import sparse
+
+    X, y = data()
+    with pytest.raises(TypeError, match="dense data is required"):
+        AugmentedEstimator(LogisticRegression(), augment=noisy).fit(sparse.csr_matrix(X), y)
+    with pytest.raises(ValueError, match="0 sample"):
+        AugmentedEstimator(LogisticRegression(), augment=noisy).fit(X[:0], y[:0])
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        AugmentedEstimator(LogisticRegression(), augment=noisy).fit(X, y[:-1])
+    if np.dtype(np.longdouble).itemsize > 8:  # where long double is wider than float64
+        with pytest.raises(TypeError, match=f"X has dtype {np.dtype(np.longdouble)}, which "
+                                            "torch cannot hold; convert X to float64"):
+            AugmentedEstimator(LogisticRegression(), augment=noisy).fit(
+                X.astype(np.longdouble), y)
+
+
+# -- batched augmentation ---------------------------------------------------------------
+
+
+def test_batched_augment_gets_batches_and_draws_per_sample():
+    X, y = data(n=50)
+    sizes = []
+
+    def recording(batch, generator):
+        sizes.append(len(batch))
+        return negate_some(batch, generator)
+
+    log = Log()
+    AugmentedEstimator(Spy(log), augment=recording, n_views=2, batch_size=16,
+                       random_state=0).fit(X, y)
+    assert sizes == [16, 16, 16, 2] * 2
+    rows = log[-1]["X"]
+    negated = np.all(rows[50:100] == -X, axis=1)
+    kept = np.all(rows[50:100] == X, axis=1)
+    assert np.all(negated | kept) and 10 < negated.sum() < 40  # one draw per sample
+    assert not np.array_equal(rows[50:100], rows[100:])  # each view draws anew
+
+
+def test_batched_augment_is_deterministic_per_seed_and_batch_size():
+    X, y = data(n=50)
+    state = torch.get_rng_state()
+
+    def rows(seed, batch_size):
+        log = Log()
+        AugmentedEstimator(Spy(log), augment=negate_some, n_views=2, batch_size=batch_size,
+                           random_state=seed).fit(X, y)
+        return log[-1]["X"]
+
+    np.testing.assert_array_equal(rows(3, 16), rows(3, 16))
+    assert not np.array_equal(rows(3, 16), rows(4, 16))
+    assert not np.array_equal(rows(3, 16), rows(3, 8))  # documented: the batch size counts
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_callable_without_generator_is_called_per_sample_even_with_batch_size():
+    X, y = data()
+    shapes = []
+    state = torch.get_rng_state()
+
+    def global_flip(sample):
+        shapes.append(tuple(sample.shape))
+        return -sample if torch.rand(()) < 0.5 else sample
+
+    def fit():
+        return AugmentedEstimator(Spy(Log()), augment=global_flip, batch_size=16,
+                                  random_state=0).fit(X, y).estimator_.log[-1]["X"]
+
+    np.testing.assert_array_equal(fit(), fit())
+    assert set(shapes) == {(5,)} and len(shapes) == 80
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+# -- fit parameters and metadata routing -------------------------------------------------
+
+
+def test_every_per_sample_fit_parameter_is_repeated_with_the_rows():
+    X, y = data()
+    w, groups = np.linspace(0.5, 2, 40), np.arange(40) // 4
+    log = Log()
+    AugmentedEstimator(Spy(log), augment=noisy, n_views=2, random_state=0).fit(
+        X, y, sample_weight=w, groups=groups.tolist(), tol=1e-3)
+    seen = log[-1]
+    np.testing.assert_array_equal(seen["sample_weight"], np.tile(w, 3))
+    np.testing.assert_array_equal(seen["groups"], np.tile(groups, 3))
+    assert seen["tol"] == 1e-3  # not per sample: as it is
+    pd = pytest.importorskip("pandas")
+    for given in (torch.from_numpy(w), pd.Series(w, index=np.arange(40) * 7)):
+        AugmentedEstimator(Spy(log), augment=noisy, random_state=0).fit(X, y, sample_weight=given)
+        np.testing.assert_array_equal(np.asarray(log[-1]["sample_weight"]), np.tile(w, 2))
+
+
+def test_sample_weight_weighs_each_sample_and_its_views():
+    X, y = data()
+    w = np.random.default_rng(1).uniform(0.1, 3, size=40)
+
+    def same(sample, generator):
+        return sample
+
+    model = AugmentedEstimator(LogisticRegression(), augment=same, n_views=2).fit(
+        X, y, sample_weight=w)
+    plain = LogisticRegression().fit(np.tile(X, (3, 1)), np.tile(y, 3), sample_weight=np.tile(w, 3))
+    np.testing.assert_allclose(model.estimator_.coef_, plain.coef_)
+    unweighted = AugmentedEstimator(LogisticRegression(), augment=same, n_views=2).fit(X, y)
+    assert not np.allclose(unweighted.estimator_.coef_, model.estimator_.coef_)
+
+
+@pytest.fixture
+def metadata_routing():
+    sklearn.set_config(enable_metadata_routing=True)
+    try:
+        yield
+    finally:
+        sklearn.set_config(enable_metadata_routing=False)
+
+
+def test_grid_search_routes_sample_weight_to_the_estimator(metadata_routing):
+    X, y = data(n=60)
+    w = np.linspace(0.5, 2, 60)
+    log = Log()
+    inner = Spy(log).set_fit_request(sample_weight=True).set_score_request(sample_weight=False)
+    search = GridSearchCV(AugmentedEstimator(inner, augment=noisy, random_state=0),
+                          {"n_views": [1, 2]}, cv=3).fit(X, y, sample_weight=w)
+    fits = [entry for entry in log if "X" in entry]
+    assert len(fits) == 7  # 2 x 3 folds, then the refit
+    for entry in fits:
+        n = len(entry["X"])
+        assert entry["sample_weight"] is not None and len(entry["sample_weight"]) == n
+    refit = fits[-1]
+    views = search.best_params_["n_views"]
+    np.testing.assert_array_equal(refit["sample_weight"], np.tile(w, 1 + views))
+    # each fold's weights are the fold's samples', repeated with their views
+    first = fits[0]
+    rows = len(first["X"]) // 2
+    np.testing.assert_array_equal(first["sample_weight"][:rows], first["sample_weight"][rows:])
+    assert set(first["sample_weight"][:rows]) <= set(w)
+
+
+def test_routing_refuses_metadata_the_estimator_did_not_request(metadata_routing):
+    X, y = data()
+    model = AugmentedEstimator(LogisticRegression(), augment=noisy)
+    with pytest.raises(UnsetMetadataPassedError, match="sample_weight"):
+        model.fit(X, y, sample_weight=np.ones(40))
+    requested = AugmentedEstimator(LogisticRegression().set_fit_request(sample_weight=True),
+                                   augment=noisy, random_state=0)
+    w = np.linspace(0.5, 2, 40)
+    requested.fit(X, y, sample_weight=w)
+    sklearn.set_config(enable_metadata_routing=False)
+    legacy = AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0)
+    np.testing.assert_array_equal(legacy.fit(X, y, sample_weight=w).estimator_.coef_,
+                                  requested.estimator_.coef_)
+
+
+def test_routing_reaches_score(metadata_routing):
+    X, y = data()
+    w = np.where(y == 1, 5.0, 0.5)
+    inner = LogisticRegression().set_score_request(sample_weight=True)
+    model = AugmentedEstimator(inner, augment=noisy, random_state=0).fit(X[:20], y[:20])
+    assert model.score(X, y, sample_weight=w) == model.estimator_.score(X, y, sample_weight=w)
+    assert model.score(X, y, sample_weight=w) != model.score(X, y)
+    # every method, test-time augmented or not, routes (here: nothing) to the estimator's
+    for test_views in (0, 2):
+        model.set_params(test_views=test_views)
+        proba = model.predict_proba(X)
+        np.testing.assert_array_equal(model.predict(X), np.argmax(proba, axis=1))
+        np.testing.assert_allclose(model.predict_log_proba(X), np.log(proba))
+        assert model.decision_function(X).shape == (40,)
+    with pytest.raises(TypeError, match=r"predict got unexpected argument\(s\) "
+                                        r"\{'sample_weight'\}, which are not routed"):
+        model.predict(X, sample_weight=w)
+
+
+# -- conventions -------------------------------------------------------------------------
+
+
+def test_feature_names_are_recorded_and_reordered_columns_are_caught():
+    pd = pytest.importorskip("pandas")
+    X, y = data()
+    frame = pd.DataFrame(X, columns=list("abcde"))
+    model = AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0).fit(frame, y)
+    assert list(model.feature_names_in_) == list("abcde") and model.n_features_in_ == 5
+    np.testing.assert_array_equal(model.predict(frame), model.estimator_.predict(X))
+    with pytest.raises(ValueError, match="feature names should match"):
+        model.predict(frame[list("edcba")])
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        np.testing.assert_array_equal(model.predict(X), model.estimator_.predict(X))
+    model.fit(X, y)  # an array: no names any more
+    assert not hasattr(model, "feature_names_in_")
+    with pytest.raises(ValueError, match="X has 4 features, but AugmentedEstimator is expecting "
+                                         "5 features"):
+        model.predict(X[:, :4])
+
+
+def test_predict_score_use_the_data_as_given():
+    X, y = data()
+    model = AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(model.predict(X), model.estimator_.predict(X))
+    np.testing.assert_array_equal(model.predict_proba(X), model.estimator_.predict_proba(X))
+    np.testing.assert_array_equal(model.predict_log_proba(X),
+                                  model.estimator_.predict_log_proba(X))
+    assert model.score(X, y) == model.estimator_.score(X, y)
+    assert list(model.classes_) == [0, 1]
+    assert not hasattr(AugmentedEstimator(Ridge(), augment=noisy), "predict_proba")
+
+
+def test_clone_and_pickle_keep_the_model():
+    X, y = images()
+    model = AugmentedEstimator(LogisticRegression(), augment=negate_some, batch_size=8,
+                               test_views=2, random_state=0).fit(X, y)
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict_proba(X), model.predict_proba(X))
+    assert clone(model).get_params()["batch_size"] == 8
+
+
+# -- test-time augmentation ---------------------------------------------------------------
+
+
+def test_test_views_average_predict_proba_over_the_original_and_its_views():
+    X, y = images()
+    log = Log()
+    model = AugmentedEstimator(Spy(log), augment=negate_some, batch_size=8, test_views=3,
+                               random_state=0).fit(X, y)
+    proba = model.predict_proba(X)
+    rows = log[-1]["predict_proba"]
+    assert rows.shape == (120, 16)
+    np.testing.assert_array_equal(rows[:30], X.reshape(30, -1))
+    assert not np.array_equal(rows[30:60], rows[:30])
+    expected = Spy().predict_proba(rows).reshape(4, 30, 2).mean(axis=0)
+    np.testing.assert_allclose(proba, expected)
+    np.testing.assert_array_equal(model.predict_proba(X), proba)  # seeded: two calls agree
+    np.testing.assert_array_equal(model.predict(X), np.argmax(proba, axis=1))
+    assert model.score(X, y) == np.mean(model.predict(X) == y)
+    # test_views=0: the data as given
+    model.set_params(test_views=0)
+    np.testing.assert_allclose(model.predict_proba(X), Spy().predict_proba(X))
+
+
+def test_test_views_leave_the_global_generator_and_the_fit_alone():
+    X, y = data()
+    state = torch.get_rng_state()
+    a = AugmentedEstimator(LogisticRegression(), augment=noisy, test_views=4, random_state=0)
+    b = AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0)
+    a.fit(X, y), b.fit(X, y)
+    np.testing.assert_array_equal(a.estimator_.coef_, b.estimator_.coef_)
+    averaged = a.decision_function(X)
+    assert not np.allclose(averaged, b.decision_function(X))
+    np.testing.assert_array_equal(a.decision_function(X), averaged)
+    proba = a.predict_proba(X)
+    np.testing.assert_array_equal(a.predict(X), a.classes_[np.argmax(proba, axis=1)])
+    np.testing.assert_allclose(a.predict_log_proba(X), np.log(proba))
+    assert torch.equal(torch.get_rng_state(), state)
+    # without a seed too, two calls agree: the views are seeded at fit
+    c = AugmentedEstimator(LogisticRegression(), augment=noisy, test_views=4).fit(X, y)
+    np.testing.assert_array_equal(c.predict_proba(X), c.predict_proba(X))
+
+
+class FirstFeature(BaseEstimator):
+    """Predicts from the first feature, recording the rows it predicts on."""
+
+    def __init__(self, log=None):
+        self.log = log
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, X):
+        self.log.append(X)
+        return X[:, 0] if self._is_regressor else (X[:, 0] > 0).astype(int)
+
+
+class FirstFeatureRegressor(RegressorMixin, FirstFeature):
+    _is_regressor = True
+
+
+class FirstFeatureVoter(ClassifierMixin, FirstFeature):  # no predict_proba, no decision
+    _is_regressor = False
+
+
+def shift(sample, generator):
+    return sample + torch.randn(sample.shape, generator=generator, dtype=sample.dtype)
+
+
+def test_test_views_for_decision_functions_regressors_and_voters():
+    X, y = data()
+    model = AugmentedEstimator(RidgeClassifier(), augment=shift, test_views=5,
+                               random_state=0).fit(X, y)
+    decision = model.decision_function(X)
+    np.testing.assert_array_equal(model.predict(X), model.classes_[(decision > 0).astype(int)])
+    assert not np.allclose(decision, model.estimator_.decision_function(X))
+
+    log = Log()
+    regressor = AugmentedEstimator(FirstFeatureRegressor(log), augment=shift, test_views=5,
+                                   random_state=0).fit(X, X[:, 0])
+    averaged = regressor.predict(X)
+    rows = log[-1]
+    assert rows.shape == (240, 5)
+    np.testing.assert_allclose(averaged, rows[:, 0].reshape(6, 40).mean(axis=0))
+    assert not np.allclose(averaged, X[:, 0])
+    assert regressor.score(X, X[:, 0]) == pytest.approx(
+        1 - np.sum((X[:, 0] - averaged) ** 2) / np.sum((X[:, 0] - X[:, 0].mean()) ** 2))
+
+    voter = AugmentedEstimator(FirstFeatureVoter(log), augment=shift, test_views=6,
+                               random_state=0).fit(X, y)
+    votes = voter.predict(X)
+    per_view = (log[-1][:, 0] > 0).reshape(7, 40)
+    np.testing.assert_array_equal(votes, (per_view.sum(axis=0) > 3.5).astype(int))
+    assert not np.array_equal(votes, y)  # some samples near the boundary are outvoted
+
+
+def test_test_views_need_a_classifier_or_a_regressor_for_predict():
+    X, _ = data()
+
+    class Scaler(BaseEstimator):
+        def fit(self, X, y=None):
+            return self
+
+        def predict(self, X):
+            return X[:, 0]
+
+    model = AugmentedEstimator(Scaler(), augment=noisy, test_views=2).fit(X)
+    with pytest.raises(ValueError, match="test_views=2 averages predictions of a classifier or "
+                                         "a regressor, but Scaler is neither"):
+        model.predict(X)
+
+
+def test_dummy_estimators_and_regressor_tags_pass_through():
+    X, y = data()
+    assert AugmentedEstimator(DummyClassifier(), augment=noisy).__sklearn_tags__() \
+        .estimator_type == "classifier"
+    assert AugmentedEstimator(Ridge(), augment=noisy).__sklearn_tags__() \
+        .estimator_type == "regressor"
+
+    class Reg(RegressorMixin, BaseEstimator):
+        pass
+
+    assert AugmentedEstimator(Reg(), augment=noisy).__sklearn_tags__() \
+        .estimator_type == "regressor"
+
+
+class Negate(torch.nn.Module):
+    """A module whose forward takes the generator: it is batched like a function."""
+
+    def forward(self, batch, generator):
+        return negate_some(batch, generator)
+
+
+def test_a_module_taking_a_generator_is_called_on_batches():
+    X, y = data(n=50)
+    log = Log()
+    AugmentedEstimator(Spy(log), augment=Negate(), batch_size=16, random_state=0).fit(X, y)
+    by_function = Log()
+    AugmentedEstimator(Spy(by_function), augment=negate_some, batch_size=16,
+                       random_state=0).fit(X, y)
+    np.testing.assert_array_equal(log[-1]["X"], by_function[-1]["X"])
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    results = doctest.testmod(augmented_module)
+    assert results.attempted >= 5 and results.failed == 0
+
+
+@pytest.mark.gpu
+def test_a_cuda_X_and_views_handed_back_on_the_gpu():
+    X, y = images()
+    device_X = torch.from_numpy(X).cuda()
+
+    def on_the_gpu(batch, generator):  # samples come on the CPU; views may come back on a GPU
+        return negate_some(batch, generator).cuda()
+
+    log = Log()
+    AugmentedEstimator(Spy(log), augment=on_the_gpu, n_views=2, batch_size=8,
+                       random_state=0).fit(device_X, y)
+    on_cpu = Log()
+    AugmentedEstimator(Spy(on_cpu), augment=negate_some, n_views=2, batch_size=8,
+                       random_state=0).fit(X, y)
+    np.testing.assert_array_equal(log[-1]["X"], on_cpu[-1]["X"])

@@ -1,0 +1,135 @@
+"""Strided device memory copied as its runs, and collect's device batches:
+packed submissions, mixed host and device batches, non-contiguous out=
+(against the stand-in driver)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from device_producers import DeviceArray, ExchangeDeviceArray, values
+
+import tensorbridge as tb
+from tensorbridge import _core
+
+
+@pytest.mark.parametrize(("shape", "strides", "view"), [
+    ((4, 3), (6, 2), lambda a: a[:, ::2]),            # every other column: runs of 1 element
+    ((4, 5), (6, 1), lambda a: a[:, :5]),             # padded rows: runs of 5
+    ((2, 3, 2), (12, 4, 1), lambda a: a.reshape(2, 3, 4)[:, :, :2]),
+])
+def test_strided_device_memory_is_copied_as_its_runs(standin, shape, strides, view):
+    base = values((4, 6))
+    expected = view(base)
+    assert expected.shape == shape
+    x = DeviceArray(standin, base, ndim=len(shape), shape=shape, strides=strides)
+    np.testing.assert_array_equal(tb.to_numpy(x), expected)
+    np.testing.assert_array_equal(tb.to_numpy_async(x).wait(), expected)
+    assert standin.calls("cuMemcpyBatchAsync") == 2
+
+
+def test_collect_takes_strided_device_batches(standin):
+    base = values((4, 6))
+    strided = DeviceArray(standin, base, shape=(4, 3), strides=(6, 2))
+    plain = DeviceArray(standin, base[:2, :3])
+    np.testing.assert_array_equal(tb.collect([strided, plain]),
+                                  np.concatenate([base[:, ::2], base[:2, :3]]))
+
+
+def test_too_fragmented_device_memory_is_refused_with_the_fix(standin):
+    x = DeviceArray(standin, values((300, 300)), shape=(300, 300), strides=(1, 300))  # transposed
+    with pytest.raises(BufferError, match="90000 separate pieces; make it contiguous"):
+        tb.to_numpy(x)
+
+
+@pytest.mark.parametrize("given_as", ["list", "generator"])
+def test_thousand_small_batches_are_packed(standin, Device, given_as, monkeypatch):
+    from tensorbridge import _collect
+
+    batches = [Device(standin, np.full((1, 16), i, np.float32)) for i in range(1000)]
+    if Device is ExchangeDeviceArray and given_as == "list":  # the bulk path, all in one go
+        monkeypatch.setattr(_collect, "_Writer", None)
+    a = tb.collect(batches if given_as == "list" else iter(batches))
+    np.testing.assert_array_equal(a[:, 0], np.arange(1000))
+    assert standin.calls("cuMemcpyBatchAsync") == 1
+    assert standin.calls("cuMemcpyDtoHAsync") == 0
+    # Their current stream is the legacy one, where cuda.h forbids the batch
+    # copy: it runs on a stream of ours, ordered both ways by an event each.
+    assert standin.calls("cuEventRecord") == 3
+    if Device is ExchangeDeviceArray:  # described in C: no Python-level DLPack call
+        assert all(b.requests == [] for b in batches)
+
+
+def test_the_route_describes_only_plain_compact_exchange_memory(standin):
+    import torch
+
+    plain = ExchangeDeviceArray(standin, values((3, 4)), device=1)
+    route = _core.route(plain)
+    assert route.kind == "device" and route.torch_device is None
+    assert tuple(route.memory) == (1, 0, plain.address, (3, 4), np.dtype(np.float32))
+    assert (route.memory.device, route.memory.address) == (1, plain.address)
+    strided = ExchangeDeviceArray(standin, values((3, 4)), shape=(3, 2), strides=(4, 2))
+    for other in (np.ones(3), torch.ones(3), DeviceArray(standin, values((3,))), strided,
+                  ExchangeDeviceArray(standin, values((3,)), refuse_exchange=True), "text"):
+        assert _core.route(other).memory is None
+
+
+def test_collect_of_exchange_sequences_that_need_the_general_path(standin):
+    small = [values((2, 3), seed=i) for i in range(4)]
+    exchange = [ExchangeDeviceArray(standin, p) for p in small]
+    mixed = exchange[:2] + [DeviceArray(standin, small[2]), small[3]]
+    np.testing.assert_array_equal(tb.collect(mixed), np.concatenate(small))
+    big = values((200, 200))  # 160 KB: too large to wait for packing
+    np.testing.assert_array_equal(tb.collect(exchange + [ExchangeDeviceArray(standin, big[:, :3])]),
+                                  np.concatenate(small + [big[:, :3]]))
+    two_devices = [ExchangeDeviceArray(standin, p, device=i % 2) for i, p in enumerate(small)]
+    np.testing.assert_array_equal(tb.collect(two_devices), np.concatenate(small))
+    out = np.empty((8, 3), np.float32)
+    assert tb.collect(exchange, out=out) is out
+    np.testing.assert_array_equal(out, np.concatenate(small))
+    with pytest.raises(ValueError, match="out has 7 rows, but the batches bring at least 8"):
+        tb.collect(exchange, out=np.empty((7, 3), np.float32))
+    with pytest.raises(ValueError, match=r"batch 1 has shape \(2, 2\), but batch 0 has trailing"):
+        tb.collect([exchange[0], ExchangeDeviceArray(standin, values((2, 2)))])
+    with pytest.raises(ValueError, match="batch 1 has dtype float64, but batch 0 has float32"):
+        tb.collect([exchange[0], ExchangeDeviceArray(standin, values((2, 3), "float64"))])
+
+
+def test_without_the_batch_api_small_batches_still_share_one_event():
+    code = textwrap.dedent("""
+        import numpy as np, tensorbridge as tb
+        from standin.build import StandIn
+        from device_producers import DeviceArray
+        import os
+        s = StandIn(os.environ["TENSORBRIDGE_LIBCUDA"])
+        a = tb.collect(DeviceArray(s, np.full((1, 4), i, np.float32)) for i in range(100))
+        assert (a[:, 0] == np.arange(100)).all()
+        print(s.calls("cuMemcpyBatchAsync"), s.calls("cuMemcpyDtoHAsync"), s.calls("cuEventRecord"))
+    """)
+    env = dict(os.environ, STANDIN_NO_BATCH_COPY="1")
+    out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(__file__), env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "100", "1"]
+
+
+def test_collect_mixes_host_and_device_batches(standin):
+    parts = [values((3, 4), seed=i) for i in range(6)]
+    batches = [DeviceArray(standin, p) if i % 2 else p for i, p in enumerate(parts)]
+    np.testing.assert_array_equal(tb.collect(batches), np.concatenate(parts))
+    big = values((2000, 1000))
+    np.testing.assert_array_equal(tb.collect([DeviceArray(standin, big), big[:10]]),
+                                  np.concatenate([big, big[:10]]))
+
+
+@pytest.mark.parametrize("Device", [DeviceArray, ExchangeDeviceArray])
+def test_collect_into_a_non_contiguous_out(standin, Device):
+    # Packed small batches, a large one and host rows between them: device
+    # rows reach every other column of `out` through staging, and the staging
+    # never writes back over the host rows.
+    parts = [values((3, 4), seed=i) for i in range(5)] + [values((3000, 4), seed=9)]
+    batches = [p if i == 2 else Device(standin, p) for i, p in enumerate(parts)]
+    out = np.full((3015, 8), -1.0, np.float32)[:, ::2]
+    assert tb.collect(iter(batches), out=out) is out
+    np.testing.assert_array_equal(out, np.concatenate(parts))
