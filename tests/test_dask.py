@@ -149,6 +149,15 @@ def test_building_the_graph_computes_nothing(client):
             out.compute()
     assert np.array_equal(compute(client, out), model.transform(X))
 
+    def keys(dask_scheduler):
+        return {str(key) for key in dask_scheduler.tasks}
+
+    before = client.run_on_scheduler(keys)
+    lazy = model.transform(dX)  # with the client: the estimator is scattered, nothing runs
+    added = client.run_on_scheduler(keys) - before
+    assert len(added) == 1 and next(iter(added)).startswith("_Shipped-")
+    assert np.array_equal(compute(client, lazy), model.transform(X))
+
 
 def test_fit_reads_metadata_and_one_block():
     X = features(400)
@@ -237,22 +246,33 @@ def test_data_checks_run_per_block_with_the_same_errors(client):
     assert "NaN" in str(on_cluster.value)
 
 
-def test_shape_errors_are_raised_while_building(client):
+@pytest.mark.parametrize("make", [
+    lambda X: TorchTransformer(network(), batch_size=16, device="cpu").fit(X),
+    lambda X: ToNumpy().fit(X),
+], ids=["TorchTransformer", "ToNumpy"])
+@pytest.mark.parametrize("shape", [(40, 6), (0, 8), (40, 8, 2)])
+def test_shape_errors_are_the_in_memory_ones_while_building(make, shape):
+    model = make(features(40))
+    with pytest.raises(ValueError) as in_memory:
+        model.transform(np.zeros(shape, np.float32))
+    with pytest.raises(ValueError) as lazily:
+        model.transform(da.zeros(shape, np.float32, chunks=10))  # nothing to compute
+    assert str(lazily.value) == str(in_memory.value)
+
+
+def test_structure_errors_while_building():
     X = features(40)
     model = TorchTransformer(network(), batch_size=16, device="cpu").fit(X)
-    with pytest.raises(ValueError, match="X has 6 features, but TorchTransformer is "
-                                         "expecting 8 features"):
-        model.transform(da.zeros((40, 6), chunks=10))
     with pytest.raises(ValueError, match=r"at least 2 dimensions.*\(40,\)"):
         model.transform(da.zeros(40, chunks=10))
-    with pytest.raises(ValueError, match="0 samples"):
-        model.transform(da.zeros((0, 8), chunks=10))
     unknown = da.from_array(X, chunks=10)
     unknown = unknown[unknown[:, 0] > 0]
     with pytest.raises(ValueError, match="compute_chunk_sizes"):
         model.transform(unknown)
     with pytest.raises(TypeError, match="dask.array.Array or a dask.dataframe"):
         model.transform(dask.delayed(X))
+    with pytest.raises(ValueError, match="0 sample"):
+        TorchTransformer(network()).fit(da.zeros((0, 8), chunks=4))
 
 
 def test_pandas_output_is_refused_for_dask_input():

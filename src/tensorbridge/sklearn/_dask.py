@@ -9,8 +9,9 @@ dask until one arrives. ``transform`` builds a lazy graph and computes nothing:
   block then splits into exactly the batches the in-memory transform would
   make, so the results are equal bit for bit;
 - the output's chunks and dtype are known up front (``map_blocks`` with
-  ``chunks`` and ``dtype``): its width and dtype from one forward call on a
-  single row of zeros made here (no block of ``X`` is read). A Dask DataFrame
+  ``chunks`` and ``dtype``): its width and dtype from one call of
+  ``transform`` on a single row of zeros made here (no block of ``X`` is
+  read), which also raises the in-memory errors for a wrong sample shape. A Dask DataFrame
   is taken as ``to_dask_array(lengths=True)``, which counts its partitions'
   rows: the one pass it needs;
 - each block runs the estimator's own ``transform`` on the worker, so the
@@ -85,20 +86,18 @@ def _as_array(name, X):
                     "dask.dataframe.DataFrame (for a Series: series.to_frame())")
 
 
-def _check_structure(name, estimator, X):
-    """What metadata can tell, before any block is read."""
+def _check_structure(name, X):
+    """What metadata can tell, before any block is read (the sample shape is
+    checked by the probe in transform, with the in-memory transform's errors)."""
     if X.ndim < 2:
         raise ValueError(f"{name}: expected X of at least 2 dimensions, got a dask array of "
                          f"shape {X.shape}; reshape it to (n_samples, n_features)")
     if any(np.isnan(c) for axis in X.chunks for c in axis):
         raise ValueError(f"{name}: X has unknown chunk sizes (shape {X.shape}); call "
                          "X.compute_chunk_sizes() first, or pass a Dask DataFrame as it is")
-    if X.shape[0] < 1:
-        raise ValueError(f"{name}: X has 0 samples; at least 1 is required")
-    expected = getattr(estimator, "n_features_in_", None)
-    if expected is not None and X.shape[1] != expected:
-        raise ValueError(f"X has {X.shape[1]} features, but {name} is expecting {expected} "
-                         "features as input.")
+    if X.shape[0] < 1:  # scikit-learn's sentence, as for an in-memory X
+        raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 "
+                         f"is required by {name}.")
 
 
 def _check_output(name, estimator):
@@ -174,7 +173,7 @@ def fit(estimator, X, y=None):
     array = _as_array(name, X)
     if _trains_on_rows(estimator):  # a skorch NeuralNet learns from every row
         return estimator.fit(X.compute(), y.compute() if is_dask_collection(y) else y)
-    _check_structure(name, None, array)
+    _check_structure(name, array)
     if array is not X:  # a DataFrame: fit on one row of it, so that its names are kept
         first = next(i for i, size in enumerate(array.chunks[0]) if size)
         head = X.partitions[first].head(1, npartitions=1)
@@ -200,15 +199,14 @@ def transform(estimator, X, batch_size=None):
     name = type(estimator).__name__
     check_is_fitted(estimator)
     array = _as_array(name, X)
-    _check_structure(name, estimator, array)
+    _check_structure(name, array)
     _check_names(estimator, X)
     _check_output(name, estimator)
     local = _block_estimator(estimator)
-    if batch_size is None:  # the block's own dtype, as ToNumpy returns it
-        dtype, width = array.dtype, array.shape[1]
-    else:  # one row of zeros, made here: no block of X is read
-        probe = local.transform(np.zeros((1,) + array.shape[1:], array.dtype))
-        dtype, width = probe.dtype, probe.shape[1]
+    # One row of zeros, made here (no block of X is read): the output's width and
+    # dtype, and any error the sample shape gives, as the in-memory transform gives it.
+    probe = local.transform(np.zeros((1,) + array.shape[1:], array.dtype))
+    dtype, width = probe.dtype, probe.shape[1]
     array = _prepare(array, batch_size)
     shipped = _ship(local)
     drop = tuple(range(2, array.ndim))
