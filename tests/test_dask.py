@@ -383,6 +383,13 @@ def test_worker_resource_naming_a_missing_device():
 # -- a worker killed mid-computation ----------------------------------------------------
 
 
+def resident_bytes():
+    import psutil
+
+    gc.collect()
+    return psutil.Process().memory_info().rss
+
+
 class _Slow(torch.nn.Module):
     """Doubles its input, slowly: blocks are still running when a worker is killed."""
 
@@ -402,6 +409,7 @@ def test_worker_killed_mid_computation(client):
     del warm
     before = released(client)
     threads = client.run(threading.active_count)
+    memory = client.run(resident_bytes)
     pids = client.run(os.getpid)
 
     out = model.transform(da.from_array(X, chunks=(32, 8)))  # 20 blocks of 2 batches
@@ -420,6 +428,8 @@ def test_worker_killed_mid_computation(client):
     assert set(after[survivor]["live"]) <= {token}  # at most the last one loaded
     assert set(before[survivor]["live"]) <= {token}
     assert client.run(threading.active_count, workers=[survivor])[survivor] <= threads[survivor]
+    grown = client.run(resident_bytes, workers=[survivor])[survivor] - memory[survivor]
+    assert grown < 64 << 20, f"the survivor grew by {grown >> 20} MiB"  # blocks of 1 KiB
     client.wait_for_workers(2, timeout=TIMEOUT)  # the nanny restarted the killed one
 
 
