@@ -273,6 +273,8 @@ def test_structure_errors_while_building():
         model.transform(dask.delayed(X))
     with pytest.raises(ValueError, match="0 sample"):
         TorchTransformer(network()).fit(da.zeros((0, 8), chunks=4))
+    with pytest.raises(TypeError, match=r"fit parameters \['weights'\]"):
+        TorchTransformer(network()).fit(da.zeros((4, 8), chunks=4), weights=1)
 
 
 def test_pandas_output_is_refused_for_dask_input():

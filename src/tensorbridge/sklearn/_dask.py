@@ -167,19 +167,21 @@ def _prepare(X, batch_size):
 # -- fit and transform ----------------------------------------------------------------
 
 
-def fit(estimator, X, y=None):
-    """``estimator.fit`` on the metadata of ``X`` and one row of its first non-empty block."""
+def fit(estimator, X, y=None, **fit_params):
+    """``estimator.fit`` on the metadata of ``X`` and one row of its first non-empty
+    block (a skorch net: on every row of ``X`` and ``y``, computed, with ``fit_params``)."""
     name = type(estimator).__name__
     array = _as_array(name, X)
     if _trains_on_rows(estimator):  # a skorch NeuralNet learns from every row
-        return estimator.fit(X.compute(), y.compute() if is_dask_collection(y) else y)
+        y = y.compute() if is_dask_collection(y) else y
+        return estimator.fit(X.compute(), y, **fit_params)
     _check_structure(name, array)
     if array is not X:  # a DataFrame: fit on one row of it, so that its names are kept
         first = next(i for i, size in enumerate(array.chunks[0]) if size)
         head = X.partitions[first].head(1, npartitions=1)
     else:
         head = array.map_blocks(_host_block, dtype=array.dtype)[:1].compute()
-    return estimator.fit(head)
+    return estimator.fit(head, **fit_params)  # a module without a net takes none: its error
 
 
 def _trains_on_rows(estimator):
