@@ -207,7 +207,10 @@ def transform(estimator, X, batch_size=None):
     local = _block_estimator(estimator)
     # One row of zeros, made here (no block of X is read): the output's width and
     # dtype, and any error the sample shape gives, as the in-memory transform gives it.
-    probe = local.transform(np.zeros((1,) + array.shape[1:], array.dtype))
+    quiet = copy.copy(local)
+    if hasattr(quiet, "verbose"):
+        quiet.verbose = 0  # the probe row is no progress to report
+    probe = quiet.transform(np.zeros((1,) + array.shape[1:], array.dtype))
     dtype, width = probe.dtype, probe.shape[1]
     array = _prepare(array, batch_size)
     shipped = _ship(local)
