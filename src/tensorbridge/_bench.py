@@ -776,3 +776,104 @@ def quick_measurements() -> dict:
         result["device_to_pinned_GB_per_s"] = 5 * nbytes / (time.perf_counter() - start) / 1e9
         result["pinned_pool"] = pinned_memory_stats()
     return result
+
+
+def distributed_scaling(rows=196_608, width=64, batch_size=4096, block_rows=12_288,
+                        workers=(1, 2), repeats=5, small_blocks=400) -> dict:
+    """TorchTransformer over a dask array on local clusters of 1 and 2 worker
+    processes against the in-memory transform of the same rows, in interleaved
+    rounds of one run; and the scheduler's overhead per block. Not part of
+    ``--quick``.
+
+    ``dask compute`` is the whole trip (blocks computed on the workers, results
+    gathered into the client), ``dask persist`` leaves the results on the
+    workers; each round builds its graph anew (the estimator scattered, loaded
+    once per worker). The overhead per block is the time of a ToNumpy pass
+    over ``small_blocks`` blocks of 8 rows less that of one block (the graph's
+    fixed cost: building, scattering, submitting), divided by the blocks
+    added: what a block costs beyond its work. The in-memory transform also
+    runs on one torch thread: the work of one single-threaded worker, without
+    dask. Needs the dask extra (dask[array], distributed); returns the report
+    as a dict: per method ``median_s``,
+    ``rows_per_s``, ``ratio_to_in_memory`` (time over the in-memory
+    transform's in the same rounds: below 1 is faster) and
+    ``ratio_to_one_thread`` (over the one-thread transform's: each worker is one
+    thread, so on an idle machine N workers should approach 1/N).
+    """
+    import logging
+
+    import dask.array as da
+    import distributed
+    import torch
+
+    from .sklearn import TorchTransformer
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(width, 256), torch.nn.ReLU(),
+                                 torch.nn.Linear(256, 64))
+    report = {"rows": rows, "width": width, "batch_size": batch_size,
+              "block_rows": block_rows, "repeats": repeats,
+              "torch_threads_in_client": torch.get_num_threads(), "results": []}
+    X = model = None
+    for count in workers:
+        with distributed.LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
+                                      host="127.0.0.1", dashboard_address=None,
+                                      silence_logs=logging.ERROR) as cluster, \
+                distributed.Client(cluster) as client:
+            # Made on the workers (a graph carrying X itself would be as large as X).
+            dX = da.random.default_rng(0).standard_normal(
+                (rows, width), chunks=(block_rows, width), dtype=np.float32).persist()
+            tiny = da.zeros((8 * small_blocks, 4), np.float32, chunks=(8, 4)).persist()
+            distributed.wait([dX, tiny])
+            if X is None:
+                X = dX.compute()
+                model = TorchTransformer(module, batch_size=batch_size, device="cpu").fit(X)
+            times = _scaling_rounds(torch, distributed, client, model, X, dX, tiny, repeats)
+            base = statistics.median(times["in-memory transform"])
+            one = statistics.median(times["in-memory transform, 1 torch thread"])
+            for name, samples in times.items():
+                median = statistics.median(samples)
+                row = {"method": name, "workers": count, "median_s": median}
+                if name == "overhead per block":  # beyond the graph's fixed cost
+                    fixed = statistics.median(times["fixed cost per graph"])
+                    row.update(blocks=small_blocks,
+                               median_s=(median - fixed) / (small_blocks - 1))
+                elif name == "fixed cost per graph":
+                    row.update(blocks=1)
+                else:
+                    row.update(rows_per_s=rows / median, ratio_to_in_memory=median / base,
+                               ratio_to_one_thread=median / one)
+                report["results"].append(row)
+    return report
+
+
+def _scaling_rounds(torch, distributed, client, model, X, dX, tiny, repeats):
+    """Seconds per round of each method of distributed_scaling, on one cluster."""
+    from .sklearn import ToNumpy
+
+    step = ToNumpy().fit(X[:, :4])
+    methods = {
+        "in-memory transform": lambda: model.transform(X),
+        "in-memory transform, 1 torch thread": lambda: _one_thread(torch, model.transform, X),
+        "dask compute": lambda: client.compute(model.transform(dX)).result(),
+        "dask persist": lambda: distributed.wait(model.transform(dX).persist()),
+        "overhead per block": lambda: distributed.wait(step.transform(tiny).persist()),
+        "fixed cost per graph": lambda: distributed.wait(step.transform(tiny[:8]).persist()),
+    }
+    times = {name: [] for name in methods}
+    for round_ in range(repeats + 1):  # round 0 warms up: first loads, first calls
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _one_thread(torch, fn, *args):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)

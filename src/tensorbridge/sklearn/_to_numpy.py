@@ -7,6 +7,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import _torch, to_numpy
+from . import _dask
 
 
 class ToNumpy(TransformerMixin, BaseEstimator):
@@ -29,12 +30,17 @@ class ToNumpy(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Record ``n_features_in_`` (and ``feature_names_in_``)."""
+        if _dask.is_dask_collection(X):  # metadata and one row only: see _dask.py
+            return _dask.fit(self, X, y)
         self._validate(X, reset=True)
         return self
 
     def transform(self, X):
         """``X`` as a NumPy array: a view of CPU tensors and arrays wherever
-        possible, whatever their dtype (bfloat16 and float8 included)."""
+        possible, whatever their dtype (bfloat16 and float8 included); a lazy
+        dask array of them, block by block, for a dask array or Dask DataFrame."""
+        if _dask.is_dask_collection(X):
+            return _dask.transform(self, X)
         if "n_features_in_" not in self.__dict__:
             check_is_fitted(self)  # raises NotFittedError, worded as scikit-learn does
         if is_tensor_like(X):

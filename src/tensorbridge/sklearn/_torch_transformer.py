@@ -34,6 +34,7 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .. import _torch, collect, to_device, to_numpy, to_numpy_async
+from . import _dask
 from ._to_numpy import is_tensor_like
 
 _WIDENED_OUTPUTS = ("bfloat16", "float8")  # dtypes NumPy lacks: returned as float32
@@ -166,6 +167,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
         ``fit_params`` go to a skorch net's ``fit``; other modules take none.
         """
+        if _dask.is_dask_collection(X):  # metadata and one row only: see _dask.py
+            return _dask.fit(self, X, y, **fit_params)
         import torch
 
         net = _is_skorch_net(self.module)
@@ -389,7 +392,10 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def transform(self, X):
         """Run ``module_`` over ``X`` in batches; returns a 2-D NumPy array (a
-        tensor on ``X``'s device under array API dispatch: see Notes)."""
+        tensor on ``X``'s device under array API dispatch: see Notes; a lazy
+        dask array for a dask array or Dask DataFrame)."""
+        if _dask.is_dask_collection(X):
+            return _dask.transform(self, X, self.batch_size)
         import torch
 
         check_is_fitted(self)
