@@ -20,41 +20,53 @@ PyTypeObject* g_memory_type = nullptr;
 // What the arguments ask of the routes finished in C: `x` alone, or with
 // copy=None, True or False, out=None and stream=None or any stream (streams
 // do not apply to CPU memory; a device copy with a stream is left to Python).
-// Anything else, unknown keywords included, goes to Python.
+// out= goes to Python with its route; arguments to_numpy does not take go to
+// Python without one (it raises), before anything of `x` is asked.
 enum class Request { kPython, kView, kCopy };
 
 struct Arguments {
-  PyObject* x = nullptr;  // borrowed; nullptr when not given
+  PyObject* x = nullptr;  // borrowed; nullptr when not given or when the arguments are wrong
   Request request = Request::kView;
   bool copy_forbidden = false;  // copy=False
   bool stream_given = false;
+  bool view_returned = true;  // neither copy=True nor out=: a view is returned as is
 };
 
 Arguments parse(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   Arguments parsed;
   const Py_ssize_t positional = PyVectorcall_NARGS(nargs);
-  if (positional >= 1) parsed.x = args[0];
-  if (positional != 1) parsed.request = Request::kPython;
+  bool wrong = positional > 1;
+  if (positional == 1) parsed.x = args[0];
   const Py_ssize_t count = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
   for (Py_ssize_t i = 0; i < count; ++i) {
     PyObject* name = PyTuple_GET_ITEM(kwnames, i);
     PyObject* value = args[positional + i];
     if (PyUnicode_CompareWithASCIIString(name, "copy") == 0) {
       if (value == Py_True) {
+        parsed.view_returned = false;
         if (parsed.request == Request::kView) parsed.request = Request::kCopy;
       } else if (value == Py_False) {
         parsed.copy_forbidden = true;
       } else if (value != Py_None) {
-        parsed.request = Request::kPython;
+        wrong = true;
       }
     } else if (PyUnicode_CompareWithASCIIString(name, "out") == 0) {
-      if (value != Py_None) parsed.request = Request::kPython;
+      if (value != Py_None) {
+        parsed.view_returned = false;
+        parsed.request = Request::kPython;
+      }
     } else if (PyUnicode_CompareWithASCIIString(name, "stream") == 0) {
       parsed.stream_given = value != Py_None;
-    } else {
-      if (PyUnicode_CompareWithASCIIString(name, "x") == 0 && positional == 0) parsed.x = value;
+    } else if (PyUnicode_CompareWithASCIIString(name, "x") == 0 && parsed.x == nullptr) {
+      parsed.x = value;  // to_numpy(x=t): the same input, through Python
       parsed.request = Request::kPython;
+    } else {
+      wrong = true;
     }
+  }
+  if (wrong || parsed.x == nullptr) {
+    parsed.x = nullptr;
+    parsed.request = Request::kPython;
   }
   return parsed;
 }
@@ -274,14 +286,15 @@ PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject*
   if (arguments.x == nullptr)
     return call_fallback((Py_INCREF(Py_None), Py_None), args, nargs, kwnames);
   Found found;
-  classify(arguments.x, arguments.request == Request::kView, &found);
+  classify(arguments.x, arguments.view_returned, &found);
   if (g_fast_path && arguments.request != Request::kPython) {
     if (found.kind == Kind::kView && arguments.request == Request::kView) {
       PyObject* view = found.view;
       found.view = nullptr;
       return view;
     }
-    if (found.kind == Kind::kView) {  // copy=True: memory NumPy owns, in the view's order
+    // copy=True: memory NumPy owns, in the view's order (a subclass's own copy() in Python)
+    if (found.kind == Kind::kView && PyArray_CheckExact(found.view)) {
       return PyArray_NewCopy(reinterpret_cast<PyArrayObject*>(found.view), NPY_KEEPORDER);
     }
     if (found.kind == Kind::kDevice && !arguments.copy_forbidden && !arguments.stream_given) {

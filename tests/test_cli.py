@@ -619,3 +619,28 @@ def test_no_word_of_the_seed_where_a_user_reads(tmp_path):
 
     for where, text in texts.items():
         assert not re.search(r"\bthe seed\b|\bseed's\b", text, re.I), where
+
+
+def test_the_distributed_case_is_printed_with_its_ratios(capsys):
+    from tensorbridge.cli import _print_table
+
+    distributed = {"results": [
+        {"method": "dask compute", "workers": 2, "median_s": 0.5, "ratio_to_in_memory": 2.5},
+        {"method": "overhead per block", "workers": 2, "median_s": 1.2e-3, "blocks": 400}]}
+    _print_table(fake_report([], distributed=distributed), sys.stdout)
+    out = capsys.readouterr().out
+    assert "distributed (dask, local worker processes" in out
+    assert "  dask compute, 2 worker(s): 500 ms, 2.5x in-memory" in out
+    assert "  overhead per block, 2 worker(s): 1.20 ms per block" in out
+
+
+def test_a_full_run_without_dask_says_why_the_distributed_case_is_missing(monkeypatch):
+    from tensorbridge import _bench
+
+    report = {"skipped": [], "failed": [], "cases": []}
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    _bench._distributed_case(report)
+    assert report["skipped"] == [{"case": "distributed: TorchTransformer over dask on 1 and 2 "
+                                  "local workers", "method": "*", "reason": "dask and "
+                                  "distributed are not installed (the dask extra)"}]
+    assert "distributed" not in report

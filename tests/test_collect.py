@@ -96,12 +96,23 @@ def test_an_exception_mid_iteration_propagates_and_returns_nothing():
         tb.collect(batches())
 
 
+class BadText:
+    """An array-like whose conversion raises an error type of its own."""
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array([b"\xff".decode()])
+
+
 def test_unconvertible_batches_are_reported_as_collect_errors_naming_the_batch():
     with pytest.raises(TypeError, match=r"^collect: batch 1: cannot convert an object of "
                                         "type 'list'"):
         tb.collect([np.ones((2, 2)), [[1.0, 2.0]]])
     with pytest.raises(TypeError, match=r"^collect: batch 2: x is a meta tensor"):
         tb.collect(iter([torch.ones(1, 2), torch.ones(1, 2), torch.empty(1, 2, device="meta")]))
+    with pytest.raises(UnicodeDecodeError) as raised:  # a producer's own error type, kept
+        tb.collect([np.ones((1, 2)), BadText()])
+    assert "(raised by collect, reading batch 1)" in getattr(raised.value, "__notes__", [
+        "(raised by collect, reading batch 1)"])  # notes exist from Python 3.11
     with pytest.raises(TypeError, match=r"^collect: batch 0: torch.qint8 has no NumPy dtype"):
         tb.collect([torch.quantize_per_tensor(torch.ones(1, 2), 0.1, 0, torch.qint8)])
 

@@ -101,12 +101,46 @@ def test_copy_false_with_out_is_contradictory(path):
 
 
 def test_unknown_and_positional_arguments(path):
-    with pytest.raises(TypeError, match="unexpected keyword argument 'dtype'"):
-        tb.to_numpy(torch.ones(2), dtype=np.float64)
-    with pytest.raises(TypeError):
-        tb.to_numpy(torch.ones(2), True)
-    with pytest.raises(TypeError):
+    t = torch.ones(2)
+    unexpected = r"^to_numpy\(\) got an unexpected keyword argument"
+    with pytest.raises(TypeError, match=f"{unexpected} 'dtype'"):
+        tb.to_numpy(t, dtype=np.float64)
+    with pytest.raises(TypeError, match=r"^to_numpy\(\) takes 1 positional argument but 2 were"):
+        tb.to_numpy(t, True)
+    with pytest.raises(TypeError, match=r"^to_numpy\(\) missing 1 required positional argument"):
         tb.to_numpy()
+    with pytest.raises(TypeError, match=r"^to_numpy\(\) got multiple values for argument 'x'"):
+        tb.to_numpy(t, x=t)
+    with pytest.raises(TypeError, match=f"{unexpected} 'route'"):
+        tb.to_numpy(t, route=None)  # the fallback's own first parameter is not a keyword
+    np.testing.assert_array_equal(tb.to_numpy(x=t), [1, 1])  # x by keyword, as in a def
+
+
+def test_wrong_arguments_are_refused_before_the_input_is_asked_anything(path):
+    class Unaskable(torch.Tensor):
+        @property
+        def device(self):
+            raise AssertionError("asked")
+
+    t = torch.ones(2).as_subclass(Unaskable)
+    with pytest.raises(TypeError, match="copy must be None, True or False"):
+        tb.to_numpy(t, copy="yes")
+    with pytest.raises(TypeError, match="takes 1 positional argument"):
+        tb.to_numpy(t, None)
+
+
+def test_an_ndarray_subclass_is_copied_by_its_own_copy(path):
+    class Tracked(np.ndarray):
+        copies = 0
+
+        def copy(self, order="K"):
+            Tracked.copies += 1
+            return super().copy(order)
+
+    a = np.arange(3.0).view(Tracked)
+    assert tb.to_numpy(a) is a
+    copied = tb.to_numpy(a, copy=True)
+    assert type(copied) is Tracked and Tracked.copies == 1 and not np.shares_memory(a, copied)
 
 
 def test_array_like_that_needs_a_copy_with_copy_false(path):

@@ -146,6 +146,9 @@ def run(settings: Settings, progress=None, checkpoint=None) -> dict:
         save(report)
     if "cpu" in settings.devices:
         report["collect_peak_memory"] = collect_peak_memory(16 if settings.quick else 64)
+    if settings.workflows and not settings.quick:
+        _distributed_case(report)
+        save(report)
     report["complete"] = True
     save(report)
     if progress:
@@ -776,6 +779,28 @@ def quick_measurements() -> dict:
         result["device_to_pinned_GB_per_s"] = 5 * nbytes / (time.perf_counter() - start) / 1e9
         result["pinned_pool"] = pinned_memory_stats()
     return result
+
+
+def _distributed_case(report) -> None:
+    """distributed_scaling into report["distributed"], or why it did not run."""
+    case = "distributed: TorchTransformer over dask on 1 and 2 local workers"
+    try:
+        import dask.array  # noqa: F401
+        import distributed  # noqa: F401
+    except ImportError:
+        report["skipped"].append({"case": case, "method": "*", "reason":
+                                  "dask and distributed are not installed (the dask extra)"})
+        return
+    start = time.perf_counter()
+    try:
+        report["distributed"] = distributed_scaling()
+    except Exception as error:  # noqa: BLE001 - recorded, and the run goes on
+        report["failed"].append({"case": case, "method": "*", **_error_fields(error)})
+        status = "failed"
+    else:
+        status = "measured"
+    report["cases"].append({"case": case, "device": "cpu", "status": status,
+                            "seconds": time.perf_counter() - start})
 
 
 def distributed_scaling(rows=196_608, width=64, batch_size=4096, block_rows=12_288,

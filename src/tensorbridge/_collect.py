@@ -246,7 +246,12 @@ class _Writer:
                 source = _device_memory.of_route(route, batch, caller="collect")
                 array = _convert.view_to_copy(route, batch) if source is None else None
             except (TypeError, ValueError, BufferError) as error:
-                # The same error, naming the call the user made and the batch.
+                # Our own errors again, naming the call the user made and the
+                # batch; any other (a producer's own type) as it is, with a note.
+                if type(error) not in (TypeError, ValueError, BufferError):
+                    if hasattr(error, "add_note"):
+                        error.add_note(f"(raised by collect, reading batch {index})")
+                    raise
                 message = re.sub(r"^(to_numpy|collect): ", "", str(error))
                 raise type(error)(f"collect: batch {index}: {message}") from error
         described = array if source is None else source

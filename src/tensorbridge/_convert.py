@@ -28,11 +28,15 @@ def install() -> None:
     _core.set_fallback(convert)
 
 
-def convert(route, x=_MISSING, *extra, copy=None, out=None, stream=None, **unknown):
+def convert(route, x=_MISSING, /, *extra, copy=None, out=None, stream=None, **unknown):
     """``to_numpy(x, ...)`` for the routes the native core leaves to Python;
-    `route` is what it found of `x` (None without an `x`). Callers use
-    ``tensorbridge.to_numpy``, whose front door calls this."""
+    `route` is what it found of `x` (None when the arguments are wrong).
+    Callers use ``tensorbridge.to_numpy``, whose front door calls this."""
     # Python's own wording, for the public signature to_numpy(x, *, copy, out, stream)
+    if "x" in unknown:
+        if x is not _MISSING:
+            raise TypeError("to_numpy() got multiple values for argument 'x'")
+        x = unknown.pop("x")
     if unknown:
         raise TypeError(f"to_numpy() got an unexpected keyword argument {next(iter(unknown))!r}")
     if extra:
@@ -48,6 +52,8 @@ def convert(route, x=_MISSING, *extra, copy=None, out=None, stream=None, **unkno
                 "drop one of them"
             )
         check_out_array(out)
+    if route is None:  # the front door found the arguments wrong; none is, called directly
+        route = _core.route(x, numpy_method=not copy and out is None)
 
     kind = route.kind
     if kind == "view":
@@ -100,10 +106,11 @@ def to_numpy_async(x: Any, *, out: np.ndarray | None = None, stream: Any = None)
     """
     if out is not None:
         check_out_array(out)
-    memory = _device_memory.of_route(_core.route(x, numpy_method=False), x, stream)
+    route = _core.route(x, numpy_method=out is None)
+    memory = _device_memory.of_route(route, x, stream)
     if memory is not None:
         return _device_memory.copy_device_memory(memory, out, asynchronous=True)
-    return Transfer.finished(_core.to_numpy(x, out=out, stream=stream))
+    return Transfer.finished(convert(route, x, out=out, stream=stream))
 
 
 def view_to_copy(route, x) -> np.ndarray:
@@ -235,7 +242,9 @@ def _from_dlpack(route, x, copy, out, stream):
             f"type {device_type}, which the CPU cannot read; pass copy=None to allow the copy"
         )
     if device_type in _dlpack.CUDA_DEVICE_TYPES:
-        memory = _device_memory.of_route(route, x, stream)
+        memory = (_device_memory.DeviceMemory.described(route.memory, x)
+                  if route.kind == "device" and stream is None
+                  else _device_memory.DeviceMemory.of_dlpack(x, device_id, stream))
         return _device_memory.copy_device_memory(memory, out, asynchronous=False)
     # Ask the producer itself for a host copy (DLPack >= 1.0 `dl_device`).
     try:

@@ -336,6 +336,14 @@ def _print_table(report, out):
         print("\ncollect, peak memory growth / result: " + ", ".join(
             f"{name} {value:.2f}x" if isinstance(value, float) else f"{name} {value}"
             for name, value in peak.items()), file=out)
+    for row in report.get("distributed", {}).get("results", []):
+        if row is report["distributed"]["results"][0]:
+            print("\ndistributed (dask, local worker processes; ratios to the in-memory "
+                  "transform in the same rounds):", file=out)
+        ratio = row.get("ratio_to_in_memory")
+        print(f"  {row['method']}, {row['workers']} worker(s): {_format_time(row['median_s'])}"
+              + (" per block" if row["method"] == "overhead per block" else "")
+              + (f", {_format_ratio(ratio)} in-memory" if ratio is not None else ""), file=out)
     headline = _figures(report)
     if headline:
         print("\nfigures (ratios measured side by side in this run):", file=out)
