@@ -249,6 +249,7 @@ def fake_cases(monkeypatch):
 
     monkeypatch.setattr(_bench, "build_cases", cases)
     monkeypatch.setattr(_bench, "collect_peak_memory", lambda count: {})
+    monkeypatch.setattr(_bench, "_distributed_case", lambda report: None)  # a cluster: not here
     return seen_on_disk
 
 
@@ -630,7 +631,7 @@ def test_the_distributed_case_is_printed_with_its_ratios(capsys):
     _print_table(fake_report([], distributed=distributed), sys.stdout)
     out = capsys.readouterr().out
     assert "distributed (dask, local worker processes" in out
-    assert "  dask compute, 2 worker(s): 500 ms, 2.5x in-memory" in out
+    assert "  dask compute, 2 worker(s): 500 ms, 2.50x in-memory" in out
     assert "  overhead per block, 2 worker(s): 1.20 ms per block" in out
 
 
