@@ -127,6 +127,15 @@ PYBIND11_MODULE(_core, m) {
     }
     m.attr("TORCH_DTYPES") = py::tuple(table);
   }
+  {
+    namespace dl = tb::dlpack;
+    py::set readable, cuda;
+    for (dl::DLDeviceType type : dl::kCpuReadableDevices) readable.add(static_cast<int>(type));
+    for (dl::DLDeviceType type : dl::kCudaDeviceTypes) cuda.add(static_cast<int>(type));
+    m.attr("CPU_READABLE_DEVICES") = py::frozenset(readable);
+    m.attr("CUDA_DEVICE_TYPES") = py::frozenset(cuda);
+    m.attr("DLPACK_MAX_VERSION") = py::make_tuple(dl::kMajorVersion, dl::kMinorVersion);
+  }
   m.def("set_fallback", [](py::object fallback) { tb::set_fallback(fallback.ptr()); });
   m.def("set_fast_path", &tb::set_fast_path, py::arg("enabled"));
   m.def("set_exchange_api", &tb::set_exchange_api, py::arg("enabled"));

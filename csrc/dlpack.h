@@ -32,6 +32,19 @@ enum DLDeviceType : int32_t {
   kDLCUDAManaged = 13,
 };
 
+// Device types whose memory the CPU reads directly, and those of CUDA device
+// memory: defined here once, and given to Python as _core.CPU_READABLE_DEVICES
+// and _core.CUDA_DEVICE_TYPES.
+constexpr DLDeviceType kCpuReadableDevices[] = {kDLCPU, kDLCUDAHost, kDLROCMHost};
+constexpr DLDeviceType kCudaDeviceTypes[] = {kDLCUDA, kDLCUDAManaged};
+
+constexpr bool cpu_readable(DLDeviceType type) {
+  return type == kDLCPU || type == kDLCUDAHost || type == kDLROCMHost;
+}
+constexpr bool is_cuda_memory(DLDeviceType type) {
+  return type == kDLCUDA || type == kDLCUDAManaged;
+}
+
 struct DLDevice {
   DLDeviceType device_type;
   int32_t device_id;

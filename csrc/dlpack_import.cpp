@@ -15,10 +15,6 @@ using namespace dlpack;
 constexpr const char* kOwnerName = "tensorbridge.dlpack_owner";
 constexpr const char* kVersionedOwnerName = "tensorbridge.dlpack_owner_versioned";
 
-bool cpu_readable(DLDeviceType type) {
-  return type == kDLCPU || type == kDLCUDAHost || type == kDLROCMHost;
-}
-
 // The owner capsules hand the managed tensor back to its producer when the
 // array that uses it is freed. Capsule destructors run with the GIL held, but
 // possibly while an exception propagates (an array dropped during unwinding):

@@ -65,8 +65,6 @@ bool read_exchanged(PyObject* x, const TypeInfo& info, DLTensor* tensor) {
   return true;
 }
 
-bool is_cuda_memory(DLDeviceType type) { return type == kDLCUDA || type == kDLCUDAManaged; }
-
 PyObject* view_exchanged(PyObject* x, const TypeInfo& info, const DLTensor& tensor) {
   if (tensor.device.device_type != kDLCPU) return nullptr;
   PyObject* owner = exchanged_memory_owner(x, info, tensor);

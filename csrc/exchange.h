@@ -17,8 +17,6 @@ namespace tensorbridge {
 // show its values.
 bool read_exchanged(PyObject* x, const TypeInfo& info, dlpack::DLTensor* tensor);
 
-bool is_cuda_memory(dlpack::DLDeviceType type);
-
 // A zero-copy view of CPU memory read through the exchange API, or nullptr
 // (no Python error set) when NumPy cannot view it.
 PyObject* view_exchanged(PyObject* x, const TypeInfo& info, const dlpack::DLTensor& tensor);

@@ -67,6 +67,9 @@ class CapsuleMemory(structseq[Any], tuple[object, int, int, int, tuple[int, ...]
     @property
     def dtype_name(self) -> str: ...
 
+CPU_READABLE_DEVICES: Final[frozenset[int]]
+CUDA_DEVICE_TYPES: Final[frozenset[int]]
+DLPACK_MAX_VERSION: Final[tuple[int, int]]
 TORCH_DTYPES: Final[tuple[tuple[str, str, Literal["native", "extended", "widened"]], ...]]
 
 def to_numpy(

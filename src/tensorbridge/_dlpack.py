@@ -3,11 +3,13 @@ the version we ask for, and how a producer is asked for its capsule."""
 
 from __future__ import annotations
 
-# DLPack device types whose memory the CPU can read directly.
-CPU_READABLE_DEVICES = {1, 3, 11}  # CPU, CUDA host (pinned), ROCm host
-CUDA = 2  # kDLCUDA
-CUDA_DEVICE_TYPES = {CUDA, 13}  # CUDA, CUDA managed
-MAX_VERSION = (1, 3)  # the newest DLPack ABI we read
+from . import _core
+
+# The native core's definitions (csrc/dlpack.h), not copies of them.
+CPU_READABLE_DEVICES = _core.CPU_READABLE_DEVICES  # CPU, CUDA host (pinned), ROCm host
+CUDA_DEVICE_TYPES = _core.CUDA_DEVICE_TYPES  # CUDA, CUDA managed
+CUDA = 2  # kDLCUDA, the device type of the memory the native core describes
+MAX_VERSION = _core.DLPACK_MAX_VERSION  # the newest DLPack ABI we read
 
 
 def device_of(x):
