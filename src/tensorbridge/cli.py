@@ -325,6 +325,8 @@ def _print_table(report, out):
     entries = {c["case"]: c for c in report.get("cases", [])}
     for case in order:
         rows = [r for r in results if r["case"] == case]
+        if not rows and not any(f["case"] == case for f in failed):
+            continue  # measured elsewhere in the report (the distributed case)
         print(f"\n{case}{_case_note(entries.get(case), rows)}\n{line(columns)}", file=out)
         for row in rows:
             print(line(cells[id(row)]), file=out)
