@@ -108,7 +108,7 @@ def test_plain_cuda_tensors_take_the_native_route():
 
     def fallback(*args, **kwargs):
         calls.append(args)
-        return _convert.to_numpy(*args, **kwargs)
+        return _convert.convert(*args, **kwargs)
 
     _core.set_fallback(fallback)
     try:
