@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import operator
-import re
 import sys
 from collections.abc import Iterable
 from functools import partial
@@ -243,7 +242,7 @@ class _Writer:
         if type(batch) is not np.ndarray:
             try:
                 route = _core.route(batch, numpy_method=False)
-                source = _device_memory.of_route(route, batch, caller="collect")
+                source = _device_memory.of_route(route, batch)
                 array = _convert.view_to_copy(route, batch) if source is None else None
             except (TypeError, ValueError, BufferError) as error:
                 # Our own errors again, naming the call the user made and the
@@ -252,7 +251,7 @@ class _Writer:
                     if hasattr(error, "add_note"):
                         error.add_note(f"(raised by collect, reading batch {index})")
                     raise
-                message = re.sub(r"^(to_numpy|collect): ", "", str(error))
+                message = str(error).removeprefix("to_numpy: ")
                 raise type(error)(f"collect: batch {index}: {message}") from error
         described = array if source is None else source
         shape, dtype = described.shape, described.dtype

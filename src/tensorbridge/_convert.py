@@ -242,9 +242,7 @@ def _from_dlpack(route, x, copy, out, stream):
             f"type {device_type}, which the CPU cannot read; pass copy=None to allow the copy"
         )
     if device_type in _dlpack.CUDA_DEVICE_TYPES:
-        memory = (_device_memory.DeviceMemory.described(route.memory, x)
-                  if route.kind == "device" and stream is None
-                  else _device_memory.DeviceMemory.of_dlpack(x, device_id, stream))
+        memory = _device_memory.of_producer(route, x, device_id, stream)
         return _device_memory.copy_device_memory(memory, out, asynchronous=False)
     # Ask the producer itself for a host copy (DLPack >= 1.0 `dl_device`).
     try:

@@ -80,12 +80,12 @@ class DeviceMemory:
                    after_enqueue=lambda: current.wait_stream(given))
 
     @classmethod
-    def of_dlpack(cls, x, device_id, stream=None, caller="to_numpy"):
+    def of_dlpack(cls, x, device_id, stream=None):
         """Any DLPack producer in CUDA memory (BufferError, saying why, when
         CUDA is unusable here)."""
         if not _driver.cuda_available():
-            raise _driver.unusable_cuda_error(caller, x, device_id)
-        _streams.check_stream_device(stream, device_id, caller)
+            raise _driver.unusable_cuda_error(x, device_id)
+        _streams.check_stream_device(stream, device_id)
         handle = (_streams.stream_handle(stream) if stream is not None
                   else _streams.producer_stream(device_id))
         # The consumer names its stream: the producer orders its pending work
@@ -93,7 +93,7 @@ class DeviceMemory:
         capsule = _dlpack.request_capsule(x, stream=handle)
         found = _core.describe_capsule(capsule)
         if found.dtype is None:
-            raise TypeError(f"{caller}: this {type(x).__name__} holds {found.dtype_name}, which "
+            raise TypeError(f"to_numpy: this {type(x).__name__} holds {found.dtype_name}, which "
                             "has no NumPy dtype; convert it in the producer first")
         return cls(found.device, handle, found.address, found.shape, found.strides, found.dtype,
                    found.owner)
@@ -128,23 +128,33 @@ def copy_device_memory(memory: DeviceMemory, out, asynchronous):
     return Transfer.finished(result) if asynchronous else result
 
 
-def of_route(route, x, stream=None, caller="to_numpy"):
+def of_route(route, x, stream=None):
     """`x`'s CUDA memory as the engine copies it, from its route
     (``_core.route``), or None: for memory the CPU reads, and for the torch
     tensors whose values torch itself writes to the host (see
     `is_torch_device_copy`)."""
-    if route.kind == "device" and stream is None:
-        return DeviceMemory.described(route.memory, x)
     if route.torch_device is not None:
-        return DeviceMemory.of_tensor(_torch.imported(), x, stream) \
-            if is_torch_device_copy(route) else None
+        if not is_torch_device_copy(route):
+            return None
+        if route.kind == "device" and stream is None:
+            return DeviceMemory.described(route.memory, x)
+        return DeviceMemory.of_tensor(_torch.imported(), x, stream)
     if route.kind == "device":
-        return DeviceMemory.of_dlpack(x, route.memory.device, stream, caller)
+        return of_producer(route, x, route.memory.device, stream)
     if route.kind == "dlpack":
         device_type, device_id = _dlpack.device_of(x)
         if device_type in _dlpack.CUDA_DEVICE_TYPES:
-            return DeviceMemory.of_dlpack(x, device_id, stream, caller)
+            return of_producer(route, x, device_id, stream)
     return None
+
+
+def of_producer(route, x, device_id, stream=None):
+    """A DLPack producer's CUDA memory on `device_id`: as the native core
+    described it, on the producer's current stream, or else (another stream,
+    memory it did not describe) from the producer's capsule."""
+    if route.kind == "device" and stream is None:
+        return DeviceMemory.described(route.memory, x)
+    return DeviceMemory.of_dlpack(x, device_id, stream)
 
 
 def is_torch_device_copy(route) -> bool:

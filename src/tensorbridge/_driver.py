@@ -81,8 +81,8 @@ def cuda_status() -> CudaStatus:
                 "reason": f"the CUDA probe failed: {error}"}
 
 
-def unusable_cuda_error(caller: str, x, device_id: int) -> BufferError:
+def unusable_cuda_error(x, device_id: int) -> BufferError:
     """The error for CUDA memory on a machine where CUDA is unusable."""
     return BufferError(
-        f"{caller}: this {type(x).__name__} holds CUDA memory (device {device_id}), but CUDA is "
+        f"to_numpy: this {type(x).__name__} holds CUDA memory (device {device_id}), but CUDA is "
         f"unusable here: {cuda_status()['reason']}")

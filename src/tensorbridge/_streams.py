@@ -31,7 +31,7 @@ def stream_handle(stream) -> int:
     )
 
 
-def check_stream_device(stream, device: int, caller: str = "to_numpy") -> None:
+def check_stream_device(stream, device: int) -> None:
     """Refuse a torch or CuPy stream of another device than the memory's: an
     event of one device cannot be recorded on another's stream (an int
     handle carries no device, and is trusted)."""
@@ -42,7 +42,7 @@ def check_stream_device(stream, device: int, caller: str = "to_numpy") -> None:
     if index is None:
         index = getattr(stream, "device_id", None)  # cupy.cuda.Stream
     if isinstance(index, (int, np.integer)) and int(index) != device:
-        raise ValueError(f"{caller}: stream is on cuda:{int(index)}, but the memory is on "
+        raise ValueError(f"to_numpy: stream is on cuda:{int(index)}, but the memory is on "
                          f"cuda:{device}; pass a stream of cuda:{device}")
 
 
