@@ -4,6 +4,7 @@
 #include <string>
 
 #include "dtypes.h"
+#include "python_helpers.h"
 
 namespace tensorbridge {
 namespace {
@@ -320,11 +321,8 @@ bool add_capsule_types(PyObject* module) {
       {nullptr, nullptr}};
   static PyStructSequence_Desc desc = {"tensorbridge._core.CapsuleMemory",
                                        "Where a consumed DLPack capsule's memory is.", fields, 8};
-  g_capsule_memory_type = PyStructSequence_NewType(&desc);
-  if (g_capsule_memory_type == nullptr) return false;
-  Py_INCREF(g_capsule_memory_type);  // the module holds one reference, we keep the other
-  return PyModule_AddObject(module, "CapsuleMemory",
-                            reinterpret_cast<PyObject*>(g_capsule_memory_type)) == 0;
+  g_capsule_memory_type = add_struct_sequence(module, &desc);
+  return g_capsule_memory_type != nullptr;
 }
 
 }  // namespace tensorbridge

@@ -4,6 +4,7 @@
 
 #include "dlpack.h"
 #include "exchange.h"
+#include "python_helpers.h"
 #include "torch_probe.h"
 
 namespace tensorbridge {
@@ -330,13 +331,9 @@ bool add_route_types(PyObject* module) {
   static PyStructSequence_Desc memory_desc = {
       "tensorbridge._core.CudaMemory", "Compact CUDA memory that one plain copy reads whole.",
       memory_fields, 5};
-  g_route_type = PyStructSequence_NewType(&route_desc);
-  g_memory_type = g_route_type == nullptr ? nullptr : PyStructSequence_NewType(&memory_desc);
-  if (g_memory_type == nullptr) return false;
-  Py_INCREF(g_route_type);  // the module holds one reference, we keep the other
-  Py_INCREF(g_memory_type);
-  return PyModule_AddObject(module, "Route", reinterpret_cast<PyObject*>(g_route_type)) == 0 &&
-         PyModule_AddObject(module, "CudaMemory", reinterpret_cast<PyObject*>(g_memory_type)) == 0;
+  g_route_type = add_struct_sequence(module, &route_desc);
+  g_memory_type = g_route_type == nullptr ? nullptr : add_struct_sequence(module, &memory_desc);
+  return g_memory_type != nullptr;
 }
 
 void set_fallback(PyObject* fallback) {

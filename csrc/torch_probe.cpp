@@ -8,12 +8,6 @@ namespace tensorbridge {
 
 using namespace dlpack;
 
-PyObject* intern(const char* text) {
-  PyObject* s = PyUnicode_InternFromString(text);
-  if (s == nullptr) Py_FatalError("tensorbridge: out of memory interning a name");
-  return s;
-}
-
 PyObject* TorchQuery::call(PyObject* x) const {
   return method != nullptr ? method(x, nullptr)
          : get != nullptr  ? get(x, closure)

@@ -5,11 +5,9 @@
 
 #include "dlpack.h"
 #include "numpy_api.h"
+#include "python_helpers.h"
 
 namespace tensorbridge {
-
-// An interned name, immortal for us.
-PyObject* intern(const char* text);
 
 // A question put to a torch tensor: a no-argument method (is_neg(),
 // is_conj(), untyped_storage()) or an attribute (requires_grad). Resolved
