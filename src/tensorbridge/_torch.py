@@ -1,5 +1,6 @@
-"""torch as tensorbridge sees it without importing it: a tensor can exist only
-once torch is imported, so ``sys.modules`` answers "is this a tensor?"."""
+"""torch (and skorch) as tensorbridge sees them without importing them: a
+tensor can exist only once torch is imported, so ``sys.modules`` answers "is
+this a tensor?"."""
 
 from __future__ import annotations
 
@@ -21,3 +22,9 @@ def is_module(x) -> bool:
     """Whether `x` is a torch.nn.Module."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.nn.Module)
+
+
+def is_skorch_net(x) -> bool:
+    """Whether `x` is a skorch NeuralNet (skorch, like torch, seen through sys.modules)."""
+    skorch = sys.modules.get("skorch")
+    return skorch is not None and isinstance(x, skorch.NeuralNet)

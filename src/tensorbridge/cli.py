@@ -312,7 +312,7 @@ def _print_table(report, out):
     if not any("gpu_median_s" in row for row in results):
         columns.remove("GPU time")  # a CPU-only run: no empty column
     keep = [COLUMNS.index(c) for c in columns]
-    cells = {id(row): [_cells(row)[i] for i in keep] for row in results}
+    cells = {id(row): [full[i] for i in keep] for row in results for full in [_cells(row)]}
     widths = [max([len(c)] + [len(cells[id(r)][i]) for r in results])
               for i, c in enumerate(columns)]
 

@@ -187,9 +187,7 @@ def fit(estimator, X, y=None, **fit_params):
 
 
 def _trains_on_rows(estimator):
-    skorch = sys.modules.get("skorch")
-    return skorch is not None and isinstance(getattr(estimator, "module", None),
-                                             skorch.NeuralNet)
+    return _torch.is_skorch_net(getattr(estimator, "module", None))
 
 
 def transform(estimator, X, batch_size=None):

@@ -33,7 +33,8 @@ from sklearn.base import (
 from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from .. import _torch, collect, to_device, to_numpy, to_numpy_async
+from .. import _dlpack, _torch, collect, to_device, to_numpy, to_numpy_async
+from .._dtypes import numpy_dtype
 from . import _dask
 from ._to_numpy import is_tensor_like
 
@@ -171,7 +172,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             return _dask.fit(self, X, y, **fit_params)
         import torch
 
-        net = _is_skorch_net(self.module)
+        net = _torch.is_skorch_net(self.module)
         if not net and not callable(self.module):
             raise InvalidParameterError(
                 f"The 'module' parameter of {_NAME} must be a callable. Got {self.module!r} "
@@ -259,18 +260,13 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if source.kind == "array":
             data = source.data
             if isinstance(data, np.ndarray) and data.dtype.kind == "f":
-                data = data.astype(self._numpy_dtype(torch), copy=False)
+                # torch's default dtype: the one a module's parameters are made in
+                data = data.astype(numpy_dtype(torch.get_default_dtype()), copy=False)
         elif source.kind == "dict":
             data = dict(source.data)
         net = clone(self.module)
         net.fit(data, y, **fit_params)
         return net
-
-    @staticmethod
-    def _numpy_dtype(torch):
-        """The NumPy dtype of floating X for a skorch net's training: torch's
-        default dtype, the one a module's parameters are made in."""
-        return to_numpy(torch.empty(0, dtype=torch.get_default_dtype())).dtype
 
     # -- reading X: the one place where the kind of input is told apart ------------
 
@@ -486,8 +482,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                     raise ValueError(f"{_NAME}: X brought more than the {n} samples its length "
                                      "announced")
                 if result is None:
-                    dtype = to_numpy(torch.empty(0, dtype=output.dtype)).dtype
-                    result = np.empty((n, output.shape[1]), dtype)
+                    result = np.empty((n, output.shape[1]), numpy_dtype(output.dtype))
                 download.wait_stream(compute)
                 output.record_stream(download)
                 with torch.cuda.stream(download):  # its own current stream: compute never waits
@@ -616,7 +611,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         # once anyway. A skorch net is cloned (it trains in place).
         params = self.get_params(deep=False)
         module = params.pop("module")
-        twin = type(self)(module=clone(module) if _is_skorch_net(module) else module,
+        twin = type(self)(module=clone(module) if _torch.is_skorch_net(module) else module,
                           **{name: clone(value, safe=False) for name, value in params.items()})
         for attribute in ("_metadata_request", "_sklearn_output_config"):
             if hasattr(self, attribute):
@@ -868,13 +863,13 @@ def _on_device(X):
     """A CUDA DLPack producer other than torch (CuPy) as a torch tensor over the
     same memory; anything else as it is."""
     torch = _torch.imported()
-    if torch is None or isinstance(X, (torch.Tensor, np.ndarray)) or not is_tensor_like(X):
+    if torch is None or _torch.is_tensor(X) or not is_tensor_like(X):  # (never an ndarray)
         return X
     try:
-        device_type = X.__dlpack_device__()[0]
+        device_type = _dlpack.device_of(X)[0]
     except Exception:  # noqa: BLE001 - not a DLPack producer after all
         return X
-    if device_type in (2, 13) and torch.cuda.is_available():  # kDLCUDA, kDLCUDAManaged
+    if device_type in _dlpack.CUDA_DEVICE_TYPES and torch.cuda.is_available():
         return torch.from_dlpack(X)
     return X
 
@@ -942,11 +937,6 @@ class _Progress:
 
 
 # -- modules -------------------------------------------------------------------------
-
-
-def _is_skorch_net(value) -> bool:
-    skorch = sys.modules.get("skorch")
-    return skorch is not None and isinstance(value, skorch.NeuralNet)
 
 
 def _cupy():
