@@ -410,6 +410,28 @@ def test_datasets_and_loaders_give_one_row_per_sample_in_order(kind):
     np.testing.assert_allclose(t.transform(X.numpy()), expected, rtol=1e-5, atol=1e-5)
 
 
+class _CountingLoader(DataLoader):
+    """A DataLoader that counts how often it is started (each start of a real
+    one with num_workers > 0 starts its worker processes)."""
+
+    starts = 0
+
+    def __iter__(self):
+        _CountingLoader.starts += 1
+        return super().__iter__()
+
+
+def test_a_loader_is_started_once_per_fit_and_once_per_transform():
+    X = rows()
+    loader = _CountingLoader(TensorDataset(X), batch_size=5)
+    t = TorchTransformer(torch.nn.Identity(), batch_size=6).fit(loader)
+    assert _CountingLoader.starts == 1
+    np.testing.assert_array_equal(t.transform(loader), X.numpy())
+    assert _CountingLoader.starts == 2
+    np.testing.assert_array_equal(t.transform(loader), X.numpy())  # a new pass, all rows
+    assert _CountingLoader.starts == 3
+
+
 def test_fitted_on_arrays_transforms_a_dataset_and_back():
     X = rows(11)
     t = TorchTransformer(torch.nn.Identity(), batch_size=4).fit(X.numpy())

@@ -784,6 +784,9 @@ def _dataset_input(dataset, data_module):
     return _Input("dataset", dataset, None if iterable else n, shape, batches=batches)
 
 
+_NO_BATCH = object()
+
+
 def _loader_input(loader, data_module):
     sampler = getattr(loader, "sampler", None)
     random = (data_module.RandomSampler, data_module.SubsetRandomSampler,
@@ -805,8 +808,18 @@ def _loader_input(loader, data_module):
         except TypeError:
             pass
 
+    # The probe's iterator is resumed by the first pass over the batches: a
+    # loader (its worker processes) is started once per pass, not twice.
+    probe = iter(loader)
+    probed = next(probe, _NO_BATCH)
+    resume = [probe]
+
     def batches(batch_size):  # the loader's own batches, as they come
-        for index, batch in enumerate(loader):
+        if resume:
+            stream = itertools.chain([probed], resume.pop())
+        else:
+            stream = iter(loader)
+        for index, batch in enumerate(stream):
             batch = _item_input(batch, f"batch {index}")
             if batch.ndim < 1:
                 raise ValueError(f"{_NAME}: DataLoader batch {index} is 0-d; batches need a "
@@ -819,13 +832,13 @@ def _loader_input(loader, data_module):
         except TypeError:
             return None
 
-    first = None
-    for batch, _, _ in batches(None):
-        first = batch
-        break
-    if first is None:
+    if probed is _NO_BATCH:
         raise ValueError(f"{_NAME}: the DataLoader yields no batch; at least 1 sample is "
                          "required")
+    first = _item_input(probed, "batch 0")
+    if first.ndim < 1:
+        raise ValueError(f"{_NAME}: DataLoader batch 0 is 0-d; batches need a leading (sample) "
+                         "dimension")
     shape = tuple(first.shape[1:])
 
     def checked(batch_size):
