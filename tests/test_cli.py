@@ -305,6 +305,20 @@ def test_the_json_is_on_disk_after_every_case(fake_cases, tmp_path, capsys):
     assert {row["method"] for row in seen["results"]} == {"np.zeros", "np.ones"}
 
 
+def test_each_state_of_the_report_is_written_once(fake_cases, monkeypatch, tmp_path, capsys):
+    from tensorbridge import cli
+
+    written = []
+    write = cli._write_atomically
+    monkeypatch.setattr(cli, "_write_atomically",
+                        lambda path, text: (written.append(text), write(path, text)))
+    path = tmp_path / "bench.json"
+    bench_in_process(capsys, "--json", str(path))
+    # as the run starts, after each case, once complete: never the same report twice
+    assert len(written) >= 5 and all(a != b for a, b in zip(written, written[1:]))
+    assert json.loads(written[-1])["complete"] is True and written[-1] == path.read_text()
+
+
 def test_an_interrupted_run_keeps_what_it_measured(monkeypatch, tmp_path, capsys):
     from tensorbridge import _bench
 
@@ -413,9 +427,9 @@ def test_times_are_in_sensible_units(seconds, text):
 @pytest.mark.parametrize("nbytes, text", [(256, "256 B"), (1024, "1 KiB"), (4 << 20, "4 MiB"),
                                           (3 << 29, "1.5 GiB"), (1 << 30, "1 GiB")])
 def test_sizes_are_in_binary_units(nbytes, text):
-    from tensorbridge.cli import _format_bytes
+    from tensorbridge._bench import format_bytes
 
-    assert _format_bytes(nbytes) == text
+    assert format_bytes(nbytes) == text
 
 
 def fake_report(rows, cases=(), **extra):
@@ -512,7 +526,6 @@ def test_committed_results_read_views_as_views():
 
 def test_without_torch_the_cuda_skip_names_torch(monkeypatch):
     from tensorbridge import _bench
-    from tensorbridge.cli import _why_no_gpu
 
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
     skipped = []
@@ -521,7 +534,8 @@ def test_without_torch_the_cuda_skip_names_torch(monkeypatch):
     reasons = {s["method"]: s["reason"] for s in skipped}
     assert reasons["every CUDA method"].startswith("torch is not installed")
     assert reasons["every torch method"] == "torch is not installed"
-    assert "is_available" not in _why_no_gpu() and _why_no_gpu().startswith("torch is not")
+    why = _bench.why_no_cuda_cases(_bench.import_torch())
+    assert "is_available" not in why and why == reasons["every CUDA method"]
 
 
 def test_repeats_help_says_it_is_a_maximum(tmp_path):

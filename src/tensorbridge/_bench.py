@@ -240,14 +240,18 @@ def collect_peak_memory(count: int) -> dict:
 def measure_case(case: Case, settings: Settings):
     """Returns (rows, failed): a row per method measured, an entry per method
     that raised (dropped from the case from then on)."""
-    sync = case.sync or (lambda: None)
     events = _cuda_events() if case.device == "cuda" else None
     methods = dict(case.methods)
     failed = []
 
-    def call(fn):  # a device method's work ends when the device is done
-        fn()
-        sync()
+    def calls(fn, number):  # a device method's work ends when the device is done
+        if case.sync is None:  # nothing between the calls, to time sub-microsecond ones
+            for _ in range(number):
+                fn()
+        else:
+            for _ in range(number):
+                fn()
+                case.sync()
 
     def drop(name, error, when):
         failed.append({"case": case.title, "method": name, "during": when,
@@ -262,11 +266,12 @@ def measure_case(case: Case, settings: Settings):
     for name, fn in list(methods.items()):
         try:
             result = fn()
-            sync()
+            if case.sync is not None:
+                case.sync()
             copies[name] = not _shares_memory(result, case.memory)
             del result
             start = time.perf_counter()
-            call(fn)
+            calls(fn, 1)
         except Exception as error:  # noqa: BLE001 - recorded, and the case goes on
             drop(name, error, "warm-up")
             continue
@@ -283,8 +288,7 @@ def measure_case(case: Case, settings: Settings):
                 if events:
                     events[0].record()
                 start = time.perf_counter()
-                for _ in range(number):
-                    call(fn)
+                calls(fn, number)
                 wall.append((time.perf_counter() - start) / number)
                 if events:
                     events[1].record()
@@ -363,12 +367,10 @@ def _available_memory():
 
 def build_cases(settings: Settings, skipped: list):
     """Yields one factory per case: each makes its data only when called."""
-    try:
-        import torch
-    except ImportError:
+    torch = import_torch()
+    if torch is None:
         skipped.append({"case": "*", "method": "every torch method",
                         "reason": "torch is not installed"})
-        torch = None
     if "cpu" in settings.devices:
         for nbytes in _sizes(settings.quick):
             yield partial(_cpu_float32, torch, nbytes)
@@ -386,12 +388,9 @@ def build_cases(settings: Settings, skipped: list):
         if torch is not None:
             yield partial(_cpu_collect_tensors, torch, 2_000 if settings.quick else 10_000)
     if "cuda" in settings.devices:
-        if torch is None:
-            skipped.append({"case": "*", "method": "every CUDA method",
-                            "reason": "torch is not installed (the CUDA cases time torch tensors)"})
-        elif not torch.cuda.is_available():
-            skipped.append({"case": "*", "method": "every CUDA method",
-                            "reason": "no CUDA GPU found (torch.cuda.is_available() is False)"})
+        why = why_no_cuda_cases(torch)
+        if why:
+            skipped.append({"case": "*", "method": "every CUDA method", "reason": why})
         else:
             for nbytes in _sizes(settings.quick) + ([] if settings.quick else [1 << 30]):
                 yield partial(_cuda_float32, torch, nbytes)
@@ -415,6 +414,24 @@ def build_cases(settings: Settings, skipped: list):
                             "reason": "skorch is not installed (the skorch extra)"})
         else:
             yield partial(_workflow_skorch, torch, device, rows // 4)
+
+
+def import_torch():
+    """torch, or None where it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def why_no_cuda_cases(torch) -> str | None:
+    """Why the CUDA cases cannot run here (they time torch tensors), or None."""
+    if torch is None:
+        return "torch is not installed (the CUDA cases time torch tensors)"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU found (torch.cuda.is_available() is False)"
+    return None
 
 
 def _has_sklearn() -> bool:
@@ -442,8 +459,8 @@ def _cpu_float32(torch, nbytes):
         })
     baseline = "t.numpy()" if torch is not None else HOST_CEILING
     memory = (source,) if torch is None else (t.numpy(),)
-    return Case(f"cpu float32 {_size(nbytes)}", "cpu", nbytes, baseline, methods, HOST_CEILING,
-                memory=memory)
+    return Case(f"cpu float32 {format_bytes(nbytes)}", "cpu", nbytes, baseline, methods,
+                HOST_CEILING, memory=memory)
 
 
 def _cpu_grad(torch):
@@ -456,7 +473,7 @@ def _cpu_grad(torch):
 def _cpu_bfloat16(torch, nbytes):
     bf16 = torch.ones(nbytes // 2, dtype=torch.bfloat16)
     f32 = torch.ones(nbytes // 2)
-    return Case(f"cpu bfloat16 {_size(nbytes)}", "cpu", nbytes, ".float().numpy()", {
+    return Case(f"cpu bfloat16 {format_bytes(nbytes)}", "cpu", nbytes, ".float().numpy()", {
         ".float().numpy()": lambda: bf16.float().numpy(),
         "float32 t.numpy() (same count)": lambda: f32.numpy(),
         "tb.to_numpy(t)": lambda: to_numpy(bf16)},
@@ -528,7 +545,7 @@ def _cuda_float32(torch, nbytes):
         methods["cupy.asnumpy(x)"] = lambda: cupy.asnumpy(cupy.from_dlpack(t))
     else:
         skipped["cupy.asnumpy(x)"] = "CuPy is not installed"
-    return Case(f"cuda float32 {_size(nbytes)}", "cuda", nbytes, ".cpu().numpy()", methods,
+    return Case(f"cuda float32 {format_bytes(nbytes)}", "cuda", nbytes, ".cpu().numpy()", methods,
                 LINK_CEILING, torch.cuda.synchronize, skipped)
 
 
@@ -690,10 +707,12 @@ def _workflow_skorch(torch, device, rows):
                 sync=torch.cuda.synchronize if device == "cuda" else None)
 
 
-def _size(nbytes):
+def format_bytes(nbytes) -> str:
+    """A size in B, KiB, MiB or GiB: "4 KiB", "1.5 GiB"."""
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if nbytes >= 1 << shift:
-            return f"{nbytes >> shift} {unit}"
+            value = nbytes / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
     return f"{nbytes} B"
 
 

@@ -130,12 +130,13 @@ def _bench(args) -> int:
             print(f"tensorbridge bench: --plot {args.plot}: matplotlib cannot write .{kind} "
                   f"files; name a .png (or {', '.join(sorted(formats))})", file=sys.stderr)
             return 2
+    from . import _bench as bench
+
     if args.device == "cuda":
-        why = _why_no_gpu()
+        why = bench.why_no_cuda_cases(bench.import_torch())
         if why:
             print(f"tensorbridge bench: --device cuda: {why}", file=sys.stderr)
             return 1
-    from . import _bench as bench
 
     devices = ("cpu", "cuda") if args.device == "all" else (args.device,)
     settings = bench.Settings.make(args.quick, devices, args.repeats, args.budget,
@@ -160,12 +161,13 @@ def _bench(args) -> int:
         report = latest.get("report")
         if report is not None:
             report["interrupted"] = True
-            _finish(report, args, to_stdout, checkpoint, latest)
+            checkpoint(report)  # the file does not have the flag yet
+            _finish(report, args, to_stdout, latest)
         print("interrupted", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _finish(report, args, to_stdout, checkpoint, latest)
+    _finish(report, args, to_stdout, latest)  # run() saved the final report
     status = 0
     if "json_error" in latest:
         print(f"tensorbridge bench: --json {args.json}: not written: {latest['json_error']}",
@@ -186,29 +188,17 @@ def _bench(args) -> int:
     return status
 
 
-def _finish(report, args, to_stdout, checkpoint, latest):
+def _finish(report, args, to_stdout, latest):
+    """Shows the report whose last checkpoint has been written."""
     _print_table(report, sys.stderr if to_stdout else sys.stdout)
     if to_stdout:
         print(json.dumps(report, indent=2, default=str))
-    elif args.json:
-        checkpoint(report)
-        if "json_error" not in latest:
-            print(f"tensorbridge bench: wrote the report to {args.json}", file=sys.stderr)
+    elif args.json and "json_error" not in latest:
+        print(f"tensorbridge bench: wrote the report to {args.json}", file=sys.stderr)
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def _why_no_gpu():
-    """Why the CUDA cases cannot run here (they time torch tensors), or None."""
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed (the CUDA cases time torch tensors)"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU found (torch.cuda.is_available() is False)"
-    return None
 
 
 def _unwritable(path):
@@ -261,15 +251,6 @@ def _format_time(seconds) -> str:
                 return _format_time(1000 * scale)
             return f"{text} {unit}"
     raise AssertionError("unreachable")
-
-
-def _format_bytes(nbytes) -> str:
-    """A size in B, KiB, MiB or GiB: "4 KiB", "1.5 GiB"."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if nbytes >= 1 << shift:
-            value = nbytes / (1 << shift)
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
-    return f"{nbytes} B"
 
 
 COLUMNS = ("method", "result", "median", "spread", "GPU time", "GB/s", "vs base", "vs ceil")
@@ -442,6 +423,8 @@ def _plot_figure(report, plt):
         NullLocator,
     )
 
+    from ._bench import format_bytes
+
     rows = [r for r in report["results"] if _SWEEP.match(r["case"])]
     panels = [(device, copies) for device in ("cpu", "cuda") for copies in (False, True)
               if any(r["device"] == device and r.get("copies", True) == copies for r in rows)]
@@ -463,7 +446,7 @@ def _plot_figure(report, plt):
         axis.set_xscale("log")
         axis.xaxis.set_major_locator(FixedLocator(sizes))
         axis.xaxis.set_minor_locator(NullLocator())
-        axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _format_bytes(int(x))))
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_bytes(int(x))))
         axis.set_yscale("log")
         axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.yaxis.set_minor_formatter(NullFormatter())
@@ -523,15 +506,15 @@ def _info(as_json: bool = False) -> int:
     if route is not None:
         print(f"torch tensors: C fast path over {route}")
     print(f"cpu: {hardware['cpu']} ({hardware['cpus']} cores), memory "
-          f"{_format_bytes(hardware['memory_bytes'] or 0)}")
+          f"{bench.format_bytes(hardware['memory_bytes'] or 0)}")
     if cuda["available"]:
         print(f"CUDA driver: {cuda['driver_version']} from {cuda['library']}")
         for index, name in enumerate(hardware["gpus"]):
             print(f"  cuda:{index} {name}")
         limit = stats["limit_bytes"]
-        print(f"pinned pool: limit {_format_bytes(limit) if limit < 2**63 else 'none'}, "
-              f"reserved {_format_bytes(stats['reserved_bytes'])}, "
-              f"in use {_format_bytes(stats['in_use_bytes'])}")
+        print(f"pinned pool: limit {bench.format_bytes(limit) if limit < 2**63 else 'none'}, "
+              f"reserved {bench.format_bytes(stats['reserved_bytes'])}, "
+              f"in use {bench.format_bytes(stats['in_use_bytes'])}")
     else:
         print(f"CUDA: unusable, CPU conversions only: {cuda['reason']}")
         print(f"pinned memory: none, since CUDA is unusable: {cuda['reason']}")
