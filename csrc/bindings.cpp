@@ -176,7 +176,7 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<tb::Transfer, std::shared_ptr<tb::Transfer>>(m, "Transfer")
       .def("done", &tb::Transfer::done)
-      .def("wait", &tb::Transfer::wait, py::arg("timeout_seconds"),
+      .def("wait", &tb::Transfer::finished_within, py::arg("timeout_seconds"),
            py::call_guard<py::gil_scoped_release>())
       .def("error", &tb::Transfer::error);
 

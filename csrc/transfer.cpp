@@ -25,7 +25,7 @@ bool Transfer::done() const {
   return finished_;
 }
 
-bool Transfer::wait(double timeout_seconds) const {
+bool Transfer::finished_within(double timeout_seconds) const {
   std::unique_lock<std::mutex> lock(mutex_);
   if (timeout_seconds < 0) {
     changed_.wait(lock, [this] { return finished_; });
@@ -232,7 +232,7 @@ void wait_for(const std::shared_ptr<Event>& event, int device, CUstream stream,
   } while (std::chrono::steady_clock::now() < give_up);
   auto watched = std::make_shared<Transfer>();
   Completer::instance().submit({watched, device, event, nullptr}, /*urgent=*/true);
-  while (!watched->wait(kInterruptSliceSeconds)) {
+  while (!watched->finished_within(kInterruptSliceSeconds)) {
     if (interrupted()) throw CopyInterrupted(nullptr);  // `pending` is set by the copy
   }
   const std::string error = watched->error();

@@ -55,7 +55,7 @@ class Transfer {
   // Whether the copy has finished (successfully or not). Never blocks.
   bool done() const;
   // Waits until finished; false if `timeout_seconds` (< 0: forever) passed first.
-  bool wait(double timeout_seconds) const;
+  bool finished_within(double timeout_seconds) const;
   // The driver's error text; empty on success. Meaningful once done().
   std::string error() const;
 
