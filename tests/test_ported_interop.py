@@ -198,6 +198,22 @@ def test_what_numpy_needs_force_for_converts_without_it(path, grad, sparse, conj
         assert a.flags.owndata  # the one copy those need
 
 
+@pytest.mark.parametrize("make", [
+    lambda: torch.arange(6.0).reshape(2, 3).conj(),  # real: conj sets no bit
+    lambda: torch.tensor([1 + 2j, 3 - 1j]).conj().conj(),
+    lambda: torch.tensor([1 + 2j, 3 - 1j]).conj().resolve_conj(),
+    lambda: torch.tensor([1 + 2j, 3 - 1j]).conj().real,
+], ids=["real-conj", "conj-conj", "resolved", "real-part-of-conj"])
+def test_tensors_without_a_conj_or_neg_bit_stay_views(path, make):
+    # The bits are what .numpy() refuses; where torch sets none, to_numpy must
+    # not copy (DESIGN.md: a copy only where unavoidable).
+    t = make()
+    assert not t.is_conj() and not t.is_neg()
+    a = tb.to_numpy(t)
+    assert is_view_of(a, t)
+    assert_same_values(a, t)
+
+
 def test_the_result_cannot_be_resized(path):
     # Upstream also checks that t.resize_() is refused after t.numpy(); for
     # to_numpy that is the documented hazard (tests/test_resize_hazard.py).
@@ -533,6 +549,26 @@ def test_numpy_dtypes_pass_through(kind, dtype):
     assert a.dtype == x.dtype
     np.testing.assert_array_equal(a, x)
     assert np.shares_memory(a, x)
+
+
+class OldStyleArray(np.ndarray):
+    """An ndarray subclass whose __dlpack__ predates max_version, as upstream's."""
+
+    def __dlpack__(self, stream=None):
+        return super().__dlpack__(stream=stream)
+
+
+@pytest.mark.parametrize("make", [lambda: np.arange(5), lambda: np.arange(5).view(OldStyleArray)],
+                         ids=["ndarray", "old-style-subclass"])
+def test_upstream_inputs_themselves_are_returned_as_they_are(path, make):
+    # Upstream feeds ndarrays to np.from_dlpack, which makes a new view (and a
+    # read-only one for the old-style subclass); DESIGN.md: to_numpy returns
+    # NumPy arrays as they are, and copy=True gives a copy.
+    x = make()
+    assert tb.to_numpy(x) is x and x.flags.writeable
+    copied = tb.to_numpy(x, copy=True)
+    assert type(copied) is type(x) and not np.shares_memory(copied, x)
+    np.testing.assert_array_equal(copied, x)
 
 
 def _structured_field():
