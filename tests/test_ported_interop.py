@@ -426,14 +426,17 @@ def test_every_capsule_kind_torch_makes(forced, name):
 
 @pytest.mark.parametrize("stream", [None, 0, 1, 2, -1])
 def test_a_cpu_producer_is_never_given_a_stream(stream):
-    # torch asserts "stream should be None on cpu" for any other value; to_numpy
-    # ignores stream= for CPU memory (DESIGN.md), so it must not forward it.
+    # torch asserts "stream should be None on cpu" for any other value (and
+    # NumPy raises ValueError); to_numpy ignores stream= for CPU memory
+    # (DESIGN.md), so it must not forward it.
     t = sample((5,), torch.float32)
     producer = TorchProducer(t)
     a = tb.to_numpy(producer, stream=stream)
     assert all(request.get("stream") is None for request in producer.requests)
     assert is_view_of(a, t)
     assert is_view_of(tb.to_numpy(t, stream=stream), t)
+    x = np.arange(5.0)
+    assert np.shares_memory(tb.to_numpy(OnlyDLPack(x), stream=stream), x)
 
 
 @pytest.mark.parametrize(("make", "message"), [
@@ -524,6 +527,25 @@ def test_the_result_holds_one_reference_until_it_goes(kind, collect_garbage):
     del a
     collect_garbage()
     assert sys.getrefcount(array) == start  # ... and let go, exactly once
+
+
+@pytest.mark.parametrize("max_version", [(0, 0), None, (1, 0), (100, 3)], ids=str)
+def test_numpy_capsules_of_each_version_release_their_array(max_version, collect_garbage):
+    # Upstream asks NumPy for each capsule version and checks the reference
+    # the capsule holds goes with it; here the consumer takes the capsule.
+    x = np.arange(5)
+    capsule = x.__dlpack__(max_version=max_version)
+    versioned = max_version is not None and max_version[0] >= 1
+    start = sys.getrefcount(x)
+    a = import_capsule(capsule)
+    assert capsule_name(capsule) == ("used_dltensor_versioned" if versioned else "used_dltensor")
+    del capsule
+    collect_garbage()
+    assert sys.getrefcount(x) == start  # the array took over the capsule's reference
+    assert np.shares_memory(a, x)
+    del a
+    collect_garbage()
+    assert sys.getrefcount(x) == start - 1
 
 
 @pytest.mark.parametrize("grad", [False, True])
