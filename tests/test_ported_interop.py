@@ -400,6 +400,39 @@ def test_torch_views_through_the_protocol_keep_their_strides(dtype, pick):
     assert is_view_of(a, t)
 
 
+def _inference_tensor():
+    with torch.inference_mode():
+        return torch.arange(4.0)
+
+
+PROTOCOL_LAYOUTS = {
+    "0-d": lambda: torch.tensor(3.5),
+    "empty": lambda: torch.empty(0, 3),
+    "empty-transposed": lambda: torch.empty(3, 0).t(),
+    "zero-stride": lambda: torch.tensor([1.0, 2.0]).expand(3, 2),
+    "all-zero-strides": lambda: torch.tensor(2.0).expand(2, 2),
+    "rank-41": lambda: torch.zeros((1,) * 40 + (2,)),
+    "odd-length-one-stride": lambda: torch.empty_strided((10, 5, 1), (1, 10, 7)).fill_(1.5),
+    "inference": _inference_tensor,
+    "bfloat16-offset": lambda: sample((6,), torch.bfloat16)[2:],
+    "float8-stepped": lambda: sample((6,), torch.float8_e5m2)[::2],
+}
+
+
+@pytest.mark.parametrize("forced", [{}, {"max_version": None}], ids=["versioned", "legacy"])
+@pytest.mark.parametrize("layout", PROTOCOL_LAYOUTS)
+def test_torch_layouts_through_either_capsule_kind(layout, forced):
+    # Upstream's capsule and protocol round trips, over the layouts
+    # tests/test_views.py takes through the exchange API: through DLPack the
+    # result must be what t.numpy() would be, on a legacy capsule as well.
+    t = PROTOCOL_LAYOUTS[layout]()
+    a = tb.to_numpy(TorchProducer(t, **forced))
+    expected = reference_numpy(t)
+    assert (a.shape, a.dtype, a.strides) == (expected.shape, expected.dtype, expected.strides)
+    assert_same_values(a, t)
+    assert is_view_of(a, t) and a.flags.writeable
+
+
 def test_strides_of_a_length_one_dimension_are_kept(path):
     # Upstream: DLPack import no longer normalises the stride of a size-1
     # dimension. t.numpy() keeps it too, so to_numpy must, on both routes.
