@@ -112,9 +112,8 @@ def assert_same_values(a, t):
 NUMERIC_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
                   torch.float16, torch.float32, torch.float64]
 
-# name -> (builder over a value source, whether the result is C-contiguous or
-# None where the layout does not decide it); each has a storage offset where
-# the name says so.
+# name -> (builder over a value source, whether the result is C-contiguous);
+# "offset" layouts and "holes" start past the start of their storage.
 NARROWED = {
     "1-d": (lambda v: v(10), True),
     "1-d-offset": (lambda v: v(20).narrow(0, 9, 10), True),
