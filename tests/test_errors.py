@@ -57,6 +57,63 @@ def test_meta_tensors(path):
         tb.to_numpy(torch.empty(2, 3, device="meta"))
 
 
+def nested(layout):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # nested tensors are a prototype
+        return torch.nested.nested_tensor([torch.ones(2), torch.ones(3)], layout=layout)
+
+
+def masked():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MaskedTensor is a prototype
+        return torch.masked.masked_tensor(torch.ones(3), torch.tensor([True, False, True]))
+
+
+# Tensors no NumPy array can hold, whatever the route (the fast path, or
+# collect / to_numpy_async's): a clear error each, never torch's internal one
+# or, for a MaskedTensor, its data with the mask dropped.
+NO_ARRAY = {
+    "nested strided": (lambda: nested(torch.strided), TypeError, r"nested tensor.*to_padded"),
+    "nested jagged": (lambda: nested(torch.jagged), TypeError, r"nested tensor.*unbind"),
+    "masked": (masked, TypeError, r"MaskedTensor.*get_data\(\).*get_mask\(\)"),
+    "65 dimensions": (lambda: torch.zeros((1,) * 65), ValueError,
+                      r"ndim=65, outside \[0, 64\].*reshape"),
+}
+
+
+@pytest.mark.parametrize("case", NO_ARRAY)
+@pytest.mark.parametrize("call", ["to_numpy", "copy=True", "to_numpy_async", "collect"])
+def test_tensors_no_numpy_array_holds(path, case, call):
+    make, error, match = NO_ARRAY[case]
+    convert = {"to_numpy": tb.to_numpy, "copy=True": lambda t: tb.to_numpy(t, copy=True),
+               "to_numpy_async": lambda t: tb.to_numpy_async(t).wait(),
+               "collect": lambda t: tb.collect([t])}[call]
+    prefix = "collect: batch 0: " if call == "collect" else "to_numpy: "
+    with pytest.raises(error, match=f"^{prefix}.*{match}"):
+        convert(make())
+
+
+@pytest.mark.parametrize("transform", ["vmap", "grad"])
+def test_tensors_inside_a_torch_func_transform(path, transform):
+    def f(x):
+        tb.to_numpy(x)
+        return x.sum()
+
+    run = torch.func.vmap(f) if transform == "vmap" else torch.func.grad(f)
+    with pytest.raises(TypeError, match=r"^to_numpy: x is a tensor inside a torch\.func "
+                                        r"transform .*outside it"):
+        run(torch.ones(2, 3))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without MKL-DNN")
+def test_an_mkldnn_tensor_is_copied_through_its_own_to_dense(path):
+    t = torch.arange(6.0).reshape(2, 3)
+    a = tb.to_numpy(t.to_mkldnn())
+    np.testing.assert_array_equal(a, t.numpy())
+    with pytest.raises(BufferError, match=r"copy=False, but its layout is torch\._mkldnn"):
+        tb.to_numpy(t.to_mkldnn(), copy=False)
+
+
 @pytest.mark.parametrize("value", [[1, 2, 3], (1.0,), 3, 2.5, "abc", None, object(), {"a": 1}])
 def test_objects_that_are_not_arrays(path, value):
     with pytest.raises(TypeError, match=rf"^to_numpy: cannot convert an object of type "

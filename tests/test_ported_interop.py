@@ -663,9 +663,6 @@ def test_every_rank_numpy_holds(ndim):
     assert a.shape == shape and a.dtype == np.float64
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a torch tensor of more dimensions than NumPy "
-                   "holds gets NumPy's bare ValueError, without 'to_numpy:' or a fix, while "
-                   "the same tensor through DLPack gets tensorbridge's own BufferError")
 def test_more_dimensions_than_numpy_holds_is_a_clear_error(path):
     # An extension of upstream's rank check, past NumPy's limit of 64: the
     # refusal must name the function and the offending rank on every route.

@@ -121,6 +121,7 @@ def view_to_copy(route, x) -> np.ndarray:
     if route.kind == "view":
         return route.view
     if route.torch_device == "cpu" and route.why is None:
+        _refuse_tensors_without_an_array(route, x)
         t = x.detach() if x.requires_grad else x
         return _view_to_copy(t, _dtypes.numpy_dtype(t.dtype))
     return convert(route, x)
@@ -129,12 +130,45 @@ def view_to_copy(route, x) -> np.ndarray:
 # -- torch -------------------------------------------------------------------
 
 
-def _from_tensor(route, t, copy, out, stream):
+# The most dimensions a NumPy array has (NPY_MAXDIMS of the NumPy running).
+_NUMPY_MAXDIMS = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+
+
+def _refuse_tensors_without_an_array(route, t) -> None:
+    """The torch tensors no NumPy array can hold, each with its own error."""
     if route.torch_device == "meta":
         raise TypeError(
             "to_numpy: x is a meta tensor, which has shape and dtype but no data; "
             "materialise it first (for example with torch.empty_like(x, device='cpu'))"
         )
+    if t.is_nested:
+        raise TypeError(
+            "to_numpy: x is a nested tensor, whose components differ in shape, so no one "
+            "array holds it; call x.to_padded_tensor(0.0) for a padded array, or convert "
+            "each tensor of x.unbind()"
+        )
+    if _torch.is_masked(t):
+        raise TypeError(
+            "to_numpy: x is a MaskedTensor, and a NumPy array cannot mark its masked-out "
+            "elements; convert x.get_data() (every value, masked ones included) and "
+            "x.get_mask() (True where a value is kept): numpy.ma.masked_array(data, "
+            "mask=~mask) holds both"
+        )
+    if _torch.is_functorch_wrapped(t):
+        raise TypeError(
+            "to_numpy: x is a tensor inside a torch.func transform (vmap, grad, jacrev ...), "
+            "which has no memory of its own; convert the transform's inputs or results, "
+            "outside it"
+        )
+    if t.dim() > _NUMPY_MAXDIMS:
+        raise ValueError(
+            f"to_numpy: x has ndim={t.dim()}, outside [0, {_NUMPY_MAXDIMS}], the dimensions "
+            f"a NumPy array can have; reshape it to {_NUMPY_MAXDIMS} dimensions or fewer"
+        )
+
+
+def _from_tensor(route, t, copy, out, stream):
+    _refuse_tensors_without_an_array(route, t)
     result_dtype = _dtypes.numpy_dtype(t.dtype)  # refuses dtypes NumPy cannot hold
     if _device_memory.is_torch_device_copy(route):
         if copy is False:
@@ -207,10 +241,17 @@ def _copy_tensor_into(torch, dst: np.ndarray, t, zeros: bool) -> None:
         target = np.empty(dst.shape, dst.dtype)
     if t.layout == torch.strided:
         _dtypes.tensor_over(torch, target).copy_(t)
-    else:
+    elif t.layout in _sparse_layouts(torch):
         _densify_into(torch, _dtypes.tensor_over(torch, target), t)
+    else:  # an opaque layout (MKL-DNN's blocked one): only its own to_dense() reads it
+        _dtypes.tensor_over(torch, target).copy_(t.to_dense())
     if target is not dst:
         np.copyto(dst, target)
+
+
+def _sparse_layouts(torch) -> tuple:
+    return (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr,
+            torch.sparse_bsc)
 
 
 def _densify_into(torch, dense, t) -> None:

@@ -28,3 +28,17 @@ def is_skorch_net(x) -> bool:
     """Whether `x` is a skorch NeuralNet (skorch, like torch, seen through sys.modules)."""
     skorch = sys.modules.get("skorch")
     return skorch is not None and isinstance(x, skorch.NeuralNet)
+
+
+def is_masked(x) -> bool:
+    """Whether `x` is a torch.masked.MaskedTensor."""
+    masked = sys.modules.get("torch.masked")
+    return masked is not None and isinstance(x, masked.MaskedTensor)
+
+
+def is_functorch_wrapped(x) -> bool:
+    """Whether `x` is a tensor inside a torch.func transform (vmap's batched
+    tensor, grad's tracking tensor): a wrapper with no memory of its own."""
+    functorch = getattr(getattr(sys.modules.get("torch"), "_C", None), "_functorch", None)
+    wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
+    return wrapped is not None and bool(wrapped(x))
