@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 
 import joblib
 import numpy as np
@@ -430,6 +431,43 @@ def test_a_loader_is_started_once_per_fit_and_once_per_transform():
     assert _CountingLoader.starts == 2
     np.testing.assert_array_equal(t.transform(loader), X.numpy())  # a new pass, all rows
     assert _CountingLoader.starts == 3
+
+
+class _CountingItems(_Items):
+    """A map-style Dataset that counts the reads of each index."""
+
+    def __init__(self, inputs):
+        super().__init__(inputs)
+        self.reads = Counter()
+
+    def __getitem__(self, index):
+        self.reads[index] += 1
+        return super().__getitem__(index)
+
+
+class _CountingStream(_Stream):
+    """An IterableDataset that counts how often it yields each item."""
+
+    def __init__(self, inputs):
+        super().__init__(inputs)
+        self.yielded = Counter()
+
+    def __iter__(self):
+        for index, x in enumerate(self.inputs):
+            self.yielded[index] += 1
+            yield x
+
+
+@pytest.mark.parametrize("kind", ["map-style", "iterable"])
+def test_a_dataset_is_read_once_per_fit_and_once_per_transform(kind):
+    X = rows(11)
+    dataset = _CountingItems(X) if kind == "map-style" else _CountingStream(X)
+    reads = dataset.reads if kind == "map-style" else dataset.yielded
+    t = TorchTransformer(torch.nn.Identity(), batch_size=4).fit(dataset)
+    assert reads == {0: 1}  # fit probes the first item only, and once
+    for transforms in (1, 2):  # each transform is a new pass: every item once more
+        np.testing.assert_array_equal(t.transform(dataset), X.numpy())
+        assert reads == {index: transforms + (index == 0) for index in range(len(X))}
 
 
 def test_fitted_on_arrays_transforms_a_dataset_and_back():

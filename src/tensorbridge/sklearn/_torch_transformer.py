@@ -756,29 +756,40 @@ def _dataset_input(dataset, data_module):
                             "__len__, or make it an IterableDataset") from None
         if n < 1:
             raise ValueError(f"{_NAME}: X is an empty Dataset; at least 1 sample is required")
+
+    def items():
+        return iter(dataset) if iterable else (dataset[i] for i in range(n))
+
+    # The probe's stream is resumed by the first pass over the batches: each
+    # item is read once per fit or transform (its first item not twice).
+    probe = items()
     try:
-        first = _item_input(next(iter(dataset)) if iterable else dataset[0], "item 0")
+        first = _item_input(next(probe), "item 0")
     except StopIteration:
         raise ValueError(f"{_NAME}: X is an empty Dataset; at least 1 sample is required") \
             from None
     shape = tuple(first.shape)
+    resume = [probe]
+
+    def samples():
+        if resume:
+            stream, start = resume.pop(), 1
+            yield first
+        else:
+            stream, start = items(), 0
+        for index, item in enumerate(stream, start):
+            sample = _item_input(item, f"item {index}")
+            if tuple(sample.shape) != shape:
+                raise ValueError(f"{_NAME}: Dataset item {index} has shape "
+                                 f"{tuple(sample.shape)}, but item 0 has shape {shape}; "
+                                 "every sample must have one shape")
+            yield sample
 
     def batches(batch_size):
         import torch
 
-        items = iter(dataset) if iterable else (dataset[i] for i in range(n))
-        done = 0
-        while True:
-            chunk = [_item_input(item, f"item {done + k}")
-                     for k, item in enumerate(itertools.islice(items, batch_size))]
-            if not chunk:
-                return
-            for k, sample in enumerate(chunk):
-                if tuple(sample.shape) != shape:
-                    raise ValueError(f"{_NAME}: Dataset item {done + k} has shape "
-                                     f"{tuple(sample.shape)}, but item 0 has shape {shape}; "
-                                     "every sample must have one shape")
-            done += len(chunk)
+        stream = samples()
+        while chunk := list(itertools.islice(stream, batch_size)):
             yield torch.stack(chunk), len(chunk), True
 
     return _Input("dataset", dataset, None if iterable else n, shape, batches=batches)
