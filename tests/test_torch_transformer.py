@@ -16,6 +16,7 @@ from collections import Counter
 import joblib
 import numpy as np
 import pytest
+import sklearn
 import torch
 from helpers import SANITIZED
 from sklearn.base import clone
@@ -232,6 +233,22 @@ def test_clone_shares_the_module_and_keeps_params_and_output_config():
     fitted = clone(t).fit(np.ones((2, 3)))
     assert fitted.module_ is not module
     assert fitted.module_.weight.data_ptr() != module.weight.data_ptr()
+
+
+@pytest.mark.parametrize("lookup", ["scikit-learn's", "public config only"])
+def test_the_output_container_is_set_output_s_else_the_global_setting(lookup, monkeypatch):
+    from tensorbridge.sklearn import _output
+
+    if lookup == "public config only":  # what a scikit-learn without the private helper gets
+        monkeypatch.setattr(_output, "_get_output_config", None)
+    else:
+        assert _output._get_output_config is not None
+    t = TorchTransformer(torch.nn.Identity())
+    assert _output.transform_output(t) == "default"
+    with sklearn.config_context(transform_output="pandas"):
+        assert _output.transform_output(t) == "pandas"
+        assert _output.transform_output(clone(t).set_output(transform="default")) == "default"
+    assert _output.transform_output(t.set_output(transform="pandas")) == "pandas"
 
 
 # -- the per-sample shape ------------------------------------------------------------

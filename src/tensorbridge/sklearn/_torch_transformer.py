@@ -36,6 +36,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from .. import _dlpack, _torch, collect, to_device, to_numpy, to_numpy_async
 from .._dtypes import numpy_dtype
 from . import _dask
+from ._output import transform_output
 from ._to_numpy import is_tensor_like
 
 _WIDENED_OUTPUTS = ("bfloat16", "float8")  # dtypes NumPy lacks: returned as float32
@@ -404,9 +405,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         dispatch, or None for a NumPy result."""
         if not get_config().get("array_api_dispatch", False):
             return None
-        wanted = getattr(self, "_sklearn_output_config", {}).get(
-            "transform", get_config().get("transform_output", "default"))
-        if wanted != "default":  # set_output asked for a container: NumPy goes into it
+        if transform_output(self) != "default":  # a container was asked for: NumPy goes in it
             return None
         if isinstance(X, torch.Tensor):
             return "torch", X.device
