@@ -605,6 +605,37 @@ def test_a_pickle_made_again_keeps_the_dtype_cast():
     np.testing.assert_array_equal(loaded.transform(np.ones((2, 4))), t.transform(np.ones((2, 4))))
 
 
+@pytest.mark.parametrize(("fitted_with", "then"), [("float64", None), (None, "float64")])
+def test_a_pickle_keeps_module_as_fitted_when_dtype_changed_since(fitted_with, then):
+    # module_ is made again on load from the parameters the pickle holds; once
+    # they no longer make the fitted module_, the pickle holds module_ itself.
+    X = np.linspace(-1, 1, 12).reshape(3, 4)
+    module = torch.nn.Linear(4, 2)
+    t = TorchTransformer(module, dtype=fitted_with).fit(X)
+    expected, placed = t.transform(X), t.module_.weight.dtype
+    t.set_params(dtype=then)
+    loaded = pickle.loads(pickle.dumps(t))
+    assert loaded.module_.weight.dtype == placed and loaded.dtype_ == t.dtype_
+    np.testing.assert_array_equal(loaded.transform(X), expected)
+
+
+def test_a_pickle_of_an_earlier_build_with_a_described_recreate_loads(monkeypatch):
+    from tensorbridge.sklearn import _torch_transformer
+
+    # Development builds wrote _Recreate(source, cast): facts the pickle implies.
+    def described(recreate):
+        recreate.source, recreate.cast = "module", torch.float64
+
+    t = TorchTransformer(torch.nn.Linear(4, 2), dtype="float64").fit(np.ones((3, 4)))
+    with monkeypatch.context() as patch:
+        patch.setattr(_torch_transformer._Recreate, "__init__", described, raising=False)
+        saved = pickle.dumps(t)
+    assert b"cast" in saved
+    loaded = pickle.loads(saved)
+    assert loaded.module_.weight.dtype == torch.float64 and loaded.module_ is not loaded.module
+    np.testing.assert_array_equal(loaded.transform(np.ones((2, 4))), t.transform(np.ones((2, 4))))
+
+
 @contextlib.contextmanager
 def storages_saved_as_cuda():
     """torch.save tags every CPU storage "cuda:0", as it does on a GPU: what
