@@ -168,6 +168,28 @@ def test_out_with_negative_strides_receives_a_resolved_copy(path, name):
     np.testing.assert_array_equal(array_bytes(out), expected_values(t))
 
 
+@pytest.mark.parametrize("convert", [tb.to_numpy, tb.to_numpy_async], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("kind", ["view", "copy", "numpy"])
+def test_out_is_checked_once_per_call(path, monkeypatch, convert, kind):
+    from tensorbridge import _convert
+
+    checked = []
+    check_out_array = _convert.check_out_array
+
+    def counted(out):
+        checked.append(out)
+        check_out_array(out)
+
+    monkeypatch.setattr(_convert, "check_out_array", counted)
+    x = {"view": lambda: sample((3, 4), torch.float32), "copy": lambda: conj(torch.complex64),
+         "numpy": lambda: np.arange(12.0).reshape(3, 4)}[kind]()
+    out = np.empty((3, 4), numpy_dtype(x.dtype) if kind != "numpy" else x.dtype)
+    result = convert(x, out=out)
+    assert (result if convert is tb.to_numpy else result.wait()) is out
+    assert len(checked) == 1 and checked[0] is out
+    np.testing.assert_array_equal(out, x if kind == "numpy" else x.resolve_conj().numpy())
+
+
 def test_out_with_grad_tensor(path):
     t = torch.arange(6.0, requires_grad=True) * 2
     out = np.zeros(6, np.float32)

@@ -152,6 +152,27 @@ def test_out_must_match_shape_and_dtype_exactly(path, source):
         tb.to_numpy(t, out=np.empty((2, 3), np.float64))
 
 
+def test_to_numpy_async_refuses_a_bad_out_before_asking_the_input_anything(path):
+    asked = []
+
+    class Spy(torch.Tensor):  # every torch function called on it is recorded
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            asked.append(func)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    t = torch.ones(2, 3).as_subclass(Spy)
+    readonly = np.empty((2, 3), np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(TypeError, match="to_numpy: out must be a numpy.ndarray, got list"):
+        tb.to_numpy_async(t, out=[0] * 6)
+    with pytest.raises(ValueError, match="to_numpy: out is read-only"):
+        tb.to_numpy_async(t, out=readonly)
+    assert asked == []
+    tb.to_numpy_async(t, out=np.empty((2, 3), np.float32)).wait()
+    assert asked  # the spy does see what reading it asks
+
+
 def test_copy_false_with_out_is_contradictory(path):
     with pytest.raises(ValueError, match="copy=False cannot be combined with out="):
         tb.to_numpy(torch.ones(2), copy=False, out=np.empty(2, np.float32))

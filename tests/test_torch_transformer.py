@@ -11,10 +11,12 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 
 import joblib
 import numpy as np
 import pytest
+import sklearn
 import torch
 from helpers import SANITIZED
 from sklearn.base import clone
@@ -233,6 +235,22 @@ def test_clone_shares_the_module_and_keeps_params_and_output_config():
     assert fitted.module_.weight.data_ptr() != module.weight.data_ptr()
 
 
+@pytest.mark.parametrize("lookup", ["scikit-learn's", "public config only"])
+def test_the_output_container_is_set_output_s_else_the_global_setting(lookup, monkeypatch):
+    from tensorbridge.sklearn import _output
+
+    if lookup == "public config only":  # what a scikit-learn without the private helper gets
+        monkeypatch.setattr(_output, "_get_output_config", None)
+    else:
+        assert _output._get_output_config is not None
+    t = TorchTransformer(torch.nn.Identity())
+    assert _output.transform_output(t) == "default"
+    with sklearn.config_context(transform_output="pandas"):
+        assert _output.transform_output(t) == "pandas"
+        assert _output.transform_output(clone(t).set_output(transform="default")) == "default"
+    assert _output.transform_output(t.set_output(transform="pandas")) == "pandas"
+
+
 # -- the per-sample shape ------------------------------------------------------------
 
 
@@ -432,6 +450,43 @@ def test_a_loader_is_started_once_per_fit_and_once_per_transform():
     assert _CountingLoader.starts == 3
 
 
+class _CountingItems(_Items):
+    """A map-style Dataset that counts the reads of each index."""
+
+    def __init__(self, inputs):
+        super().__init__(inputs)
+        self.reads = Counter()
+
+    def __getitem__(self, index):
+        self.reads[index] += 1
+        return super().__getitem__(index)
+
+
+class _CountingStream(_Stream):
+    """An IterableDataset that counts how often it yields each item."""
+
+    def __init__(self, inputs):
+        super().__init__(inputs)
+        self.yielded = Counter()
+
+    def __iter__(self):
+        for index, x in enumerate(self.inputs):
+            self.yielded[index] += 1
+            yield x
+
+
+@pytest.mark.parametrize("kind", ["map-style", "iterable"])
+def test_a_dataset_is_read_once_per_fit_and_once_per_transform(kind):
+    X = rows(11)
+    dataset = _CountingItems(X) if kind == "map-style" else _CountingStream(X)
+    reads = dataset.reads if kind == "map-style" else dataset.yielded
+    t = TorchTransformer(torch.nn.Identity(), batch_size=4).fit(dataset)
+    assert reads == {0: 1}  # fit probes the first item only, and once
+    for transforms in (1, 2):  # each transform is a new pass: every item once more
+        np.testing.assert_array_equal(t.transform(dataset), X.numpy())
+        assert reads == {index: transforms + (index == 0) for index in range(len(X))}
+
+
 def test_fitted_on_arrays_transforms_a_dataset_and_back():
     X = rows(11)
     t = TorchTransformer(torch.nn.Identity(), batch_size=4).fit(X.numpy())
@@ -547,6 +602,37 @@ def test_a_pickle_made_again_keeps_the_dtype_cast():
     loaded = pickle.loads(pickle.dumps(t))
     assert loaded.module_.weight.dtype == torch.float64
     assert loaded.module.weight.dtype == torch.float32
+    np.testing.assert_array_equal(loaded.transform(np.ones((2, 4))), t.transform(np.ones((2, 4))))
+
+
+@pytest.mark.parametrize(("fitted_with", "then"), [("float64", None), (None, "float64")])
+def test_a_pickle_keeps_module_as_fitted_when_dtype_changed_since(fitted_with, then):
+    # module_ is made again on load from the parameters the pickle holds; once
+    # they no longer make the fitted module_, the pickle holds module_ itself.
+    X = np.linspace(-1, 1, 12).reshape(3, 4)
+    module = torch.nn.Linear(4, 2)
+    t = TorchTransformer(module, dtype=fitted_with).fit(X)
+    expected, placed = t.transform(X), t.module_.weight.dtype
+    t.set_params(dtype=then)
+    loaded = pickle.loads(pickle.dumps(t))
+    assert loaded.module_.weight.dtype == placed and loaded.dtype_ == t.dtype_
+    np.testing.assert_array_equal(loaded.transform(X), expected)
+
+
+def test_a_pickle_of_an_earlier_build_with_a_described_recreate_loads(monkeypatch):
+    from tensorbridge.sklearn import _torch_transformer
+
+    # Development builds wrote _Recreate(source, cast): facts the pickle implies.
+    def described(recreate):
+        recreate.source, recreate.cast = "module", torch.float64
+
+    t = TorchTransformer(torch.nn.Linear(4, 2), dtype="float64").fit(np.ones((3, 4)))
+    with monkeypatch.context() as patch:
+        patch.setattr(_torch_transformer._Recreate, "__init__", described, raising=False)
+        saved = pickle.dumps(t)
+    assert b"cast" in saved
+    loaded = pickle.loads(saved)
+    assert loaded.module_.weight.dtype == torch.float64 and loaded.module_ is not loaded.module
     np.testing.assert_array_equal(loaded.transform(np.ones((2, 4))), t.transform(np.ones((2, 4))))
 
 

@@ -45,16 +45,28 @@ def convert(route, x=_MISSING, /, *extra, copy=None, out=None, stream=None, **un
         raise TypeError("to_numpy() missing 1 required positional argument: 'x'")
     if copy is not None and not isinstance(copy, bool):
         raise TypeError(f"to_numpy: copy must be None, True or False, got {copy!r}")
-    if out is not None:
-        if copy is False:
-            raise ValueError(
-                "to_numpy: copy=False cannot be combined with out=, which always copies; "
-                "drop one of them"
-            )
-        check_out_array(out)
+    _check_out(out, copy)
     if route is None:  # the front door found the arguments wrong; none is, called directly
         route = _core.route(x, numpy_method=not copy and out is None)
+    return _convert_route(route, x, copy, out, stream)
 
+
+def _check_out(out, copy) -> None:
+    """The checks of `out` that need no result, made once per call before
+    anything of `x` is read or copied (by to_numpy_async before `x` is even
+    classified)."""
+    if out is None:
+        return
+    if copy is False:
+        raise ValueError(
+            "to_numpy: copy=False cannot be combined with out=, which always copies; "
+            "drop one of them"
+        )
+    check_out_array(out)
+
+
+def _convert_route(route, x, copy, out, stream):
+    """`x` by its route, with arguments already checked."""
     kind = route.kind
     if kind == "view":
         return _finish_view(route.view, copy, out)
@@ -104,13 +116,12 @@ def to_numpy_async(x: Any, *, out: np.ndarray | None = None, stream: Any = None)
     >>> transfer.done(), transfer.wait()
     (True, array([0, 1, 2]))
     """
-    if out is not None:
-        check_out_array(out)
+    _check_out(out, None)
     route = _core.route(x, numpy_method=out is None)
     memory = _device_memory.of_route(route, x, stream)
     if memory is not None:
         return _device_memory.copy_device_memory(memory, out, asynchronous=True)
-    return Transfer.finished(convert(route, x, out=out, stream=stream))
+    return Transfer.finished(_convert_route(route, x, None, out, stream))
 
 
 def view_to_copy(route, x) -> np.ndarray:

@@ -104,10 +104,9 @@ def _check_structure(name, X):
 
 def _check_output(name, estimator):
     """set_output(transform="pandas") would gather the lazy result into the client."""
-    import sklearn
+    from ._output import transform_output
 
-    output = getattr(estimator, "_sklearn_output_config", {}).get(
-        "transform", sklearn.get_config()["transform_output"])
+    output = transform_output(estimator)
     if output != "default":
         raise ValueError(f"{name}: set_output(transform={output!r}) does not apply to dask "
                          "input (it would compute the whole result into this process); use "

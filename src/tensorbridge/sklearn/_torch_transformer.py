@@ -36,6 +36,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from .. import _dlpack, _torch, collect, to_device, to_numpy, to_numpy_async
 from .._dtypes import numpy_dtype
 from . import _dask
+from ._output import transform_output
 from ._to_numpy import is_tensor_like
 
 _WIDENED_OUTPUTS = ("bfloat16", "float8")  # dtypes NumPy lacks: returned as float32
@@ -184,13 +185,12 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         source = self._read(X, reset=True)
         if net:
             self.net_ = self._train(torch, X, source, y, fit_params)
-            trained = self.net_.module_
         else:
             self.__dict__.pop("net_", None)
-            trained = self.module
+        trained = self._source_module()
         self.dtype_ = self._resolve_dtype(torch, trained)
         self._check_layer(torch, trained)
-        self.module_ = self._place(torch, trained)
+        self.module_ = self._place(torch)
         # One row through the module: a broken module fails here, not in transform.
         self.n_features_out_ = self._run(torch, source.head(), None, quiet=True).shape[1]
         return self
@@ -232,12 +232,21 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                              "dtype; use for example torch.float32 or 'float64'")
         return dtype
 
-    def _place(self, torch, module):
-        """module_: a copy of `module` on device_ (in dtype_ when asked), or a
-        skorch net's own trained module where it already is."""
-        cast = self.dtype_ if self.dtype is not None else None
-        shared = getattr(self, "net_", None) is not None and module is self.net_.module_
-        return _placed(torch, module, self.device_, cast, shared)
+    def _source_module(self):
+        """What module_ is placed from: a skorch net's trained module, else `module`."""
+        net = self.__dict__.get("net_")
+        return net.module_ if net is not None else self.module
+
+    def _cast(self):
+        """The dtype module_'s floating tensors are cast to (dtype_), or None
+        when dtype is not given: they keep their own."""
+        return self.dtype_ if self.dtype is not None else None
+
+    def _place(self, torch):
+        """module_: a copy of the source module on device_ (in dtype_ when
+        asked), or a skorch net's own trained module where it already is."""
+        shared = self.__dict__.get("net_") is not None
+        return _placed(torch, self._source_module(), self.device_, self._cast(), shared)
 
     def _check_layer(self, torch, module):
         if self.layer is None:
@@ -404,9 +413,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         dispatch, or None for a NumPy result."""
         if not get_config().get("array_api_dispatch", False):
             return None
-        wanted = getattr(self, "_sklearn_output_config", {}).get(
-            "transform", get_config().get("transform_output", "default"))
-        if wanted != "default":  # set_output asked for a container: NumPy goes into it
+        if transform_output(self) != "default":  # a container was asked for: NumPy goes in it
             return None
         if isinstance(X, torch.Tensor):
             return "torch", X.device
@@ -634,9 +641,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         # loads (onto the CPU) where no GPU exists; module_ is left out when it
         # can be made again from what the pickle holds anyway.
         state = dict(super().__getstate__())  # may be our own __dict__: never mutate it
-        recreate = self._recreatable()
-        if recreate is not None:
-            state["module_"] = recreate
+        if self._recreatable():
+            state["module_"] = _Recreate()
         for key in ("module", "module_"):
             if _torch.is_module(state.get(key)):
                 import torch
@@ -646,19 +652,18 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 state[key] = _SavedModule(buffer.getvalue())
         return state
 
-    def _recreatable(self):
-        """A `_Recreate` when module_ equals what _place makes of its source."""
+    def _recreatable(self) -> bool:
+        """Whether module_ is what _place makes of its source now (parameters
+        set since fit included): then the pickle need not hold it."""
         torch = _torch.imported()
         placed = self.__dict__.get("module_")
         if not _torch.is_module(placed):
-            return None
-        net = self.__dict__.get("net_")
-        source, name = (net.module_, "net_") if net is not None else (self.module, "module")
-        if source is placed:
-            return _Recreate(name, None)
-        if not isinstance(source, torch.nn.Module) or not _same_weights(torch, source, placed):
-            return None
-        return _Recreate(name, self.dtype_ if self.dtype is not None else None)
+            return False
+        source = self._source_module()
+        if source is placed:  # a net's own module: shared again on load, unless cast
+            return self._cast() is None
+        return isinstance(source, torch.nn.Module) and _same_weights(torch, source, placed,
+                                                                     self._cast())
 
     def __setstate__(self, state):
         import torch
@@ -677,12 +682,9 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                     location = None if torch.cuda.is_available() else "cpu"
                 state[key] = torch.load(io.BytesIO(state[key].data), map_location=location,
                                         weights_only=False)
-        recreate = state.get("module_")
         super().__setstate__(state)
-        if isinstance(recreate, _Recreate):
-            from_net = recreate.source == "net_"
-            source = self.net_.module_ if from_net else self.module
-            self.module_ = _placed(torch, source, self.device_, recreate.cast, from_net)
+        if isinstance(state.get("module_"), _Recreate):
+            self.module_ = self._place(torch)
 
 
 class _LayerReached(Exception):
@@ -697,12 +699,10 @@ class _SavedModule:
 
 
 class _Recreate:
-    """Stands for module_ in a pickle: made again on load from `source`
-    ("module" or "net_"), cast to `cast` when not None."""
-
-    def __init__(self, source, cast):
-        self.source = source
-        self.cast = cast
+    """Stands for module_ in a pickle: made again on load by _place, from what
+    the pickle holds (net_ or module, device_, dtype and dtype_). One written
+    by an earlier development build has `source` and `cast` attributes: the
+    same facts, which the rest of that pickle implies, so they are ignored."""
 
 
 # -- inputs --------------------------------------------------------------------------
@@ -756,29 +756,40 @@ def _dataset_input(dataset, data_module):
                             "__len__, or make it an IterableDataset") from None
         if n < 1:
             raise ValueError(f"{_NAME}: X is an empty Dataset; at least 1 sample is required")
+
+    def items():
+        return iter(dataset) if iterable else (dataset[i] for i in range(n))
+
+    # The probe's stream is resumed by the first pass over the batches: each
+    # item is read once per fit or transform (its first item not twice).
+    probe = items()
     try:
-        first = _item_input(next(iter(dataset)) if iterable else dataset[0], "item 0")
+        first = _item_input(next(probe), "item 0")
     except StopIteration:
         raise ValueError(f"{_NAME}: X is an empty Dataset; at least 1 sample is required") \
             from None
     shape = tuple(first.shape)
+    resume = [probe]
+
+    def samples():
+        if resume:
+            stream, start = resume.pop(), 1
+            yield first
+        else:
+            stream, start = items(), 0
+        for index, item in enumerate(stream, start):
+            sample = _item_input(item, f"item {index}")
+            if tuple(sample.shape) != shape:
+                raise ValueError(f"{_NAME}: Dataset item {index} has shape "
+                                 f"{tuple(sample.shape)}, but item 0 has shape {shape}; "
+                                 "every sample must have one shape")
+            yield sample
 
     def batches(batch_size):
         import torch
 
-        items = iter(dataset) if iterable else (dataset[i] for i in range(n))
-        done = 0
-        while True:
-            chunk = [_item_input(item, f"item {done + k}")
-                     for k, item in enumerate(itertools.islice(items, batch_size))]
-            if not chunk:
-                return
-            for k, sample in enumerate(chunk):
-                if tuple(sample.shape) != shape:
-                    raise ValueError(f"{_NAME}: Dataset item {done + k} has shape "
-                                     f"{tuple(sample.shape)}, but item 0 has shape {shape}; "
-                                     "every sample must have one shape")
-            done += len(chunk)
+        stream = samples()
+        while chunk := list(itertools.islice(stream, batch_size)):
             yield torch.stack(chunk), len(chunk), True
 
     return _Input("dataset", dataset, None if iterable else n, shape, batches=batches)
@@ -1000,9 +1011,10 @@ def _module_device(module):
     return torch.device("cpu")
 
 
-def _same_weights(torch, source, placed) -> bool:
-    """Whether placed's parameters and buffers equal source's (cast to placed's
-    device and dtype): then placed can be made again from source."""
+def _same_weights(torch, source, placed, cast) -> bool:
+    """Whether placed's parameters and buffers are source's, on placed's
+    device, with floating ones cast to `cast` (unless None) and the rest in
+    their own dtype: then _placed makes placed again from source."""
     if type(source) is not type(placed):
         return False
     ours, theirs = source.state_dict(), placed.state_dict()
@@ -1015,7 +1027,8 @@ def _same_weights(torch, source, placed) -> bool:
                 if tensor is not other:
                     return False
                 continue
-            if tensor.shape != other.shape or not torch.equal(
-                    tensor.to(device=other.device, dtype=other.dtype), other):
+            dtype = cast if cast is not None and tensor.is_floating_point() else tensor.dtype
+            if tensor.shape != other.shape or other.dtype != dtype or not torch.equal(
+                    tensor.to(device=other.device, dtype=dtype), other):
                 return False
     return True
