@@ -113,6 +113,21 @@ def test_cpu_input_gives_a_finished_transfer():
     assert transfer.done() and transfer.wait() is a
 
 
+@pytest.mark.parametrize("device", [False, True])
+@pytest.mark.parametrize(("timeout", "error", "message"), [
+    (-1, ValueError, r"timeout must be >= 0 or None, got -1"),
+    (float("nan"), ValueError, r"timeout must be >= 0 or None, got nan"),
+    ("1", TypeError, r"timeout must be a number of seconds or None, got '1'"),
+    (True, TypeError, r"timeout must be a number of seconds or None, got True"),
+])
+def test_a_bad_timeout_is_refused_finished_or_not(standin, device, timeout, error, message):
+    source = DeviceArray(standin, values((4,))) if device else np.arange(4.0)
+    transfer = tb.to_numpy_async(source)
+    with pytest.raises(error, match=r"^Transfer\.wait: " + message):
+        transfer.wait(timeout=timeout)
+    transfer.wait()
+
+
 def test_pinned_out_is_one_direct_copy(standin):
     expected = values((512, 512))
     out = tb.empty_pinned(expected.shape, expected.dtype)

@@ -90,3 +90,15 @@ def test_empty_pinned_shapes_and_dtypes(standin):
         assert a.dtype == np.dtype(dtype) and a.flags.writeable and a.flags.c_contiguous
     with pytest.raises(ValueError, match="shape must hold non-negative ints"):
         tb.empty_pinned((-1, 2), np.float32)
+
+
+@pytest.mark.parametrize(("dtype", "message"), [
+    (object, r"^empty_pinned: dtype object holds Python objects.*numeric dtype"),
+    ([("a", np.float32), ("b", object)], r"^empty_pinned: dtype .* holds Python objects"),
+    ("nope", r"^empty_pinned: dtype 'nope' is not a NumPy dtype"),
+])
+def test_empty_pinned_refuses_dtypes_pinned_memory_cannot_hold(standin, dtype, message):
+    reserved = tb.pinned_memory_stats()["reserved_bytes"]
+    with pytest.raises(TypeError, match=message):
+        tb.empty_pinned(4, dtype)
+    assert tb.pinned_memory_stats()["reserved_bytes"] == reserved  # refused before allocating

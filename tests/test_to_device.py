@@ -45,6 +45,18 @@ def test_bad_devices_and_dtypes(device, dtype, error, message):
         tb.to_device(np.ones(3), device, dtype=dtype)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_an_input_to_numpy_refuses_is_refused_naming_to_device(device, monkeypatch):
+    from tensorbridge import _driver
+
+    # CUDA "usable", so that the cuda target reaches the input's conversion
+    monkeypatch.setattr(_driver, "cuda_status", lambda: {"available": True, "reason": ""})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    with pytest.raises(TypeError, match=r"^to_device: cannot convert an object of type 'list'"):
+        tb.to_device([1, 2], device)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
 def test_cuda_target_without_a_usable_gpu_says_so():
     with pytest.raises(RuntimeError, match=r"no usable CUDA GPU for 'cuda:1'.*"

@@ -245,14 +245,12 @@ class _Writer:
                 source = _device_memory.of_route(route, batch)
                 array = _convert.view_to_copy(route, batch) if source is None else None
             except (TypeError, ValueError, BufferError) as error:
-                # Our own errors again, naming the call the user made and the
-                # batch; any other (a producer's own type) as it is, with a note.
-                if type(error) not in (TypeError, ValueError, BufferError):
+                renamed = _convert.as_callers_error(error, f"collect: batch {index}")
+                if renamed is None:  # a producer's own type, with a note
                     if hasattr(error, "add_note"):
                         error.add_note(f"(raised by collect, reading batch {index})")
                     raise
-                message = str(error).removeprefix("to_numpy: ")
-                raise type(error)(f"collect: batch {index}: {message}") from error
+                raise renamed from error
         described = array if source is None else source
         shape, dtype = described.shape, described.dtype
         self._check(index, shape, dtype)

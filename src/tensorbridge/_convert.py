@@ -124,6 +124,16 @@ def to_numpy_async(x: Any, *, out: np.ndarray | None = None, stream: Any = None)
     return Transfer.finished(_convert_route(route, x, None, out, stream))
 
 
+def as_callers_error(error: Exception, caller: str) -> Exception | None:
+    """to_numpy's own `error` (exactly a TypeError, ValueError or BufferError)
+    reworded to name `caller`, the call the user made ("collect: batch 3");
+    None for any other exception, a producer's own type, which goes on as it is
+    (its arguments cannot be remade)."""
+    if type(error) not in (TypeError, ValueError, BufferError):
+        return None
+    return type(error)(f"{caller}: {str(error).removeprefix('to_numpy: ')}")
+
+
 def view_to_copy(route, x) -> np.ndarray:
     """What ``to_numpy(x)`` gives, for a caller that only copies it
     (collect), from `x`'s route taken with ``numpy_method=False``: a plain

@@ -105,7 +105,13 @@ def empty_pinned(shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarr
     >>> host = tb.empty_pinned((1024, 1024), "float32")  # doctest: +SKIP
     >>> tb.to_numpy(torch.ones(1024, 1024, device="cuda"), out=host)  # doctest: +SKIP
     """
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"empty_pinned: dtype {dtype!r} is not a NumPy dtype ({error})") from error
+    if dtype.hasobject:
+        raise TypeError(f"empty_pinned: dtype {dtype} holds Python objects, which cannot live in "
+                        "pinned memory; use a numeric dtype")
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 for n in shape):
         raise ValueError(f"empty_pinned: shape must hold non-negative ints, got {shape}")

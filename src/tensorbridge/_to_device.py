@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core, _driver, _dtypes, _streams
+from . import _convert, _core, _driver, _dtypes, _streams
 from ._device_memory import as_bytes
 from ._pinned import is_pinned
 from ._transfer import keep_alive_until_done, release_finished
@@ -75,7 +75,7 @@ def to_device(a: Any, device: Any, *, dtype: Any = None, stream: Any = None) -> 
     release_finished()
     if isinstance(a, torch.Tensor) and a.is_cuda:
         return a.to(device=torch.device("cuda", index), dtype=dtype)
-    source = _dtypes.tensor_over(torch, np.ascontiguousarray(_core.to_numpy(a)))
+    source = _dtypes.tensor_over(torch, np.ascontiguousarray(_host_array(a)))
     if dtype is not None:
         source = source.to(dtype)  # on the host; `source` itself when it already is
     host = _core.to_numpy(source)  # contiguous: a view
@@ -91,8 +91,19 @@ def to_device(a: Any, device: Any, *, dtype: Any = None, stream: Any = None) -> 
 def _to_cpu_tensor(torch, a, dtype):
     if isinstance(a, torch.Tensor):
         return a.to(device="cpu", dtype=dtype)
-    host = _core.to_numpy(a)  # the public fast path
+    host = _host_array(a)
     if not host.flags.writeable or any(stride < 0 for stride in host.strides):
         host = host.copy()  # torch tensors are writeable and cannot step backwards
     tensor = _dtypes.tensor_over(torch, host)
     return tensor if dtype is None else tensor.to(dtype)
+
+
+def _host_array(a):
+    """``to_numpy(a)`` (the public fast path), its errors naming to_device."""
+    try:
+        return _core.to_numpy(a)
+    except (TypeError, ValueError, BufferError) as error:
+        renamed = _convert.as_callers_error(error, "to_device")
+        if renamed is None:
+            raise
+        raise renamed from error

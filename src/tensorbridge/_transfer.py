@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import collections
 import math
+import numbers
 import os
 import threading
 import time
@@ -123,10 +124,14 @@ class Transfer:
         RuntimeError
             With the driver's text, if the copy failed.
         """
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, numbers.Real)):
+            raise TypeError(f"Transfer.wait: timeout must be a number of seconds or None, "
+                            f"got {timeout!r}")
+        seconds = math.inf if timeout is None else float(timeout)
+        if not seconds >= 0:  # NaN included
+            raise ValueError(f"Transfer.wait: timeout must be >= 0 or None, got {timeout!r}")
         if self._native is not None:
-            seconds = math.inf if timeout is None else float(timeout)
-            if not seconds >= 0:
-                raise ValueError(f"Transfer.wait: timeout must be >= 0 or None, got {timeout!r}")
             deadline = time.monotonic() + seconds
             # In slices, so that Ctrl-C raises KeyboardInterrupt in between
             # (the copy goes on; this Transfer keeps its buffers alive).
