@@ -22,8 +22,10 @@ PyObject* g_driver_error = PyExc_RuntimeError;
 // ...` or `x.set_(...)` give a torch tensor other memory and free what it had.
 // For torch, the tensor's storage, which holds the memory and no autograd
 // graph; for other producers, the managed tensor the API hands out (whose
-// deleter runs when the view dies), or `x` when the API has none.
-PyObject* exchanged_memory_owner(PyObject* x, const TypeInfo& info, const DLTensor& tensor) {
+// deleter runs when the view dies, and whose READ_ONLY flag clears
+// `*writeable`), or `x` when the API has none.
+PyObject* exchanged_memory_owner(PyObject* x, const TypeInfo& info, const DLTensor& tensor,
+                                 bool* writeable) {
   if (info.is_plain_torch()) {
     PyObject* storage = info.untyped_storage.call(x);
     if (storage == nullptr) PyErr_Clear();
@@ -45,6 +47,7 @@ PyObject* exchanged_memory_owner(PyObject* x, const TypeInfo& info, const DLTens
     if (managed->deleter != nullptr) managed->deleter(managed);  // not the memory read
     return nullptr;
   }
+  *writeable = (managed->flags & kFlagReadOnly) == 0;
   PyObject* owner = owner_of(managed);
   if (owner == nullptr) PyErr_Clear();
   return owner;
@@ -67,10 +70,10 @@ bool read_exchanged(PyObject* x, const TypeInfo& info, DLTensor* tensor) {
 
 PyObject* view_exchanged(PyObject* x, const TypeInfo& info, const DLTensor& tensor) {
   if (tensor.device.device_type != kDLCPU) return nullptr;
-  PyObject* owner = exchanged_memory_owner(x, info, tensor);
+  bool writeable = true;
+  PyObject* owner = exchanged_memory_owner(x, info, tensor, &writeable);
   PyObject* array = nullptr;
-  if (owner != nullptr &&
-      view_dltensor(tensor, /*writeable=*/true, owner, &array) != ViewStatus::kOk) {
+  if (owner != nullptr && view_dltensor(tensor, writeable, owner, &array) != ViewStatus::kOk) {
     PyErr_Clear();
   }
   Py_XDECREF(owner);

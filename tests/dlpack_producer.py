@@ -128,6 +128,18 @@ class Producer:
         )
         return tensor, (shape, strides)
 
+    def managed(self):
+        """A DLManagedTensorVersioned (kept alive here) for a consumer that
+        takes it without a capsule (the C exchange API); its deleter counts."""
+        tensor, arrays = self.dltensor()
+        managed = DLManagedTensorVersioned()
+        managed.version = DLPackVersion(*self.overrides.get("version", (1, 1)))
+        managed.flags = self.overrides.get("flags", 0)
+        managed.deleter = deleter = VERSIONED_DELETER(self._on_delete)
+        managed.dl_tensor = tensor
+        self._keep.append((arrays, managed, deleter))
+        return managed
+
     def capsule(self, versioned=True):
         tensor, arrays = self.dltensor()
         o = self.overrides
@@ -154,3 +166,64 @@ class Producer:
 
     def _on_delete(self, _managed):
         self.deleted += 1
+
+
+# -- the DLPack C exchange API (__dlpack_c_exchange_api__ on the type) ------------
+
+_DLTENSOR_FROM = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(DLTensor))
+_MANAGED_FROM = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p,
+                                 ctypes.POINTER(ctypes.POINTER(DLManagedTensorVersioned)))
+
+
+class _ExchangeApi(ctypes.Structure):
+    _fields_ = [
+        ("version", DLPackVersion),
+        ("prev_api", ctypes.c_void_p),
+        ("managed_tensor_allocator", ctypes.c_void_p),
+        ("managed_tensor_from_py_object_no_sync", _MANAGED_FROM),
+        ("managed_tensor_to_py_object_no_sync", ctypes.c_void_p),
+        ("dltensor_from_py_object_no_sync", _DLTENSOR_FROM),
+        ("current_work_stream", ctypes.c_void_p),
+    ]
+
+
+def _producer_of(address):
+    return ctypes.cast(ctypes.c_void_p(address), ctypes.py_object).value.producer
+
+
+def _dltensor_from(address, out):
+    tensor, arrays = (producer := _producer_of(address)).dltensor()
+    producer._keep.append(arrays)
+    out[0] = tensor
+    return 0
+
+
+def _managed_from(address, out):
+    out[0] = ctypes.pointer(_producer_of(address).managed())
+    return 0
+
+
+_CALLBACKS = (_MANAGED_FROM(_managed_from), _DLTENSOR_FROM(_dltensor_from))
+# A capsule keeps a pointer to its name, not a copy: the name must live as long.
+_EXCHANGE_API_NAME = ctypes.create_string_buffer(b"dlpack_exchange_api")
+_EXCHANGE_API = _ExchangeApi(DLPackVersion(1, 1), None, None, _CALLBACKS[0], None,
+                             _CALLBACKS[1], None)
+
+
+class ExchangeProducer:
+    """A CPU producer that publishes the C exchange API, as torch does, over a
+    `Producer` (keyword arguments as there: flags=READ_ONLY, ...); its
+    `__dlpack__` is the same producer's, for the Python route."""
+
+    __dlpack_c_exchange_api__ = _api.PyCapsule_New(
+        ctypes.addressof(_EXCHANGE_API), ctypes.cast(_EXCHANGE_API_NAME, ctypes.c_char_p),
+        _DESTRUCTOR(0))
+
+    def __init__(self, array: np.ndarray, **overrides):
+        self.producer = Producer(array, **overrides)
+
+    def __dlpack_device__(self):
+        return self.producer.__dlpack_device__()
+
+    def __dlpack__(self, **kwargs):
+        return self.producer.__dlpack__(**kwargs)

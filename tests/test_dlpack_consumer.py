@@ -3,7 +3,7 @@
 
 import numpy as np
 import pytest
-from dlpack_producer import READ_ONLY, Producer, capsule_name
+from dlpack_producer import READ_ONLY, ExchangeProducer, Producer, capsule_name
 from helpers import OnlyDLPack, data_address
 
 import tensorbridge as tb
@@ -85,6 +85,23 @@ def test_read_only_flag_gives_a_read_only_array():
     # An empty tensor without memory too (NumPy allocates its placeholder).
     empty = Producer(np.arange(0.0), flags=READ_ONLY, data=None)
     assert not tb.to_numpy(empty).flags.writeable
+
+
+@pytest.mark.parametrize("flags", [0, READ_ONLY])
+def test_an_exchange_api_producer_is_viewed_in_c_with_its_flags(path, flags, collect_garbage):
+    # A producer other than torch that publishes the C exchange API: the native
+    # core views it (the managed tensor it hands out is the view's base, and
+    # its READ_ONLY flag counts); with the exchange API off, its capsule does.
+    x = np.arange(6.0)
+    p = ExchangeProducer(x, flags=flags)
+    a = tb.to_numpy(p)
+    np.testing.assert_array_equal(a, x)
+    assert np.shares_memory(a, x) and a.flags.writeable == (flags == 0)
+    assert p.producer.requests == ([] if path == "exchange" else [{"max_version": (1, 3)}])
+    assert p.producer.deleted == 0
+    del a
+    collect_garbage()
+    assert p.producer.deleted == 1  # exactly once, when the view died
 
 
 def test_null_strides_mean_row_major():

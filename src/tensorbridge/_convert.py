@@ -297,7 +297,10 @@ def _from_dlpack(route, x, copy, out, stream):
         # Held in a local, the capsule outlives an error raised while reading
         # it: its producer's destructor then never runs with an exception pending.
         capsule = _dlpack.request_capsule(x)
-        return _finish_view(_core.array_from_capsule(capsule), copy, out)
+        view = _core.array_from_capsule(capsule)
+        if _dlpack.is_immutable(x):
+            view.flags.writeable = False  # writes would change an immutable array
+        return _finish_view(view, copy, out)
     if copy is False:
         raise BufferError(
             f"to_numpy: copy=False, but this {type(x).__name__} lives on DLPack device "

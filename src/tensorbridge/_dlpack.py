@@ -3,6 +3,8 @@ the version we ask for, and how a producer is asked for its capsule."""
 
 from __future__ import annotations
 
+import sys
+
 from . import _core
 
 # The native core's definitions (csrc/dlpack.h), not copies of them.
@@ -29,3 +31,11 @@ def request_capsule(x, **kwargs):
         return x.__dlpack__(max_version=MAX_VERSION, **kwargs)
     except TypeError:
         return x.__dlpack__(**kwargs)
+
+
+def is_immutable(x) -> bool:
+    """Whether `x` is an array its library never lets anyone write (a JAX
+    array), whose capsule cannot say so: JAX makes only legacy capsules, which
+    carry no READ_ONLY flag."""
+    jax = sys.modules.get("jax")  # a JAX array exists only once jax is imported
+    return jax is not None and isinstance(x, getattr(jax, "Array", ()))
