@@ -21,8 +21,8 @@ PyTypeObject* g_memory_type = nullptr;
 // What the arguments ask of the routes finished in C: `x` alone, or with
 // copy=None, True or False, out=None and stream=None or any stream (streams
 // do not apply to CPU memory; a device copy with a stream is left to Python).
-// out= goes to Python with its route; arguments to_numpy does not take go to
-// Python without one (it raises), before anything of `x` is asked.
+// out=, and arguments to_numpy does not take, go to Python before anything
+// of `x` is asked: out= is checked there first, wrong arguments raise.
 enum class Request { kPython, kView, kCopy };
 
 struct Arguments {
@@ -31,6 +31,7 @@ struct Arguments {
   bool copy_forbidden = false;  // copy=False
   bool stream_given = false;
   bool view_returned = true;  // neither copy=True nor out=: a view is returned as is
+  bool out_given = false;
 };
 
 Arguments parse(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
@@ -55,6 +56,7 @@ Arguments parse(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
       if (value != Py_None) {
         parsed.view_returned = false;
         parsed.request = Request::kPython;
+        parsed.out_given = true;
       }
     } else if (PyUnicode_CompareWithASCIIString(name, "stream") == 0) {
       parsed.stream_given = value != Py_None;
@@ -284,7 +286,7 @@ const char* const kToNumpyDoc =
 
 PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   const Arguments arguments = parse(args, nargs, kwnames);
-  if (arguments.x == nullptr)
+  if (arguments.x == nullptr || arguments.out_given)  // no route: Python checks first
     return call_fallback((Py_INCREF(Py_None), Py_None), args, nargs, kwnames);
   Found found;
   classify(arguments.x, arguments.view_returned, &found);

@@ -152,7 +152,9 @@ def test_out_must_match_shape_and_dtype_exactly(path, source):
         tb.to_numpy(t, out=np.empty((2, 3), np.float64))
 
 
-def test_to_numpy_async_refuses_a_bad_out_before_asking_the_input_anything(path):
+@pytest.mark.parametrize("convert", [tb.to_numpy, lambda t, out: tb.to_numpy_async(t, out=out)
+                                     .wait()], ids=["to_numpy", "to_numpy_async"])
+def test_a_bad_out_is_refused_before_the_input_is_asked_anything(path, convert):
     asked = []
 
     class Spy(torch.Tensor):  # every torch function called on it is recorded
@@ -165,11 +167,11 @@ def test_to_numpy_async_refuses_a_bad_out_before_asking_the_input_anything(path)
     readonly = np.empty((2, 3), np.float32)
     readonly.flags.writeable = False
     with pytest.raises(TypeError, match="to_numpy: out must be a numpy.ndarray, got list"):
-        tb.to_numpy_async(t, out=[0] * 6)
+        convert(t, out=[0] * 6)
     with pytest.raises(ValueError, match="to_numpy: out is read-only"):
-        tb.to_numpy_async(t, out=readonly)
+        convert(t, out=readonly)
     assert asked == []
-    tb.to_numpy_async(t, out=np.empty((2, 3), np.float32)).wait()
+    convert(t, out=np.empty((2, 3), np.float32))
     assert asked  # the spy does see what reading it asks
 
 

@@ -46,7 +46,7 @@ def convert(route, x=_MISSING, /, *extra, copy=None, out=None, stream=None, **un
     if copy is not None and not isinstance(copy, bool):
         raise TypeError(f"to_numpy: copy must be None, True or False, got {copy!r}")
     _check_out(out, copy)
-    if route is None:  # the front door found the arguments wrong; none is, called directly
+    if route is None:  # the front door leaves out= and wrong arguments to be checked first
         route = _core.route(x, numpy_method=not copy and out is None)
     return _convert_route(route, x, copy, out, stream)
 
