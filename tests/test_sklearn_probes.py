@@ -212,6 +212,40 @@ def test_a_sparse_module_output_is_densified_or_named():
         np.testing.assert_array_equal(out, X)
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: a fitted TorchTransformer over a traced or "
+                   "scripted (TorchScript) module, which fits and transforms fine, cannot be "
+                   "pickled: torch.save raises 'Tried to serialize object ... which does not have "
+                   "a __getstate__ method' (torch.jit.save would; contract: pickling, joblib)")
+@pytest.mark.parametrize("how", ["trace", "script"])
+def test_a_torchscript_module_pickles(how):
+    X, _ = features()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in 2.13
+        linear = torch.nn.Linear(3, 2)
+        module = (torch.jit.trace(linear, torch.ones(1, 3)) if how == "trace"
+                  else torch.jit.script(linear))
+    t = TorchTransformer(module).fit(X)
+    np.testing.assert_allclose(pickle.loads(pickle.dumps(t)).transform(X), t.transform(X))
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a module class passed instead of an instance "
+                   "(module=torch.nn.ReLU) gets 'the module returned ReLU, expected a "
+                   "torch.Tensor': no hint that an instance is needed")
+def test_a_module_class_instead_of_an_instance_is_named():
+    with pytest.raises((TypeError, InvalidParameterError), match=r"ReLU\(\)|instance"):
+        TorchTransformer(torch.nn.ReLU).fit(features()[0])
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a module whose weights are on the meta device gets "
+                   "torch's raw NotImplementedError 'Cannot copy out of meta tensor; no data!' "
+                   "(device='meta' itself gets a clear ValueError)")
+def test_a_meta_module_gets_a_clear_error():
+    with torch.device("meta"):
+        module = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="meta"):
+        TorchTransformer(module).fit(features()[0])
+
+
 # -- bugs: AugmentedEstimator ----------------------------------------------------------
 
 
@@ -609,7 +643,7 @@ def test_test_views_without_predict_proba_and_with_default_random_state():
     assert not hasattr(model, "predict_proba") and model.predict(X).shape == (40,)
     proba = AugmentedEstimator(LogisticRegression(), augment=noisy, test_views=3).fit(X, y)
     np.testing.assert_array_equal(proba.predict_proba(X), proba.predict_proba(X))
-    np.testing.assert_allclose(proba.predict_proba(X).sum(axis=1), 1)
+    np.testing.assert_allclose(proba.predict_proba(X).sum(axis=1), 1, rtol=1e-6)  # float32
 
 
 def test_augmented_grid_search_in_two_processes_and_pickle():
