@@ -230,6 +230,31 @@ def test_a_torchscript_module_pickles(how):
     np.testing.assert_allclose(pickle.loads(pickle.dumps(t)).transform(X), t.transform(X))
 
 
+@pytest.mark.xfail(strict=True, reason="BUG? (torch limitation): a fitted transformer over a "
+                   "parametrized module (parametrizations.weight_norm), which fits and transforms "
+                   "fine, cannot be pickled: torch.save says 'Serialization of parametrized "
+                   "modules is only supported through state_dict()'; at least say so at pickling "
+                   "as TorchTransformer's error")
+def test_a_parametrized_module_pickles():
+    from torch.nn.utils import parametrizations
+
+    X, _ = features()
+    t = TorchTransformer(parametrizations.weight_norm(torch.nn.Linear(3, 2))).fit(X)
+    np.testing.assert_allclose(pickle.loads(pickle.dumps(t)).transform(X), t.transform(X))
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a lazy module (nn.LazyLinear) fails fit with torch's "
+                   "raw 'Attempted to use an uninitialized parameter in <method detach>': fit has "
+                   "the data to materialise module_ (one row through the copy), or should name "
+                   "TorchTransformer and the fix")
+def test_a_lazy_module_is_materialised_by_fit():
+    X, _ = features()
+    lazy = torch.nn.LazyLinear(2)
+    t = TorchTransformer(lazy).fit(X)
+    assert t.transform(X).shape == (len(X), 2)
+    assert isinstance(lazy.weight, torch.nn.parameter.UninitializedParameter)  # still the user's
+
+
 @pytest.mark.xfail(strict=True, reason="BUG: a module class passed instead of an instance "
                    "(module=torch.nn.ReLU) gets 'the module returned ReLU, expected a "
                    "torch.Tensor': no hint that an instance is needed")
