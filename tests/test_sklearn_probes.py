@@ -255,6 +255,35 @@ def test_a_lazy_module_is_materialised_by_fit():
     assert isinstance(lazy.weight, torch.nn.parameter.UninitializedParameter)  # still the user's
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: NaN in a Dataset or DataLoader passes silently "
+                   "(NaN rows out) while arrays, CPU and CUDA tensors and dicts of them get 'X "
+                   "contains NaN' (tags: allow_nan=False; contract: fit validates X)")
+@pytest.mark.parametrize("kind", ["dataset", "loader"])
+def test_nan_in_a_dataset_or_loader_is_refused_like_in_arrays(kind):
+    items = TensorDataset(torch.tensor([[np.nan, 1.0], [0.0, 1.0]]))
+    X = items if kind == "dataset" else torch.utils.data.DataLoader(items, batch_size=1)
+
+    class Items(Dataset):  # not a TensorDataset: read item by item
+        def __len__(self):
+            return len(items)
+
+        def __getitem__(self, i):
+            return items[i]
+
+    with pytest.raises(ValueError, match="NaN"):
+        TorchTransformer(torch.nn.Identity()).fit(Items() if kind == "dataset" else X)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a generator or iterator X (of rows or batches) gets "
+                   "scikit-learn's 'Expected 2D array, got scalar array instead: "
+                   "array=<generator object ...>'; name the kind and the fix (an IterableDataset "
+                   "or a DataLoader)")
+def test_a_generator_x_is_named_with_the_fix():
+    X, _ = features()
+    with pytest.raises(TypeError, match="IterableDataset"):
+        TorchTransformer(torch.nn.Identity()).fit(row for row in X)
+
+
 @pytest.mark.xfail(strict=True, reason="BUG: a module class passed instead of an instance "
                    "(module=torch.nn.ReLU) gets 'the module returned ReLU, expected a "
                    "torch.Tensor': no hint that an instance is needed")
