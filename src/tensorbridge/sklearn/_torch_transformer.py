@@ -224,10 +224,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if self.dtype is None:
             parameter = _first_parameter(module)
             return parameter.dtype if parameter is not None else torch.float32
-        dtype = self.dtype
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
+        dtype = _torch_dtype(torch, self.dtype)
+        if dtype is None:
             raise ValueError(f"{_NAME}: dtype={self.dtype!r} is not a torch floating "
                              "dtype; use for example torch.float32 or 'float64'")
         return dtype
@@ -629,11 +627,29 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
-        parameter = _first_parameter(self.module)
-        dtype = self.dtype if self.dtype is not None else (
-            parameter.dtype if parameter is not None else "float32")
-        tags.transformer_tags.preserves_dtype = [str(dtype).removeprefix("torch.")]
+        tags.transformer_tags.preserves_dtype = [self._returned_dtype()]
         return tags
+
+    def _returned_dtype(self) -> str:
+        """The NumPy name of the dtype transform returns for a module that keeps
+        its input's dtype: dtype_ as NumPy holds it (bf16 and fp8 widened)."""
+        if self.dtype is None:
+            parameter = _first_parameter(self.module)
+            if parameter is None:
+                return "float32"
+            dtype = parameter.dtype
+        else:
+            import torch
+
+            dtype = _torch_dtype(torch, self.dtype)
+            if dtype is None:  # fit names it; tags must not raise
+                return str(self.dtype).removeprefix("torch.")
+        if str(dtype).removeprefix("torch.").startswith(_WIDENED_OUTPUTS):
+            return "float32"
+        try:
+            return numpy_dtype(dtype).name
+        except TypeError:
+            return str(dtype).removeprefix("torch.")
 
     def __getstate__(self):
         # Modules are stored through torch.save, so that one fitted on a GPU
@@ -975,6 +991,16 @@ def _cupy():
     import cupy
 
     return cupy
+
+
+def _torch_dtype(torch, value):
+    """`value` (a torch dtype or its name: 'float64', 'torch.half', 'float') as a
+    floating or complex torch dtype, or None when it is not one."""
+    dtype = getattr(torch, value.removeprefix("torch."), None) if isinstance(value, str) \
+        else value
+    if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
+        return None
+    return dtype
 
 
 def _first_parameter(module):
