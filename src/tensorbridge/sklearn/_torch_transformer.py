@@ -39,6 +39,14 @@ from . import _dask
 from ._output import transform_output
 from ._to_numpy import is_tensor_like
 
+class _Count(Interval):
+    """An Interval of Integral that refuses bools (True is an Integral, and
+    batch_size=True is a mistake, not 1 row)."""
+
+    def is_satisfied_by(self, val):
+        return not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
+
+
 _WIDENED_OUTPUTS = ("bfloat16", "float8")  # dtypes NumPy lacks: returned as float32
 _NAME = "TorchTransformer"
 
@@ -142,7 +150,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     _parameter_constraints: dict = {
         "module": "no_validation",  # a callable or a skorch net: checked in fit
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [_Count(Integral, 1, None, closed="left")],
         "device": "no_validation",  # checked in fit, where torch is imported
         "dtype": "no_validation",
         "output": [None, Integral, str],
@@ -396,6 +404,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """Run ``module_`` over ``X`` in batches; returns a 2-D NumPy array (a
         tensor on ``X``'s device under array API dispatch: see Notes; a lazy
         dask array for a dask array or Dask DataFrame)."""
+        self._validate_params()  # set_params since fit: the same errors as fit's
         if _dask.is_dask_collection(X):
             return _dask.transform(self, X, self.batch_size)
         import torch
