@@ -182,6 +182,13 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         import torch
 
         net = _torch.is_skorch_net(self.module)
+        if isinstance(self.module, type) and issubclass(self.module, torch.nn.Module):
+            name = self.module.__qualname__
+            if getattr(torch.nn, name, None) is self.module:
+                name = f"torch.nn.{name}"
+            raise InvalidParameterError(
+                f"The 'module' parameter of {_NAME} must be a module instance, not the class "
+                f"{name}; pass an instance, e.g. module={name}()")
         if not net and not callable(self.module):
             raise InvalidParameterError(
                 f"The 'module' parameter of {_NAME} must be a callable. Got {self.module!r} "
@@ -196,6 +203,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         else:
             self.__dict__.pop("net_", None)
         trained = self._source_module()
+        _check_not_meta(trained)
         self.dtype_ = self._resolve_dtype(torch, trained)
         self._check_layer(torch, trained)
         self.module_ = self._place(torch)
@@ -1010,6 +1018,18 @@ def _torch_dtype(torch, value):
     if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
         return None
     return dtype
+
+
+def _check_not_meta(module):
+    """A module whose weights are on the meta device has no values to copy."""
+    if not _torch.is_module(module):
+        return
+    for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers()):
+        if tensor.is_meta:
+            raise ValueError(f"{_NAME}: the module's {name!r} is on the meta device (a shape "
+                             "without data), so it cannot run; load or materialise its "
+                             "weights first (module.to_empty(device='cpu') then "
+                             "load_state_dict, or load_state_dict(..., assign=True))")
 
 
 def _first_parameter(module):
