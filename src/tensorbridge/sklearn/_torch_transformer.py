@@ -451,12 +451,14 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def _outputs(self, torch, source, progress):
         """The flattened output of each batch, computed on device_."""
-        staging = {}
+        staging, first = {}, None
         with torch.inference_mode(), self._layer_capture(torch) as capture:
-            for batch, rows, owned in source.batches(self.batch_size):
+            for index, (batch, rows, owned) in enumerate(source.batches(self.batch_size)):
                 inputs = _map(batch, lambda value, name, owned=owned: self._stage(
                     torch, value, owned, staging, name))
-                yield self._flatten(torch, self._select(self._forward(inputs, capture)), rows)
+                output = self._flatten(torch, self._select(self._forward(inputs, capture)), rows)
+                first = _check_like(first, output, index)
+                yield output
                 progress.step(rows)
 
     @staticmethod
@@ -488,7 +490,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             with torch.cuda.stream(upload):
                 return _map(batch, lambda value, name: self._upload(torch, value, upload)), rows
 
-        result, transfers, start = None, [], 0
+        result, transfers, start, first = None, [], 0, None
         upload.wait_stream(compute)  # X may still be being written on the current stream
         incoming = send()
         with torch.inference_mode(), self._layer_capture(torch) as capture:
@@ -499,6 +501,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                     tensor.record_stream(compute)  # allocated on `upload`, used here
                 incoming = send()
                 output = self._flatten(torch, self._select(self._forward(batch, capture)), rows)
+                first = _check_like(first, output, len(transfers))
                 if start + rows > n:
                     raise ValueError(f"{_NAME}: X brought more than the {n} samples its length "
                                      "announced")
@@ -615,6 +618,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if result.ndim == 0 or result.shape[0] != rows:
             raise ValueError(f"{_NAME}: the module returned shape {tuple(result.shape)} for a "
                              f"batch of {rows} rows; its first dimension must be the batch")
+        if result.layout != torch.strided:  # sparse: to_numpy densifies it too
+            result = result.to_dense()
         result = result.reshape(rows, -1)
         if str(result.dtype).removeprefix("torch.").startswith(_WIDENED_OUTPUTS):
             result = result.float()
@@ -922,6 +927,19 @@ def _validatable(array):
     if isinstance(array, np.ndarray) and is_extended(array.dtype):
         return array.astype(np.float32)
     return array
+
+
+def _check_like(first, output, index):
+    """(width, dtype) of batch 0's flattened output, checked against batch
+    `index`'s: every batch's rows go into one array."""
+    found = (output.shape[1], output.dtype)
+    if first is None:
+        return found
+    if found != first:
+        raise ValueError(f"{_NAME}: the module returned {found[0]} features of {found[1]} for "
+                         f"batch {index}, but {first[0]} features of {first[1]} for batch 0; "
+                         "it must return one width and dtype for every batch")
+    return first
 
 
 def _on_device(X):
