@@ -631,6 +631,38 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def _n_features_out(self):
         return self.n_features_out_
 
+    def set_params(self, **params):
+        """Set parameters; ``module__<name>`` ones reach a skorch net's own.
+
+        A plain torch module or function has no parameters of this kind: a
+        ``ValueError`` names them and says to pass ``module=...`` instead.
+
+        Parameters
+        ----------
+        **params : dict
+            Parameter names (``batch_size``, ``module__lr``, ...) and values.
+
+        Returns
+        -------
+        self : TorchTransformer
+
+        Examples
+        --------
+        >>> import torch
+        >>> from tensorbridge.sklearn import TorchTransformer
+        >>> t = TorchTransformer(torch.nn.Linear(3, 2)).set_params(batch_size=64)
+        >>> t.set_params(module=torch.nn.Linear(4, 2)).module
+        Linear(in_features=4, out_features=2, bias=True)
+        """
+        module = params.get("module", self.module)
+        nested = sorted(key for key in params if key.startswith("module__"))
+        if nested and not hasattr(module, "set_params"):
+            raise ValueError(
+                f"{_NAME}.set_params: {', '.join(nested)} set parameters of the module, but a "
+                f"{type(module).__name__} has no set_params (only a skorch net does); pass "
+                f"module=... with the module built as you want it instead")
+        return super().set_params(**params)
+
     def __sklearn_clone__(self):
         # As scikit-learn clones, except that a torch module or function is
         # shared, not deep-copied: nothing here changes it, and fit copies it
