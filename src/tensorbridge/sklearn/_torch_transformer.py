@@ -39,6 +39,7 @@ from . import _dask
 from ._output import transform_output
 from ._to_numpy import is_tensor_like
 
+
 class _Count(Interval):
     """An Interval of Integral that refuses bools (True is an Integral, and
     batch_size=True is a mistake, not 1 row)."""
@@ -1076,10 +1077,12 @@ def _check_not_meta(module):
         return
     for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers()):
         if tensor.is_meta:
-            raise ValueError(f"{_NAME}: the module's {name!r} is on the meta device (a shape "
-                             "without data), so it cannot run; load or materialise its "
-                             "weights first (module.to_empty(device='cpu') then "
-                             "load_state_dict, or load_state_dict(..., assign=True))")
+            # both a ValueError (a bad module) and a TypeError (as to_numpy's for meta)
+            raise InvalidParameterError(
+                f"{_NAME}: the module's {name!r} is on the meta device (a shape without data), "
+                "so it cannot run; load or materialise its weights first "
+                "(module.to_empty(device='cpu') then load_state_dict, or "
+                "load_state_dict(..., assign=True))")
 
 
 def _first_parameter(module):
