@@ -954,3 +954,89 @@ def test_on_a_gpu_a_pickle_makes_module_again_on_the_gpu():
     loaded = pickle.loads(pickle.dumps(t))
     assert loaded.module_.weight.is_cuda and not loaded.module.weight.is_cuda
     np.testing.assert_array_equal(loaded.transform(X), t.transform(X))
+
+
+# -- the fixes for tests/test_sklearn_probes.py: what the probes leave out -------------
+
+
+@pytest.mark.parametrize("kind", ["bfloat16", "float8_e4m3fn"])
+def test_ml_dtypes_arrays_and_dict_values_are_cast_exactly(kind):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    narrow = np.array([[0.5, -2.0], [1.25, 3.0]], dtype=getattr(ml_dtypes, kind))
+    t = TorchTransformer(torch.nn.Identity())
+    np.testing.assert_array_equal(t.fit(narrow).transform(narrow), narrow.astype(np.float32))
+    keyword = TorchTransformer(lambda x: x * 2)
+    out = keyword.fit({"x": narrow}).transform({"x": narrow})
+    np.testing.assert_array_equal(out, narrow.astype(np.float32) * 2)
+
+
+@pytest.mark.parametrize("bad", [True, np.bool_(True)])
+def test_bool_batch_sizes_are_refused_at_fit_and_at_transform(bad):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X, _ = data(6, 2)
+    with pytest.raises(InvalidParameterError, match=r"'batch_size'.+Got (np\.)?True"):
+        TorchTransformer(torch.nn.Identity(), batch_size=bad).fit(X)
+    t = TorchTransformer(torch.nn.Identity(), batch_size=np.int64(4)).fit(X)
+    np.testing.assert_array_equal(t.transform(X), X.astype(np.float32))
+    with pytest.raises(InvalidParameterError, match=r"'batch_size'.+Got (np\.)?True"):
+        t.set_params(batch_size=bad).transform(X)
+
+
+def test_nested_module_params_are_refused_before_anything_is_set():
+    linear = torch.nn.Linear(3, 2)
+    t = TorchTransformer(linear)
+    with pytest.raises(ValueError, match=r"module__bias, module__in_features.+module="):
+        t.set_params(module=torch.nn.Linear(4, 2), module__in_features=4, module__bias=False)
+    assert t.module is linear  # nothing half-set
+
+
+def test_a_module_output_that_changes_width_names_both_batches():
+    X, _ = data(7, 3)
+    t = TorchTransformer(lambda x: x if len(x) == 3 else x[:, :1], batch_size=3).fit(X)
+    with pytest.raises(ValueError, match=r"1 features of torch.float32 for batch 2, but 3 "
+                                         r"features of torch.float32 for batch 0"):
+        t.transform(X)
+
+
+@pytest.mark.parametrize("layout", ["to_sparse", "to_sparse_csr"])
+def test_sparse_module_outputs_are_densified(layout):
+    X, _ = data(5, 3)
+    out = TorchTransformer(lambda x: getattr(x, layout)(), batch_size=2).fit(X).transform(X)
+    np.testing.assert_array_equal(out, X.astype(np.float32))
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [
+    (torch.float16, "float16"), ("double", "float64"), ("torch.half", "float16"),
+    (torch.complex32, "complex64"), (torch.float8_e5m2, "float32")])
+def test_tags_name_the_numpy_dtype_transform_returns(dtype, expected):
+    t = TorchTransformer(torch.nn.Identity(), dtype=dtype)
+    assert t.__sklearn_tags__().transformer_tags.preserves_dtype == [expected]
+    if dtype is not torch.complex32:  # experimental in torch: it warns
+        assert str(t.fit(np.ones((2, 2))).transform(np.ones((2, 2))).dtype) == expected
+    assert TorchTransformer(torch.nn.Identity(), dtype="int8").__sklearn_tags__() \
+        .transformer_tags.preserves_dtype == ["int8"]  # fit names a bad dtype; tags do not raise
+
+
+def test_a_module_class_and_a_partly_meta_module_are_named():
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X, _ = data(4, 3)
+    with pytest.raises(InvalidParameterError, match=r"module=torch\.nn\.Linear\(\)"):
+        TorchTransformer(torch.nn.Linear).fit(X)
+    module = torch.nn.Sequential(torch.nn.Linear(3, 3))
+    module.register_buffer("scale", torch.empty(3, device="meta"))
+    with pytest.raises(TypeError, match=r"'scale' is on the meta device.+load_state_dict"):
+        TorchTransformer(module).fit(X)
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_a_module_output_that_changes_dtype_is_named():
+    X, _ = data(10, 3)
+    t = TorchTransformer(lambda x: x if len(x) == 4 else x.double(), device="cuda",
+                         batch_size=4).fit(X)
+    with pytest.raises(ValueError, match=r"TorchTransformer: the module.+torch.float64 for "
+                                         r"batch 2"):
+        t.transform(X)
+    sparse = TorchTransformer(lambda x: x.to_sparse(), device="cuda", batch_size=4).fit(X)
+    np.testing.assert_array_equal(sparse.transform(X), X.astype(np.float32))

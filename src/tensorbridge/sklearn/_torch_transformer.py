@@ -34,10 +34,19 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .. import _dlpack, _torch, collect, to_device, to_numpy, to_numpy_async
-from .._dtypes import numpy_dtype
+from .._dtypes import is_extended, numpy_dtype
 from . import _dask
 from ._output import transform_output
 from ._to_numpy import is_tensor_like
+
+
+class _Count(Interval):
+    """An Interval of Integral that refuses bools (True is an Integral, and
+    batch_size=True is a mistake, not 1 row)."""
+
+    def is_satisfied_by(self, val):
+        return not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
+
 
 _WIDENED_OUTPUTS = ("bfloat16", "float8")  # dtypes NumPy lacks: returned as float32
 _NAME = "TorchTransformer"
@@ -142,7 +151,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     _parameter_constraints: dict = {
         "module": "no_validation",  # a callable or a skorch net: checked in fit
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [_Count(Integral, 1, None, closed="left")],
         "device": "no_validation",  # checked in fit, where torch is imported
         "dtype": "no_validation",
         "output": [None, Integral, str],
@@ -174,6 +183,13 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         import torch
 
         net = _torch.is_skorch_net(self.module)
+        if isinstance(self.module, type) and issubclass(self.module, torch.nn.Module):
+            name = self.module.__qualname__
+            if getattr(torch.nn, name, None) is self.module:
+                name = f"torch.nn.{name}"
+            raise InvalidParameterError(
+                f"The 'module' parameter of {_NAME} must be a module instance, not the class "
+                f"{name}; pass an instance, e.g. module={name}()")
         if not net and not callable(self.module):
             raise InvalidParameterError(
                 f"The 'module' parameter of {_NAME} must be a callable. Got {self.module!r} "
@@ -188,6 +204,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         else:
             self.__dict__.pop("net_", None)
         trained = self._source_module()
+        _check_not_meta(trained)
         self.dtype_ = self._resolve_dtype(torch, trained)
         self._check_layer(torch, trained)
         self.module_ = self._place(torch)
@@ -224,10 +241,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if self.dtype is None:
             parameter = _first_parameter(module)
             return parameter.dtype if parameter is not None else torch.float32
-        dtype = self.dtype
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
+        dtype = _torch_dtype(torch, self.dtype)
+        if dtype is None:
             raise ValueError(f"{_NAME}: dtype={self.dtype!r} is not a torch floating "
                              "dtype; use for example torch.float32 or 'float64'")
         return dtype
@@ -284,7 +299,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         data_module = sys.modules.get("torch.utils.data")
         if data_module is not None and isinstance(X, data_module.DataLoader):
             source = _loader_input(X, data_module)
-        elif data_module is not None and isinstance(X, data_module.TensorDataset):
+        elif (data_module is not None and isinstance(X, data_module.TensorDataset)
+              and X.tensors[0].ndim >= 2):
             source = self._array_input(X.tensors[0], reset)  # its input tensor, as it is
         elif data_module is not None and isinstance(X, data_module.Dataset):
             source = _dataset_input(X, data_module)
@@ -307,8 +323,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if _torch.is_tensor(X) and X.device.type != "cpu":
             self._validate_device_tensor(X, reset)
         else:
-            if is_tensor_like(X):
-                X = to_numpy(X)
+            X = _validatable(to_numpy(X) if is_tensor_like(X) else X)
             # Images and other N-d samples are welcome: the module sees them as they are.
             X = validate_data(self, X, reset=reset, dtype="numeric", ensure_min_samples=1,
                               allow_nd=True)
@@ -347,8 +362,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                     raise ValueError(f"{_NAME}: X[{name!r}] is 0-d; every input needs a leading "
                                      "(sample) dimension")
             else:
-                if is_tensor_like(value):
-                    value = to_numpy(value)
+                value = _validatable(to_numpy(value) if is_tensor_like(value) else value)
                 if np.ndim(value) < 1:
                     raise ValueError(f"{_NAME}: X[{name!r}] is 0-d; every input needs a "
                                      "leading (sample) dimension")
@@ -399,6 +413,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """Run ``module_`` over ``X`` in batches; returns a 2-D NumPy array (a
         tensor on ``X``'s device under array API dispatch: see Notes; a lazy
         dask array for a dask array or Dask DataFrame)."""
+        self._validate_params()  # set_params since fit: the same errors as fit's
         if _dask.is_dask_collection(X):
             return _dask.transform(self, X, self.batch_size)
         import torch
@@ -437,12 +452,14 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def _outputs(self, torch, source, progress):
         """The flattened output of each batch, computed on device_."""
-        staging = {}
+        staging, first = {}, None
         with torch.inference_mode(), self._layer_capture(torch) as capture:
-            for batch, rows, owned in source.batches(self.batch_size):
+            for index, (batch, rows, owned) in enumerate(source.batches(self.batch_size)):
                 inputs = _map(batch, lambda value, name, owned=owned: self._stage(
                     torch, value, owned, staging, name))
-                yield self._flatten(torch, self._select(self._forward(inputs, capture)), rows)
+                output = self._flatten(torch, self._select(self._forward(inputs, capture)), rows)
+                first = _check_like(first, output, index)
+                yield output
                 progress.step(rows)
 
     @staticmethod
@@ -474,7 +491,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             with torch.cuda.stream(upload):
                 return _map(batch, lambda value, name: self._upload(torch, value, upload)), rows
 
-        result, transfers, start = None, [], 0
+        result, transfers, start, first = None, [], 0, None
         upload.wait_stream(compute)  # X may still be being written on the current stream
         incoming = send()
         with torch.inference_mode(), self._layer_capture(torch) as capture:
@@ -485,6 +502,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                     tensor.record_stream(compute)  # allocated on `upload`, used here
                 incoming = send()
                 output = self._flatten(torch, self._select(self._forward(batch, capture)), rows)
+                first = _check_like(first, output, len(transfers))
                 if start + rows > n:
                     raise ValueError(f"{_NAME}: X brought more than the {n} samples its length "
                                      "announced")
@@ -601,6 +619,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if result.ndim == 0 or result.shape[0] != rows:
             raise ValueError(f"{_NAME}: the module returned shape {tuple(result.shape)} for a "
                              f"batch of {rows} rows; its first dimension must be the batch")
+        if result.layout != torch.strided:  # sparse: to_numpy densifies it too
+            result = result.to_dense()
         result = result.reshape(rows, -1)
         if str(result.dtype).removeprefix("torch.").startswith(_WIDENED_OUTPUTS):
             result = result.float()
@@ -611,6 +631,38 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     @property
     def _n_features_out(self):
         return self.n_features_out_
+
+    def set_params(self, **params):
+        """Set parameters; ``module__<name>`` ones reach a skorch net's own.
+
+        A plain torch module or function has no parameters of this kind: a
+        ``ValueError`` names them and says to pass ``module=...`` instead.
+
+        Parameters
+        ----------
+        **params : dict
+            Parameter names (``batch_size``, ``module__lr``, ...) and values.
+
+        Returns
+        -------
+        self : TorchTransformer
+
+        Examples
+        --------
+        >>> import torch
+        >>> from tensorbridge.sklearn import TorchTransformer
+        >>> t = TorchTransformer(torch.nn.Linear(3, 2)).set_params(batch_size=64)
+        >>> t.set_params(module=torch.nn.Linear(4, 2)).module
+        Linear(in_features=4, out_features=2, bias=True)
+        """
+        module = params.get("module", self.module)
+        nested = sorted(key for key in params if key.startswith("module__"))
+        if nested and not hasattr(module, "set_params"):
+            raise ValueError(
+                f"{_NAME}.set_params: {', '.join(nested)} set parameters of the module, but a "
+                f"{type(module).__name__} has no set_params (only a skorch net does); pass "
+                f"module=... with the module built as you want it instead")
+        return super().set_params(**params)
 
     def __sklearn_clone__(self):
         # As scikit-learn clones, except that a torch module or function is
@@ -630,11 +682,29 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
-        parameter = _first_parameter(self.module)
-        dtype = self.dtype if self.dtype is not None else (
-            parameter.dtype if parameter is not None else "float32")
-        tags.transformer_tags.preserves_dtype = [str(dtype).removeprefix("torch.")]
+        tags.transformer_tags.preserves_dtype = [self._returned_dtype()]
         return tags
+
+    def _returned_dtype(self) -> str:
+        """The NumPy name of the dtype transform returns for a module that keeps
+        its input's dtype: dtype_ as NumPy holds it (bf16 and fp8 widened)."""
+        if self.dtype is None:
+            parameter = _first_parameter(self.module)
+            if parameter is None:
+                return "float32"
+            dtype = parameter.dtype
+        else:
+            import torch
+
+            dtype = _torch_dtype(torch, self.dtype)
+            if dtype is None:  # fit names it; tags must not raise
+                return str(self.dtype).removeprefix("torch.")
+        if str(dtype).removeprefix("torch.").startswith(_WIDENED_OUTPUTS):
+            return "float32"
+        try:
+            return numpy_dtype(dtype).name
+        except TypeError:
+            return str(dtype).removeprefix("torch.")
 
     def __getstate__(self):
         # Modules are stored through torch.save, so that one fitted on a GPU
@@ -883,6 +953,28 @@ def _item_input(item, where):
                     f"or tuples whose first element is one{hint}")
 
 
+def _validatable(array):
+    """An ml_dtypes array (a bfloat16 or float8 tensor's NumPy view), which
+    scikit-learn's validation refuses as not numeric, as float32: it holds each
+    of its values exactly, and X is cast to dtype_ anyway. Others as they are."""
+    if isinstance(array, np.ndarray) and is_extended(array.dtype):
+        return array.astype(np.float32)
+    return array
+
+
+def _check_like(first, output, index):
+    """(width, dtype) of batch 0's flattened output, checked against batch
+    `index`'s: every batch's rows go into one array."""
+    found = (output.shape[1], output.dtype)
+    if first is None:
+        return found
+    if found != first:
+        raise ValueError(f"{_NAME}: the module returned {found[0]} features of {found[1]} for "
+                         f"batch {index}, but {first[0]} features of {first[1]} for batch 0; "
+                         "it must return one width and dtype for every batch")
+    return first
+
+
 def _on_device(X):
     """A CUDA DLPack producer other than torch (CuPy) as a torch tensor over the
     same memory; anything else as it is."""
@@ -967,6 +1059,30 @@ def _cupy():
     import cupy
 
     return cupy
+
+
+def _torch_dtype(torch, value):
+    """`value` (a torch dtype or its name: 'float64', 'torch.half', 'float') as a
+    floating or complex torch dtype, or None when it is not one."""
+    dtype = getattr(torch, value.removeprefix("torch."), None) if isinstance(value, str) \
+        else value
+    if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
+        return None
+    return dtype
+
+
+def _check_not_meta(module):
+    """A module whose weights are on the meta device has no values to copy."""
+    if not _torch.is_module(module):
+        return
+    for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers()):
+        if tensor.is_meta:
+            # both a ValueError (a bad module) and a TypeError (as to_numpy's for meta)
+            raise InvalidParameterError(
+                f"{_NAME}: the module's {name!r} is on the meta device (a shape without data), "
+                "so it cannot run; load or materialise its weights first "
+                "(module.to_empty(device='cpu') then load_state_dict, or "
+                "load_state_dict(..., assign=True))")
 
 
 def _first_parameter(module):
