@@ -104,9 +104,6 @@ def test_to_numpy_step_takes_image_tensors():
 # -- bugs: TorchTransformer -------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a bfloat16 CPU tensor X (a model's usual output) is "
-                   "refused with 'dtype=numeric is not compatible with arrays of bytes/strings'; "
-                   "contract: X (torch CPU/GPU, ...) is cast to dtype")
 @pytest.mark.parametrize("kind", ["tensor", "tensor-dataset"])
 def test_bf16_tensor_input_is_cast(kind):
     t = torch.randn(4, 3).bfloat16()
@@ -116,9 +113,6 @@ def test_bf16_tensor_input_is_cast(kind):
     np.testing.assert_array_equal(out, t.float().numpy())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: __sklearn_tags__ says preserves_dtype=['bfloat16'] "
-                   "(fp8 alike) but transform returns float32 (contract: bf16/fp8 outputs "
-                   "become float32); check_transformer_preserve_dtypes fails")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
 def test_tags_of_a_narrow_dtype_name_the_dtype_returned(dtype):
     t = TorchTransformer(torch.nn.Identity(), dtype=dtype)
@@ -126,9 +120,6 @@ def test_tags_of_a_narrow_dtype_name_the_dtype_returned(dtype):
     assert t.__sklearn_tags__().transformer_tags.preserves_dtype == [str(returned)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: dtype='float' (torch: float32) is echoed into "
-                   "preserves_dtype as 'float', which NumPy reads as float64; "
-                   "check_estimator fails check_transformer_preserve_dtypes")
 def test_tags_of_a_dtype_alias_name_the_numpy_dtype():
     t = TorchTransformer(torch.nn.Identity(), dtype="float")
     assert t.fit(np.ones((2, 2))).transform(np.ones((2, 2))).dtype == np.float32
@@ -137,10 +128,6 @@ def test_tags_of_a_dtype_alias_name_the_numpy_dtype():
         TorchTransformer(torch.nn.Identity(), dtype="float"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: batch_size=True passes validation (bool is "
-                   "Integral) and fit crashes in torch: 'reshape() takes 1 positional argument "
-                   "but 2 were given'; refuse bools as sklearn's other int params do, or run "
-                   "batch_size=1")
 def test_batch_size_true_is_refused_or_works():
     X, _ = features()
     try:
@@ -151,8 +138,6 @@ def test_batch_size_true_is_refused_or_works():
         np.testing.assert_array_equal(out, X)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: set_params(batch_size=0) after fit, then transform: "
-                   "ZeroDivisionError (no parameter named); transform reads batch_size unchecked")
 def test_a_bad_batch_size_set_after_fit_is_named_at_transform():
     X, _ = features()
     t = TorchTransformer(torch.nn.Identity()).fit(X).set_params(batch_size=0)
@@ -160,17 +145,11 @@ def test_a_bad_batch_size_set_after_fit_is_named_at_transform():
         t.transform(X)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: set_params(module__in_features=4) on a plain "
-                   "nn.Module: AttributeError \"'Linear' object has no attribute 'set_params'\" "
-                   "(no parameter named, no fix: pass module=... instead)")
 def test_nested_module_params_of_a_plain_module_get_a_clear_error():
     with pytest.raises(ValueError, match=r"module__in_features.+module="):
         TorchTransformer(torch.nn.Linear(3, 2)).set_params(module__in_features=4)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a TensorDataset of a 1-D tensor (0-d items) is "
-                   "refused ('Expected 2D array') while any other Dataset of 0-d items gives "
-                   "one feature per sample (contract: Dataset whose items are tensors)")
 def test_a_tensor_dataset_of_scalars_is_one_feature_per_sample():
     values = torch.arange(4.0)
 
@@ -187,10 +166,6 @@ def test_a_tensor_dataset_of_scalars_is_one_feature_per_sample():
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a module whose output width or dtype changes from "
-                   "batch to batch gets collect's error ('collect: batch 2 has dtype float64 ... "
-                   "convert the batches to one dtype first'): names a function the user never "
-                   "called, not TorchTransformer or the module")
 @pytest.mark.parametrize("module", [
     lambda x: x if len(x) == 4 else x.double(),
     lambda x: x[:, :len(x) % 3 + 1],
@@ -201,9 +176,6 @@ def test_an_inconsistent_module_output_is_named_as_the_modules(module):
         TorchTransformer(module, batch_size=4).fit(X).transform(X)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a module returning a sparse tensor gets torch's raw "
-                   "'reshape is not implemented for sparse tensors' (to_numpy densifies sparse; "
-                   "TorchTransformer neither densifies nor names the module)")
 def test_a_sparse_module_output_is_densified_or_named():
     X, _ = features()
     try:
@@ -284,17 +256,11 @@ def test_a_generator_x_is_named_with_the_fix():
         TorchTransformer(torch.nn.Identity()).fit(row for row in X)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a module class passed instead of an instance "
-                   "(module=torch.nn.ReLU) gets 'the module returned ReLU, expected a "
-                   "torch.Tensor': no hint that an instance is needed")
 def test_a_module_class_instead_of_an_instance_is_named():
     with pytest.raises((TypeError, InvalidParameterError), match=r"ReLU\(\)|instance"):
         TorchTransformer(torch.nn.ReLU).fit(features()[0])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a module whose weights are on the meta device gets "
-                   "torch's raw NotImplementedError 'Cannot copy out of meta tensor; no data!' "
-                   "(device='meta' itself gets a clear ValueError)")
 def test_a_meta_module_gets_a_clear_error():
     with torch.device("meta"):
         module = torch.nn.Linear(3, 2)
