@@ -227,9 +227,6 @@ def test_a_lazy_module_is_materialised_by_fit():
     assert isinstance(lazy.weight, torch.nn.parameter.UninitializedParameter)  # still the user's
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: NaN in a Dataset or DataLoader passes silently "
-                   "(NaN rows out) while arrays, CPU and CUDA tensors and dicts of them get 'X "
-                   "contains NaN' (tags: allow_nan=False; contract: fit validates X)")
 @pytest.mark.parametrize("kind", ["dataset", "loader"])
 def test_nan_in_a_dataset_or_loader_is_refused_like_in_arrays(kind):
     items = TensorDataset(torch.tensor([[np.nan, 1.0], [0.0, 1.0]]))
@@ -246,10 +243,6 @@ def test_nan_in_a_dataset_or_loader_is_refused_like_in_arrays(kind):
         TorchTransformer(torch.nn.Identity()).fit(Items() if kind == "dataset" else X)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a generator or iterator X (of rows or batches) gets "
-                   "scikit-learn's 'Expected 2D array, got scalar array instead: "
-                   "array=<generator object ...>'; name the kind and the fix (an IterableDataset "
-                   "or a DataLoader)")
 def test_a_generator_x_is_named_with_the_fix():
     X, _ = features()
     with pytest.raises(TypeError, match="IterableDataset"):
@@ -280,12 +273,6 @@ class Meet(torch.nn.Module):
         return x
 
 
-@pytest.mark.xfail(strict=True, reason="BUG?: with layer=, two threads transforming with one "
-                   "fitted transformer each hook the shared module_: the first hook takes the "
-                   "other thread's layer output (into the wrong thread's rows) and stops its pass, "
-                   "which then fails 'layer never ran'. Without layer= it is thread-safe; "
-                   "thread-safety is not promised for this layer, but transform is read-only by "
-                   "scikit-learn convention (served models)")
 def test_two_threads_transform_with_layer():
     X, _ = features(8)
     module = torch.nn.Sequential(Meet(), torch.nn.Linear(3, 4), torch.nn.ReLU(),

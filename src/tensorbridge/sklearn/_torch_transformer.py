@@ -12,11 +12,13 @@ tensor preallocated on X's device.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import copy
 import io
 import itertools
 import sys
+import threading
 import time
 from numbers import Integral
 
@@ -306,6 +308,10 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             source = _dataset_input(X, data_module)
         elif isinstance(X, dict) and not issparse(X):  # a DOK matrix is a dict too
             source = self._dict_input(X)
+        elif isinstance(X, collections.abc.Iterator):  # a generator: read once, and unsized
+            raise TypeError(f"{_NAME}: X is a {type(X).__name__}, which can be read only once "
+                            "and has no length; wrap it in a torch IterableDataset (or a "
+                            "DataLoader over one), or gather it first with tb.collect(X)")
         else:
             source = self._array_input(X, reset)
         if source.kind != "array" and reset:
@@ -577,15 +583,18 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def _layer_capture(self, torch):
         """With `layer`: a list that receives the layer's output, taken by a
         forward hook that then stops the forward pass (by an exception that
-        _forward catches)."""
+        _forward catches). The hook acts only in the thread that set it: other
+        threads transforming with the same module_ meanwhile have their own."""
         if self.layer is None:
             yield None
             return
         captured = []
+        owner = threading.get_ident()
 
         def hook(module, args, output):
-            captured.append(output)
-            raise _LayerReached
+            if threading.get_ident() == owner:
+                captured.append(output)
+                raise _LayerReached
 
         handle = self.module_.get_submodule(self.layer).register_forward_hook(hook)
         try:
@@ -944,8 +953,12 @@ def _item_input(item, where):
                             "items must be tensors or tuples led by the input")
         item = item[0]
     if isinstance(item, np.ndarray):
-        return torch.from_numpy(item if item.flags.writeable else item.copy())
+        item = torch.from_numpy(item if item.flags.writeable else item.copy())
     if isinstance(item, torch.Tensor):
+        # What validation checks of an array, checked here item by item (fit reads item 0)
+        if item.is_floating_point() and not bool(torch.isfinite(item).all()):
+            raise ValueError(f"{_NAME}: Dataset {where} contains NaN or infinity; {_NAME} "
+                             "does not accept missing values: impute them first")
         return item
     kind = type(item).__name__
     hint = " (for a module of several inputs pass a dict of arrays as X)" if kind == "dict" else ""
