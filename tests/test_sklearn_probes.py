@@ -186,10 +186,6 @@ def test_a_sparse_module_output_is_densified_or_named():
         np.testing.assert_array_equal(out, X)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a fitted TorchTransformer over a traced or "
-                   "scripted (TorchScript) module, which fits and transforms fine, cannot be "
-                   "pickled: torch.save raises 'Tried to serialize object ... which does not have "
-                   "a __getstate__ method' (torch.jit.save would; contract: pickling, joblib)")
 @pytest.mark.parametrize("how", ["trace", "script"])
 def test_a_torchscript_module_pickles(how):
     X, _ = features()

@@ -20,6 +20,7 @@ import itertools
 import sys
 import threading
 import time
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -727,8 +728,10 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 import torch
 
                 buffer = io.BytesIO()
-                torch.save(state[key], buffer)
-                state[key] = _SavedModule(buffer.getvalue())
+                script = isinstance(state[key], torch.jit.ScriptModule)  # traced or scripted
+                with _quiet_torchscript():
+                    (torch.jit.save if script else torch.save)(state[key], buffer)
+                state[key] = _SavedModule(buffer.getvalue(), script)
         return state
 
     def _recreatable(self) -> bool:
@@ -759,8 +762,11 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                     location = device
                 else:  # the user's module: where it was, or the CPU when that is gone
                     location = None if torch.cuda.is_available() else "cpu"
-                state[key] = torch.load(io.BytesIO(state[key].data), map_location=location,
-                                        weights_only=False)
+                saved = io.BytesIO(state[key].data)
+                with _quiet_torchscript():
+                    state[key] = (
+                        torch.jit.load(saved, map_location=location) if state[key].script
+                        else torch.load(saved, map_location=location, weights_only=False))
         super().__setstate__(state)
         if isinstance(state.get("module_"), _Recreate):
             self.module_ = self._place(torch)
@@ -770,11 +776,25 @@ class _LayerReached(Exception):
     """Raised by the layer hook: the rest of the forward pass is not needed."""
 
 
-class _SavedModule:
-    """A torch module serialised with torch.save, inside a pickled estimator."""
+@contextlib.contextmanager
+def _quiet_torchscript():
+    """torch.jit's deprecation warning, silenced: saving the user's own
+    TorchScript module is the only way to pickle it, and no choice of theirs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
+        yield
 
-    def __init__(self, data: bytes):
+
+class _SavedModule:
+    """A torch module serialised with torch.save (a TorchScript module, traced
+    or scripted, with torch.jit.save, which alone can), inside a pickled
+    estimator."""
+
+    script = False  # what pickles written before TorchScript modules were saved mean
+
+    def __init__(self, data: bytes, script: bool = False):
         self.data = data
+        self.script = script
 
 
 class _Recreate:
