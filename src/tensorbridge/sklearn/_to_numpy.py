@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import _torch, to_numpy
 from . import _dask
 
 
-class ToNumpy(TransformerMixin, BaseEstimator):
+class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Convert ``X`` (torch tensors on any device, CuPy, any DLPack producer,
     array-likes) to a NumPy array, zero-copy for CPU memory.
 
     A stateless first step for pipelines fed tensors. ``y`` never reaches
     pipeline steps: a CPU tensor ``y`` works as it is (scikit-learn converts
     it through NumPy); convert any other with ``tensorbridge.to_numpy(y)``.
+
+    A tensor becomes whatever ``tensorbridge.to_numpy`` gives, of any dtype
+    (complex, bfloat16 and float8 included); other input is validated as
+    scikit-learn validates it (a complex NumPy array is refused, as
+    scikit-learn's checks require). ``X`` may have any rank of at least 2:
+    images of shape (n, C, H, W) pass as they are, for a next step that takes
+    them (``TorchTransformer``), and scikit-learn counts their features as
+    ``X.shape[1]``.
+    Features pass one to one: ``get_feature_names_out`` gives the input's
+    names, and ``set_output(transform="pandas")`` puts 2-D results in a
+    DataFrame.
 
     Examples
     --------
@@ -26,6 +37,10 @@ class ToNumpy(TransformerMixin, BaseEstimator):
     >>> from tensorbridge.sklearn import ToNumpy
     >>> make_pipeline(ToNumpy(), StandardScaler()).fit_transform(torch.ones(3, 2)).shape
     (3, 2)
+    >>> ToNumpy().fit_transform(torch.ones(4, 1, 8, 8)).shape  # images, as they are
+    (4, 1, 8, 8)
+    >>> ToNumpy().fit(torch.ones(3, 2)).get_feature_names_out()
+    array(['x0', 'x1'], dtype=object)
     """
 
     def fit(self, X, y=None):
@@ -43,7 +58,8 @@ class ToNumpy(TransformerMixin, BaseEstimator):
             return _dask.transform(self, X)
         if "n_features_in_" not in self.__dict__:
             check_is_fitted(self)  # raises NotFittedError, worded as scikit-learn does
-        if is_tensor_like(X):
+        from_tensor = is_tensor_like(X)
+        if from_tensor:
             X = to_numpy(X)
         if (type(X) is np.ndarray and X.ndim == 2 and X.dtype.kind in "biuf" and len(X) > 0
                 and X.shape[1] == self.n_features_in_ > 0
@@ -51,20 +67,28 @@ class ToNumpy(TransformerMixin, BaseEstimator):
             # What validate_data concludes for a plain 2-D numeric array of the
             # fitted width (fitted without column names), without its ~50 us.
             return X
-        return self._validate(X, reset=False)
+        return self._validate(X, reset=False, from_tensor=from_tensor)
 
-    def _validate(self, X, reset):
+    def _validate(self, X, reset, from_tensor=False):
         if is_tensor_like(X):
-            X = to_numpy(X)
+            X, from_tensor = to_numpy(X), True
+        if from_tensor and X.dtype.kind == "c":
+            # scikit-learn refuses complex data, which a conversion step passes
+            # through: its checks (shape, samples, width) run on the real part,
+            # a view, and the complex array is returned.
+            validate_data(self, X.real, reset=reset, dtype=None, ensure_all_finite=False,
+                          allow_nd=True)
+            return X
         # Keep any numeric dtype as it is (no copy); only text and objects
         # go through scikit-learn's numeric conversion, which refuses strings.
         keep = isinstance(X, np.ndarray) and X.dtype.kind not in "OUS"
         return validate_data(self, X, reset=reset, dtype=None if keep else "numeric",
-                             ensure_all_finite=False, allow_nd=False)
+                             ensure_all_finite=False, allow_nd=True)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
+        tags.input_tags.three_d_array = True  # images pass through, to a next step
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
