@@ -262,10 +262,10 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
             starts = range(0, len(samples), batch_size)
             seeds = rng.randint(0, _SEED_BOUND, size=(n_views, len(starts)), dtype=np.int64)
             generator = torch.Generator()
+            copies = _Copies(samples, batch_size)
             for view_seeds in seeds:
                 for start, seed in zip(starts, view_seeds.tolist()):
-                    # A copy: an augment working in place changes only it.
-                    batch = samples[start:start + batch_size].clone()
+                    batch = copies.of(start)
                     generator.manual_seed(seed)
                     yield _checked(torch, call(batch, generator), batch, "batch")
             return
@@ -288,13 +288,13 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         # One fork for the whole loop: the global state is saved once and
         # restored when this generator ends or is closed (which also releases
         # the lock that keeps other fits' seeds out of the global generator).
+        copies = _Copies(samples, stacked)
         with (_GLOBAL_GENERATOR_LOCK if not passing else _NO_LOCK), \
                 torch.random.fork_rng(devices=[]):
             for view_seeds in seeds:
                 view_seeds = view_seeds.tolist()
                 for start in range(0, len(samples), stacked):
-                    # One copy per chunk: an augment working in place changes only it.
-                    chunk = samples[start:start + stacked].clone()
+                    chunk = copies.of(start)
                     yield torch.stack([
                         _checked(torch, one(sample, seed), sample, "sample")
                         for sample, seed in zip(chunk, view_seeds[start:start + stacked])])
@@ -445,6 +445,23 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
 
 _NO_LOCK = contextlib.nullcontext()
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+class _Copies:
+    """Copies of ``size`` samples from ``start``, for ``augment`` to work on (in
+    place, if it likes): one buffer, refilled per batch, so no batch pays for a
+    new allocation. Safe because ``collect`` writes each batch before it asks
+    for the next, and ``torch.stack`` copies the per-sample results."""
+
+    def __init__(self, samples, size):
+        self.samples, self.size = samples, size
+        self.buffer = samples[:size].clone()
+
+    def of(self, start):
+        source = self.samples[start:start + self.size]
+        copy = self.buffer[:len(source)]
+        copy.copy_(source)
+        return copy
 
 
 def _generator_passing(augment):
