@@ -73,6 +73,18 @@ def test_to_numpy_step_passes_complex_tensors_and_images():
     assert np.shares_memory(step.transform(images), images.numpy())
     pipe = make_pipeline(ToNumpy(), TorchTransformer(torch.nn.Flatten()))
     np.testing.assert_array_equal(pipe.fit_transform(images), images.reshape(5, 9).numpy())
+    pd = pytest.importorskip("pandas")
+    # pandas output: the images stay an array (no DataFrame holds them), the features do not
+    out = pipe.set_output(transform="pandas").fit_transform(images)
+    assert isinstance(out, pd.DataFrame) and out.shape == (5, 9)
+    assert type(pipe[0].transform(images)) is np.ndarray
+    # as many features (X.shape[1]) in another sample shape or rank: refused
+    with pytest.raises(ValueError, match=r"samples of shape \(1, 2, 2\), but ToNumpy was "
+                                         r"fitted on samples of shape \(1, 3, 3\)"):
+        step.transform(torch.ones(5, 1, 2, 2))
+    with pytest.raises(ValueError, match=r"samples of shape \(2, 3\), but ToNumpy was "
+                                         r"fitted on samples of shape \(2,\)"):
+        ToNumpy().fit(np.ones((3, 2))).transform(np.ones((3, 2, 3)))
 
 
 def test_sklearn_is_imported_only_when_used():
