@@ -193,6 +193,107 @@ def test_the_callers_X_is_never_handed_to_augment():
     np.testing.assert_array_equal(X, before)
 
 
+def double_in_place(sample, generator):
+    return sample.mul_(2)
+
+
+def double_in_place_globally(sample):
+    return sample.mul_(2)
+
+
+@pytest.mark.parametrize("params", [
+    {"augment": double_in_place}, {"augment": double_in_place, "batch_size": 7},
+    {"augment": double_in_place_globally}], ids=["per-sample", "batched", "generator-less"])
+def test_an_in_place_augment_changes_only_its_copy(params):
+    X, y = data()
+    before = X.copy()
+    log = Log()
+    model = AugmentedEstimator(Spy(log), n_views=2, test_views=2, **params).fit(X, y)
+    rows = log[-1]["X"]
+    np.testing.assert_array_equal(rows[:40], before)  # the original rows, as given
+    # every view doubles the original sample, not what an earlier view left
+    np.testing.assert_array_equal(rows[40:80], 2 * before)
+    np.testing.assert_array_equal(rows[80:], 2 * before)
+    model.predict_proba(X)
+    np.testing.assert_array_equal(log[-1]["predict_proba"][:40], before)
+    np.testing.assert_array_equal(log[-1]["predict_proba"][40:], np.tile(2 * before, (2, 1)))
+    np.testing.assert_array_equal(X, before)
+
+
+@pytest.mark.parametrize("param", ["n_views", "test_views"])
+def test_bool_view_counts_are_refused_by_name(param):
+    X, y = data()
+    model = AugmentedEstimator(LogisticRegression(), augment=noisy, **{param: True})
+    with pytest.raises(InvalidParameterError, match=f"'{param}' parameter .* not a bool; got "
+                                                    "True. Pass 1"):
+        model.fit(X, y)
+    model.set_params(**{param: 1}).fit(X, y).set_params(**{param: False})
+    with pytest.raises(InvalidParameterError, match=param):  # set after fit: named at predict
+        model.predict(X)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_narrow_float_X_is_taken_as_float32(dtype):
+    X, y = data()
+    t = torch.from_numpy(X).to(dtype)
+    log = Log()
+    model = AugmentedEstimator(Spy(log), augment=noisy, random_state=0).fit(t, y)
+    assert log[-1]["X"].dtype == np.float32
+    np.testing.assert_array_equal(log[-1]["X"][:40], t.float().numpy())
+    assert model.predict(t).shape == (40,)
+    # the same as a NumPy array of that dtype (ml_dtypes)
+    model.fit(tensorbridge.to_numpy(t), y)
+    np.testing.assert_array_equal(log[-1]["X"][:40], t.float().numpy())
+
+
+def test_a_second_positional_parameter_gets_the_generator_whatever_its_name():
+    X, y = data()
+    got = []
+
+    def positional(sample, g):
+        got.append(g)
+        return sample + 0.1 * torch.randn(sample.shape, generator=g, dtype=sample.dtype)
+
+    def with_default(sample, scale=1.0):  # a default: no generator, the forked global one
+        got.append(scale)
+        return sample * scale
+
+    log = Log()
+    AugmentedEstimator(Spy(log), augment=positional, random_state=0).fit(X, y)
+    assert len(got) == 40 and all(isinstance(g, torch.Generator) for g in got)
+    AugmentedEstimator(Spy(log), augment=noisy, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(log[-2]["X"], log[-1]["X"])  # as if it were "generator"
+    got.clear()
+    AugmentedEstimator(Spy(log), augment=positional, batch_size=16, random_state=0).fit(X, y)
+    assert [type(g) for g in got] == [torch.Generator] * 3  # one per batch of 16, 16, 8
+    got.clear()
+    AugmentedEstimator(Spy(log), augment=with_default, random_state=0).fit(X, y)
+    assert got == [1.0] * 40
+
+
+def test_generator_less_augments_hold_the_global_generator_lock():
+    X, y = data(n=4)
+    held = []
+
+    def record(sample):
+        held.append(augmented_module._GLOBAL_GENERATOR_LOCK.locked())
+        return sample
+
+    AugmentedEstimator(LogisticRegression(), augment=record, random_state=0).fit(X, y)
+    assert held == [True] * 4
+    assert not augmented_module._GLOBAL_GENERATOR_LOCK.locked()  # released after the fit
+    held.clear()
+    AugmentedEstimator(LogisticRegression(), augment=lambda s, generator: record(s)).fit(X, y)
+    assert held == [False] * 4  # a generator of its own: no lock needed
+
+    def failing(sample):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        AugmentedEstimator(LogisticRegression(), augment=failing).fit(X, y)
+    assert not augmented_module._GLOBAL_GENERATOR_LOCK.locked()  # released on an error too
+
+
 def test_inputs_of_every_kind_are_accepted():
     X, y = data()
     expected = AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0).fit(X, y)

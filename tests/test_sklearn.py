@@ -4,13 +4,14 @@ test_torch_transformer.py)."""
 import sys
 
 import numpy as np
+import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from tensorbridge.sklearn import ToNumpy
+from tensorbridge.sklearn import ToNumpy, TorchTransformer
 
 
 def data(n=40, d=5, seed=0):
@@ -38,6 +39,52 @@ def test_to_numpy_step_is_zero_copy_for_cpu_tensors():
     pipe = make_pipeline(ToNumpy(), StandardScaler(), LogisticRegression())
     pipe.fit(torch.from_numpy(X), torch.from_numpy(y))
     assert pipe.predict(torch.from_numpy(X)).shape == (40,)
+
+
+def test_to_numpy_step_names_its_features_one_to_one_and_takes_pandas_output():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(np.arange(6.0).reshape(3, 2), columns=["a", "b"], index=[7, 8, 9])
+    step = ToNumpy().fit(frame)
+    assert list(step.get_feature_names_out()) == ["a", "b"]
+    with pytest.raises(ValueError, match="input_features"):
+        step.get_feature_names_out(["a", "c"])
+    out = ToNumpy().set_output(transform="pandas").fit_transform(torch.ones(3, 2))
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == ["x0", "x1"]
+    pipe = make_pipeline(ToNumpy(), StandardScaler()).set_output(transform="pandas")
+    out = pipe.fit_transform(frame)
+    assert list(out.columns) == ["a", "b"] and list(out.index) == [7, 8, 9]
+    # the default output stays the zero-copy view
+    t = torch.ones(3, 2)
+    assert np.shares_memory(ToNumpy().fit(t).transform(t), t.numpy())
+
+
+def test_to_numpy_step_passes_complex_tensors_and_images():
+    t = torch.randn(4, 2, dtype=torch.complex64)
+    step = ToNumpy().fit(t)
+    out = step.transform(t)
+    assert out.dtype == np.complex64 and np.shares_memory(out, t.numpy())
+    with pytest.raises(ValueError, match="X has 3 features, but ToNumpy is expecting 2"):
+        step.transform(torch.ones(4, 3, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        ToNumpy().fit(t.numpy().astype(np.complex128))  # NumPy input: scikit-learn's rule
+    images = torch.randn(5, 1, 3, 3)
+    step = ToNumpy().fit(images)
+    assert step.n_features_in_ == 1
+    assert np.shares_memory(step.transform(images), images.numpy())
+    pipe = make_pipeline(ToNumpy(), TorchTransformer(torch.nn.Flatten()))
+    np.testing.assert_array_equal(pipe.fit_transform(images), images.reshape(5, 9).numpy())
+    pd = pytest.importorskip("pandas")
+    # pandas output: the images stay an array (no DataFrame holds them), the features do not
+    out = pipe.set_output(transform="pandas").fit_transform(images)
+    assert isinstance(out, pd.DataFrame) and out.shape == (5, 9)
+    assert type(pipe[0].transform(images)) is np.ndarray
+    # as many features (X.shape[1]) in another sample shape or rank: refused
+    with pytest.raises(ValueError, match=r"samples of shape \(1, 2, 2\), but ToNumpy was "
+                                         r"fitted on samples of shape \(1, 3, 3\)"):
+        step.transform(torch.ones(5, 1, 2, 2))
+    with pytest.raises(ValueError, match=r"samples of shape \(2, 3\), but ToNumpy was "
+                                         r"fitted on samples of shape \(2,\)"):
+        ToNumpy().fit(np.ones((3, 2))).transform(np.ones((3, 2, 3)))
 
 
 def test_sklearn_is_imported_only_when_used():

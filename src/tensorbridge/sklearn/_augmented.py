@@ -3,20 +3,23 @@
 The rows reach the wrapped estimator through one preallocated array: the
 original samples are copied into its head, and the augmented views are
 written behind them by ``collect``, batch by batch, with no list of views and
-no ``np.concatenate``. Augmentation reads its samples from that head (a copy
-the estimator owns), so the caller's ``X`` is never handed to ``augment``.
+no ``np.concatenate``. ``augment`` gets a copy of each batch (of each chunk
+of samples, per sample), never that head nor the caller's ``X``: an augment
+that works in place changes only its copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import threading
 from numbers import Integral
 
 import numpy as np
 from sklearn import get_config
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, _fit_context, clone
 from sklearn.utils import Bunch, check_random_state, get_tags
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.metadata_routing import MetadataRouter, MethodMapping, process_routing
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import (
@@ -33,6 +36,9 @@ from ._to_numpy import is_tensor_like
 
 _SEED_BOUND = 2**63 - 1
 _STACKED_SAMPLES = 256  # per-sample results stacked into one batch for collect
+# Generator-less augments draw from torch's one global CPU generator, reseeded
+# per sample: fits in two threads would interleave their seeds.
+_GLOBAL_GENERATOR_LOCK = threading.Lock()
 _PREDICT_METHODS = ("predict", "predict_proba", "predict_log_proba", "decision_function",
                     "transform", "score")
 
@@ -63,22 +69,29 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
 
         - ``augment(sample, generator) -> sample`` (``batch_size=None``): one
           sample, a torch tensor without the batch dimension, and a
-          ``torch.Generator`` seeded for that sample and view.
+          ``torch.Generator`` seeded for that sample and view. A callable
+          takes a generator when it has a parameter named ``generator``
+          (passed by keyword; keyword-only is fine) or a second positional
+          parameter without a default, whatever its name (passed
+          positionally).
         - ``augment(batch, generator) -> batch`` (``batch_size`` an int): up to
           ``batch_size`` samples at once, a tensor of shape
           (n, *sample_shape), and a generator seeded for that batch and view;
           it draws each sample's randomness itself, e.g. a mask from
           ``torch.rand(len(batch), generator=generator)``.
-        - ``augment(sample) -> sample``, with no ``generator`` parameter (a
+        - ``augment(sample) -> sample``, with one positional parameter (a
           torchvision transform): always called per sample, with torch's
           global CPU generator seeded for that sample inside
           ``torch.random.fork_rng``, so that the global state is the same
-          afterwards.
+          afterwards. Fits in several threads take turns there (a lock), so
+          that each sees the views of its own ``random_state``.
 
         Samples are CPU tensors (a tensor ``X`` on a GPU is copied to the
-        host first); the result may be a tensor on any device or an array,
-        must keep the shape (it is cast to the input's dtype), and must leave
-        its input unchanged (no in-place operations on it).
+        host first; bfloat16 and float8 ``X`` are taken as float32, which
+        holds their values exactly); the result may be a tensor on any device
+        or an array, and must keep the shape (it is cast to the input's
+        dtype). ``augment`` gets a copy of the samples: it may work in place
+        (``sample.mul_(2)``) without changing the original rows or ``X``.
     n_views : int, default=1
         Augmented copies of each sample at fit.
     batch_size : int, default=None
@@ -182,6 +195,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         """
         if get_config()["enable_metadata_routing"]:
             fit_params = process_routing(self, "fit", **fit_params).estimator.fit
+        _check_counts(self)
         X = self._validate(X, reset=True)
         n = X.shape[0]
         if y is not None:
@@ -204,6 +218,10 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
     def _validate(self, X, reset):
         if is_tensor_like(X):
             X = to_numpy(X)
+        if isinstance(X, np.ndarray) and X.dtype.kind == "V" and X.dtype.names is None:
+            # bfloat16 / float8 (ml_dtypes), which scikit-learn takes for bytes:
+            # float32 holds each of their values exactly.
+            X = X.astype(np.float32)
         allow_nan = get_tags(self.estimator).input_tags.allow_nan
         X = validate_data(self, X, reset=reset, dtype="numeric", allow_nd=True,
                           ensure_min_samples=1, ensure_all_finite=not allow_nan)
@@ -238,24 +256,27 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
     def _views(self, torch, samples, n_views, rng):
         """The augmented batches of ``n_views`` views of ``samples``, in order."""
         augment, batch_size = self.augment, self.batch_size
-        if batch_size is not None and _takes_generator(augment):
+        passing = _generator_passing(augment)
+        if batch_size is not None and passing:
+            call = _caller(augment, passing)
             starts = range(0, len(samples), batch_size)
             seeds = rng.randint(0, _SEED_BOUND, size=(n_views, len(starts)), dtype=np.int64)
             generator = torch.Generator()
+            copies = _Copies(samples, batch_size)
             for view_seeds in seeds:
                 for start, seed in zip(starts, view_seeds.tolist()):
-                    batch = samples[start:start + batch_size]
+                    batch = copies.of(start)
                     generator.manual_seed(seed)
-                    yield _checked(torch, augment(batch, generator=generator), batch, "batch")
+                    yield _checked(torch, call(batch, generator), batch, "batch")
             return
         seeds = rng.randint(0, _SEED_BOUND, size=(n_views, len(samples)), dtype=np.int64)
         stacked = batch_size or _STACKED_SAMPLES
-        if _takes_generator(augment):
-            generator = torch.Generator()
+        if passing:
+            generator, call = torch.Generator(), _caller(augment, passing)
 
             def one(sample, seed):
                 generator.manual_seed(seed)
-                return augment(sample, generator=generator)
+                return call(sample, generator)
         else:
             def one(sample, seed):
                 # Only the CPU generator: the samples live on the CPU, and
@@ -265,15 +286,18 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
                 return augment(sample)
 
         # One fork for the whole loop: the global state is saved once and
-        # restored when this generator ends or is closed.
-        with torch.random.fork_rng(devices=[]):
+        # restored when this generator ends or is closed (which also releases
+        # the lock that keeps other fits' seeds out of the global generator).
+        copies = _Copies(samples, stacked)
+        with (_GLOBAL_GENERATOR_LOCK if not passing else _NO_LOCK), \
+                torch.random.fork_rng(devices=[]):
             for view_seeds in seeds:
                 view_seeds = view_seeds.tolist()
                 for start in range(0, len(samples), stacked):
+                    chunk = copies.of(start)
                     yield torch.stack([
                         _checked(torch, one(sample, seed), sample, "sample")
-                        for sample, seed in zip(samples[start:start + stacked],
-                                                view_seeds[start:start + stacked])])
+                        for sample, seed in zip(chunk, view_seeds[start:start + stacked])])
 
     # -- predicting --------------------------------------------------------------------
 
@@ -281,6 +305,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         """The rows the estimator predicts on: ``X`` as given, followed by
         ``views`` test-time views of it."""
         check_is_fitted(self)
+        _check_counts(self)
         X = self._validate(X, reset=False)
         if views:
             return self._with_views(X, views, np.random.RandomState(
@@ -418,13 +443,63 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         return tags
 
 
-def _takes_generator(augment) -> bool:
+_NO_LOCK = contextlib.nullcontext()
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+class _Copies:
+    """Copies of ``size`` samples from ``start``, for ``augment`` to work on (in
+    place, if it likes): one buffer, refilled per batch, so no batch pays for a
+    new allocation. Safe because ``collect`` writes each batch before it asks
+    for the next, and ``torch.stack`` copies the per-sample results."""
+
+    def __init__(self, samples, size):
+        self.samples, self.size = samples, size
+        self.buffer = samples[:size].clone()
+
+    def of(self, start):
+        source = self.samples[start:start + self.size]
+        copy = self.buffer[:len(source)]
+        copy.copy_(source)
+        return copy
+
+
+def _generator_passing(augment):
+    """How ``augment`` takes its generator: "keyword" (a parameter named
+    ``generator``), "positional" (a second positional parameter without a
+    default, named otherwise), or None (one positional parameter, ``*args``:
+    generator-less)."""
     if _torch.is_module(augment):
         augment = augment.forward  # a module's __call__ takes (*args, **kwargs)
     try:
-        return "generator" in inspect.signature(augment).parameters
+        parameters = inspect.signature(augment).parameters
     except (TypeError, ValueError):  # no signature to read (some builtins)
-        return False
+        return None
+    named = parameters.get("generator")
+    if named is not None and named.kind not in (named.VAR_POSITIONAL, named.VAR_KEYWORD):
+        return "positional" if named.kind is named.POSITIONAL_ONLY else "keyword"
+    positional = [p for p in parameters.values() if p.kind in _POSITIONAL]
+    if len(positional) >= 2 and positional[1].default is inspect.Parameter.empty:
+        return "positional"
+    return None
+
+
+def _caller(augment, passing):
+    """``call(samples, generator)``: ``augment`` with its generator passed as it takes it."""
+    if passing == "keyword":
+        return lambda samples, generator: augment(samples, generator=generator)
+    return augment
+
+
+def _check_counts(estimator):
+    """bool is an Integral, so the Interval constraints let True through."""
+    for name in ("n_views", "test_views"):
+        value = getattr(estimator, name)
+        if isinstance(value, (bool, np.bool_)):
+            raise InvalidParameterError(
+                f"The {name!r} parameter of {type(estimator).__name__} must be an int in the "
+                f"range [0, inf), not a bool; got {value!r}. Pass {int(value)} for "
+                f"{name}={value!r}.")
 
 
 def _checked(torch, result, given, what):

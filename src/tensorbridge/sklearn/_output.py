@@ -10,6 +10,10 @@ try:
     from sklearn.utils._set_output import _get_output_config
 except ImportError:  # moved or renamed in a later scikit-learn: the same lookup, by hand
     _get_output_config = None
+try:
+    from sklearn.utils._set_output import _wrap_data_with_container as wrap_in_container
+except ImportError:  # ToNumpy then keeps scikit-learn's own wrapper: see _to_numpy.py
+    wrap_in_container = None
 
 
 def transform_output(estimator) -> str:

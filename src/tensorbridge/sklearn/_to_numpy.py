@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import _torch, to_numpy
 from . import _dask
+from ._output import wrap_in_container
+
+# set_output puts 2-D results in a DataFrame, and leaves n-D ones (images, for a
+# next step that takes them) as they are: transform wraps its own results, when
+# scikit-learn's wrapper can be called (else it wraps every result itself).
+_OWN_WRAPPING = wrap_in_container is not None
 
 
-class ToNumpy(TransformerMixin, BaseEstimator):
+class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
+              auto_wrap_output_keys=None if _OWN_WRAPPING else ("transform",)):
     """Convert ``X`` (torch tensors on any device, CuPy, any DLPack producer,
     array-likes) to a NumPy array, zero-copy for CPU memory.
 
     A stateless first step for pipelines fed tensors. ``y`` never reaches
     pipeline steps: a CPU tensor ``y`` works as it is (scikit-learn converts
     it through NumPy); convert any other with ``tensorbridge.to_numpy(y)``.
+
+    A tensor becomes whatever ``tensorbridge.to_numpy`` gives, of any dtype
+    (complex, bfloat16 and float8 included); other input is validated as
+    scikit-learn validates it (a complex NumPy array is refused, as
+    scikit-learn's checks require). ``X`` may have any rank of at least 2:
+    images of shape (n, C, H, W) pass as they are, for a next step that takes
+    them (``TorchTransformer``), and scikit-learn counts their features as
+    ``X.shape[1]``; ``transform`` takes samples of the shape seen by ``fit``.
+    Features pass one to one: ``get_feature_names_out`` gives the input's
+    names, and ``set_output(transform="pandas")`` puts 2-D results in a
+    DataFrame (n-D ones stay arrays, which a DataFrame cannot hold).
 
     Examples
     --------
@@ -26,6 +44,10 @@ class ToNumpy(TransformerMixin, BaseEstimator):
     >>> from tensorbridge.sklearn import ToNumpy
     >>> make_pipeline(ToNumpy(), StandardScaler()).fit_transform(torch.ones(3, 2)).shape
     (3, 2)
+    >>> ToNumpy().fit_transform(torch.ones(4, 1, 8, 8)).shape  # images, as they are
+    (4, 1, 8, 8)
+    >>> ToNumpy().fit(torch.ones(3, 2)).get_feature_names_out()
+    array(['x0', 'x1'], dtype=object)
     """
 
     def fit(self, X, y=None):
@@ -39,34 +61,67 @@ class ToNumpy(TransformerMixin, BaseEstimator):
         """``X`` as a NumPy array: a view of CPU tensors and arrays wherever
         possible, whatever their dtype (bfloat16 and float8 included); a lazy
         dask array of them, block by block, for a dask array or Dask DataFrame."""
+        result = self._transform(X)
+        if _OWN_WRAPPING and getattr(result, "ndim", 2) == 2:
+            return wrap_in_container("transform", result, X, self)
+        return result
+
+    def fit_transform(self, X, y=None):
+        """``fit(X).transform(X)``."""
+        return self.fit(X, y).transform(X)
+
+    def _transform(self, X):
         if _dask.is_dask_collection(X):
             return _dask.transform(self, X)
         if "n_features_in_" not in self.__dict__:
             check_is_fitted(self)  # raises NotFittedError, worded as scikit-learn does
-        if is_tensor_like(X):
+        from_tensor = is_tensor_like(X)
+        if from_tensor:
             X = to_numpy(X)
         if (type(X) is np.ndarray and X.ndim == 2 and X.dtype.kind in "biuf" and len(X) > 0
                 and X.shape[1] == self.n_features_in_ > 0
-                and "feature_names_in_" not in self.__dict__):
+                and "feature_names_in_" not in self.__dict__
+                and len(self.__dict__.get("_sample_shape", ())) < 2):
             # What validate_data concludes for a plain 2-D numeric array of the
             # fitted width (fitted without column names), without its ~50 us.
             return X
-        return self._validate(X, reset=False)
+        return self._validate(X, reset=False, from_tensor=from_tensor)
 
-    def _validate(self, X, reset):
+    def _validate(self, X, reset, from_tensor=False):
         if is_tensor_like(X):
-            X = to_numpy(X)
-        # Keep any numeric dtype as it is (no copy); only text and objects
-        # go through scikit-learn's numeric conversion, which refuses strings.
-        keep = isinstance(X, np.ndarray) and X.dtype.kind not in "OUS"
-        return validate_data(self, X, reset=reset, dtype=None if keep else "numeric",
-                             ensure_all_finite=False, allow_nd=False)
+            X, from_tensor = to_numpy(X), True
+        if from_tensor and X.dtype.kind == "c":
+            # scikit-learn refuses complex data, which a conversion step passes
+            # through: its checks (shape, samples, width) run on the real part,
+            # a view, and the complex array is returned.
+            validate_data(self, X.real, reset=reset, dtype=None, ensure_all_finite=False,
+                          allow_nd=True)
+        else:
+            # Keep any numeric dtype as it is (no copy); only text and objects
+            # go through scikit-learn's numeric conversion, which refuses strings.
+            keep = isinstance(X, np.ndarray) and X.dtype.kind not in "OUS"
+            X = validate_data(self, X, reset=reset, dtype=None if keep else "numeric",
+                              ensure_all_finite=False, allow_nd=True)
+        if reset:
+            self._sample_shape = X.shape[1:]
+        elif X.shape[1:] != self.__dict__.get("_sample_shape", X.shape[1:]):
+            # As many features (X.shape[1]) in another rank or shape: (n, 8) and
+            # (n, 8, 2) alike to scikit-learn, not to the next step.
+            raise ValueError(f"X has samples of shape {X.shape[1:]}, but {type(self).__name__} "
+                             f"was fitted on samples of shape {self._sample_shape}; reshape X "
+                             "to match")
+        return X
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
+        tags.input_tags.three_d_array = True  # images pass through, to a next step
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+if _OWN_WRAPPING:  # set_output and the wrapper's check look for this key
+    ToNumpy._sklearn_auto_wrap_output_keys = {"transform"}
 
 
 def is_tensor_like(X) -> bool:
