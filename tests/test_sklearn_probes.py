@@ -62,9 +62,6 @@ def failed_checks(estimator):
 # -- bugs: ToNumpy --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ToNumpy has no set_output, so any Pipeline or "
-                   "ColumnTransformer holding it refuses set_output(transform='pandas') "
-                   "(DESIGN conventions: set_output, Pipeline, ColumnTransformer)")
 def test_a_pipeline_with_to_numpy_takes_set_output_pandas():
     X = torch.randn(5, 3)
     out = make_pipeline(ToNumpy(), StandardScaler()).set_output(transform="pandas") \
@@ -72,9 +69,6 @@ def test_a_pipeline_with_to_numpy_takes_set_output_pandas():
     assert isinstance(out, pd.DataFrame) and out.shape == (5, 3)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ToNumpy has no get_feature_names_out, so "
-                   "Pipeline/ColumnTransformer.get_feature_names_out fail "
-                   "(DESIGN conventions: get_feature_names_out)")
 def test_a_pipeline_with_to_numpy_gives_feature_names_out():
     frame = pd.DataFrame(np.ones((4, 3)), columns=["a", "b", "c"])
     assert list(make_pipeline(ToNumpy(), StandardScaler()).fit(frame)
@@ -82,19 +76,12 @@ def test_a_pipeline_with_to_numpy_gives_feature_names_out():
     assert list(ToNumpy().fit(np.ones((4, 2))).get_feature_names_out()) == ["x0", "x1"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ToNumpy refuses complex tensors ('Complex data "
-                   "not supported') although its transform promises any dtype and "
-                   "tb.to_numpy views complex64 zero-copy")
 def test_to_numpy_step_takes_complex_tensors():
     t = torch.ones(3, 2, dtype=torch.complex64)
     out = ToNumpy().fit(t).transform(t)
     assert out.dtype == np.complex64 and np.shares_memory(out, t.numpy())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG?: ToNumpy refuses 3-D/4-D tensors (allow_nd=False) "
-                   "while TorchTransformer takes images: make_pipeline(ToNumpy(), "
-                   "TorchTransformer(cnn)) cannot take an image tensor (contract: 'a pipeline "
-                   "step for tensors in X'; a judgement call)")
 def test_to_numpy_step_takes_image_tensors():
     images = torch.randn(4, 1, 2, 2)
     out = make_pipeline(ToNumpy(), TorchTransformer(torch.nn.Flatten())).fit_transform(images)
@@ -288,9 +275,6 @@ def test_two_threads_transform_with_layer():
 # -- bugs: AugmentedEstimator ----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: n_views=True / test_views=True pass validation "
-                   "(bool is Integral) and crash in NumPy with 'TypeError: an integer is "
-                   "required'; refuse bools or treat as 1")
 @pytest.mark.parametrize("param", ["n_views", "test_views"])
 def test_bool_view_counts_are_refused_or_work(param):
     X, y = features()
@@ -301,18 +285,12 @@ def test_bool_view_counts_are_refused_or_work(param):
         assert param in str(error)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a bfloat16 tensor X is refused with 'dtype=numeric "
-                   "is not compatible with arrays of bytes/strings' (wrong cause, no fix)")
 def test_augmented_estimator_takes_a_bf16_tensor():
     X, y = features()
     model = AugmentedEstimator(Ridge(), augment=noisy).fit(torch.from_numpy(X).bfloat16(), y)
     assert model.n_samples_seen_ == 2 * len(X)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an augment that works in place (s.mul_(2)) rewrites "
-                   "the 'original rows' the estimator is fitted on (contract: the original rows "
-                   "plus n_views copies); the docstring forbids it, nothing detects it: silently "
-                   "wrong data")
 def test_an_in_place_augment_leaves_the_original_rows_alone():
     X, y = features()
     Rows.seen.clear()
@@ -320,24 +298,19 @@ def test_an_in_place_augment_leaves_the_original_rows_alone():
     np.testing.assert_array_equal(Rows.seen[-1][:len(X)], X)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: augment(sample, g) (the generator parameter named "
-                   "otherwise) is taken as generator-less and called with one argument: the "
-                   "user's own TypeError \"missing 1 required positional argument: 'g'\", with "
-                   "no hint that the parameter must be named 'generator'")
-def test_a_generator_parameter_under_another_name_gets_a_clear_error():
+def test_a_generator_parameter_under_another_name_gets_the_generator():
+    # A second positional parameter without a default is the generator, whatever its name
     X, y = features()
+    seen = []
 
     def augment(sample, g):
+        seen.append(g)
         return sample
 
-    with pytest.raises(TypeError, match="'generator'"):  # the name to use, quoted
-        AugmentedEstimator(LogisticRegression(), augment=augment).fit(X, y)
+    AugmentedEstimator(LogisticRegression(), augment=augment).fit(X, y)
+    assert seen and all(isinstance(g, torch.Generator) for g in seen)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG?: an augment without generator reseeds torch's "
-                   "global generator per sample; fits in two threads interleave their seeds, so "
-                   "the same random_state gives other views (contract: same seed, same augmented "
-                   "data; global generator untouched). A lock around the per-sample loop would do")
 def test_generatorless_augment_is_deterministic_across_threads():
     X, _ = features(1000)  # long enough per fit that the threads interleave
 
