@@ -22,8 +22,9 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
     array-likes) to a NumPy array, zero-copy for CPU memory.
 
     A stateless first step for pipelines fed tensors. ``y`` never reaches
-    pipeline steps: a CPU tensor ``y`` works as it is (scikit-learn converts
-    it through NumPy); convert any other with ``tensorbridge.to_numpy(y)``.
+    pipeline steps: a plain CPU tensor ``y`` works as it is (scikit-learn
+    converts it with ``Tensor.numpy()``); convert any other (on a GPU, one
+    that requires grad, bfloat16) with ``tensorbridge.to_numpy(y)``.
 
     A tensor becomes whatever ``tensorbridge.to_numpy`` gives, of any dtype
     (complex, bfloat16 and float8 included); other input is validated as
