@@ -32,7 +32,7 @@ from sklearn.utils.validation import (
 import tensorbridge  # collect is looked up when called: the public function, as patched
 
 from .. import _torch, to_numpy
-from ._to_numpy import is_tensor_like
+from ._to_numpy import is_tensor_like, validatable
 
 _SEED_BOUND = 2**63 - 1
 _STACKED_SAMPLES = 256  # per-sample results stacked into one batch for collect
@@ -218,10 +218,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
     def _validate(self, X, reset):
         if is_tensor_like(X):
             X = to_numpy(X)
-        if isinstance(X, np.ndarray) and X.dtype.kind == "V" and X.dtype.names is None:
-            # bfloat16 / float8 (ml_dtypes), which scikit-learn takes for bytes:
-            # float32 holds each of their values exactly.
-            X = X.astype(np.float32)
+        X = validatable(X)
         allow_nan = get_tags(self.estimator).input_tags.allow_nan
         X = validate_data(self, X, reset=reset, dtype="numeric", allow_nd=True,
                           ensure_min_samples=1, ensure_all_finite=not allow_nan)

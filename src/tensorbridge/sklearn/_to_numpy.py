@@ -7,6 +7,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import _torch, to_numpy
+from .._dtypes import is_extended
 from . import _dask
 from ._output import wrap_in_container
 
@@ -123,6 +124,15 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
 
 if _OWN_WRAPPING:  # set_output and the wrapper's check look for this key
     ToNumpy._sklearn_auto_wrap_output_keys = {"transform"}
+
+
+def validatable(array):
+    """An ml_dtypes array (a bfloat16 or float8 tensor's NumPy view), which
+    scikit-learn's validation refuses as not numeric, as float32: it holds each
+    of its values exactly, and the estimators cast X anyway. Others as they are."""
+    if isinstance(array, np.ndarray) and is_extended(array.dtype):
+        return array.astype(np.float32)
+    return array
 
 
 def is_tensor_like(X) -> bool:

@@ -37,10 +37,10 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .. import _dlpack, _torch, collect, to_device, to_numpy, to_numpy_async
-from .._dtypes import is_extended, numpy_dtype
+from .._dtypes import numpy_dtype
 from . import _dask
 from ._output import transform_output
-from ._to_numpy import is_tensor_like
+from ._to_numpy import is_tensor_like, validatable
 
 
 class _Count(Interval):
@@ -330,7 +330,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if _torch.is_tensor(X) and X.device.type != "cpu":
             self._validate_device_tensor(X, reset)
         else:
-            X = _validatable(to_numpy(X) if is_tensor_like(X) else X)
+            X = validatable(to_numpy(X) if is_tensor_like(X) else X)
             # Images and other N-d samples are welcome: the module sees them as they are.
             X = validate_data(self, X, reset=reset, dtype="numeric", ensure_min_samples=1,
                               allow_nd=True)
@@ -369,7 +369,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                     raise ValueError(f"{_NAME}: X[{name!r}] is 0-d; every input needs a leading "
                                      "(sample) dimension")
             else:
-                value = _validatable(to_numpy(value) if is_tensor_like(value) else value)
+                value = validatable(to_numpy(value) if is_tensor_like(value) else value)
                 if np.ndim(value) < 1:
                     raise ValueError(f"{_NAME}: X[{name!r}] is 0-d; every input needs a "
                                      "leading (sample) dimension")
@@ -984,15 +984,6 @@ def _item_input(item, where):
     hint = " (for a module of several inputs pass a dict of arrays as X)" if kind == "dict" else ""
     raise TypeError(f"{_NAME}: Dataset {where} is a {kind}; items must be tensors or arrays, "
                     f"or tuples whose first element is one{hint}")
-
-
-def _validatable(array):
-    """An ml_dtypes array (a bfloat16 or float8 tensor's NumPy view), which
-    scikit-learn's validation refuses as not numeric, as float32: it holds each
-    of its values exactly, and X is cast to dtype_ anyway. Others as they are."""
-    if isinstance(array, np.ndarray) and is_extended(array.dtype):
-        return array.astype(np.float32)
-    return array
 
 
 def _check_like(first, output, index):
