@@ -209,6 +209,15 @@ PYBIND11_MODULE(_core, m) {
       py::arg("nbytes"), py::call_guard<py::gil_scoped_release>());
   m.def("set_staging_chunk_bytes", &tb::set_staging_chunk_bytes, py::arg("nbytes"));
   m.attr("MAX_BATCH_COPIES") = tb::kMaxBatchCopies;
+  m.def("packed_copy_counts", [] {
+    const tb::PackedCopyCounts c = tb::packed_copy_counts();
+    py::dict d;
+    d["batch_submissions"] = c.batch_submissions;
+    d["batch_refusals"] = c.batch_refusals;
+    d["single_copies"] = c.single_copies;
+    return d;
+  });
+  m.def("reset_packed_copy_counts", &tb::reset_packed_copy_counts);
 
   m.def(
       "copy_to_host",

@@ -58,6 +58,9 @@ std::shared_ptr<Transfer> Transfer::finished(std::string error) {
 namespace {
 
 std::atomic<size_t> g_chunk_bytes{16u << 20};
+std::atomic<size_t> g_batch_submissions{0};
+std::atomic<size_t> g_batch_refusals{0};
+std::atomic<size_t> g_single_copies{0};
 constexpr size_t kMinChunkBytes = 64u << 10;
 constexpr size_t kStagingSlots = 3;
 constexpr unsigned kEventFlags = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING;
@@ -345,8 +348,10 @@ void enqueue_packed(int device, const std::vector<HostCopy>& copies, CUstream st
       // Refused (nothing of it queued): the rest goes one by one below.
       if (d.cuMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), count, &attributes, &first,
                                1, &fail_index, on) != CUDA_SUCCESS) {
+        g_batch_refusals.fetch_add(1, std::memory_order_relaxed);
         break;
       }
+      g_batch_submissions.fetch_add(1, std::memory_order_relaxed);
       issued += count;
     }
     // The caller's stream waits for the batches: its later work (and the
@@ -356,10 +361,21 @@ void enqueue_packed(int device, const std::vector<HostCopy>& copies, CUstream st
   for (size_t i = issued; i < copies.size(); ++i) {
     check(d.cuMemcpyDtoHAsync(copies[i].dst, copies[i].src, copies[i].bytes, stream),
           "cuMemcpyDtoHAsync");
+    g_single_copies.fetch_add(1, std::memory_order_relaxed);
   }
 }
 
 }  // namespace
+
+PackedCopyCounts packed_copy_counts() {
+  return {g_batch_submissions.load(), g_batch_refusals.load(), g_single_copies.load()};
+}
+
+void reset_packed_copy_counts() {
+  g_batch_submissions = 0;
+  g_batch_refusals = 0;
+  g_single_copies = 0;
+}
 
 void set_staging_chunk_bytes(size_t bytes) { g_chunk_bytes = std::max(bytes, size_t{4096}); }
 

@@ -115,6 +115,18 @@ std::shared_ptr<Transfer> copy_to_device(const void* src, bool src_pinned, const
 // false if `timeout_seconds` (< 0: none) passed first.
 bool wait_for_all_transfers(double timeout_seconds = -1);
 
+// What the packed path has submitted since the last reset: batch copies the
+// driver took, batch copies it refused (their copies then went one by one),
+// and copies issued one by one (refused batches, or a driver without the
+// batch call). Read by the tests and by the GPU one-shot's smoke stage.
+struct PackedCopyCounts {
+  size_t batch_submissions;
+  size_t batch_refusals;
+  size_t single_copies;
+};
+PackedCopyCounts packed_copy_counts();
+void reset_packed_copy_counts();
+
 // Chunk size used by staging; tests lower it to exercise the pipeline.
 void set_staging_chunk_bytes(size_t bytes);
 

@@ -13,11 +13,13 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_check_steps import STAGES  # noqa: E402 - the script's own folder first
+
 MAX_FILES = 5
 MAX_FILE_BYTES = 16 << 20
 MAX_TOTAL_BYTES = 64 << 20
 MAX_DEPTH = 2  # folders between OUT and a file
-STAGES = ["environment", "build", "abi", "tests", "array_api", "bench", "fixture"]
 STATUSES = {"pending", "not selected", "passed", "failed", "timed out", "skipped", "interrupted"}
 SUMMARY = "gpu_check.json"
 

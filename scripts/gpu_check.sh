@@ -1,57 +1,76 @@
 #!/usr/bin/env bash
 # The one-shot check for a lent GPU machine (no network; its Python already
 # holds torch, CuPy, scikit-learn, pybind11, scikit-build-core, cmake and
-# ninja), run by CI too, where the stand-in driver takes the GPU's place.
+# ninja; not skorch or dask). CI rehearses it (GPU_CHECK_REHEARSAL=1) in an
+# environment shaped like the GPU machine's, the stand-in driver in the GPU's
+# place: every stage runs as on a GPU, and what truly needs one (CUDA kernels,
+# streams, CuPy arrays, the GPU-marked tests) is recorded "skipped: needs a GPU".
 #
-#   OUT=/some/dir [PYTHON=python3] [QUICK=1] [STAGES="tests bench"] scripts/gpu_check.sh [STAGE...]
+#   OUT=/some/dir [PYTHON=python3] [QUICK=1] [GPU_CHECK_REHEARSAL=1] [STAGES="tests bench"] \
+#     scripts/gpu_check.sh [STAGE...]
 #
-# Stages, in this order; limit = its `timeout -k` limit, the grace included;
-# cost = what it is expected to take on the H200 machine (16 cores; on this
-# project's 2-core CPU machine with QUICK=1 the whole run takes about 25 s):
+# Stages, in this order; limit = its `timeout -k` limit, the grace included
+# (scripts/gpu_check_steps.py LIMITS: one place); cost = what it is expected
+# to take on the GPU machine (16 cores):
 #   stage        limit  cost   what
-#   environment    20   10 s   versions, GPUs, tools, which optional modules are missing
-#   build         150   30 s   venv (when PYTHON is not one) + the extension, --no-build-isolation,
+#   environment    25   10 s   versions, GPUs, tools, which optional modules are missing
+#   build          90   30 s   venv (when PYTHON is not one) + the extension, --no-build-isolation,
 #                              --no-index (nothing downloaded); ~1 s when already up to date
-#   abi            20    5 s   our driver prototypes against this machine's own cuda.h
-#   tests         130   40 s   tests/test_gpu.py, test_readme.py and test_torch_transformer.py's GPU
-#                              tests on the real driver when tensorbridge finds a GPU (a
-#                              failure when torch finds one and tensorbridge does not); else
-#                              the engine tests on the stand-in;
-#                              90 s per test at most (scripts/pytest_per_test_timeout.py)
-#   array_api      30   15 s   TorchTransformer -> StandardScaler -> PCA -> LDA on CUDA tensors
+#   abi            15    5 s   our driver prototypes against this machine's own cuda.h
+#   smoke          90   40 s   short checks, each in a child process of its own with its own
+#                              limit, one JSON line each (scripts/gpu_check_smoke.py): a
+#                              verdict per check even if one crashes; timings recorded, not judged
+#   tests         120   60 s   the GPU-marked tests of every test file and the README's examples,
+#                              on the real driver (a failure when torch finds a GPU and
+#                              tensorbridge does not); pytest without the machine's plugins,
+#                              only tensorbridge's warnings errors, 90 s per test at most,
+#                              a crashed test named and the rest run in a new pytest
+#                              (scripts/gpu_check_pytest.py)
+#   array_api      35   15 s   TorchTransformer -> StandardScaler -> PCA -> LDA on CUDA tensors
 #                              under scikit-learn's array API dispatch: device-to-host copies
 #                              counted by torch's profiler (none of the features), results vs NumPy
-#   bench         120   70 s   tensorbridge bench --device all (QUICK=1: --quick, ~20 s): CPU,
-#                              GPU ("skipped" without one), the workflows; cut at its limit,
+#   bench          80   60 s   tensorbridge bench --device all (QUICK=1: --quick): CPU, GPU
+#                              ("skipped" without one), the workflows; cut at its limit,
 #                              it still leaves bench.json with the cases it finished
-#   fixture        30   10 s   a TorchTransformer fitted on the GPU, pickled for tests/fixtures
-#   in all        500  180 s   (480 s at most: no stage starts or runs past it)
-# A rerun of failed stages only (STAGES="tests bench" or arguments) takes
-# about 2-3 minutes (build 30 + tests 40 + bench 70 s on a fresh machine): build runs first by itself whenever a selected stage
-# needs the extension and this environment lacks this tree's build (a fresh
-# machine, a fresh venv, changed sources).
+#   fixture        25   10 s   a TorchTransformer fitted on the GPU, pickled for tests/fixtures
+#   in all        480  230 s   no stage starts or runs past 480 s: one device call of at most
+#                              600 s gets a complete verdict with two minutes to spare
+#                              (GPU_CHECK_PLAN_ONLY=1 prints the stages and the total)
+#
+# A run has no second chance: after one 600 s call and a 1-2 minute start,
+# about 3 minutes of device time remain, too few for a fresh machine. If a
+# stage fails and the machine is still warm (it goes back after 30 s idle),
+# rerun only that stage in the next call: STAGES=smoke (about 1 minute: the
+# build is reused when this tree's sources are unchanged), STAGES=tests
+# (about 1.5 minutes), STAGES=bench (about 1.5 minutes); a stage that needs
+# the extension brings the build along (30 s more) on a fresh machine.
 #
 # $OUT receives at most 5 files, rewritten after every stage (a run cut short
 # still leaves them): gpu_check.json (each stage's status, time, reason and
-# log tail), bench.json, torch_transformer_cuda.pkl (with a GPU) and
-# logs.tar.gz (every stage's full log and the tests' JUnit XML). Everything
-# else (logs being written, the ABI binary, the venv) lives in a scratch folder
-# removed at exit; scripts/check_gpu_out.py checks the rule.
+# log tail; the smoke stage's checks), bench.json, torch_transformer_cuda.pkl
+# (with a GPU) and logs.tar.gz (every stage's full log and the tests' JUnit
+# XML). Everything else (logs being written, the ABI binary, the venv) lives
+# in a scratch folder removed at exit; scripts/check_gpu_out.py checks the rule.
 # GPU_CHECK_LIMITS="bench=30 tests=60" changes stages' limits (the 480 s cap
 # stays). GPU_CHECK_PLAN_ONLY=1 prints the stages that would run (and why build is
 # among them) and runs nothing.
 # Exit status: 0 when no stage failed or timed out (skipped stages say why),
 # 1 otherwise, 2 for a usage error.
 set -uo pipefail
-ALL_STAGES="environment build abi tests array_api bench fixture"
-declare -A LIMIT=([environment]=20 [build]=150 [abi]=20 [tests]=130 [array_api]=30 [bench]=120
-                  [fixture]=30)
+STEPS_PY=$(dirname "$0")/gpu_check_steps.py
+plan=$(python3 "$STEPS_PY" plan) || { echo "gpu_check.sh: no python3 to read the stages" >&2; exit 2; }
+declare -A LIMIT=()
+ALL_STAGES=""
+for pair in $(head -n 1 <<< "$plan"); do
+  LIMIT[${pair%=*}]=${pair#*=}
+  ALL_STAGES+="${ALL_STAGES:+ }${pair%=*}"
+done
+TOTAL_LIMIT=$(sed -n 's/.* cap=\([0-9]*\)$/\1/p' <<< "$plan")  # no stage starts or runs past it
 for pair in ${GPU_CHECK_LIMITS:-}; do  # e.g. "bench=30": lower a stage's limit for a try-out
   [[ $pair =~ ^([a-z]+)=([0-9]+)$ ]] && [ -n "${LIMIT[${BASH_REMATCH[1]}]:-}" ] \
     || { echo "gpu_check.sh: GPU_CHECK_LIMITS: bad entry '$pair'" >&2; exit 2; }
   LIMIT[${BASH_REMATCH[1]}]=${BASH_REMATCH[2]}
 done
-TOTAL_LIMIT=480  # the whole script; no stage starts past it, none runs past it
 GRACE=5          # timeout -k: SIGTERM at limit - GRACE, SIGKILL at the limit
 
 usage() { echo "usage: OUT=DIR [PYTHON=python3] [QUICK=1] [STAGES='...'] $0 [STAGE...]; stages: $ALL_STAGES" >&2; exit 2; }
@@ -80,6 +99,9 @@ export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 PIP_DISABLE_PIP_VERSION_CHECK=1 P
 selected() { [[ " $SELECTED " == *" $1 "* ]]; }
 QUICK_FLAG=""
 [ "${QUICK:-0}" != 0 ] && QUICK_FLAG=--quick
+REHEARSAL=""
+[ "${GPU_CHECK_REHEARSAL:-0}" != 0 ] && REHEARSAL=1
+export GPU_CHECK_REHEARSAL=${REHEARSAL:-0}
 
 # The extension goes into PYTHON's environment when it is a virtual one, else
 # into a scratch venv that sees the system's packages.
@@ -88,7 +110,8 @@ if "$HOST_PY" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
 else
   PY=$SCRATCH/venv/bin/python
 fi
-if ! selected build && { selected tests || selected array_api || selected bench || selected fixture; }; then
+if ! selected build && { selected smoke || selected tests || selected array_api || selected bench \
+                         || selected fixture; }; then
   if why=$("$HOST_PY" scripts/gpu_check_steps.py built "$PY" 2>&1); then :; else
     SELECTED="build $SELECTED"
     BUILD_NOTE="run although not selected: a selected stage needs the extension and $why"
@@ -99,10 +122,15 @@ SELECTED=${SELECTED% }
 if [ -n "${GPU_CHECK_PLAN_ONLY:-}" ]; then  # say what would run, run nothing
   echo "stages: $SELECTED"
   [ -n "${BUILD_NOTE:-}" ] && echo "build: $BUILD_NOTE"
+  total=0
+  for stage in $SELECTED; do total=$((total + LIMIT[$stage])); done
+  echo "limits: $(for stage in $SELECTED; do printf '%s=%s ' "$stage" "${LIMIT[$stage]}"; done)"
+  echo "total: ${total} s at most (no stage runs past ${TOTAL_LIMIT} s)"
   exit 0
 fi
 limits=$(for stage in $ALL_STAGES; do printf '%s=%s ' "$stage" "${LIMIT[$stage]}"; done)
-"${STEPS[@]}" summary init "$SUMMARY" "$SELECTED" "${QUICK_FLAG:+1}" "$limits" || exit 2
+"${STEPS[@]}" summary init "$SUMMARY" "$SELECTED" "${QUICK_FLAG:+1}" "$limits" \
+  "${REHEARSAL:-0}" || exit 2
 
 publish() {  # OUT gets the staging folder's files, each replaced in one rename
   local log
@@ -143,7 +171,7 @@ run_stage() {  # name command...: under the stage's limit, logged, recorded
   shift
   LAST_STATUS="not selected"
   selected "$name" || return 0
-  if [ -n "${BUILD_FAILED:-}" ] && [[ " tests array_api bench fixture " == *" $name "* ]]; then
+  if [ -n "${BUILD_FAILED:-}" ] && [[ " smoke tests array_api bench fixture " == *" $name "* ]]; then
     record "$name" skipped 0 "" "not run: the build stage $BUILD_FAILED"
     return 0
   fi
@@ -195,15 +223,30 @@ elif selected abi; then
   record abi skipped 0 ""
 fi
 
-run_stage tests "$PY" scripts/gpu_check_steps.py tests "${QUICK:-0}" "$LOGS/tests-junit.xml"
+# The driver the stages after the build use: the machine's own, or in the
+# rehearsal the stand-in (built here, two devices) in the GPU's place.
+DRIVER=(env -u TENSORBRIDGE_LIBCUDA)
+if [ -n "$REHEARSAL" ]; then
+  if standin=$("$HOST_PY" scripts/gpu_check_steps.py standin 2> "$LOGS/standin.log"); then
+    DRIVER=(env TENSORBRIDGE_LIBCUDA="$standin" STANDIN_DEVICES=2)
+  else
+    BUILD_FAILED="could not build the rehearsal's stand-in driver (logs/standin.log)"
+    failed=1
+  fi
+fi
 
-run_stage array_api env -u TENSORBRIDGE_LIBCUDA "$PY" scripts/gpu_check_steps.py array_api
+run_stage smoke "${DRIVER[@]}" "$PY" scripts/gpu_check_smoke.py \
+  --budget "$((LIMIT[smoke] - GRACE - 5))"
+
+run_stage tests "${DRIVER[@]}" "$PY" scripts/gpu_check_steps.py tests "$LOGS/tests-junit.xml"
+
+run_stage array_api "${DRIVER[@]}" "$PY" scripts/gpu_check_steps.py array_api
 
 # SCIPY_ARRAY_API=1: the array API workflow measures dispatch on as well as off.
-run_stage bench env -u TENSORBRIDGE_LIBCUDA SCIPY_ARRAY_API=1 "$PY" -m tensorbridge bench \
+run_stage bench "${DRIVER[@]}" SCIPY_ARRAY_API=1 "$PY" -m tensorbridge bench \
   --device all $QUICK_FLAG --json "$STAGING/bench.json"
 
-run_stage fixture env -u TENSORBRIDGE_LIBCUDA "$PY" scripts/gpu_check_steps.py fixture \
+run_stage fixture "${DRIVER[@]}" "$PY" scripts/gpu_check_steps.py fixture \
   "$STAGING/torch_transformer_cuda.pkl"
 
 echo "== summary ($OUT/gpu_check.json; full logs in $OUT/logs.tar.gz)"

@@ -91,8 +91,9 @@ def pytest_collection_modifyitems(config, items):
 
     if REAL_DRIVER and tb.cuda_available():
         return
-    skip = pytest.mark.skip(reason="no GPU found by tensorbridge.cuda_available() on the real "
-                                   "driver (run with TENSORBRIDGE_TEST_DRIVER=real on a GPU)")
+    skip = pytest.mark.skip(reason="needs a GPU: none found by tensorbridge.cuda_available() on "
+                                   "the real driver (run with TENSORBRIDGE_TEST_DRIVER=real on "
+                                   "a GPU)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

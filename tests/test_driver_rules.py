@@ -98,16 +98,24 @@ def test_batches_are_bounded(standin):
     n = 5000  # strided memory of 5000 separate runs: one packed copy of 5000 pieces
     expected = np.arange(4 * n, dtype=np.float32).reshape(n, 4)
     x = DeviceArray(standin, expected, shape=(n, 2), strides=(4, 1))
+    _core.reset_packed_copy_counts()
     np.testing.assert_array_equal(tb.to_numpy(x), expected[:, :2])
     assert standin.largest_batch() <= _core.MAX_BATCH_COPIES
     assert standin.calls("cuMemcpyBatchAsync") == -(-n // _core.MAX_BATCH_COPIES)
+    # the engine's own counters (read by the GPU one-shot's smoke stage) agree
+    assert _core.packed_copy_counts() == {"batch_submissions": -(-n // _core.MAX_BATCH_COPIES),
+                                          "batch_refusals": 0, "single_copies": 0}
 
 
 def test_a_refused_batch_is_copied_one_by_one(standin):
     standin.fail("cuMemcpyBatchAsync", result=INVALID_VALUE)
-    a = tb.collect(small_batches(standin, 50))
+    batches = small_batches(standin, 50)
+    _core.reset_packed_copy_counts()
+    a = tb.collect(batches)
     np.testing.assert_array_equal(a[:, 0], np.arange(50))
     assert standin.calls("cuMemcpyDtoHAsync") == 50
+    assert _core.packed_copy_counts() == {"batch_submissions": 0, "batch_refusals": 1,
+                                          "single_copies": 50}
 
 
 def test_strided_device_memory_on_the_legacy_stream(standin):

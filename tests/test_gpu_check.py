@@ -15,7 +15,6 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-STAGES = ["environment", "build", "abi", "tests", "array_api", "bench", "fixture"]
 
 
 def load_script(name):
@@ -26,6 +25,8 @@ def load_script(name):
 
 
 check = load_script("check_gpu_out")
+steps = load_script("gpu_check_steps")
+STAGES = steps.STAGES
 
 
 def summary(stages=STAGES, status="passed", **extra):
@@ -177,7 +178,7 @@ def inner_pytest(tmp_path, source, *options):
     (tmp_path / "test_inner.py").write_text(source)
     env = {**os.environ, "PYTHONPATH": str(SCRIPTS)}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "-p", "pytest_per_test_timeout", "--rootdir", str(tmp_path),
+                           "-p", "gpu_check_pytest", "--rootdir", str(tmp_path),
                            *options, str(tmp_path / "test_inner.py")],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
 

@@ -137,6 +137,14 @@ def set_staging_chunk_bytes(nbytes: int) -> None: ...
 
 MAX_BATCH_COPIES: Final[int]
 
+class _PackedCopyCounts(TypedDict):
+    batch_submissions: int
+    batch_refusals: int
+    single_copies: int
+
+def packed_copy_counts() -> _PackedCopyCounts: ...
+def reset_packed_copy_counts() -> None: ...
+
 def copy_to_host(device: int, src: int, nbytes: int, stream: int, dst: Buffer,
                  dst_pinned: bool) -> None: ...
 def copy_to_host_async(device: int, src: int, nbytes: int, stream: int, dst: Buffer,
