@@ -14,7 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_check_steps import STAGES  # noqa: E402 - the script's own folder first
+from gpu_check_steps import STAGES
 
 MAX_FILES = 5
 MAX_FILE_BYTES = 16 << 20

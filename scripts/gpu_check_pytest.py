@@ -143,7 +143,9 @@ class _Selection:
 
 
 class _Progress:
-    """Lines "start\\tNODEID", "end\\tNODEID" and, last, "finished\\tEXITSTATUS"."""
+    """Lines "start\\tNODEID", "result\\tOUTCOME\\tNODEID" (passed, failed or skipped;
+    a test's first failing phase or its call), "end\\tNODEID" and, last,
+    "finished\\tEXITSTATUS"."""
 
     def __init__(self, path):
         self.path = path
@@ -152,7 +154,7 @@ class _Progress:
             with open(path) as f:
                 self.started = {line.split("\t", 1)[1].rstrip("\n") for line in f
                                 if line.startswith("start\t")}
-        self.file = open(path, "a", buffering=1)  # noqa: SIM115 - open for the whole run
+        self.file = open(path, "a", buffering=1)
 
     def _write(self, kind, value):
         self.file.write(f"{kind}\t{value}\n")
@@ -167,6 +169,10 @@ class _Progress:
 
     def pytest_runtest_logstart(self, nodeid, location):
         self._write("start", nodeid)
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == "call" or report.outcome != "passed":
+            self._write("result", f"{report.outcome}\t{report.nodeid}")
 
     def pytest_runtest_logfinish(self, nodeid, location):
         self._write("end", nodeid)

@@ -199,7 +199,8 @@ def check_transfer_wait():
     a = transfer.wait(timeout=30)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     assert a.min() == a.max() == 3.0, "the transfer's result is not what the kernel wrote"
-    return {"kernel_ms": 20, "wait_wall_ms": round(wall * 1e3, 2), "wait_cpu_ms": round(cpu * 1e3, 2)}
+    return {"kernel_ms": 20, "wait_wall_ms": round(wall * 1e3, 2),
+            "wait_cpu_ms": round(cpu * 1e3, 2)}
 
 
 def check_collect_small():
@@ -341,6 +342,10 @@ def run_one(name):
     return 1 if line["status"] == "failed" else 0
 
 
+def child_command(name):
+    return [sys.executable, os.path.abspath(__file__), "run", name]
+
+
 def tail(text, chars=1500):
     # TimeoutExpired carries bytes even from a text-mode run
     if isinstance(text, bytes):
@@ -364,8 +369,8 @@ def run_all(budget=None):
                                   f"smoke stage's {budget} s"}), flush=True)
                 continue
         try:
-            child = subprocess.run([sys.executable, os.path.abspath(__file__), "run", name],
-                                   capture_output=True, text=True, timeout=limit)
+            child = subprocess.run(child_command(name), capture_output=True, text=True,
+                                   timeout=limit)
         except subprocess.TimeoutExpired as expired:
             line = {"check": name, "status": "timed out", "figures": None,
                     "reason": f"still running after its limit of {limit} s",
@@ -384,7 +389,8 @@ def run_all(budget=None):
     counts = {}
     for name, status in verdicts.items():
         counts.setdefault(status, []).append(name)
-    failed = [name for status in ("failed", "timed out", "crashed") for name in counts.get(status, [])]
+    failed = [name for name, status in verdicts.items()
+              if status in ("failed", "timed out", "crashed")]
     print("REASON: " + ", ".join(f"{len(names)} {status}" for status, names in counts.items())
           + (f" ({', '.join(failed)})" if failed else ""), flush=True)
     return 1 if failed else 0

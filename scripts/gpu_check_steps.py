@@ -1,6 +1,6 @@
 """The Python half of scripts/gpu_check.sh: its stages' bodies and its summary.
 
-    gpu_check_steps.py plan                     each stage's limit: "name=seconds ...", and the total
+    gpu_check_steps.py plan                     each stage's limit ("name=seconds ...") and the cap
     gpu_check_steps.py environment
     gpu_check_steps.py built PYTHON
         exit 0 when PYTHON's tensorbridge is built from this tree
@@ -203,33 +203,39 @@ def pytest_command(progress, require_gpu):
 
 
 def read_progress(path):
-    """(started, ended, finished exit status or None) from a progress file."""
-    started, ended, finished = [], set(), None
+    """What a progress file says: the tests started (in order), those ended,
+    each test's outcome, and the last run's exit status (None: it crashed)."""
+    started, ended, outcomes, finished = [], set(), {}, None
     if os.path.exists(path):
         with open(path) as f:
             for line in f:
                 kind, _, value = line.rstrip("\n").partition("\t")
                 if kind == "start":
                     started.append(value)
+                    finished = None
+                elif kind == "result":
+                    outcome, _, nodeid = value.partition("\t")
+                    if outcomes.get(nodeid) != "failed":  # a failed teardown stays failed
+                        outcomes[nodeid] = outcome
                 elif kind == "end":
                     ended.add(value)
                 elif kind == "finished":
                     finished = int(value)
-    return started, ended, finished
+    return started, ended, outcomes, finished
 
 
 def run_pytest(command, env, progress, junit_xml):
     """Runs pytest, and again after each crash, carrying on after the test that
-    crashed (run N > 1 writes its JUnit XML beside the first, suffixed .N).
-    Returns the exit status: 0 only when nothing crashed and the last run
-    finished green."""
+    crashed (run N > 1 writes its JUnit XML beside the first, suffixed .N; a
+    crashed run writes none: the progress file keeps its outcomes). Returns
+    the exit status: 0 only when nothing crashed and the last run finished green."""
     crashed, last = [], 1
     for run in range(1, MAX_RUNS + 1):
         junit = junit_xml if run == 1 else junit_xml.replace(".xml", f".{run}.xml")
         if run > 1:
             print(f"\n== pytest run {run}: carrying on after {crashed[-1][0]}", flush=True)
         rc = subprocess.run([*command, f"--junitxml={junit}"], env=env, cwd=ROOT).returncode
-        started, ended, finished = read_progress(progress)
+        started, ended, outcomes, finished = read_progress(progress)
         if finished is not None and rc == finished:
             last = rc
             break
@@ -242,8 +248,14 @@ def run_pytest(command, env, progress, junit_xml):
             break  # no test to step over: a rerun would crash the same way
     else:
         reason(f"stopped after {MAX_RUNS} pytest runs, each ended by a crash")
-    for where, how in crashed:
-        print(f"CRASHED: {where} ({how})", flush=True)
+    _, _, outcomes, _ = read_progress(progress)
+    counts = {}
+    for outcome in outcomes.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    failed = sorted(nodeid for nodeid, outcome in outcomes.items() if outcome == "failed")
+    reason(", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+           + (f", {len(crashed)} crashed" if crashed else "")
+           + f" in {run} pytest run(s)" + (f"; failed: {', '.join(failed[:10])}" if failed else ""))
     return 1 if crashed else last
 
 
