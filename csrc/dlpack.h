@@ -16,6 +16,10 @@ namespace tensorbridge::dlpack {
 constexpr uint32_t kMajorVersion = 1;
 // The newest minor version we know of; sent to producers as `max_version`.
 constexpr uint32_t kMinorVersion = 3;
+// The first minor version whose exchange table has DLPackExchangeAPI's layout
+// (DLPack 1.2; 1.3 moved it into a capsule): an older table is pre-standard
+// and its slots may be others, so it is never called.
+constexpr uint32_t kExchangeApiMinorVersion = 2;
 
 struct DLPackVersion {
   uint32_t major;

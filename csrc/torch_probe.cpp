@@ -63,6 +63,7 @@ const DLPackExchangeAPI* exchange_api_of(PyTypeObject* type) {
   // The capsule lives on the type, which the cache keeps alive: the pointer stays valid.
   Py_DECREF(capsule);
   const bool usable = api != nullptr && api->header.version.major == kMajorVersion &&
+                      api->header.version.minor >= kExchangeApiMinorVersion &&
                       api->dltensor_from_py_object_no_sync != nullptr;
   return usable ? api : nullptr;
 }

@@ -206,8 +206,16 @@ def _managed_from(address, out):
 _CALLBACKS = (_MANAGED_FROM(_managed_from), _DLTENSOR_FROM(_dltensor_from))
 # A capsule keeps a pointer to its name, not a copy: the name must live as long.
 _EXCHANGE_API_NAME = ctypes.create_string_buffer(b"dlpack_exchange_api")
-_EXCHANGE_API = _ExchangeApi(DLPackVersion(1, 1), None, None, _CALLBACKS[0], None,
-                             _CALLBACKS[1], None)
+_TABLES = []  # every table made lives as long as the process (types keep their capsules)
+
+
+def exchange_api_capsule(version=(1, 3)):
+    """A `__dlpack_c_exchange_api__` capsule over a table of that version."""
+    table = _ExchangeApi(DLPackVersion(*version), None, None, _CALLBACKS[0], None,
+                         _CALLBACKS[1], None)
+    _TABLES.append(table)
+    return _api.PyCapsule_New(ctypes.addressof(table),
+                              ctypes.cast(_EXCHANGE_API_NAME, ctypes.c_char_p), _DESTRUCTOR(0))
 
 
 class ExchangeProducer:
@@ -215,9 +223,7 @@ class ExchangeProducer:
     `Producer` (keyword arguments as there: flags=READ_ONLY, ...); its
     `__dlpack__` is the same producer's, for the Python route."""
 
-    __dlpack_c_exchange_api__ = _api.PyCapsule_New(
-        ctypes.addressof(_EXCHANGE_API), ctypes.cast(_EXCHANGE_API_NAME, ctypes.c_char_p),
-        _DESTRUCTOR(0))
+    __dlpack_c_exchange_api__ = exchange_api_capsule()
 
     def __init__(self, array: np.ndarray, **overrides):
         self.producer = Producer(array, **overrides)

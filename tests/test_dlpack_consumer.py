@@ -3,7 +3,13 @@
 
 import numpy as np
 import pytest
-from dlpack_producer import READ_ONLY, ExchangeProducer, Producer, capsule_name
+from dlpack_producer import (
+    READ_ONLY,
+    ExchangeProducer,
+    Producer,
+    capsule_name,
+    exchange_api_capsule,
+)
 from helpers import OnlyDLPack, data_address
 
 import tensorbridge as tb
@@ -102,6 +108,24 @@ def test_an_exchange_api_producer_is_viewed_in_c_with_its_flags(path, flags, col
     del a
     collect_garbage()
     assert p.producer.deleted == 1  # exactly once, when the view died
+
+
+@pytest.mark.parametrize("version", [(1, 1), (0, 9), (2, 3)], ids=str)
+def test_an_exchange_table_of_another_layout_is_not_called(version, collect_garbage):
+    # The table's layout is DLPack 1.2's and later 1.x's; an older minor (a
+    # pre-standard table) or another major version may hold other slots:
+    # the producer is read through its __dlpack__ capsule instead.
+    class OtherTable(ExchangeProducer):
+        __dlpack_c_exchange_api__ = exchange_api_capsule(version)
+
+    x = np.arange(6.0)
+    p = OtherTable(x)
+    a = tb.to_numpy(p)
+    np.testing.assert_array_equal(a, x)
+    assert p.producer.requests == [{"max_version": (1, 3)}]  # the capsule route
+    current = ExchangeProducer(x)
+    np.testing.assert_array_equal(tb.to_numpy(current), x)
+    assert current.producer.requests == []  # the table read in C
 
 
 def test_null_strides_mean_row_major():
