@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "collect.h"
 #include "cuda_driver.h"
 #include "dlpack_import.h"
 #include "exchange.h"
@@ -293,6 +294,48 @@ PYBIND11_MODULE(_core, m) {
       .def_buffer([](tb::BufferView& v) {
         return py::buffer_info(v.data, 1, "B", 1, {static_cast<py::ssize_t>(v.size)}, {1}, false);
       });
+  m.def(
+      "gather_host",
+      [](py::handle iterator, py::object destination, Py_ssize_t rows, Py_ssize_t index,
+         py::object trailing, py::object dtype, py::object hints, Py_ssize_t expected_rows) {
+        tb::GatherDestination where;
+        if (py::isinstance<tb::GrowableBuffer>(destination)) {
+          where.buffer = destination.cast<tb::GrowableBuffer*>();
+        } else if (PyArray_Check(destination.ptr()) &&
+                   PyArray_IS_C_CONTIGUOUS(reinterpret_cast<PyArrayObject*>(destination.ptr()))) {
+          where.out = reinterpret_cast<PyArrayObject*>(destination.ptr());
+        } else {
+          throw py::type_error("gather_host: a GrowableBuffer or a C-contiguous array");
+        }
+        tb::GatherState state;
+        state.rows = rows;
+        state.index = index;
+        state.expected_rows = expected_rows;
+        state.hints = hints.is_none() ? nullptr : py::list(hints).release().ptr();
+        py::object hints_held = py::reinterpret_steal<py::object>(state.hints);
+        if (!trailing.is_none()) {
+          state.trailing = trailing.cast<std::vector<int64_t>>();
+          if (PyArray_DescrConverter(dtype.ptr(), &state.descr) == 0) {
+            throw py::error_already_set();
+          }
+          state.has_layout = true;
+        }
+        bool exhausted = false;
+        PyObject* leftover = tb::gather_host(iterator.ptr(), where, &state, &exhausted);
+        if (leftover == nullptr) throw py::error_already_set();
+        py::object layout_trailing = py::none(), layout_dtype = py::none();
+        if (state.has_layout) {
+          layout_trailing = py::tuple(py::cast(state.trailing));
+          layout_dtype =
+              py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(state.descr));
+        }
+        return py::make_tuple(state.rows, state.index, layout_trailing, layout_dtype, exhausted,
+                              py::reinterpret_steal<py::object>(leftover));
+      },
+      py::arg("iterator"), py::arg("destination"), py::arg("rows"), py::arg("index"),
+      py::arg("trailing"), py::arg("dtype"), py::arg("hints"), py::arg("expected_rows"),
+      "collect's host path (csrc/collect.h): (rows, index, trailing, dtype, exhausted, "
+      "the first batch not taken).");
   m.def(
       "host_copy",
       [](const py::buffer& dst, const py::buffer& src) {

@@ -1,6 +1,6 @@
 // GrowableBuffer: host memory that grows in place, for `collect`.
 //
-// Up to kHeapLimit the memory comes from malloc/realloc: small results reuse
+// Up to kHeapLimit (1 MiB) the memory comes from malloc/realloc: small results reuse
 // memory the allocator already has, with no page faults. Beyond, it is an
 // anonymous mapping grown with mremap, which moves page tables, never bytes:
 // growing costs no copy and no second buffer, so peak memory stays at what was

@@ -345,5 +345,6 @@ void set_fallback(PyObject* fallback) {
 
 void set_fast_path(bool enabled) { g_fast_path = enabled; }
 void set_exchange_api(bool enabled) { g_exchange_api = enabled; }
+bool exchange_api_enabled() { return g_exchange_api; }
 
 }  // namespace tensorbridge

@@ -34,6 +34,8 @@ void set_fallback(PyObject* fallback);
 // matrix in each mode.
 void set_fast_path(bool enabled);
 void set_exchange_api(bool enabled);
+// Whether torch tensors are read through the C exchange API (collect's host path too).
+bool exchange_api_enabled();
 
 extern const char* const kToNumpyDoc;
 

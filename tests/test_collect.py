@@ -161,17 +161,59 @@ def test_the_last_freed_result_up_to_64_MiB_is_kept_for_the_next_one():
 
 
 def test_a_result_outgrowing_the_heap_into_a_smaller_kept_mapping_loses_nothing():
-    # A 7 MiB result that grew out of its 6 MiB heap block leaves a 7 MiB
-    # mapping behind. The next result's first 8 MiB batch fills a heap block;
-    # its second batch moves those 8 MiB into the kept mapping, which must
-    # grow before it is written.
-    first = tb.collect(iter([np.ones((6 << 15, 4)), np.ones((1 << 15, 4))]))  # 6 + 1 MiB
+    # A 1.25 MiB result that grew out of its 768 KiB heap block (the heap
+    # holds at most 1 MiB) leaves a 1.25 MiB mapping behind. The next
+    # result's first 1 MiB batch fills a heap block; its second batch moves
+    # that 1 MiB into the kept mapping, which must grow before it is written.
+    first = tb.collect(iter([np.ones((3 << 13, 4)), np.ones((1 << 14, 4))]))  # 768 + 512 KiB
     del first
-    parts = [np.random.default_rng(i).standard_normal((1 << 18, 4)) for i in range(3)]  # 8 MiB
+    parts = [np.random.default_rng(i).standard_normal((1 << 15, 4)) for i in range(3)]  # 1 MiB
     np.testing.assert_array_equal(tb.collect(iter(parts)), np.concatenate(parts))
 
 
-def test_lists_of_small_host_batches_take_one_concatenate_and_still_check_everything():
+@pytest.mark.parametrize("make", [lambda: torch.randn(10, 3), lambda: np.ones((10, 3)),
+                                  lambda: torch.randn(10, 3).bfloat16()],
+                         ids=["tensor", "array", "bfloat16"])
+def test_one_tensor_or_array_instead_of_batches_is_refused(make):
+    # np.concatenate(list(t)) would take each row as a batch: almost always a
+    # mistake, so collect says what to pass instead.
+    x = make()
+    with pytest.raises(TypeError, match=rf"^collect: batches is one {type(x).__name__} of shape "
+                                        r"\(10, 3\), not an iterable of batches; pass a list or a "
+                                        r"generator of batches .*\[batches\].*to_numpy"):
+        tb.collect(x)
+    np.testing.assert_array_equal(tb.collect([x]), tb.to_numpy(x))
+
+
+@pytest.mark.parametrize("kind", ["list", "generator"])
+def test_host_batches_are_taken_by_the_native_loop(kind, path, monkeypatch):
+    # NumPy arrays and plain CPU tensors (through the exchange API) never
+    # reach the Python writer's per-batch code; anything else does, in order.
+    from tensorbridge import _collect
+
+    seen = []
+    add = _collect._Writer.add
+    monkeypatch.setattr(_collect._Writer, "add",
+                        lambda self, index, batch: (seen.append(index), add(self, index, batch)))
+    host = [np.full((2, 3), i, np.float32) for i in range(6)]
+    parts = host[:2] + [torch.from_numpy(h) for h in host[2:4]] + [
+        torch.from_numpy(host[4]).t().contiguous().t(),  # strided: the Python writer's
+        host[5]]
+    result = tb.collect(parts if kind == "list" else iter(parts))
+    np.testing.assert_array_equal(result, np.concatenate(host))
+    # with the exchange API off, the tensors are the Python writer's too
+    assert seen == ([2, 3, 4] if path == "python" or path == "numpy-method" else [4])
+
+
+def test_large_tensor_batches_are_copied_whole_without_the_gil():
+    parts = [torch.randn(1 << 16, 8, dtype=torch.float64) for _ in range(3)]  # 4 MiB each
+    np.testing.assert_array_equal(tb.collect(iter(parts)), torch.cat(parts).numpy())
+    out = np.empty((3 << 16, 8))
+    assert tb.collect(parts, out=out) is out
+    np.testing.assert_array_equal(out, torch.cat(parts).numpy())
+
+
+def test_lists_of_small_host_batches_are_gathered_and_still_checked():
     parts = [np.full((1, 3), i, np.float32) for i in range(1000)]
     mixed = parts[:500] + [torch.from_numpy(p) for p in parts[500:]]
     np.testing.assert_array_equal(tb.collect(mixed), np.concatenate(parts))

@@ -3,12 +3,13 @@ slice, without a list of batches and without ``np.concatenate``.
 
 With no ``out=``, the result lives in a GrowableBuffer that grows in place
 (mremap moves page tables, not bytes), so peak memory stays at the result's
-size plus one batch. Small GPU batches are packed: up to ``_PACK_COUNT`` of
-them become one submission of the engine and one event. Two sequences skip
-the per-batch work: a list or tuple of small host batches (NumPy arrays,
-plain CPU tensors) is one ``np.concatenate`` into the result, and one of
-small plain CUDA tensors (torch's, read through the DLPack C exchange API)
-is described in C and copied in those packed submissions.
+size plus one batch. Host batches (NumPy arrays, plain CPU tensors) are taken
+by the native core's loop (``_core.gather_host``, csrc/collect.h): no Python
+call per batch. Small GPU batches are packed: up to ``_PACK_COUNT`` of them
+become one submission of the engine and one event; a sequence of small plain
+CUDA tensors (torch's, read through the DLPack C exchange API) is described
+in C and copied in those packed submissions. Every other batch, and every
+error, is this module's.
 """
 
 from __future__ import annotations
@@ -80,25 +81,20 @@ def collect(batches: Iterable[Any], *, out: np.ndarray | None = None) -> np.ndar
         raise TypeError(f"collect: out must be a numpy.ndarray, got {type(out).__name__}")
     if out is not None and not out.flags.writeable:
         raise ValueError("collect: out is read-only; pass a writeable array")
+    if isinstance(batches, np.ndarray) or _torch.is_tensor(batches) or hasattr(
+            type(batches), "__dlpack__"):
+        shape = tuple(getattr(batches, "shape", ()))
+        raise TypeError(
+            f"collect: batches is one {type(batches).__name__} of shape {shape}, not an "
+            "iterable of batches; pass a list or a generator of batches (for this one, "
+            "[batches]), or call tensorbridge.to_numpy on it for the array itself")
     if isinstance(batches, (list, tuple)):
-        gathered = _gather_small_host_batches(batches, out)
-        if gathered is None:
-            gathered = _gather_small_device_batches(batches, out)
+        gathered = _gather_small_device_batches(batches, out)
         if gathered is not None:
             return gathered
     # A sequence tells its size up front: one allocation instead of growing.
     writer = _Writer(out, _row_hints(batches) if isinstance(batches, (list, tuple)) else None)
-    index = 0
-    while True:
-        # No reference to a batch outlives its write: the producer may free
-        # it before making the next one.
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            break
-        writer.add(index, batch)
-        del batch
-        index += 1
+    writer.consume(iterator)
     return writer.finish()
 
 
@@ -137,48 +133,6 @@ def _gather_small_device_batches(batches, out):
         interruptible(partial(_core.copy_many_to_host, device, sources[start:start + _PACK_COUNT],
                               stream, target, offsets[start:start + _PACK_COUNT]), batches, out)
     return out
-
-
-def _gather_small_host_batches(batches, out):
-    """A sequence of small NumPy arrays or plain CPU tensors, copied by one
-    ``np.concatenate`` straight into the result (which also checks them).
-    None (nothing done) for any other sequence, for batches that do not fit
-    together (the general path then says which, and why), and for large
-    batches, which the general path copies on several threads."""
-    if all(type(batch) is np.ndarray for batch in batches):
-        arrays = batches
-    else:
-        arrays = []
-        for batch in batches:
-            if type(batch) is not np.ndarray:
-                if not _torch.is_tensor(batch):
-                    return None
-                # None unless a plain CPU view, read without Tensor.numpy()
-                # (which would leave the batch unresizable): no copies.
-                batch = _core.route(batch, numpy_method=False).view
-                if batch is None:
-                    return None
-            arrays.append(batch)
-    if not arrays or arrays[0].ndim == 0:
-        return None
-    trailing, dtype = arrays[0].shape[1:], arrays[0].dtype
-    try:
-        rows = sum(map(len, arrays))
-    except TypeError:  # a 0-d batch
-        return None
-    if rows * math.prod(trailing) * dtype.itemsize >= len(arrays) * _THREADED_COPY_BYTES:
-        return None
-    if out is None:
-        result = _new_result(rows, trailing, dtype)
-    elif out.shape == (rows, *trailing) and out.dtype == dtype:
-        result = out
-    else:
-        return None
-    try:
-        np.concatenate(arrays, out=result, casting="no")
-    except (ValueError, TypeError):  # trailing shapes or dtypes differ
-        return None
-    return result
 
 
 def _new_result(rows, trailing, dtype, buffer=None):
@@ -222,7 +176,8 @@ class _Writer:
         self.out = out
         self.buffer = None if out is not None else _core.GrowableBuffer()
         # Every row of the result, written or to come: `out`, or an array over
-        # the buffer's capacity, made again only when the buffer grows.
+        # the buffer's capacity, made again only when needed after the buffer
+        # grew (no view of it may live while it grows: growth moves it).
         self.window = out
         self.capacity_rows = len(out) if out is not None else 0
         self.rows = 0
@@ -234,6 +189,34 @@ class _Writer:
         # sizes the result up front.
         self.row_hints = row_hints
         self.expected_rows = None if row_hints is None else sum(row_hints)
+
+    def consume(self, iterator):
+        """Every batch of `iterator`, in order: host batches in the native
+        core's loop, each other one (the first it hands back) here."""
+        native = self.out is None or self.out.flags.c_contiguous
+        index = 0
+        while True:
+            if native:
+                if self.buffer is not None:
+                    self.window = None
+                self.rows, index, trailing, dtype, exhausted, batch = _core.gather_host(
+                    iterator, self.buffer if self.out is None else self.out, self.rows, index,
+                    self.trailing, self.dtype, self.row_hints,
+                    self.expected_rows if 0 <= (self.expected_rows or -1) <= sys.maxsize else -1)
+                if self.trailing is None and trailing is not None:
+                    self._set_layout(trailing, dtype)
+                if exhausted:
+                    return
+            else:
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    return
+            # No reference to a batch outlives its write: the producer may
+            # free it before making the next one.
+            self.add(index, batch)
+            del batch
+            index += 1
 
     # -- one batch -----------------------------------------------------------------
 
@@ -277,13 +260,16 @@ class _Writer:
             self._flush()
             source.copy_into(self.window[first_row:first_row + rows])
 
+    def _set_layout(self, trailing, dtype):
+        self.trailing, self.dtype = tuple(trailing), dtype
+        self.row_bytes = math.prod(self.trailing) * dtype.itemsize
+
     def _check(self, index, shape, dtype):
         if len(shape) == 0:
             raise ValueError(f"collect: batch {index} is 0-d; every batch needs a leading "
                              "(row) dimension, e.g. x[None] for a single row")
         if self.trailing is None:
-            self.trailing, self.dtype = tuple(shape[1:]), dtype
-            self.row_bytes = math.prod(self.trailing) * dtype.itemsize
+            self._set_layout(shape[1:], dtype)
             if self.out is not None:
                 self._check_out()
             return
@@ -301,7 +287,13 @@ class _Writer:
                              f"{self.dtype}; pass a matching array")
 
     def _make_room(self, rows):
+        if self.buffer is not None and self.row_bytes:
+            # the native loop may have grown the buffer since the window was made
+            self.capacity_rows = max(self.capacity_rows, self.buffer.capacity // self.row_bytes)
         if rows <= self.capacity_rows:
+            if self.window is None and self.row_bytes:
+                self.window = _rows_over(self.buffer, self.capacity_rows, self.trailing,
+                                         self.dtype)
             return
         if self.out is not None:
             raise ValueError(f"collect: out has {len(self.out)} rows, but the batches bring "
@@ -357,6 +349,7 @@ class _Writer:
         self.pending = []
         start = min(row for group in by_device.values() for row, _ in group)
         end = max(row + s.shape[0] for group in by_device.values() for row, s in group)
+        self._make_room(end)  # the window again, if the native loop dropped it
         region = self.window[start:end]
         # A non-contiguous out= receives the rows through a contiguous staging array.
         staging = region if region.flags.c_contiguous else np.empty(region.shape, region.dtype)
