@@ -18,6 +18,7 @@
 #include "pinned_pool.h"
 #include "to_numpy.h"
 #include "torch_dtypes.h"
+#include "torch_probe.h"
 #include "transfer.h"
 
 namespace py = pybind11;
@@ -136,8 +137,16 @@ PYBIND11_MODULE(_core, m) {
     m.attr("CPU_READABLE_DEVICES") = py::frozenset(readable);
     m.attr("CUDA_DEVICE_TYPES") = py::frozenset(cuda);
     m.attr("DLPACK_MAX_VERSION") = py::make_tuple(dl::kMajorVersion, dl::kMinorVersion);
+    m.attr("NUMPY_MAXDIMS") = tb::numpy_max_dims();
   }
   m.def("set_fallback", [](py::object fallback) { tb::set_fallback(fallback.ptr()); });
+  m.def(
+      "exchange_api_usable",
+      [](py::type type) {
+        return tb::lookup_type(reinterpret_cast<PyTypeObject*>(type.ptr())).api != nullptr;
+      },
+      py::arg("type"),
+      "Whether the native core reads instances of `type` through its exchange API.");
   m.def("set_fast_path", &tb::set_fast_path, py::arg("enabled"));
   m.def("set_exchange_api", &tb::set_exchange_api, py::arg("enabled"));
 

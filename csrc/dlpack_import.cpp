@@ -109,9 +109,9 @@ std::string extent_violation(const DLTensor& t, bool empty) {
 }  // namespace
 
 std::string contract_violation(const DLTensor& t) {
-  if (t.ndim < 0 || t.ndim > NPY_MAXDIMS) {
-    return "ndim=" + std::to_string(t.ndim) + " is outside [0, " + std::to_string(NPY_MAXDIMS) +
-           "]";
+  if (t.ndim < 0 || t.ndim > numpy_max_dims()) {
+    return "ndim=" + std::to_string(t.ndim) + " is outside [0, " +
+           std::to_string(numpy_max_dims()) + "]";
   }
   if (t.ndim > 0 && t.shape == nullptr) return "shape is NULL with ndim=" + std::to_string(t.ndim);
   bool empty = false;

@@ -16,3 +16,11 @@
 #define NO_IMPORT_ARRAY
 #endif
 #include <numpy/arrayobject.h>
+
+// The most dimensions an array of the NumPy running here has: NPY_MAXDIMS of
+// the NumPy 2 headers we build with, 32 on NumPy 1.x.
+namespace tensorbridge {
+inline int numpy_max_dims() {
+  return PyArray_RUNTIME_VERSION >= NPY_2_0_API_VERSION ? NPY_MAXDIMS : 32;
+}
+}  // namespace tensorbridge

@@ -1,7 +1,5 @@
 #include "to_numpy.h"
 
-#include <vector>
-
 #include "dlpack.h"
 #include "exchange.h"
 #include "python_helpers.h"
@@ -15,88 +13,74 @@ using namespace dlpack;
 PyObject* g_fallback = nullptr;  // strong reference, set once at import
 bool g_fast_path = true;
 bool g_exchange_api = true;
-PyTypeObject* g_route_type = nullptr;
+PyTypeObject* g_found_type = nullptr;
 PyTypeObject* g_memory_type = nullptr;
 
 // What the arguments ask of the routes finished in C: `x` alone, or with
 // copy=None, True or False, out=None and stream=None or any stream (streams
 // do not apply to CPU memory; a device copy with a stream is left to Python).
-// out=, and arguments to_numpy does not take, go to Python before anything
-// of `x` is asked: out= is checked there first, wrong arguments raise.
-enum class Request { kPython, kView, kCopy };
-
+// out= goes to Python before anything of `x` is asked: it is checked there
+// first.
 struct Arguments {
-  PyObject* x = nullptr;  // borrowed; nullptr when not given or when the arguments are wrong
-  Request request = Request::kView;
-  bool copy_forbidden = false;  // copy=False
-  bool stream_given = false;
-  bool view_returned = true;  // neither copy=True nor out=: a view is returned as is
-  bool out_given = false;
+  PyObject* x = nullptr;  // borrowed, as the rest
+  PyObject* copy = Py_None;
+  PyObject* out = Py_None;
+  PyObject* stream = Py_None;
+  bool x_by_keyword = false;  // to_numpy(x=t): the same input, through Python
 };
 
-Arguments parse(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
-  Arguments parsed;
+// Parses to_numpy's arguments, raising what Python raises for a def of this
+// signature (and for a `copy` other than None or a bool); false then.
+bool parse(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames, Arguments* parsed) {
   const Py_ssize_t positional = PyVectorcall_NARGS(nargs);
-  bool wrong = positional > 1;
-  if (positional == 1) parsed.x = args[0];
+  if (positional > 1) {
+    PyErr_Format(PyExc_TypeError, "to_numpy() takes 1 positional argument but %zd were given",
+                 positional);
+    return false;
+  }
+  if (positional == 1) parsed->x = args[0];
   const Py_ssize_t count = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
   for (Py_ssize_t i = 0; i < count; ++i) {
     PyObject* name = PyTuple_GET_ITEM(kwnames, i);
     PyObject* value = args[positional + i];
     if (PyUnicode_CompareWithASCIIString(name, "copy") == 0) {
-      if (value == Py_True) {
-        parsed.view_returned = false;
-        if (parsed.request == Request::kView) parsed.request = Request::kCopy;
-      } else if (value == Py_False) {
-        parsed.copy_forbidden = true;
-      } else if (value != Py_None) {
-        wrong = true;
-      }
+      parsed->copy = value;
     } else if (PyUnicode_CompareWithASCIIString(name, "out") == 0) {
-      if (value != Py_None) {
-        parsed.view_returned = false;
-        parsed.request = Request::kPython;
-        parsed.out_given = true;
-      }
+      parsed->out = value;
     } else if (PyUnicode_CompareWithASCIIString(name, "stream") == 0) {
-      parsed.stream_given = value != Py_None;
-    } else if (PyUnicode_CompareWithASCIIString(name, "x") == 0 && parsed.x == nullptr) {
-      parsed.x = value;  // to_numpy(x=t): the same input, through Python
-      parsed.request = Request::kPython;
+      parsed->stream = value;
+    } else if (PyUnicode_CompareWithASCIIString(name, "x") == 0) {
+      if (parsed->x != nullptr) {
+        PyErr_SetString(PyExc_TypeError, "to_numpy() got multiple values for argument 'x'");
+        return false;
+      }
+      parsed->x = value;
+      parsed->x_by_keyword = true;
     } else {
-      wrong = true;
+      PyErr_Format(PyExc_TypeError, "to_numpy() got an unexpected keyword argument '%U'", name);
+      return false;
     }
   }
-  if (wrong || parsed.x == nullptr) {
-    parsed.x = nullptr;
-    parsed.request = Request::kPython;
+  if (parsed->x == nullptr) {
+    PyErr_SetString(PyExc_TypeError, "to_numpy() missing 1 required positional argument: 'x'");
+    return false;
   }
-  return parsed;
+  if (parsed->copy != Py_None && parsed->copy != Py_True && parsed->copy != Py_False) {
+    PyErr_Format(PyExc_TypeError, "to_numpy: copy must be None, True or False, got %R",
+                 parsed->copy);
+    return false;
+  }
+  return true;
 }
 
-enum class Kind {
-  kView,     // host memory NumPy views as is (a NumPy array, a CPU tensor)
-  kDevice,   // compact CUDA memory of an exchange-API producer: one plain copy
-  kTorch,    // a torch tensor that needs a torch operation (or a DLPack read) first
-  kDLPack,   // another DLPack producer
-  kArray,    // an object with __array__
-  kBuffer,   // an object with the buffer protocol
-  kUnknown,  // nothing to_numpy takes
-};
-
-PyObject* kind_name(Kind kind) {
-  static PyObject* names[] = {intern("view"),  intern("device"), intern("torch"),  intern("dlpack"),
-                              intern("array"), intern("buffer"), intern("unknown")};
-  return names[static_cast<int>(kind)];
-}
-
-// What classifying `x` found (the C side of a route). Owns its references.
+// What classifying `x` found. Owns its references.
 struct Found {
-  Kind kind = Kind::kUnknown;
+  Route route = Route::kUnknown;
   TypeInfo info;
-  PyObject* view = nullptr;  // kView
-  DLTensor tensor{};         // kDevice: as the exchange API reported it
-  DeviceTensor device;       // kDevice
+  PyObject* view = nullptr;  // Route::kView
+  DLTensor tensor{};         // Route::kDevice: as the exchange API reported it
+  DeviceTensor device;       // Route::kDevice
+  TorchFacts facts;          // a torch tensor's, when not viewed
 
   Found() = default;
   Found(const Found&) = delete;
@@ -104,6 +88,8 @@ struct Found {
   ~Found() {
     Py_XDECREF(view);
     Py_XDECREF(device.descr);
+    Py_XDECREF(facts.device_type);
+    Py_XDECREF(facts.reason);
   }
 };
 
@@ -111,40 +97,65 @@ bool type_has(PyObject* x, const char* name) {
   return PyObject_HasAttrString(reinterpret_cast<PyObject*>(Py_TYPE(x)), name) == 1;
 }
 
-// The one classification of an input. Raises nothing: a question that
-// fails only means the route that needed its answer is not taken.
-void classify(PyObject* x, bool numpy_method, Found* found) {
+bool device_is(const TorchFacts& facts, const char* name) {
+  return PyUnicode_CompareWithASCIIString(facts.device_type, name) == 0;
+}
+
+// A torch tensor's route, from what it says of itself.
+Route torch_route(const TorchFacts& facts) {
+  if (device_is(facts, "meta")) return Route::kTorchMeta;
+  switch (facts.why) {
+    case Why::kNothing: return Route::kTorchPlain;
+    case Why::kDispatch: return Route::kTorchDispatch;
+    case Why::kZeros: return Route::kTorchZeros;
+    default: return device_is(facts, "cuda") ? Route::kTorchCuda : Route::kTorchCopy;
+  }
+}
+
+// The one classification of an input. Raises only what a torch tensor's own
+// answers raise (false then); any other question that fails only means the
+// route that needed its answer is not taken. A route that needs more than
+// the view or the memory (torch's) is found only when `facts_wanted`: the
+// fast path never needs it.
+bool classify(PyObject* x, bool numpy_method, bool facts_wanted, Found* found) {
   if (PyArray_Check(x)) {  // subclasses included, returned as they are
     Py_INCREF(x);
     found->view = x;
-    found->kind = Kind::kView;
-    return;
+    found->route = Route::kView;
+    return true;
   }
   found->info = lookup_type(Py_TYPE(x));
   if (found->info.api != nullptr && g_exchange_api) {
     if (read_exchanged(x, found->info, &found->tensor)) {
       found->view = view_exchanged(x, found->info, found->tensor);
       if (found->view != nullptr) {
-        found->kind = Kind::kView;
-        return;
+        found->route = Route::kView;
+        return true;
       }
       if (device_tensor_of(found->tensor, *found->info.api, &found->device)) {
-        found->kind = Kind::kDevice;
-        return;
+        found->route = Route::kDevice;
+        return true;
       }
     }
   } else if (numpy_method) {
     found->view = numpy_method_view(x, found->info);
     if (found->view != nullptr) {
-      found->kind = Kind::kView;
-      return;
+      found->route = Route::kView;
+      return true;
     }
   }
-  found->kind = found->info.torch != TorchKind::kNotTorch ? Kind::kTorch
-                : type_has(x, "__dlpack__")               ? Kind::kDLPack
-                : type_has(x, "__array__")                ? Kind::kArray
-                : PyObject_CheckBuffer(x)                 ? Kind::kBuffer
-                                                          : Kind::kUnknown;
+  if (found->info.torch != TorchKind::kNotTorch) {
+    found->route = Route::kTorchCopy;  // settled below, when wanted
+    if (!facts_wanted) return true;
+    if (!torch_facts(x, found->info, &found->facts)) return false;
+    found->route = torch_route(found->facts);
+    return true;
+  }
+  found->route = type_has(x, "__dlpack__")  ? Route::kDLPack
+                 : type_has(x, "__array__") ? Route::kArray
+                 : PyObject_CheckBuffer(x)  ? Route::kBuffer
+                                            : Route::kUnknown;
+  return true;
 }
 
 PyObject* cuda_memory(const Found& found) {
@@ -172,71 +183,62 @@ PyObject* cuda_memory(const Found& found) {
   return memory;
 }
 
-// The Route a Python caller receives. New reference; nullptr with an error set.
-PyObject* python_route(PyObject* x, Found& found) {
-  TorchFacts facts;
-  if (found.info.torch == TorchKind::kNotTorch || found.kind == Kind::kView) {
-    // no torch facts: not a tensor, or one already viewed
-  } else if (found.kind == Kind::kDevice) {
-    // Read through the exchange API, so plain: only its device keeps NumPy from viewing it.
-    static PyObject* cuda = intern("cuda");
-    Py_INCREF(cuda);
-    facts.device_type = cuda;
-    facts.why = "device";
-    facts.reason = PyUnicode_FromFormat("its memory is on cuda:%d", found.device.span.device);
-    if (facts.reason == nullptr) {
-      Py_DECREF(cuda);
+// What a Python caller receives of `found`, found of `x` (a _core.Found).
+// New reference; nullptr with an error set.
+PyObject* python_found(PyObject* x, Found& found) {
+  PyObject* memory = nullptr;
+  PyObject* device_type = found.facts.device_type;
+  PyObject* reason = found.facts.reason;
+  if (found.route == Route::kDevice) {
+    memory = cuda_memory(found);
+    if (memory == nullptr) return nullptr;
+    if (found.info.torch != TorchKind::kNotTorch) {  // read plain through the exchange API
+      static PyObject* cuda = intern("cuda");
+      device_type = cuda;
+      reason = PyUnicode_FromFormat("its memory is on cuda:%d", found.device.span.device);
+    } else {
+      reason = PyUnicode_FromFormat(
+          "this %s lives on DLPack device type %d, which the CPU "
+          "cannot read",
+          _PyType_Name(Py_TYPE(x)), static_cast<int>(found.tensor.device.device_type));
+    }
+    if (reason == nullptr) {
+      Py_DECREF(memory);
       return nullptr;
     }
-  } else if (!torch_facts(x, found.info, &facts)) {
-    return nullptr;
+  } else {
+    Py_XINCREF(reason);
   }
-  PyObject* memory =
-      found.kind == Kind::kDevice ? cuda_memory(found) : (Py_INCREF(Py_None), Py_None);
-  PyObject* route = memory == nullptr ? nullptr : PyStructSequence_New(g_route_type);
-  if (route == nullptr) {
+  PyObject* route = PyLong_FromLong(static_cast<long>(found.route));
+  PyObject* result = route == nullptr ? nullptr : PyStructSequence_New(g_found_type);
+  if (result == nullptr) {
+    Py_XDECREF(route);
     Py_XDECREF(memory);
-    Py_XDECREF(facts.device_type);
-    Py_XDECREF(facts.reason);
+    Py_XDECREF(reason);
     return nullptr;
   }
   auto or_none = [](PyObject* item) {
     return item != nullptr ? item : (Py_INCREF(Py_None), Py_None);
   };
-  PyObject* kind = kind_name(found.kind);
-  Py_INCREF(kind);
-  PyStructSequence_SetItem(route, 0, kind);
-  PyStructSequence_SetItem(route, 1, or_none(found.view));  // the reference moves to the route
+  Py_XINCREF(device_type);
+  PyStructSequence_SetItem(result, 0, route);
+  PyStructSequence_SetItem(result, 1, or_none(found.view));  // the reference moves over
   found.view = nullptr;
-  PyStructSequence_SetItem(route, 2, memory);
-  PyStructSequence_SetItem(route, 3, or_none(facts.device_type));
-  PyStructSequence_SetItem(
-      route, 4, facts.why != nullptr ? PyUnicode_InternFromString(facts.why) : or_none(nullptr));
-  PyStructSequence_SetItem(route, 5, or_none(facts.reason));
-  if (PyErr_Occurred()) Py_CLEAR(route);
-  return route;
+  PyStructSequence_SetItem(result, 2, or_none(memory));
+  PyStructSequence_SetItem(result, 3, or_none(device_type));
+  PyStructSequence_SetItem(result, 4, or_none(reason));
+  return result;
 }
 
-PyObject* call_fallback(PyObject* route, PyObject* const* args, Py_ssize_t nargs,
-                        PyObject* kwnames) {
+PyObject* call_fallback(PyObject* found, const Arguments& arguments) {
   if (g_fallback == nullptr) {
-    Py_DECREF(route);
+    Py_DECREF(found);
     PyErr_SetString(PyExc_RuntimeError, "to_numpy: tensorbridge was not initialised");
     return nullptr;
   }
-  const Py_ssize_t positional = PyVectorcall_NARGS(nargs);
-  const Py_ssize_t total = positional + (kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames));
-  PyObject* small[8];
-  std::vector<PyObject*> large;
-  PyObject** stack = small;
-  if (total + 1 > 8) {
-    large.resize(static_cast<size_t>(total + 1));
-    stack = large.data();
-  }
-  stack[0] = route;
-  for (Py_ssize_t i = 0; i < total; ++i) stack[i + 1] = args[i];
-  PyObject* result = PyObject_Vectorcall(g_fallback, stack, positional + 1, kwnames);
-  Py_DECREF(route);
+  PyObject* stack[] = {found, arguments.x, arguments.copy, arguments.out, arguments.stream};
+  PyObject* result = PyObject_Vectorcall(g_fallback, stack, 5, nullptr);
+  Py_DECREF(found);
   return result;
 }
 
@@ -244,8 +246,8 @@ PyObject* call_fallback(PyObject* route, PyObject* const* args, Py_ssize_t nargs
 
 PyObject* route(PyObject* x, bool numpy_method) {
   Found found;
-  classify(x, numpy_method, &found);
-  return python_route(x, found);
+  if (!classify(x, numpy_method, /*facts_wanted=*/true, &found)) return nullptr;
+  return python_found(x, found);
 }
 
 const char* const kToNumpyDoc =
@@ -285,44 +287,52 @@ const char* const kToNumpyDoc =
     ">>> tb.to_numpy(t.cuda())  # doctest: +SKIP\n";
 
 PyObject* to_numpy(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
-  const Arguments arguments = parse(args, nargs, kwnames);
-  if (arguments.x == nullptr || arguments.out_given)  // no route: Python checks first
-    return call_fallback((Py_INCREF(Py_None), Py_None), args, nargs, kwnames);
+  Arguments arguments;
+  if (!parse(args, nargs, kwnames, &arguments)) return nullptr;
+  if (arguments.out != Py_None) {  // Python checks out= before anything of `x` is asked
+    Py_INCREF(Py_None);
+    return call_fallback(Py_None, arguments);
+  }
+  const bool view_returned = arguments.copy != Py_True;
+  const bool fast = g_fast_path && !arguments.x_by_keyword;
   Found found;
-  classify(arguments.x, arguments.view_returned, &found);
-  if (g_fast_path && arguments.request != Request::kPython) {
-    if (found.kind == Kind::kView && arguments.request == Request::kView) {
+  if (!classify(arguments.x, view_returned, /*facts_wanted=*/!fast, &found)) return nullptr;
+  if (fast) {
+    if (found.route == Route::kView && view_returned) {
       PyObject* view = found.view;
       found.view = nullptr;
       return view;
     }
     // copy=True: memory NumPy owns, in the view's order (a subclass's own copy() in Python)
-    if (found.kind == Kind::kView && PyArray_CheckExact(found.view)) {
+    if (found.route == Route::kView && PyArray_CheckExact(found.view)) {
       return PyArray_NewCopy(reinterpret_cast<PyArrayObject*>(found.view), NPY_KEEPORDER);
     }
-    if (found.kind == Kind::kDevice && !arguments.copy_forbidden && !arguments.stream_given) {
+    if (found.route == Route::kDevice && arguments.copy != Py_False &&
+        arguments.stream == Py_None) {
       return copy_exchanged(found.tensor, found.device);  // memory NumPy owns, whatever `copy` says
     }
+    if (found.route == Route::kTorchCopy && found.facts.device_type == nullptr &&
+        !torch_facts(arguments.x, found.info, &found.facts)) {
+      return nullptr;
+    }
+    if (found.facts.device_type != nullptr) found.route = torch_route(found.facts);
   }
-  PyObject* described = python_route(arguments.x, found);
+  PyObject* described = python_found(arguments.x, found);
   if (described == nullptr) return nullptr;
-  return call_fallback(described, args, nargs, kwnames);
+  return call_fallback(described, arguments);
 }
 
 bool add_route_types(PyObject* module) {
-  static PyStructSequence_Field route_fields[] = {
-      {"kind", "'view', 'device', 'torch', 'dlpack', 'array', 'buffer' or 'unknown'"},
-      {"view", "for 'view': the NumPy array viewing the host memory"},
-      {"memory", "for 'device': the CudaMemory one plain copy reads"},
+  static PyStructSequence_Field found_fields[] = {
+      {"route", "the Route (an int; _core.ROUTES names them in order)"},
+      {"view", "for Route.VIEW: the NumPy array viewing the host memory"},
+      {"memory", "for Route.DEVICE: the CudaMemory one plain copy reads"},
       {"torch_device", "for a torch tensor not viewed: its device type ('cpu', 'cuda', 'meta')"},
-      {"why",
-       "for a torch tensor not viewed: why NumPy cannot view it ('dispatch', 'layout', "
-       "'zerotensor', 'device', 'conj', 'neg', 'widened'), or None"},
-      {"reason", "the explanation of `why`, for error messages"},
+      {"reason", "for a tensor not viewed: why NumPy cannot view it, for error messages"},
       {nullptr, nullptr}};
-  static PyStructSequence_Desc route_desc = {
-      "tensorbridge._core.Route", "How to_numpy reads an input, as classified by the native core.",
-      route_fields, 6};
+  static PyStructSequence_Desc found_desc = {
+      "tensorbridge._core.Found", "What to_numpy found of an input: its route, and what it needs.",
+      found_fields, 5};
   static PyStructSequence_Field memory_fields[] = {
       {"device", "the CUDA device ordinal"},
       {"stream", "the producer's current stream (CUstream handle)"},
@@ -333,9 +343,15 @@ bool add_route_types(PyObject* module) {
   static PyStructSequence_Desc memory_desc = {
       "tensorbridge._core.CudaMemory", "Compact CUDA memory that one plain copy reads whole.",
       memory_fields, 5};
-  g_route_type = add_struct_sequence(module, &route_desc);
-  g_memory_type = g_route_type == nullptr ? nullptr : add_struct_sequence(module, &memory_desc);
-  return g_memory_type != nullptr;
+  g_found_type = add_struct_sequence(module, &found_desc);
+  g_memory_type = g_found_type == nullptr ? nullptr : add_struct_sequence(module, &memory_desc);
+  if (g_memory_type == nullptr) return false;
+  PyObject* names = PyTuple_New(sizeof kRouteNames / sizeof kRouteNames[0]);
+  if (names == nullptr) return false;
+  for (size_t i = 0; i < sizeof kRouteNames / sizeof kRouteNames[0]; ++i) {
+    PyTuple_SET_ITEM(names, i, intern(kRouteNames[i]));
+  }
+  return PyModule_AddObject(module, "ROUTES", names) == 0 || (Py_DECREF(names), false);
 }
 
 void set_fallback(PyObject* fallback) {

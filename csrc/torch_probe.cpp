@@ -235,42 +235,44 @@ int ask_method(PyObject* x, PyObject* name) {
 bool find_reason(PyObject* x, const TypeInfo& info, PyObject* device, PyObject* layout,
                  PyObject* dtype, TorchFacts* facts) {
   static PyObject* zerotensor_name = intern("_is_zerotensor");
-  auto because = [facts](const char* why, PyObject* reason) {
+  auto because = [facts](Why why, PyObject* reason) {
     facts->why = why;
     facts->reason = reason;
     return reason != nullptr;
   };
   if (info.torch == TorchKind::kDispatch) {
-    return because("dispatch", PyUnicode_FromFormat("it is a %s, a tensor subclass with its own "
-                                                    "__torch_dispatch__, whose memory is not plain",
-                                                    short_name(Py_TYPE(x))));
+    return because(Why::kDispatch,
+                   PyUnicode_FromFormat("it is a %s, a tensor subclass with its own "
+                                        "__torch_dispatch__, whose memory is not plain",
+                                        short_name(Py_TYPE(x))));
   }
   if (layout != g_strided) {
-    return because("layout",
+    return because(Why::kLayout,
                    PyUnicode_FromFormat("its layout is %S (it must be densified)", layout));
   }
   const int zeros = ask_method(x, zerotensor_name);
   if (zeros != 0) {
     return zeros > 0 &&
-           because("zerotensor", PyUnicode_FromString("it is a ZeroTensor (zeros with no memory "
-                                                      "behind them)"));
+           because(Why::kZeros, PyUnicode_FromString("it is a ZeroTensor (zeros with no memory "
+                                                     "behind them)"));
   }
   if (PyUnicode_CompareWithASCIIString(facts->device_type, "cpu") != 0) {
-    return because("device", PyUnicode_FromFormat("its memory is on %S", device));
+    return because(Why::kDevice, PyUnicode_FromFormat("its memory is on %S", device));
   }
   const int conj = info.is_conj.ask(x);
   if (conj != 0) {
-    return conj > 0 && because("conj", PyUnicode_FromString("it has the conjugate bit set "
-                                                            "(x.resolve_conj() materialises it)"));
+    return conj > 0 &&
+           because(Why::kConj, PyUnicode_FromString("it has the conjugate bit set "
+                                                    "(x.resolve_conj() materialises it)"));
   }
   const int neg = info.is_neg.ask(x);
   if (neg != 0) {
-    return neg > 0 && because("neg", PyUnicode_FromString("it has the negative bit set "
-                                                          "(x.resolve_neg() materialises it)"));
+    return neg > 0 && because(Why::kNeg, PyUnicode_FromString("it has the negative bit set "
+                                                              "(x.resolve_neg() materialises it)"));
   }
   if (torch_dtype_kind(dtype) == DtypeKind::kWidened) {
-    return because("widened", PyUnicode_FromFormat(
-                                  "%S has no NumPy dtype and is widened to complex64", dtype));
+    return because(Why::kWidened, PyUnicode_FromFormat(
+                                      "%S has no NumPy dtype and is widened to complex64", dtype));
   }
   return true;
 }
@@ -303,7 +305,7 @@ bool torch_facts(PyObject* x, const TypeInfo& info, TorchFacts* facts) {
   if (!ok) {
     Py_CLEAR(facts->device_type);
     Py_CLEAR(facts->reason);
-    facts->why = nullptr;
+    facts->why = Why::kNothing;
   }
   return ok;
 }

@@ -60,12 +60,24 @@ bool torch_memory_is_plain(PyObject* x, const TypeInfo& info, const dlpack::DLTe
 // the storage unresizable for good: only for a view that is returned as is.
 PyObject* numpy_method_view(PyObject* x, const TypeInfo& info);
 
-// Why NumPy cannot view a torch tensor's values where they are, from the
-// tensor's own answers, in the order the fallback handles them.
+// Why NumPy cannot view a torch tensor's values where they are, the first
+// that applies in this order.
+enum class Why {
+  kNothing,   // its memory shows its values: NumPy can view it (on the CPU)
+  kDispatch,  // a subclass with its own __torch_dispatch__, whose memory is not plain
+  kLayout,    // not strided (sparse, MKL-DNN): it must be densified
+  kZeros,     // a ZeroTensor: zeros with no memory behind them
+  kDevice,    // its memory is not the CPU's
+  kConj,      // the conjugate bit is set
+  kNeg,       // the negative bit is set
+  kWidened,   // complex32: no NumPy dtype, widened to complex64
+};
+
+// What a torch tensor says of itself, from its own answers.
 struct TorchFacts {
   PyObject* device_type = nullptr;  // new reference: torch's device type ("cpu", "cuda", "meta")
-  const char* why = nullptr;        // nullptr: its memory shows its values, NumPy can view it
-  PyObject* reason = nullptr;       // new reference: the explanation, when `why` is set
+  Why why = Why::kNothing;
+  PyObject* reason = nullptr;  // new reference: the explanation of `why`, for error messages
 };
 
 // Fills `facts`; false with a Python error set (and nothing to release) when

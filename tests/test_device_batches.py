@@ -66,8 +66,10 @@ def test_the_route_describes_only_plain_compact_exchange_memory(standin):
     import torch
 
     plain = ExchangeDeviceArray(standin, values((3, 4)), device=1)
+    from tensorbridge._convert import Route
+
     route = _core.route(plain)
-    assert route.kind == "device" and route.torch_device is None
+    assert route.route == Route.DEVICE and route.torch_device is None
     assert tuple(route.memory) == (1, 0, plain.address, (3, 4), np.dtype(np.float32))
     assert (route.memory.device, route.memory.address) == (1, plain.address)
     strided = ExchangeDeviceArray(standin, values((3, 4)), shape=(3, 2), strides=(4, 2))

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _convert, _core, _device_memory, _torch
-from ._device_memory import as_bytes
+from . import _convert, _core, _torch
+from ._convert import TorchValues
+from ._device_memory import DeviceMemory, as_bytes
 from ._transfer import interruptible
 
 _PACK_BYTES = 64 << 10  # a batch at most this large waits to be packed with others
@@ -221,12 +222,11 @@ class _Writer:
     # -- one batch -----------------------------------------------------------------
 
     def add(self, index, batch):
-        source, array = None, batch
+        source = batch
         if type(batch) is not np.ndarray:
             try:
-                route = _core.route(batch, numpy_method=False)
-                source = _device_memory.of_route(route, batch)
-                array = _convert.view_to_copy(route, batch) if source is None else None
+                source = _convert.source_of(_core.route(batch, numpy_method=False), batch, None,
+                                            None, view_returned=False)
             except (TypeError, ValueError, BufferError) as error:
                 renamed = _convert.as_callers_error(error, f"collect: batch {index}")
                 if renamed is None:  # a producer's own type, with a note
@@ -234,8 +234,7 @@ class _Writer:
                         error.add_note(f"(raised by collect, reading batch {index})")
                     raise
                 raise renamed from error
-        described = array if source is None else source
-        shape, dtype = described.shape, described.dtype
+        shape, dtype = source.shape, source.dtype
         self._check(index, shape, dtype)
         rows = shape[0]
         hint = rows if self.row_hints is None or index >= len(self.row_hints) \
@@ -250,15 +249,16 @@ class _Writer:
         self.rows += rows
         if rows == 0 or self.row_bytes == 0:
             return  # nothing to copy
-        if source is None:
-            self._write_host(first_row, rows, array)
+        target = slice(first_row, first_row + rows)
+        if not isinstance(source, DeviceMemory):
+            self._write_host(target, source)
         elif source.nbytes <= _PACK_BYTES and source.strides is None:
             self.pending.append((first_row, source))
             if len(self.pending) >= _PACK_COUNT:
                 self._flush()
         else:
             self._flush()
-            source.copy_into(self.window[first_row:first_row + rows])
+            source.copy_into(self.window[target])
 
     def _set_layout(self, trailing, dtype):
         self.trailing, self.dtype = tuple(trailing), dtype
@@ -324,21 +324,27 @@ class _Writer:
                 f"collect: cannot hold {rows} rows of {self.row_bytes} bytes ({nbytes} bytes): "
                 f"{error}; collect fewer rows at once, or pass out=") from error
 
-    def _write_host(self, first_row, rows, array):
-        target = self.window[first_row:first_row + rows]
-        if self.out is not None and np.may_share_memory(target, array):
+    def _write_host(self, rows, source):
+        """Host memory (an array), or values torch writes, into `rows` of the result."""
+        target = self.window[rows]
+        if isinstance(source, TorchValues):
+            if self.out is None:  # our own buffer: nothing of it can be the batch's
+                source.into(target)
+                return
+            source = source.into()  # it may read out='s memory: written after, as below
+        if self.out is not None and np.may_share_memory(target, source):
             # A batch over out='s own memory gets what np.concatenate gives:
             # copied after every earlier batch (whose rows it may read), by
             # NumPy, which goes through a temporary where the two overlap.
             # The threaded copy's pieces would read rows others already wrote.
             self._flush()
-            target[...] = array
+            target[...] = source
             return
-        if (array.nbytes >= _THREADED_COPY_BYTES and array.flags.c_contiguous
+        if (source.nbytes >= _THREADED_COPY_BYTES and source.flags.c_contiguous
                 and target.flags.c_contiguous):
-            _core.host_copy(as_bytes(target), as_bytes(array))  # several threads
+            _core.host_copy(as_bytes(target), as_bytes(source))  # several threads
         else:
-            target[...] = array  # same shape and dtype: checked
+            target[...] = source  # same shape and dtype: checked
 
     def _flush(self):
         if not self.pending:

@@ -1,26 +1,32 @@
 """The routes of ``to_numpy`` that need Python.
 
-The native core (``csrc/to_numpy.cpp``) classifies every input once into a
-``_core.Route`` and finishes itself the routes that need no Python: a view of
-host memory, one copy of compact CUDA memory. Every other call reaches
-:func:`convert` with its route and the caller's arguments untouched: ``out=``,
-``copy=`` checks, torch tensors that need a torch operation first, other DLPack
-producers, array-likes, buffers, and every error. Each yields either a *view*,
-finished by ``_finish_view``, or is copied straight into NumPy-owned memory
-(one copy, never two).
+The native core (``csrc/to_numpy.cpp``) parses the arguments, classifies
+every input once into a :class:`Route` and finishes itself the routes that
+need no Python: a view of host memory, one copy of compact CUDA memory. Every
+other call reaches :func:`convert` with what it found (a ``_core.Found``) and
+the parsed arguments. :func:`source_of` is the one place that branches on the
+route: it says what `x` is read from (a NumPy array viewing host memory,
+``DeviceMemory`` the engine copies, or ``TorchValues`` torch writes) and
+raises the route's errors; ``to_numpy``, ``to_numpy_async`` and ``collect``
+then each finish that source their own way, with one copy at most.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import numpy as np
 
-from . import _core, _device_memory, _dlpack, _dtypes, _torch
+from . import _core, _dlpack, _dtypes, _torch
+from ._device_memory import DeviceMemory, copy_device_memory
 from ._out import check_out_array, check_out_matches
 from ._transfer import Transfer
 
-_MISSING = object()
+# The native core's closed set of routes (csrc/to_numpy.h), by name.
+Route = enum.IntEnum("Route", {name: value for value, name in enumerate(_core.ROUTES)})
+_TORCH_ROUTES = frozenset({Route.TORCH_PLAIN, Route.TORCH_CUDA, Route.TORCH_COPY,
+                           Route.TORCH_ZEROS, Route.TORCH_DISPATCH, Route.TORCH_META})
 
 
 def install() -> None:
@@ -28,27 +34,16 @@ def install() -> None:
     _core.set_fallback(convert)
 
 
-def convert(route, x=_MISSING, /, *extra, copy=None, out=None, stream=None, **unknown):
-    """``to_numpy(x, ...)`` for the routes the native core leaves to Python;
-    `route` is what it found of `x` (None when the arguments are wrong).
-    Callers use ``tensorbridge.to_numpy``, whose front door calls this."""
-    # Python's own wording, for the public signature to_numpy(x, *, copy, out, stream)
-    if "x" in unknown:
-        if x is not _MISSING:
-            raise TypeError("to_numpy() got multiple values for argument 'x'")
-        x = unknown.pop("x")
-    if unknown:
-        raise TypeError(f"to_numpy() got an unexpected keyword argument {next(iter(unknown))!r}")
-    if extra:
-        raise TypeError(f"to_numpy() takes 1 positional argument but {1 + len(extra)} were given")
-    if x is _MISSING:
-        raise TypeError("to_numpy() missing 1 required positional argument: 'x'")
-    if copy is not None and not isinstance(copy, bool):
-        raise TypeError(f"to_numpy: copy must be None, True or False, got {copy!r}")
-    _check_out(out, copy)
-    if route is None:  # the front door leaves out= and wrong arguments to be checked first
-        route = _core.route(x, numpy_method=not copy and out is None)
-    return _convert_route(route, x, copy, out, stream)
+def convert(found, x, copy, out, stream):
+    """``to_numpy(x, copy=copy, out=out, stream=stream)`` for the routes the
+    native core leaves to Python; `found` is what it found of `x` (None when
+    out= is given: out= is checked before anything of `x` is asked). Callers
+    use ``tensorbridge.to_numpy``, whose front door calls this."""
+    if found is None:
+        _check_out(out, copy)
+        found = _core.route(x, numpy_method=False)
+    return finish(source_of(found, x, copy, stream, view_returned=not copy and out is None),
+                  copy, out)
 
 
 def _check_out(out, copy) -> None:
@@ -65,26 +60,64 @@ def _check_out(out, copy) -> None:
     check_out_array(out)
 
 
-def _convert_route(route, x, copy, out, stream):
-    """`x` by its route, with arguments already checked."""
-    kind = route.kind
-    if kind == "view":
-        return _finish_view(route.view, copy, out)
-    if route.torch_device is not None:
-        return _from_tensor(route, x, copy, out, stream)
-    if kind in ("device", "dlpack"):
-        return _from_dlpack(route, x, copy, out, stream)
-    if kind == "array":
-        return _from_array_like(x, copy, out)
-    if kind == "buffer":
+def source_of(found, x, copy, stream, view_returned):
+    """What `x` is read from, by its route: a NumPy array viewing host memory,
+    ``DeviceMemory`` the engine copies, or ``TorchValues`` torch writes.
+    `view_returned`: the view is the caller's result as it is (only then may
+    a torch tensor be viewed through Tensor.numpy(), which leaves it
+    unresizable for good). Raises each route's errors, and BufferError for
+    copy=False where a copy is needed."""
+    route = Route(found.route)
+    if route is Route.VIEW:
+        return found.view
+    if route in _TORCH_ROUTES:
+        _refuse_tensors_without_an_array(x)
+        dtype = _dtypes.numpy_dtype(x.dtype)  # refuses dtypes NumPy cannot hold
+        if x.requires_grad:
+            x = x.detach()  # neither a view nor a copy may hold the autograd graph
+    if route in (Route.DEVICE, Route.TORCH_CUDA, Route.TORCH_COPY, Route.TORCH_ZEROS,
+                 Route.TORCH_DISPATCH) and copy is False:
+        raise copy_forbidden(found.reason if found.torch_device is None
+                             else f"{found.reason}, so NumPy cannot view it")
+    if route is Route.DEVICE:
+        if stream is None:
+            return DeviceMemory.described(found.memory, x)
+        if found.torch_device is not None:
+            return DeviceMemory.of_tensor(_torch.imported(), x, stream)
+        return DeviceMemory.of_dlpack(x, found.memory.device, stream)
+    if route is Route.TORCH_PLAIN:
+        return _view_cpu_tensor(x, dtype) if view_returned else _view_to_copy(x, dtype)
+    if route is Route.TORCH_CUDA:
+        return DeviceMemory.of_tensor(_torch.imported(), x, stream)
+    if route in (Route.TORCH_COPY, Route.TORCH_ZEROS, Route.TORCH_DISPATCH):
+        return TorchValues(x, dtype, route)
+    if route is Route.DLPACK:
+        return _from_dlpack(x, copy, stream)
+    if route is Route.ARRAY:
+        return _from_array_like(x, copy)
+    if route is Route.BUFFER:
         # The buffer itself, in its format, as memoryview(x) shows it: NumPy
         # would read bytes as a 0-d string, and copy them.
-        return _finish_view(np.asarray(memoryview(x)), copy, out)
+        return np.asarray(memoryview(x))
     raise TypeError(
         f"to_numpy: cannot convert an object of type {type(x).__name__!r}; pass a "
         "torch tensor, a NumPy array, or an object with __dlpack__, __array__ or the "
         "buffer protocol (for a Python sequence, call numpy.asarray on it first)"
     )
+
+
+def finish(source, copy, out):
+    """``to_numpy``'s result from `x`'s source: the view, or one copy."""
+    if isinstance(source, np.ndarray):
+        return _finish_view(source, copy, out)
+    if isinstance(source, DeviceMemory):
+        return copy_device_memory(source, out, asynchronous=False)
+    return source.into(out)
+
+
+def copy_forbidden(why: str) -> BufferError:
+    """The error for copy=False where a copy is needed, saying `why`."""
+    return BufferError(f"to_numpy: copy=False, but {why}; pass copy=None to allow the copy")
 
 
 def to_numpy_async(x: Any, *, out: np.ndarray | None = None, stream: Any = None) -> Transfer:
@@ -117,11 +150,11 @@ def to_numpy_async(x: Any, *, out: np.ndarray | None = None, stream: Any = None)
     (True, array([0, 1, 2]))
     """
     _check_out(out, None)
-    route = _core.route(x, numpy_method=out is None)
-    memory = _device_memory.of_route(route, x, stream)
-    if memory is not None:
-        return _device_memory.copy_device_memory(memory, out, asynchronous=True)
-    return Transfer.finished(_convert_route(route, x, None, out, stream))
+    source = source_of(_core.route(x, numpy_method=out is None), x, None, stream,
+                       view_returned=out is None)
+    if isinstance(source, DeviceMemory):
+        return copy_device_memory(source, out, asynchronous=True)
+    return Transfer.finished(finish(source, None, out))
 
 
 def as_callers_error(error: Exception, caller: str) -> Exception | None:
@@ -134,30 +167,12 @@ def as_callers_error(error: Exception, caller: str) -> Exception | None:
     return type(error)(f"{caller}: {str(error).removeprefix('to_numpy: ')}")
 
 
-def view_to_copy(route, x) -> np.ndarray:
-    """What ``to_numpy(x)`` gives, for a caller that only copies it
-    (collect), from `x`'s route taken with ``numpy_method=False``: a plain
-    CPU tensor is read without Tensor.numpy(), as for copy=True, so that it
-    stays resizable on torch < 2.10 too."""
-    if route.kind == "view":
-        return route.view
-    if route.torch_device == "cpu" and route.why is None:
-        _refuse_tensors_without_an_array(route, x)
-        t = x.detach() if x.requires_grad else x
-        return _view_to_copy(t, _dtypes.numpy_dtype(t.dtype))
-    return convert(route, x)
-
-
 # -- torch -------------------------------------------------------------------
 
 
-# The most dimensions a NumPy array has (NPY_MAXDIMS of the NumPy running).
-_NUMPY_MAXDIMS = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
-
-
-def _refuse_tensors_without_an_array(route, t) -> None:
+def _refuse_tensors_without_an_array(t) -> None:
     """The torch tensors no NumPy array can hold, each with its own error."""
-    if route.torch_device == "meta":
+    if t.is_meta:
         raise TypeError(
             "to_numpy: x is a meta tensor, which has shape and dtype but no data; "
             "materialise it first (for example with torch.empty_like(x, device='cpu'))"
@@ -181,48 +196,43 @@ def _refuse_tensors_without_an_array(route, t) -> None:
             "which has no memory of its own; convert the transform's inputs or results, "
             "outside it"
         )
-    if t.dim() > _NUMPY_MAXDIMS:
+    if t.dim() > _core.NUMPY_MAXDIMS:
         raise ValueError(
-            f"to_numpy: x has ndim={t.dim()}, outside [0, {_NUMPY_MAXDIMS}], the dimensions "
-            f"a NumPy array can have; reshape it to {_NUMPY_MAXDIMS} dimensions or fewer"
+            f"to_numpy: x has ndim={t.dim()}, outside [0, {_core.NUMPY_MAXDIMS}], the "
+            f"dimensions a NumPy array can have; reshape it to {_core.NUMPY_MAXDIMS} "
+            "dimensions or fewer"
         )
 
 
-def _from_tensor(route, t, copy, out, stream):
-    _refuse_tensors_without_an_array(route, t)
-    result_dtype = _dtypes.numpy_dtype(t.dtype)  # refuses dtypes NumPy cannot hold
-    if _device_memory.is_torch_device_copy(route):
-        if copy is False:
-            raise BufferError(f"to_numpy: copy=False, but {route.reason}, so NumPy "
-                              "cannot view it; pass copy=None to allow the copy")
-        memory = _device_memory.of_route(route, t, stream)
-        return _device_memory.copy_device_memory(memory, out, asynchronous=False)
-    if t.requires_grad:
-        t = t.detach()  # views must not hold the autograd graph
+class TorchValues:
+    """A tensor whose values torch itself writes to the host, in one pass:
+    conj/neg bits resolved, complex32 widened, sparse layouts densified, a
+    ZeroTensor's zeros, a dispatch subclass read through its own operations,
+    any device torch reads."""
 
-    if route.why is None:  # plain memory the native core did not view (copy=True, out=, ml_dtypes)
-        view = _view_to_copy(t, result_dtype) if copy or out is not None \
-            else _view_cpu_tensor(t, result_dtype)
-        return _finish_view(view, copy, out)
-    if copy is False:
-        raise BufferError(
-            f"to_numpy: copy=False, but {route.reason}, so NumPy cannot view it; "
-            "pass copy=None to allow the copy"
-        )
-    if out is None:
-        out = np.empty(tuple(t.shape), result_dtype)
-    else:
-        check_out_matches(out, tuple(t.shape), result_dtype)
-    try:
-        _copy_tensor_into(_torch.imported(), out, t, zeros=route.why == "zerotensor")
-    except Exception as error:
-        if route.why != "dispatch":
-            raise
-        raise TypeError(
-            f"to_numpy: cannot read the values of this {type(t).__name__} (a tensor subclass "
-            f"with its own __torch_dispatch__): {error}; convert it to a plain tensor first"
-        ) from error
-    return out
+    __slots__ = ("tensor", "shape", "dtype", "route")
+
+    def __init__(self, tensor, dtype: np.dtype, route: Route):
+        self.tensor, self.shape, self.dtype, self.route = tensor, tuple(tensor.shape), dtype, route
+
+    def into(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The values, in `out` (checked to fit) or a new array."""
+        if out is None:
+            out = np.empty(self.shape, self.dtype)
+        else:
+            check_out_matches(out, self.shape, self.dtype)
+        try:
+            _copy_tensor_into(_torch.imported(), out, self.tensor,
+                              zeros=self.route is Route.TORCH_ZEROS)
+        except Exception as error:
+            if self.route is not Route.TORCH_DISPATCH:
+                raise
+            raise TypeError(
+                f"to_numpy: cannot read the values of this {type(self.tensor).__name__} (a "
+                f"tensor subclass with its own __torch_dispatch__): {error}; convert it to a "
+                "plain tensor first"
+            ) from error
+        return out
 
 
 def _view_cpu_tensor(t, result_dtype: np.dtype) -> np.ndarray:
@@ -288,11 +298,8 @@ def _densify_into(torch, dense, t) -> None:
 # -- other producers -----------------------------------------------------------
 
 
-def _from_dlpack(route, x, copy, out, stream):
-    if route.kind == "device":  # compact CUDA memory, described by the native core
-        device_type, device_id = _dlpack.CUDA, route.memory.device
-    else:
-        device_type, device_id = _dlpack.device_of(x)
+def _from_dlpack(x, copy, stream):
+    device_type, device_id = _dlpack.device_of(x)
     if device_type in _dlpack.CPU_READABLE_DEVICES:
         # Held in a local, the capsule outlives an error raised while reading
         # it: its producer's destructor then never runs with an exception pending.
@@ -300,15 +307,12 @@ def _from_dlpack(route, x, copy, out, stream):
         view = _core.array_from_capsule(capsule)
         if _dlpack.is_immutable(x):
             view.flags.writeable = False  # writes would change an immutable array
-        return _finish_view(view, copy, out)
+        return view
     if copy is False:
-        raise BufferError(
-            f"to_numpy: copy=False, but this {type(x).__name__} lives on DLPack device "
-            f"type {device_type}, which the CPU cannot read; pass copy=None to allow the copy"
-        )
+        raise copy_forbidden(f"this {type(x).__name__} lives on DLPack device type "
+                             f"{device_type}, which the CPU cannot read")
     if device_type in _dlpack.CUDA_DEVICE_TYPES:
-        memory = _device_memory.of_producer(route, x, device_id, stream)
-        return _device_memory.copy_device_memory(memory, out, asynchronous=False)
+        return DeviceMemory.of_dlpack(x, device_id, stream)
     # Ask the producer itself for a host copy (DLPack >= 1.0 `dl_device`).
     try:
         capsule = x.__dlpack__(max_version=_dlpack.MAX_VERSION, dl_device=(1, 0), copy=True)
@@ -318,21 +322,17 @@ def _from_dlpack(route, x, copy, out, stream):
             f"{device_type} and its producer cannot copy it to the CPU ({error}); "
             "copy it to host memory with the producer's own API first"
         ) from error
-    return _finish_view(_core.array_from_capsule(capsule), copy, out)
+    return _core.array_from_capsule(capsule)
 
 
-def _from_array_like(x, copy, out):
+def _from_array_like(x, copy):
     if copy is False and np.lib.NumpyVersion(np.__version__) >= "2.0.0":
         try:
-            view = np.asarray(x, copy=False)
+            return np.asarray(x, copy=False)
         except ValueError as error:
-            raise BufferError(
-                f"to_numpy: copy=False, but this {type(x).__name__} can only be "
-                f"converted by copying ({error}); pass copy=None to allow the copy"
-            ) from error
-    else:
-        view = np.asarray(x)
-    return _finish_view(view, copy, out)
+            raise copy_forbidden(f"this {type(x).__name__} can only be converted by copying "
+                                 f"({error})") from error
+    return np.asarray(x)
 
 
 # -- results -----------------------------------------------------------------

@@ -1,6 +1,6 @@
 # Types of the native core (csrc/bindings.cpp), checked against the built module by
 # mypy.stubtest in tests/test_typing.py.
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Literal, TypedDict, final
 
 import numpy as np
@@ -9,8 +9,6 @@ from typing_extensions import Buffer
 
 # -- to_numpy's front door (csrc/to_numpy.cpp) ---------------------------------
 
-_RouteKind = Literal["view", "device", "torch", "dlpack", "array", "buffer", "unknown"]
-_Why = Literal["dispatch", "layout", "zerotensor", "device", "conj", "neg", "widened"]
 _Array = np.ndarray[Any, Any]
 
 # Struct sequences (named tuples made in C), typed as typeshed types os.stat_result.
@@ -29,19 +27,17 @@ class CudaMemory(structseq[Any], tuple[int, int, int, tuple[int, ...], np.dtype[
     def dtype(self) -> np.dtype[Any]: ...
 
 @final
-class Route(structseq[Any], tuple[_RouteKind, _Array | None, CudaMemory | None, str | None,
-                                  _Why | None, str | None]):
-    __match_args__: Final = ("kind", "view", "memory", "torch_device", "why", "reason")
+class Found(structseq[Any], tuple[int, _Array | None, CudaMemory | None, str | None,
+                                  str | None]):
+    __match_args__: Final = ("route", "view", "memory", "torch_device", "reason")
     @property
-    def kind(self) -> _RouteKind: ...
+    def route(self) -> int: ...
     @property
     def view(self) -> _Array | None: ...
     @property
     def memory(self) -> CudaMemory | None: ...
     @property
     def torch_device(self) -> str | None: ...
-    @property
-    def why(self) -> _Why | None: ...
     @property
     def reason(self) -> str | None: ...
 
@@ -70,15 +66,18 @@ class CapsuleMemory(structseq[Any], tuple[object, int, int, int, tuple[int, ...]
 CPU_READABLE_DEVICES: Final[frozenset[int]]
 CUDA_DEVICE_TYPES: Final[frozenset[int]]
 DLPACK_MAX_VERSION: Final[tuple[int, int]]
+NUMPY_MAXDIMS: Final[int]
+ROUTES: Final[tuple[str, ...]]
 TORCH_DTYPES: Final[tuple[tuple[str, str, Literal["native", "extended", "widened"]], ...]]
 
 def to_numpy(
     x: Any, *, copy: bool | None = None, out: _Array | None = None,
     stream: Any = None,
 ) -> _Array: ...
-def route(x: object, numpy_method: bool = True) -> Route: ...
+def route(x: object, numpy_method: bool = True) -> Found: ...
 def array_from_capsule(capsule: object) -> _Array: ...
 def describe_capsule(capsule: object) -> CapsuleMemory: ...
+def exchange_api_usable(type: type) -> bool: ...
 def set_fallback(fallback: Callable[..., _Array]) -> None: ...
 def set_fast_path(enabled: bool) -> None: ...
 def set_exchange_api(enabled: bool) -> None: ...
@@ -168,4 +167,9 @@ class GrowableBuffer:
 class BufferView(Buffer):
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
+def gather_host(iterator: Iterator[object], destination: GrowableBuffer | _Array, rows: int,
+                index: int, trailing: tuple[int, ...] | None, dtype: np.dtype[Any] | None,
+                hints: list[int] | None, expected_rows: int,
+                ) -> tuple[int, int, tuple[int, ...] | None, np.dtype[Any] | None, bool,
+                           object]: ...
 def host_copy(dst: Buffer, src: Buffer) -> None: ...

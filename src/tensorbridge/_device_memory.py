@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from . import _core, _dlpack, _driver, _dtypes, _streams, _torch
+from . import _core, _dlpack, _driver, _dtypes, _streams
 from ._out import check_out_matches
 from ._pinned import is_pinned
 from ._transfer import Transfer, interruptible, release_finished
@@ -128,46 +128,11 @@ def copy_device_memory(memory: DeviceMemory, out, asynchronous):
     return Transfer.finished(result) if asynchronous else result
 
 
-def of_route(route, x, stream=None):
-    """`x`'s CUDA memory as the engine copies it, from its route
-    (``_core.route``), or None: for memory the CPU reads, and for the torch
-    tensors whose values torch itself writes to the host (see
-    `is_torch_device_copy`)."""
-    if route.torch_device is not None:
-        if not is_torch_device_copy(route):
-            return None
-        if route.kind == "device" and stream is None:
-            return DeviceMemory.described(route.memory, x)
-        return DeviceMemory.of_tensor(_torch.imported(), x, stream)
-    if route.kind == "device":
-        return of_producer(route, x, route.memory.device, stream)
-    if route.kind == "dlpack":
-        device_type, device_id = _dlpack.device_of(x)
-        if device_type in _dlpack.CUDA_DEVICE_TYPES:
-            return of_producer(route, x, device_id, stream)
-    return None
-
-
-def of_producer(route, x, device_id, stream=None):
-    """A DLPack producer's CUDA memory on `device_id`: as the native core
-    described it, on the producer's current stream, or else (another stream,
-    memory it did not describe) from the producer's capsule."""
-    if route.kind == "device" and stream is None:
-        return DeviceMemory.described(route.memory, x)
-    return DeviceMemory.of_dlpack(x, device_id, stream)
-
-
-def is_torch_device_copy(route) -> bool:
-    """Whether the engine copies a torch tensor from its CUDA device (made
-    plain there first): not a subclass with its own __torch_dispatch__, whose
-    memory is not plain, nor a ZeroTensor, which has no memory at all."""
-    return route.torch_device == "cuda" and route.why not in ("dispatch", "zerotensor")
-
-
 def _plain_contiguous(torch, t):
     """`t` as plain row-major values on its device, made there (on the current
     stream) only when needed: autograd, layout, conj/neg bits and complex32
-    (ZeroTensors never come here: `is_torch_device_copy`)."""
+    (ZeroTensors and dispatch subclasses never come here: their routes are
+    torch's)."""
     if t.requires_grad:
         t = t.detach()
     if t.layout != torch.strided:

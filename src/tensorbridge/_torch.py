@@ -4,7 +4,13 @@ this a tensor?"."""
 
 from __future__ import annotations
 
+import re
 import sys
+
+# The first torch release that publishes the DLPack C exchange API (its
+# tensors are then read with no Python-level call), for saying so without
+# importing torch; with torch imported, the native core's own probe answers.
+EXCHANGE_API_SINCE = (2, 10)
 
 
 def imported():
@@ -42,3 +48,18 @@ def is_functorch_wrapped(x) -> bool:
     functorch = getattr(getattr(sys.modules.get("torch"), "_C", None), "_functorch", None)
     wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
     return wrapped is not None and bool(wrapped(x))
+
+
+def reads_exchange_api(version: str | None) -> bool | None:
+    """Whether tensorbridge reads this torch's tensors through the DLPack C
+    exchange API: the native core's answer once torch is imported, else what
+    `version` (the installed torch's, None: no torch) says; None without torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        from . import _core
+
+        return _core.exchange_api_usable(torch.Tensor)
+    if version is None:
+        return None
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return bool(match) and (int(match[1]), int(match[2])) >= EXCHANGE_API_SINCE

@@ -525,18 +525,13 @@ def _info(as_json: bool = False) -> int:
 
 
 def _torch_route(version):
-    """How tensorbridge reads this torch's tensors: the DLPack C exchange API
-    from torch 2.10 on, Tensor.numpy() before (or None without torch)."""
-    torch = _torch.imported()
-    if torch is not None:  # imported already: ask it
-        has_api = hasattr(torch.Tensor, "__dlpack_c_exchange_api__")
-    elif version is None:
+    """How tensorbridge reads this torch's tensors (None without torch)."""
+    has_api = _torch.reads_exchange_api(version)
+    if has_api is None:
         return None
-    else:
-        match = re.match(r"(\d+)\.(\d+)", version)
-        has_api = bool(match) and (int(match[1]), int(match[2])) >= (2, 10)
+    since = ".".join(map(str, _torch.EXCHANGE_API_SINCE))
     return ("the DLPack C exchange API" if has_api
-            else "Tensor.numpy() (this torch has no DLPack C exchange API: torch < 2.10)")
+            else f"Tensor.numpy() (this torch has no DLPack C exchange API: torch < {since})")
 
 
 if __name__ == "__main__":
