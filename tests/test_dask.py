@@ -88,7 +88,7 @@ def torch_blocks(dX):
 
 def released(client, timeout=30):
     """Every worker's record once the graphs' data is gone (the client's release
-    of a scattered estimator reaches the workers asynchronously): no estimator
+    of a graph reaches the workers asynchronously): no estimator
     held by the cluster, each worker alive with at most the last one it loaded."""
     def state():
         gc.collect()
@@ -98,7 +98,7 @@ def released(client, timeout=30):
     deadline = time.monotonic() + timeout
     while True:
         states = client.run(state)
-        held = [key for key in client.who_has() if "_Shipped" in str(key)]
+        held = [key for key in client.who_has() if "tensorbridge-estimator" in str(key)]
         done = not held and all(len(s["live"]) <= 1 for s in states.values())
         if done or time.monotonic() > deadline:
             assert not held, held
@@ -153,10 +153,38 @@ def test_building_the_graph_computes_nothing(client):
         return {str(key) for key in dask_scheduler.tasks}
 
     before = client.run_on_scheduler(keys)
-    lazy = model.transform(dX)  # with the client: the estimator is scattered, nothing runs
-    added = client.run_on_scheduler(keys) - before
-    assert len(added) == 1 and next(iter(added)).startswith("_Shipped-")
+    lazy = model.transform(dX)  # with the client too: nothing reaches the cluster
+    assert client.run_on_scheduler(keys) == before
     assert np.array_equal(compute(client, lazy), model.transform(X))
+
+
+def test_the_estimator_is_one_key_of_the_graph_on_the_scheduler(client):
+    """One key holds the payload and every block depends on it: the scheduler keeps
+    it as a task it can run again, never inlined into each block (once per block)."""
+    X = features(300)
+    model = TorchTransformer(network(), batch_size=32, device="cpu").fit(X)
+    lazy = model.transform(da.from_array(X, chunks=(45, 4)))
+
+    def graph(dask_scheduler):
+        # run_spec: what the scheduler runs again when the result is lost (None for
+        # data that was only scattered).
+        return {str(key): (task.run_spec is not None, [str(d.key) for d in task.dependents])
+                for key, task in dask_scheduler.tasks.items()
+                if str(key).startswith("tensorbridge-estimator-")}
+
+    persisted = client.persist(lazy)
+    try:
+        distributed.wait(persisted, timeout=TIMEOUT)
+        shipped = client.run_on_scheduler(graph)
+        assert len(shipped) == 1, shipped
+        ((recreatable, dependents),) = shipped.values()
+        assert recreatable
+        blocks = {str(key) for key in persisted.__dask_keys__() for key in key}
+        assert blocks <= set(dependents), (blocks, dependents)
+        assert np.array_equal(compute(client, persisted), model.transform(X))
+    finally:
+        del persisted
+    released(client)
 
 
 def test_fit_reads_metadata_and_one_block():
@@ -465,3 +493,69 @@ def test_example_runs_and_reports():
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"accuracy: (0\.9\d\d|1\.000), equal to the in-memory features: True",
                         last), result.stdout
+
+
+# -- lost workers: each worker process killed once -----------------------------------------
+
+
+class _DiesOnce(torch.nn.Module):
+    """Doubles its input, slowly. In a dask worker it first ends that worker's process
+    (``os._exit``) the first time a worker of that name runs it: the marker file is
+    made before the exit, so the nanny's restart (same name, new process) lives on."""
+
+    def __init__(self, markers, delay=0.02):
+        super().__init__()
+        self.markers, self.delay = str(markers), delay
+
+    def forward(self, x):
+        import time
+
+        try:
+            worker = distributed.get_worker()
+        except ValueError:  # the client: fit, the probe, the in-memory transform
+            worker = None
+        if worker is not None:
+            marker = pathlib.Path(self.markers) / f"worker-{worker.name}"
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                os._exit(1)
+        time.sleep(self.delay)
+        return 2 * x
+
+
+def loads_per_worker(client, token):
+    return {addr: state["loads"].get(token, 0)
+            for addr, state in client.run(_dask.worker_state).items()}
+
+
+@pytest.mark.parametrize("source", ["array", "dataframe"])
+def test_each_worker_lost_once_costs_time_not_the_result(client, tmp_path, source):
+    X = features(640)
+    model = TorchTransformer(_DiesOnce(tmp_path), batch_size=16, device="cpu").fit(X)
+    expected = model.transform(X)
+    token = _dask._Shipped(_dask._block_estimator(model)).token
+    if source == "dataframe":
+        dd = pytest.importorskip("dask.dataframe")
+        dX = dd.from_array(X, chunksize=32)
+    else:
+        dX = da.from_array(X, chunks=(32, 8))
+    pids = client.run(os.getpid)
+    result = compute(client, model.transform(dX))  # both workers die on their first block
+    assert np.array_equal(result, expected)
+    died = {path.name: int(path.read_text()) for path in tmp_path.iterdir()}
+    assert died.keys() == {"worker-0", "worker-1"}
+    assert set(died.values()) <= set(pids.values())  # the original processes, once each
+    client.wait_for_workers(2, timeout=TIMEOUT)
+    assert not set(client.run(os.getpid).values()) & set(died.values())  # restarted
+    assert all(count <= 1 for count in loads_per_worker(client, token).values())
+    # The same client goes on: the same graph again, and a new one.
+    assert np.array_equal(compute(client, model.transform(dX)), expected)
+    other = TorchTransformer(network(), batch_size=16, device="cpu").fit(X)
+    assert np.array_equal(compute(client, other.transform(da.from_array(X, chunks=50))),
+                          other.transform(X))
+    assert all(count <= 1 for count in loads_per_worker(client, token).values())
