@@ -385,6 +385,11 @@ def test_deserialised_once_per_worker_and_released(client):
     assert set(first) <= {0, 1} and sum(first) >= 1  # once per worker, never per block
     assert compute(client, out).shape == (800, 7)
     assert loads() == first  # the workers still hold it
+    step = ToNumpy().fit(X)  # no module: its load must not push the model out
+    assert np.array_equal(compute(client, step.transform(da.from_array(X, chunks=(32, 8)))), X)
+    assert np.array_equal(compute(client, model.transform(da.from_array(X, chunks=(64, 8)))),
+                          model.transform(X))  # a new graph of the same model
+    assert loads() == first
     del out
     other = TorchTransformer(network(out=3), batch_size=16, device="cpu").fit(X)
     other_token = _dask._Shipped(_dask._block_estimator(other)).token

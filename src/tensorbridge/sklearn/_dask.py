@@ -27,7 +27,7 @@ dask until one arrives. ``transform`` builds a lazy graph and computes nothing:
   process (a cache keyed by the payload's digest), onto that worker's own
   device (``worker_device``), so a restarted worker loads it once more. It is
   freed with the payload, when dask releases it; each process keeps only the
-  last one it loaded, for the next computation of the same graph.
+  last module it loaded, for the next computation of the same model.
 
 ``fit`` reads metadata (shape, dtype, column names) and one row of the first
 non-empty block; training needs every row only for a skorch ``NeuralNet``,
@@ -264,9 +264,11 @@ def _ship(local):
 
 # Per process: how many times each payload was deserialised (for tests and
 # diagnostics); the estimators alive, so that copies of one payload share one
-# load; and the last one loaded, kept after dask drops its payload: a worker
-# drops the copies it fetched from others once its own blocks are done, and
-# fetches them again for the next computation (or a stolen block).
+# load; and the last one loaded that carried a module, kept after dask drops its
+# payload: a worker drops the copies it fetched from others once its own blocks
+# are done, and fetches them again for the next computation (or a stolen block).
+# An estimator without a module (ToNumpy) costs nothing to load, and must not
+# push out the module that the next graph of the same model needs again.
 _loads: Counter = Counter()
 _live: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _last_loaded = None
@@ -343,7 +345,9 @@ class _Shipped:
             if self._estimator is None:
                 loaded = _live.get(token)
                 if loaded is None:
-                    loaded = _last_loaded = self._load()
+                    loaded = self._load()
+                    if self._payload[2]:  # it carried a module
+                        _last_loaded = loaded
                     _live[token] = loaded
                     _loads[token] += 1
                 self._estimator = loaded
