@@ -168,7 +168,8 @@ def test_the_estimator_is_one_key_of_the_graph_on_the_scheduler(client):
     def graph(dask_scheduler):
         # run_spec: what the scheduler runs again when the result is lost (None for
         # data that was only scattered).
-        return {str(key): (task.run_spec is not None, [str(d.key) for d in task.dependents])
+        return {str(key): (task.run_spec is not None, [str(d.key) for d in task.dependents],
+                           task.nbytes)
                 for key, task in dask_scheduler.tasks.items()
                 if str(key).startswith("tensorbridge-estimator-")}
 
@@ -177,8 +178,12 @@ def test_the_estimator_is_one_key_of_the_graph_on_the_scheduler(client):
         distributed.wait(persisted, timeout=TIMEOUT)
         shipped = client.run_on_scheduler(graph)
         assert len(shipped) == 1, shipped
-        ((recreatable, dependents),) = shipped.values()
+        ((recreatable, dependents, nbytes),) = shipped.values()
         assert recreatable
+        # Its size as the scheduler counts it (transfers, worker memory): the payload's.
+        _, estimator_bytes, module_bytes, _ = _dask._Shipped(
+            _dask._block_estimator(model))._serialised()
+        assert nbytes >= len(estimator_bytes) + len(module_bytes) > 1000
         blocks = {str(key) for key in persisted.__dask_keys__() for key in key}
         assert blocks <= set(dependents), (blocks, dependents)
         assert np.array_equal(compute(client, persisted), model.transform(X))
