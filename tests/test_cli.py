@@ -639,14 +639,27 @@ def test_no_word_of_the_seed_where_a_user_reads(tmp_path):
 def test_the_distributed_case_is_printed_with_its_ratios(capsys):
     from tensorbridge.cli import _print_table
 
+    loads = {"module_loads_per_worker": {"0": 1, "1": 1}, "graphs": 12}
     distributed = {"results": [
-        {"method": "dask compute", "workers": 2, "median_s": 0.5, "ratio_to_in_memory": 2.5},
+        {"method": "dask compute", "workers": 1, "median_s": 0.8, "ratio_to_in_memory": 4.0,
+         "rows_per_s": 250_000.0, "module_loads_per_worker": {"0": 1}, "graphs": 12},
+        {"method": "dask compute", "workers": 2, "median_s": 0.5, "ratio_to_in_memory": 2.5,
+         "rows_per_s": 400_000.0, **loads},
         {"method": "overhead per block", "workers": 2, "median_s": 1.2e-3, "blocks": 400}]}
     _print_table(fake_report([], distributed=distributed), sys.stdout)
     out = capsys.readouterr().out
     assert "distributed (dask, local worker processes" in out
-    assert "  dask compute, 2 worker(s): 500 ms, 2.50x in-memory" in out
-    assert "  overhead per block, 2 worker(s): 1.20 ms per block" in out
+    assert ("  dask compute, 2 worker(s): 500 ms, 2.50x in-memory, 400,000 rows/s; "
+            "module loads per worker: 1, 1 over 12 graphs\n") in out
+    assert "  dask compute, 1 worker(s): 800 ms, 4.00x in-memory, 250,000 rows/s; " in out
+    assert "  overhead per block, 2 worker(s): 1.20 ms per block\n" in out
+    assert "  dask compute: 2 workers / 1 worker: 1.60x the rows per second" in out
+    # A report of an earlier version (no rates, no loads) prints as it did.
+    del distributed["results"][:2]
+    distributed["results"].insert(0, {"method": "dask compute", "workers": 2,
+                                      "median_s": 0.5, "ratio_to_in_memory": 2.5})
+    _print_table(fake_report([], distributed=distributed), sys.stdout)
+    assert "  dask compute, 2 worker(s): 500 ms, 2.50x in-memory\n" in capsys.readouterr().out
 
 
 def test_a_full_run_without_dask_says_why_the_distributed_case_is_missing(monkeypatch):

@@ -49,16 +49,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None, silence_logs=logging.CRITICAL, timeout=TIMEOUT)
-    client = distributed.Client(cluster, timeout=TIMEOUT)
-    try:
-        client.wait_for_workers(2, timeout=TIMEOUT)
-        yield client
-    finally:
-        client.close(timeout=30)
-        cluster.close(timeout=30)
+    # The tests kill workers, some twice within seconds: a LocalCluster checks each
+    # lost worker's name once, this long after the loss, and closes its nanny if no
+    # worker of that name is up at that moment, which can be while the nanny is
+    # restarting it after a later loss. Here the nannies are never closed that way.
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}):
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None, silence_logs=logging.CRITICAL, timeout=TIMEOUT)
+        client = distributed.Client(cluster, timeout=TIMEOUT)
+        try:
+            client.wait_for_workers(2, timeout=TIMEOUT)
+            yield client
+        finally:
+            client.close(timeout=30)
+            cluster.close(timeout=30)
 
 
 def compute(client, collection):
@@ -88,7 +93,7 @@ def torch_blocks(dX):
 
 def released(client, timeout=30):
     """Every worker's record once the graphs' data is gone (the client's release
-    of a scattered estimator reaches the workers asynchronously): no estimator
+    of a graph reaches the workers asynchronously): no estimator
     held by the cluster, each worker alive with at most the last one it loaded."""
     def state():
         gc.collect()
@@ -98,7 +103,7 @@ def released(client, timeout=30):
     deadline = time.monotonic() + timeout
     while True:
         states = client.run(state)
-        held = [key for key in client.who_has() if "_Shipped" in str(key)]
+        held = [key for key in client.who_has() if "tensorbridge-estimator" in str(key)]
         done = not held and all(len(s["live"]) <= 1 for s in states.values())
         if done or time.monotonic() > deadline:
             assert not held, held
@@ -153,10 +158,43 @@ def test_building_the_graph_computes_nothing(client):
         return {str(key) for key in dask_scheduler.tasks}
 
     before = client.run_on_scheduler(keys)
-    lazy = model.transform(dX)  # with the client: the estimator is scattered, nothing runs
-    added = client.run_on_scheduler(keys) - before
-    assert len(added) == 1 and next(iter(added)).startswith("_Shipped-")
+    lazy = model.transform(dX)  # with the client too: nothing reaches the cluster
+    assert client.run_on_scheduler(keys) == before
     assert np.array_equal(compute(client, lazy), model.transform(X))
+
+
+def test_the_estimator_is_one_key_of_the_graph_on_the_scheduler(client):
+    """One key holds the payload and every block depends on it: the scheduler keeps
+    it as a task it can run again, never inlined into each block (once per block)."""
+    X = features(300)
+    model = TorchTransformer(network(), batch_size=32, device="cpu").fit(X)
+    lazy = model.transform(da.from_array(X, chunks=(45, 4)))
+
+    def graph(dask_scheduler):
+        # run_spec: what the scheduler runs again when the result is lost (None for
+        # data that was only scattered).
+        return {str(key): (task.run_spec is not None, [str(d.key) for d in task.dependents],
+                           task.nbytes)
+                for key, task in dask_scheduler.tasks.items()
+                if str(key).startswith("tensorbridge-estimator-")}
+
+    persisted = client.persist(lazy)
+    try:
+        distributed.wait(persisted, timeout=TIMEOUT)
+        shipped = client.run_on_scheduler(graph)
+        assert len(shipped) == 1, shipped
+        ((recreatable, dependents, nbytes),) = shipped.values()
+        assert recreatable
+        # Its size as the scheduler counts it (transfers, worker memory): the payload's.
+        _, estimator_bytes, module_bytes, _ = _dask._Shipped(
+            _dask._block_estimator(model))._serialised()
+        assert nbytes >= len(estimator_bytes) + len(module_bytes) > 1000
+        blocks = {str(key) for key in persisted.__dask_keys__() for key in key}
+        assert blocks <= set(dependents), (blocks, dependents)
+        assert np.array_equal(compute(client, persisted), model.transform(X))
+    finally:
+        del persisted
+    released(client)
 
 
 def test_fit_reads_metadata_and_one_block():
@@ -232,18 +270,53 @@ def test_dask_dataframe_keeps_feature_names(client):
 # -- the checks: known shapes now, data at compute time, same errors --------------------
 
 
-def test_data_checks_run_per_block_with_the_same_errors(client):
+def run_on(scheduler, client, collection):
+    # "threads": the threaded scheduler, the client left aside, for a graph built
+    # while the client was active (a scattered estimator made that graph unrunnable).
+    if scheduler == "threads":
+        with dask.config.set(scheduler="threads", num_workers=2):
+            return collection.compute()
+    return compute(client, collection)
+
+
+@pytest.mark.parametrize("scheduler", ["cluster", "threads"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_data_checks_run_per_block_with_the_same_errors(client, scheduler, value):
     X = features(100)
     model = TorchTransformer(network(), batch_size=16, device="cpu").fit(X)
     bad = X.copy()
-    bad[77, 3] = np.nan
+    bad[77, 3] = value
     with pytest.raises(ValueError) as in_memory:
         model.transform(bad)
     out = model.transform(da.from_array(bad, chunks=(20, 8)))  # builds: NaN is data
-    with pytest.raises(ValueError) as on_cluster:
-        compute(client, out)
-    assert str(on_cluster.value) == str(in_memory.value)
-    assert "NaN" in str(on_cluster.value)
+    with pytest.raises(ValueError) as lazily:
+        run_on(scheduler, client, out)
+    assert str(lazily.value) == str(in_memory.value)
+    assert ("NaN" if np.isnan(value) else "infinity") in str(lazily.value)
+    del lazily, out  # the traceback holds the graph
+    # The client (and the workers) go on: the same model over good blocks.
+    good = model.transform(da.from_array(X, chunks=(20, 8)))
+    assert np.array_equal(run_on(scheduler, client, good), model.transform(X))
+
+
+@pytest.mark.parametrize("source", ["array", "dataframe"])
+def test_threaded_scheduler_without_a_cluster(source):
+    X = features(203)
+    model = TorchTransformer(network(), batch_size=16, device="cpu").fit(X)
+    token = _dask._Shipped(_dask._block_estimator(model)).token
+    if source == "dataframe":
+        pd = pytest.importorskip("pandas")
+        dd = pytest.importorskip("dask.dataframe")
+        dX = dd.from_pandas(pd.DataFrame(X), npartitions=5)
+    else:
+        dX = da.from_array(X, chunks=(37, 3))
+    with dask.config.set(scheduler="threads", num_workers=2):
+        out = model.transform(dX)
+        assert all(size % 16 == 0 for size in out.chunks[0][:-1])
+        assert np.array_equal(out.compute(), model.transform(X))
+        assert np.array_equal(out.compute(), model.transform(X))
+    # The blocks ran this process's own copy: never serialised, never loaded.
+    assert token not in _dask.worker_state()["loads"]
 
 
 @pytest.mark.parametrize("make", [
@@ -324,6 +397,11 @@ def test_deserialised_once_per_worker_and_released(client):
     assert set(first) <= {0, 1} and sum(first) >= 1  # once per worker, never per block
     assert compute(client, out).shape == (800, 7)
     assert loads() == first  # the workers still hold it
+    step = ToNumpy().fit(X)  # no module: its load must not push the model out
+    assert np.array_equal(compute(client, step.transform(da.from_array(X, chunks=(32, 8)))), X)
+    assert np.array_equal(compute(client, model.transform(da.from_array(X, chunks=(64, 8)))),
+                          model.transform(X))  # a new graph of the same model
+    assert loads() == first
     del out
     other = TorchTransformer(network(out=3), batch_size=16, device="cpu").fit(X)
     other_token = _dask._Shipped(_dask._block_estimator(other)).token
@@ -465,3 +543,142 @@ def test_example_runs_and_reports():
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"accuracy: (0\.9\d\d|1\.000), equal to the in-memory features: True",
                         last), result.stdout
+
+
+# -- lost workers: each worker process killed once -----------------------------------------
+
+
+class _DiesOnce(torch.nn.Module):
+    """Doubles its input, slowly. In a dask worker it first ends that worker's process
+    (``os._exit``) the first time a worker of that name runs it: the marker file is
+    made before the exit, so the nanny's restart (same name, new process) lives on.
+    Its one buffer shows the device it was built on."""
+
+    def __init__(self, markers, delay=0.02):
+        super().__init__()
+        self.markers, self.delay = str(markers), delay
+        self.register_buffer("scale", torch.tensor(2.0))
+
+    def forward(self, x):
+        import time
+
+        try:
+            worker = distributed.get_worker()
+        except ValueError:  # the client: fit, the probe, the in-memory transform
+            worker = None
+        if worker is not None:
+            marker = pathlib.Path(self.markers) / f"worker-{worker.name}"
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                os._exit(1)
+        time.sleep(self.delay)
+        return x * self.scale
+
+
+def loads_per_worker(client, token):
+    return {addr: state["loads"].get(token, 0)
+            for addr, state in client.run(_dask.worker_state).items()}
+
+
+def worker_names(client):
+    return {str(w["name"]) for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+
+
+def placed(token):
+    """On a worker: where its loaded estimator's module sits, and that worker's own device."""
+    estimator = _dask._live.get(token)
+    if estimator is None:
+        return None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    own = _dask.worker_device("auto", count, **_dask._worker_facts())
+    return str(estimator.device_), str(estimator.module_.scale.device), own
+
+
+@pytest.mark.parametrize("source", ["array", "dataframe"])
+def test_each_worker_lost_once_costs_time_not_the_result(client, tmp_path, source):
+    X = features(640)
+    # device="auto": each worker, restarted too, builds the module on its own device.
+    model = TorchTransformer(_DiesOnce(tmp_path), batch_size=16, device="auto").fit(X)
+    expected = model.transform(X)
+    token = _dask._Shipped(_dask._block_estimator(model)).token
+    if source == "dataframe":
+        dd = pytest.importorskip("dask.dataframe")
+        dX = dd.from_array(X, chunksize=32)
+    else:
+        dX = da.from_array(X, chunks=(32, 8))
+    pids, names = client.run(os.getpid), worker_names(client)
+    result = compute(client, model.transform(dX))  # each worker dies on its first block
+    assert np.array_equal(result, expected)
+    died = {path.name: int(path.read_text()) for path in tmp_path.iterdir()}
+    assert died.keys() == {f"worker-{name}" for name in names}
+    assert set(died.values()) <= set(pids.values())  # the original processes, once each
+    client.wait_for_workers(len(names), timeout=TIMEOUT)
+    assert not set(client.run(os.getpid).values()) & set(died.values())  # restarted
+    assert all(count <= 1 for count in loads_per_worker(client, token).values())
+    where = [w for w in client.run(placed, token).values() if w is not None]
+    assert where and all(device == module == own for device, module, own in where), where
+    # The same client goes on: the same graph again, and a new one.
+    assert np.array_equal(compute(client, model.transform(dX)), expected)
+    other = TorchTransformer(network(), batch_size=16, device="cpu").fit(X)
+    assert np.array_equal(compute(client, other.transform(da.from_array(X, chunks=50))),
+                          other.transform(X))
+    assert all(count <= 1 for count in loads_per_worker(client, token).values())
+
+
+class _Gated(torch.nn.Module):
+    """Doubles its input. On the workers named in ``waiting``, the first call waits
+    (up to ``limit`` seconds) for the file ``gate``: blocks are still to run when
+    another worker joins."""
+
+    def __init__(self, gate, waiting, limit=TIMEOUT / 2):
+        super().__init__()
+        self.gate, self.waiting, self.limit = str(gate), set(waiting), limit
+
+    def forward(self, x):
+        import time
+
+        try:
+            name = str(distributed.get_worker().name)
+        except ValueError:
+            name = None
+        deadline = time.monotonic() + self.limit
+        while (name in self.waiting and not os.path.exists(self.gate)
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        time.sleep(0.01)
+        return 2 * x
+
+
+def test_a_worker_joining_mid_computation_takes_blocks(client, tmp_path):
+    cluster = client.cluster
+    names = worker_names(client)
+    gate = tmp_path / "joined"
+    X = features(1280)
+    model = TorchTransformer(_Gated(gate, names), batch_size=16, device="cpu").fit(X)
+    token = _dask._Shipped(_dask._block_estimator(model)).token
+    future = client.compute(model.transform(da.from_array(X, chunks=(32, 8))))  # 40 blocks
+    try:
+        cluster.scale(len(names) + 1)
+        client.wait_for_workers(len(names) + 1, timeout=TIMEOUT)
+        gate.touch()
+        result = future.result(timeout=TIMEOUT)
+    finally:
+        future.release()
+        gate.touch()
+    assert np.array_equal(result, model.transform(X))
+    loads = {str(w["name"]): loads_per_worker(client, token)[addr]
+             for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    joined = set(loads) - names
+    assert len(joined) == 1, (names, loads)
+    assert loads[joined.pop()] == 1, loads  # it ran blocks, and loaded the module once
+    assert all(count <= 1 for count in loads.values()), loads
+    cluster.scale(len(names))
+    deadline = time.monotonic() + TIMEOUT
+    while worker_names(client) != names and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker_names(client) == names

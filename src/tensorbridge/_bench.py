@@ -831,10 +831,11 @@ def distributed_scaling(rows=196_608, width=64, batch_size=4096, block_rows=12_2
 
     ``dask compute`` is the whole trip (blocks computed on the workers, results
     gathered into the client), ``dask persist`` leaves the results on the
-    workers; each round builds its graph anew (the estimator scattered, loaded
-    once per worker). The overhead per block is the time of a ToNumpy pass
+    workers; each round builds its graph anew (the estimator one key of it,
+    loaded once per worker process: ``module_loads_per_worker`` counts the
+    loads over all ``graphs``). The overhead per block is the time of a ToNumpy pass
     over ``small_blocks`` blocks of 8 rows less that of one block (the graph's
-    fixed cost: building, scattering, submitting), divided by the blocks
+    fixed cost: building, sending, submitting), divided by the blocks
     added: what a block costs beyond its work. The in-memory transform also
     runs on one torch thread: the work of one single-threaded worker, without
     dask. Needs the dask extra (dask[array], distributed); returns the report
@@ -873,6 +874,7 @@ def distributed_scaling(rows=196_608, width=64, batch_size=4096, block_rows=12_2
                 X = dX.compute()
                 model = TorchTransformer(module, batch_size=batch_size, device="cpu").fit(X)
             times = _scaling_rounds(torch, distributed, client, model, X, dX, tiny, repeats)
+            loads = _module_loads(client, model)
             base = statistics.median(times["in-memory transform"])
             one = statistics.median(times["in-memory transform, 1 torch thread"])
             for name, samples in times.items():
@@ -887,6 +889,8 @@ def distributed_scaling(rows=196_608, width=64, batch_size=4096, block_rows=12_2
                 else:
                     row.update(rows_per_s=rows / median, ratio_to_in_memory=median / base,
                                ratio_to_one_thread=median / one)
+                if name.startswith("dask "):  # every round's graph, one load per worker
+                    row.update(module_loads_per_worker=loads, graphs=2 * (repeats + 1))
                 report["results"].append(row)
     return report
 
@@ -912,6 +916,19 @@ def _scaling_rounds(torch, distributed, client, model, X, dX, tiny, repeats):
             if round_:
                 times[name].append(time.perf_counter() - start)
     return times
+
+
+def _module_loads(client, model):
+    """How many times each worker process deserialised the model's module, by worker
+    name, over all of distributed_scaling's graphs on this cluster."""
+    from .sklearn import _dask
+
+    token = _dask._Shipped(_dask._block_estimator(model)).token
+    names = {address: info["name"]
+             for address, info in client.scheduler_info(n_workers=-1)["workers"].items()}
+    states = client.run(_dask.worker_state)
+    return {str(names.get(address, address)): state["loads"].get(token, 0)
+            for address, state in sorted(states.items(), key=lambda kv: str(names.get(kv[0])))}
 
 
 def _one_thread(torch, fn, *args):

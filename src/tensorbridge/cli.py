@@ -284,6 +284,19 @@ def _format_ratio(ratio) -> str:
     return f"{ratio:.{2 if ratio < 10 else 1 if ratio < 100 else 0}f}x"
 
 
+def _scaling(rows):
+    """Rows per second on the most workers over those on one, per dask method."""
+    rates = {}
+    for row in rows:
+        if row.get("rows_per_s") and row["method"].startswith("dask "):
+            rates.setdefault(row["method"], {})[row["workers"]] = row["rows_per_s"]
+    for method, by_workers in rates.items():
+        most = max(by_workers)
+        if most > 1 and 1 in by_workers:
+            yield (f"{method}: {most} workers / 1 worker: "
+                   f"{_format_ratio(by_workers[most] / by_workers[1])} the rows per second")
+
+
 def _print_table(report, out):
     """The report as tables, one per case in run order, in columns aligned
     across all of them; failed methods in place; then the headline figures."""
@@ -323,10 +336,16 @@ def _print_table(report, out):
         if row is report["distributed"]["results"][0]:
             print("\ndistributed (dask, local worker processes; ratios to the in-memory "
                   "transform in the same rounds):", file=out)
-        ratio = row.get("ratio_to_in_memory")
+        ratio, rate = row.get("ratio_to_in_memory"), row.get("rows_per_s")
+        loads = row.get("module_loads_per_worker")
         print(f"  {row['method']}, {row['workers']} worker(s): {_format_time(row['median_s'])}"
               + (" per block" if row["method"] == "overhead per block" else "")
-              + (f", {_format_ratio(ratio)} in-memory" if ratio is not None else ""), file=out)
+              + (f", {_format_ratio(ratio)} in-memory" if ratio is not None else "")
+              + (f", {rate:,.0f} rows/s" if rate is not None else "")
+              + (f"; module loads per worker: {', '.join(map(str, loads.values()))} over "
+                 f"{row.get('graphs', '?')} graphs" if loads is not None else ""), file=out)
+    for text in _scaling(report.get("distributed", {}).get("results", [])):
+        print(f"  {text}", file=out)
     headline = _figures(report)
     if headline:
         print("\nfigures (ratios measured side by side in this run):", file=out)

@@ -17,12 +17,17 @@ dask until one arrives. ``transform`` builds a lazy graph and computes nothing:
 - each block runs the estimator's own ``transform`` on the worker, so the
   checks it makes on NumPy input (NaN/inf, shape) run per block at compute
   time, with the same errors;
-- the fitted estimator travels as one serialised payload (scattered to the
-  cluster when a distributed client is active, else one graph key), never
-  once per block, and is deserialised once per worker process, onto that
-  worker's own device (``worker_device``). It is freed with the payload, when
-  dask releases it; each process keeps only the last one it loaded, for the
-  next computation of the same graph.
+- the fitted estimator travels as one serialised payload, never once per
+  block: one literal key of the graph that every block depends on. On a
+  distributed cluster the scheduler holds that key's bytes as it holds any
+  task, so when the workers holding it are lost it hands them again to
+  whichever worker needs them, and a lost worker costs time, never the
+  result (data that was only scattered is never re-sent: a lost scattered
+  estimator would fail the computation). It is deserialised once per worker
+  process (a cache keyed by the payload's digest), onto that worker's own
+  device (``worker_device``), so a restarted worker loads it once more. It is
+  freed with the payload, when dask releases it; each process keeps only the
+  last module it loaded, for the next computation of the same model.
 
 ``fit`` reads metadata (shape, dtype, column names) and one row of the first
 non-empty block; training needs every row only for a skorch ``NeuralNet``,
@@ -245,31 +250,25 @@ def _block_estimator(estimator):
 
 
 def _ship(local):
-    """The graph's handle on the estimator: scattered when a distributed client is
-    active (the scheduler never carries the weights), else one literal key that
-    the local schedulers hand to every block as it is (no copy)."""
+    """The graph's handle on the estimator: one literal key that every block task
+    depends on. The local schedulers hand it to the blocks as it is (no copy); a
+    distributed scheduler keeps it as a task of the graph, which it can run again
+    on any worker after the one holding its result is lost (a scattered future
+    could not be recreated). A fresh key per graph, computed from nothing: the
+    payload is serialised only when a distributed client sends the graph."""
     import dask
 
     shipped = _Shipped(local)
-    distributed = sys.modules.get("distributed")
-    client = None
-    if distributed is not None:
-        try:
-            client = distributed.default_client()
-        except ValueError:
-            client = None
-    if client is not None and dask.config.get("scheduler", None) in (None, "dask.distributed"):
-        # A fresh key per graph: reusing a key (hash=True) races with the release of
-        # an earlier graph's copy. Two copies in one process still load once (_live).
-        return client.scatter(shipped, hash=False)
     return dask.delayed(shipped, name=f"tensorbridge-estimator-{shipped.key}", pure=True)
 
 
 # Per process: how many times each payload was deserialised (for tests and
 # diagnostics); the estimators alive, so that copies of one payload share one
-# load; and the last one loaded, kept after dask drops its payload: a worker
-# drops the copies it fetched from others once its own blocks are done, and
-# fetches them again for the next computation (or a stolen block).
+# load; and the last one loaded that carried a module, kept after dask drops its
+# payload: a worker drops the copies it fetched from others once its own blocks
+# are done, and fetches them again for the next computation (or a stolen block).
+# An estimator without a module (ToNumpy) costs nothing to load, and must not
+# push out the module that the next graph of the same model needs again.
 _loads: Counter = Counter()
 _live: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _last_loaded = None
@@ -332,6 +331,11 @@ class _Shipped:
     def __dask_tokenize__(self):
         return ("tensorbridge-estimator", self.key)
 
+    def __sizeof__(self):
+        # What dask.sizeof reports to the scheduler: the bytes a transfer of it carries.
+        payload = self._payload
+        return object.__sizeof__(self) + (len(payload[1]) + len(payload[2]) if payload else 0)
+
     def estimator(self):
         if self._estimator is not None:
             return self._estimator
@@ -341,7 +345,9 @@ class _Shipped:
             if self._estimator is None:
                 loaded = _live.get(token)
                 if loaded is None:
-                    loaded = _last_loaded = self._load()
+                    loaded = self._load()
+                    if self._payload[2]:  # it carried a module
+                        _last_loaded = loaded
                     _live[token] = loaded
                     _loads[token] += 1
                 self._estimator = loaded
