@@ -199,10 +199,6 @@ def test_a_parametrized_module_pickles():
     np.testing.assert_allclose(pickle.loads(pickle.dumps(t)).transform(X), t.transform(X))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a lazy module (nn.LazyLinear) fails fit with torch's "
-                   "raw 'Attempted to use an uninitialized parameter in <method detach>': fit has "
-                   "the data to materialise module_ (one row through the copy), or should name "
-                   "TorchTransformer and the fix")
 def test_a_lazy_module_is_materialised_by_fit():
     X, _ = features()
     lazy = torch.nn.LazyLinear(2)

@@ -73,7 +73,10 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
       its own).
     - ``fit`` copies the module once, straight onto ``device`` (and into
       ``dtype`` when given): ``module_``. Your module is never moved or
-      changed, and later changes to it do not reach ``module_``.
+      changed, and later changes to it do not reach ``module_``. Lazy
+      modules (``nn.LazyLinear``...) are materialised in ``module_`` by one
+      batch of ``X``, initialised as torch initialises them (from its global
+      generator); yours stays lazy.
     - ``transform`` copies each batch once into memory the module owns (a
       buffer reused from batch to batch on the CPU, device memory on a GPU),
       so even a module that works in place (``nn.ReLU(inplace=True)``,
@@ -211,9 +214,22 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.dtype_ = self._resolve_dtype(torch, trained)
         self._check_layer(torch, trained)
         self.module_ = self._place(torch)
+        head = source.head()
+        self._materialise(torch, head)
         # One row through the module: a broken module fails here, not in transform.
-        self.n_features_out_ = self._run(torch, source.head(), None, quiet=True).shape[1]
+        self.n_features_out_ = self._run(torch, head, None, quiet=True).shape[1]
         return self
+
+    def _materialise(self, torch, head):
+        """Lazy parameters of module_ (nn.LazyLinear...) take their shapes from one
+        batch of X (`head`), as torch initialises them. Under no_grad, not inference
+        mode: they stay ordinary parameters."""
+        if not _is_lazy(torch, self.module_):
+            return
+        batch, _, _ = next(iter(head.batches(1)))
+        inputs = _map(batch, lambda value, name: self._upload(torch, value, None))
+        with torch.no_grad(), self._layer_capture(torch) as capture:
+            self._forward(inputs, capture)
 
     def _resolve_device(self, torch):
         if isinstance(self.device, str) and self.device == "auto":
@@ -1132,11 +1148,22 @@ def _placed(torch, module, device, cast, shared):
             if id(tensor) in memo:
                 continue
             dtype = cast if cast is not None and tensor.is_floating_point() else None
+            if torch.nn.parameter.is_lazy(tensor):  # no data to copy: a new one, made there
+                memo[id(tensor)] = type(tensor)(requires_grad=tensor.requires_grad,
+                                                device=device, dtype=dtype or tensor.dtype)
+                continue
             placed = tensor.detach().to(device=device, dtype=dtype, copy=True)
             if isinstance(tensor, torch.nn.Parameter):
                 placed = torch.nn.Parameter(placed, requires_grad=tensor.requires_grad)
             memo[id(tensor)] = placed
     return copy.deepcopy(module, memo).eval()  # the rest (structure, attributes) as it is
+
+
+def _is_lazy(torch, module) -> bool:
+    """Whether `module` has parameters or buffers whose shape is not known yet."""
+    return isinstance(module, torch.nn.Module) and any(
+        torch.nn.parameter.is_lazy(tensor)
+        for tensor in itertools.chain(module.parameters(), module.buffers()))
 
 
 def _same_device(a, b) -> bool:
@@ -1155,8 +1182,8 @@ def _same_weights(torch, source, placed, cast) -> bool:
     """Whether placed's parameters and buffers are source's, on placed's
     device, with floating ones cast to `cast` (unless None) and the rest in
     their own dtype: then _placed makes placed again from source."""
-    if type(source) is not type(placed):
-        return False
+    if type(source) is not type(placed) or _is_lazy(torch, source):
+        return False  # a lazy source's module_ was materialised on X: not made again from it
     ours, theirs = source.state_dict(), placed.state_dict()
     if ours.keys() != theirs.keys():
         return False
