@@ -423,11 +423,13 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             raise ValueError(f"{_NAME}: X{where} has samples of shape {_describe(shape)}, but "
                              f"{_NAME} was fitted on samples of shape {_describe(expected)}; "
                              "pass X of the kind and shape it was fitted on, or fit again")
-        width = "" if not shape or not expected or shape[0] == expected[0] else (
-            f"X has {shape[0]} features, but {_NAME} is expecting {expected[0]} features as "
-            "input. ")  # scikit-learn's sentence, for the first dimension
-        raise ValueError(f"{width}{_NAME}: X{where} has samples of shape {shape}, but {_NAME} "
-                         f"was fitted on samples of shape {expected}; pass X of that shape, or "
+        if len(shape) == len(expected) == 1:
+            # 2-D X: scikit-learn's sentence (its checks look for it) says it all
+            raise ValueError(f"X{where} has {shape[0]} features, but {_NAME} is expecting "
+                             f"{expected[0]} features as input; pass X of {expected[0]} "
+                             "features, or fit again")
+        raise ValueError(f"{_NAME}: X{where} has samples of shape {shape}, but {_NAME} was "
+                         f"fitted on samples of shape {expected}; pass X of that shape, or "
                          "fit again")
 
     # -- transforming --------------------------------------------------------------
