@@ -137,9 +137,15 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     to the module as keyword arguments), a ``torch.utils.data.Dataset`` or a
     ``DataLoader`` whose items are tensors or tuples led by the input. The
     result has one row per sample, in order. With
-    ``sklearn.set_config(array_api_dispatch=True)`` a torch (CuPy) ``X``
-    gives a torch tensor (CuPy array) on ``X``'s device, unless
-    ``set_output`` asks for a container.
+    ``sklearn.set_config(array_api_dispatch=True)`` the result follows ``X``'s
+    array namespace and device: a torch tensor for a torch ``X`` (written on
+    its device, no host copy), through DLPack an array of ``X``'s namespace
+    for another (CuPy, ``array_api_strict``...), NumPy for NumPy, unless
+    ``set_output`` asks for a container; it declares array API support and
+    passes scikit-learn's array API checks. Fitted so on a non-NumPy ``X``,
+    ``transform`` under dispatch then takes ``X`` of that namespace and
+    device only, as scikit-learn's estimators do. Without dispatch the result
+    is NumPy.
 
     Examples
     --------
@@ -204,6 +210,10 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             raise TypeError(f"{_NAME}.fit: got fit parameters {sorted(fit_params)}, but only a "
                             "skorch net as module takes any")
         self.device_ = self._resolve_device(torch)
+        # Under dispatch, transform then takes X of this namespace and device only, as
+        # scikit-learn's own estimators do (a NumPy-fitted one takes any).
+        self._fit_namespace = (_array_namespace(X) if get_config().get("array_api_dispatch")
+                               else None)
         source = self._read(X, reset=True)
         if net:
             self.net_ = self._train(torch, X, source, y, fit_params)
@@ -449,26 +459,58 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return self._run(torch, source, target)
 
     def _array_api_target(self, torch, X):
-        """(namespace, device) of the result under scikit-learn's array API
-        dispatch, or None for a NumPy result."""
+        """Under scikit-learn's array API dispatch, (device, wrap): the result is
+        written into a torch tensor on that device, then handed to X's namespace
+        by `wrap` (None: torch itself). None for a NumPy result."""
         if not get_config().get("array_api_dispatch", False):
             return None
+        self._check_namespace(X)
         if transform_output(self) != "default":  # a container was asked for: NumPy goes in it
             return None
         if isinstance(X, torch.Tensor):
-            return "torch", X.device
+            return X.device, None
         if type(X).__module__.split(".")[0] == "cupy" and torch.cuda.is_available():
-            return "cupy", torch.device("cuda", X.device.id)
-        return None
+            return torch.device("cuda", X.device.id), _cupy().from_dlpack
+        if _array_namespace(X) is None:  # NumPy, array-likes, Datasets, dicts: NumPy
+            return None
+        # Another array API namespace (array_api_strict, JAX): through DLPack, from
+        # a tensor on the device X's memory is on.
+        device_type, index = _dlpack.device_of(X) or (1, 0)
+        if device_type in _dlpack.CUDA_DEVICE_TYPES and torch.cuda.is_available():
+            device = torch.device("cuda", index)
+        else:
+            device = torch.device("cpu")
+        namespace, where = X.__array_namespace__(), X.device
+        return device, lambda result: _in_namespace(namespace, result, where)
+
+    def _check_namespace(self, X):
+        """Under dispatch, X of the namespace and device fit had, when that was not
+        NumPy: scikit-learn's own estimators refuse any other, and so would the next
+        step of a pipeline."""
+        fitted = self.__dict__.get("_fit_namespace")  # absent from older pickles
+        given = _array_namespace(X)
+        if fitted is None or given == fitted:
+            return
+
+        def described(namespace):
+            return "NumPy (or an array-like)" if namespace is None else \
+                f"{namespace[0]} on {namespace[1]}"
+
+        raise ValueError(
+            f"Inputs passed to {_NAME}.transform() must use the same namespace and the same "
+            f"device as those passed to fit(): X is {described(given)}, but fit had "
+            f"{described(fitted)}. Pass X as {described(fitted)}, or fit again on X like this "
+            "one")
 
     def _run(self, torch, source, target, quiet=False):
         progress = _Progress(source.batch_count(self.batch_size),
                              enabled=self.verbose > 0 and not quiet)
         try:
             if target is not None:
+                device, wrap = target
                 result = self._fill(torch, self._outputs(torch, source, progress), source,
-                                    target[1])
-                return result if target[0] == "torch" else _cupy().from_dlpack(result)
+                                    device)
+                return result if wrap is None else wrap(result)
             if self.device_.type == "cuda" and source.n_samples is not None:
                 return self._run_pipelined(torch, source, progress)
             return collect(self._outputs(torch, source, progress))
@@ -709,6 +751,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        tags.array_api_support = True  # under dispatch the result follows X's namespace
         tags.input_tags.allow_nan = False
         tags.transformer_tags.preserves_dtype = [self._returned_dtype()]
         return tags
@@ -1030,6 +1073,25 @@ def _on_device(X):
     if device_type in _dlpack.CUDA_DEVICE_TYPES and torch.cuda.is_available():
         return torch.from_dlpack(X)
     return X
+
+
+def _array_namespace(X):
+    """(namespace name, device) of an array API array other than NumPy's (a torch
+    tensor included), or None."""
+    if _torch.is_tensor(X):
+        return "torch", str(X.device)
+    if isinstance(X, np.ndarray) or not hasattr(X, "__array_namespace__"):
+        return None
+    return X.__array_namespace__().__name__, str(getattr(X, "device", None))
+
+
+def _in_namespace(namespace, result, device):
+    """The torch tensor `result` as an array of `namespace` on `device`: through
+    DLPack (no copy), then moved where it is not on `device` yet."""
+    array = namespace.from_dlpack(result)
+    if getattr(array, "device", device) != device:
+        array = namespace.asarray(array, device=device)
+    return array
 
 
 def _map(batch, function):
