@@ -75,8 +75,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
       ``dtype`` when given): ``module_``. Your module is never moved or
       changed, and later changes to it do not reach ``module_``. Lazy
       modules (``nn.LazyLinear``...) are materialised in ``module_`` by one
-      batch of ``X``, initialised as torch initialises them (from its global
-      generator); yours stays lazy.
+      batch of ``X`` (its first sample), initialised as torch initialises
+      them (from its global generator); yours stays lazy.
     - ``transform`` copies each batch once into memory the module owns (a
       buffer reused from batch to batch on the CPU, device memory on a GPU),
       so even a module that works in place (``nn.ReLU(inplace=True)``,
@@ -232,8 +232,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def _materialise(self, torch, head):
         """Lazy parameters of module_ (nn.LazyLinear...) take their shapes from one
-        batch of X (`head`), as torch initialises them. Under no_grad, not inference
-        mode: they stay ordinary parameters."""
+        batch of X (`head`: its first sample), as torch initialises them. Under
+        no_grad, not inference mode: they stay ordinary parameters."""
         if not _is_lazy(torch, self.module_):
             return
         batch, _, _ = next(iter(head.batches(1)))
