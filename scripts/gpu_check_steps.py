@@ -408,8 +408,10 @@ def array_api():
     except ImportError:
         found["cupy"] = "not installed: not checked"
     else:
+        X_cupy = cupy.asarray(X_host.numpy())
         with sklearn.config_context(array_api_dispatch=True):
-            out = pipe[0].transform(cupy.asarray(X_host.numpy()))
+            # fitted on CuPy: pipe[0], fitted on torch, takes torch only under dispatch
+            out = pipeline()[0].fit(X_cupy).transform(X_cupy)
         found["cupy"] = f"{type(out).__module__}.{type(out).__name__}"
         if not isinstance(out, cupy.ndarray):
             problems.append(f"a CuPy X gave {found['cupy']}, not a CuPy array")

@@ -1,6 +1,7 @@
 """TorchTransformer under scikit-learn's array API dispatch: a torch X gives a
 torch result on X's device, through Pipeline and GridSearchCV, equal to the
-NumPy results.
+NumPy results; another namespace (array_api_strict) gets its own arrays back;
+scikit-learn's own array API checks pass.
 
 scikit-learn refuses dispatch unless SCIPY_ARRAY_API=1 was set before scipy
 was imported, which the rest of the suite has done long before this module
@@ -37,9 +38,10 @@ else:
     from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import MinMaxScaler, StandardScaler
+    from sklearn.utils import get_tags
     from sklearn.utils.estimator_checks import check_array_api_input
 
-    from tensorbridge.sklearn import TorchTransformer
+    from tensorbridge.sklearn import ToNumpy, TorchTransformer
 
     @pytest.fixture
     def dispatch():
@@ -161,6 +163,95 @@ else:
     def test_scikit_learns_array_api_check_with_numpy_inputs():
         check_array_api_input("TorchTransformer", TorchTransformer(torch.nn.Identity()),
                               array_namespace="numpy", expect_only_array_outputs=False)
+
+    # -- scikit-learn's own array API checks, as check_estimator runs them --------------
+
+    from sklearn.utils._array_api import (
+        yield_mixed_namespace_input_permutations,
+        yield_namespace_device_dtype_combinations,
+    )
+
+    def sklearn_check(name):
+        """One of scikit-learn's array API checks (those of 1.8 and later: skipped before)."""
+        from sklearn.utils import estimator_checks
+
+        if not hasattr(estimator_checks, name):
+            pytest.skip(f"scikit-learn {sklearn.__version__} has no {name}")
+        return getattr(estimator_checks, name)
+
+    ESTIMATORS = {"identity": lambda: TorchTransformer(torch.nn.Identity()),
+                  "linear": lambda: TorchTransformer(extractor(d=10))}
+    COMBINATIONS = list(yield_namespace_device_dtype_combinations())
+
+    def test_array_api_support_is_declared():
+        assert get_tags(TorchTransformer(torch.nn.Identity())).array_api_support
+        assert not get_tags(ToNumpy()).array_api_support  # leaving it: its purpose
+
+    @pytest.mark.parametrize("estimator", ESTIMATORS)
+    @pytest.mark.parametrize(("namespace", "device", "dtype"), COMBINATIONS)
+    @pytest.mark.parametrize("name", ["check_array_api_input",
+                                      "check_array_api_input_and_values"])
+    def test_scikit_learns_array_api_checks(name, namespace, device, dtype, estimator):
+        # numpy, torch (cpu float32 and float64; cuda where there is one), array_api_strict;
+        # the namespaces that are not installed, and devices not here, skip
+        sklearn_check(name)("TorchTransformer", ESTIMATORS[estimator](),
+                            array_namespace=namespace, device_name=device, dtype_name=dtype)
+
+    @pytest.mark.parametrize(("other", "X", "label"),
+                             list(yield_mixed_namespace_input_permutations()))
+    def test_scikit_learns_mixed_input_check(other, X, label):
+        sklearn_check("check_array_api_mixed_inputs")(
+            "TorchTransformer", TorchTransformer(torch.nn.Identity()), X_ns_and_device=X,
+            other_ns_and_device=other)
+
+    @pytest.mark.parametrize(("namespace", "device"), [("array_api_strict", None),
+                                                       ("torch", "cpu")])
+    def test_scikit_learns_same_namespace_check(namespace, device):
+        sklearn_check("check_array_api_same_namespace")(
+            "TorchTransformer", TorchTransformer(torch.nn.Identity()),
+            array_namespace=namespace, device_name=device)
+
+    # -- the namespace rules behind those checks --------------------------------------
+
+    def test_fitted_on_torch_under_dispatch_it_refuses_numpy_and_says_what_to_pass(dispatch):
+        X, _ = data(10, 3)
+        t = TorchTransformer(torch.nn.Identity()).fit(torch.from_numpy(X))
+        message = ("Inputs passed to TorchTransformer.transform() must use the same namespace "
+                   "and the same device as those passed to fit(): X is NumPy (or an "
+                   "array-like), but fit had torch on cpu. Pass X as torch on cpu, or fit "
+                   "again on X like this one")
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            t.transform(X)
+        with pytest.raises(ValueError, match="must use the same namespace"):
+            t.transform(X.tolist())
+        assert isinstance(t.transform(torch.from_numpy(X)), torch.Tensor)
+        with sklearn.config_context(array_api_dispatch=False):  # no dispatch: any X, NumPy out
+            assert isinstance(t.transform(X), np.ndarray)
+        # fitted on NumPy (or without dispatch), it takes any namespace, as before
+        assert isinstance(t.fit(X).transform(torch.from_numpy(X)), torch.Tensor)
+
+    def test_array_api_strict_x_gives_array_api_strict_on_its_device(dispatch):
+        xp = pytest.importorskip("array_api_strict")
+        X, _ = data(10, 3)
+        t = TorchTransformer(extractor(d=3), batch_size=4).fit(X)
+        with sklearn.config_context(array_api_dispatch=False):
+            expected = t.transform(X)
+        for device in (xp.Device("CPU_DEVICE"), xp.Device("device1")):
+            out = t.transform(xp.asarray(X, device=device))
+            assert type(out).__module__.startswith("array_api_strict") and out.device == device
+            assert out.dtype == xp.float32 and out.shape == (10, 16)
+            np.testing.assert_array_equal(np.asarray(xp.asarray(out, device=xp.Device(
+                "CPU_DEVICE"))), expected)
+        with sklearn.config_context(array_api_dispatch=False):  # without dispatch: NumPy
+            assert isinstance(t.transform(xp.asarray(X)), np.ndarray)
+        strict = TorchTransformer(extractor(d=3)).fit(xp.asarray(X))
+        with pytest.raises(ValueError, match="fit had array_api_strict on"):
+            strict.transform(torch.from_numpy(X))
+
+    def test_to_numpy_leaves_the_array_api_under_dispatch(dispatch):
+        X, _ = data(10, 3)
+        assert isinstance(ToNumpy().fit(torch.from_numpy(X)).transform(torch.from_numpy(X)),
+                          np.ndarray)
 
     @pytest.mark.gpu
     def test_a_cuda_tensor_gives_a_cuda_tensor_and_cupy_gives_cupy(dispatch):

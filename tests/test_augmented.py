@@ -8,11 +8,14 @@ import sklearn
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.dummy import DummyClassifier
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestClassifier
 from sklearn.exceptions import UnsetMetadataPassedError
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 from sklearn.model_selection import GridSearchCV
+from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils import get_tags
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -83,6 +86,10 @@ class Spy(ClassifierMixin, BaseEstimator):
     AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0),
     AugmentedEstimator(LogisticRegression(), augment=negate_some, n_views=2, batch_size=7,
                        random_state=0),
+    # multi_output, a Ridge tag, forwarded: check_supervised_y_2d
+    AugmentedEstimator(Ridge(), augment=noisy, n_views=2, batch_size=7, random_state=0),
+    # a transformer's tags (and fit_transform): scikit-learn's transformer checks
+    AugmentedEstimator(StandardScaler(), augment=noisy, random_state=0),
 ])
 def test_scikit_learn_checks_pass_with_no_expected_failure(estimator, check):
     check(estimator)
@@ -717,6 +724,30 @@ def test_dummy_estimators_and_regressor_tags_pass_through():
 
     assert AugmentedEstimator(Reg(), augment=noisy).__sklearn_tags__() \
         .estimator_type == "regressor"
+
+
+@pytest.mark.parametrize("estimator", [Ridge(), LogisticRegression(), MultinomialNB(),
+                                       HistGradientBoostingRegressor(), StandardScaler()])
+def test_the_estimators_tags_are_forwarded(estimator):
+    inner = get_tags(estimator)
+    tags = get_tags(AugmentedEstimator(estimator, augment=noisy))
+    assert tags.target_tags == inner.target_tags  # multi_output, positive_only, required...
+    assert (tags.estimator_type, tags.classifier_tags, tags.regressor_tags,
+            tags.transformer_tags, tags.non_deterministic) == (
+        inner.estimator_type, inner.classifier_tags, inner.regressor_tags,
+        inner.transformer_tags, inner.non_deterministic)
+    assert (tags.input_tags.allow_nan, tags.input_tags.positive_only) == (
+        inner.input_tags.allow_nan, inner.input_tags.positive_only)
+    assert tags.input_tags.three_d_array and not tags.array_api_support  # NumPy rows
+
+
+def test_fit_transform_is_fit_then_transform_of_x_as_given():
+    X, _ = data()
+    model = AugmentedEstimator(StandardScaler(), augment=noisy, n_views=2, random_state=0)
+    out = model.fit_transform(X)
+    np.testing.assert_array_equal(out, model.transform(X))
+    assert model.n_samples_seen_ == 120
+    assert not hasattr(AugmentedEstimator(Ridge(), augment=noisy), "fit_transform")
 
 
 class Negate(torch.nn.Module):

@@ -11,6 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import tensorbridge
 from tensorbridge.sklearn import ToNumpy, TorchTransformer
 
 
@@ -33,12 +34,27 @@ def test_to_numpy_step_is_zero_copy_for_cpu_tensors():
     step = ToNumpy().fit(t)
     out = step.transform(t)
     assert np.shares_memory(out, t.numpy())
-    bf16 = torch.randn(6, 3).bfloat16()
-    assert ToNumpy().fit(bf16).transform(bf16).dtype.name == "bfloat16"
     X, y = data()
     pipe = make_pipeline(ToNumpy(), StandardScaler(), LogisticRegression())
     pipe.fit(torch.from_numpy(X), torch.from_numpy(y))
     assert pipe.predict(torch.from_numpy(X)).shape == (40,)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_to_numpy_step_widens_bf16_and_fp8_to_float32_for_the_next_estimator(dtype):
+    X, y = data()
+    t = torch.from_numpy(X).to(dtype)
+    pipe = make_pipeline(ToNumpy(), LogisticRegression()).fit(t, y)
+    assert pipe.predict(t).shape == (40,)  # scikit-learn refused the ml_dtypes view
+    out = ToNumpy().fit(t).transform(t)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, t.float().numpy())
+    assert not np.shares_memory(out, tensorbridge.to_numpy(t))  # the one copy, documented
+    assert tensorbridge.to_numpy(t).dtype.name == str(dtype).removeprefix("torch.")  # the view
+    # an ml_dtypes NumPy array is widened too; complex stays complex and zero-copy
+    assert ToNumpy().fit_transform(tensorbridge.to_numpy(t)).dtype == np.float32
+    c = torch.ones(4, 2, dtype=torch.complex64)
+    assert np.shares_memory(ToNumpy().fit(c).transform(c), c.numpy())
 
 
 def test_to_numpy_step_names_its_features_one_to_one_and_takes_pandas_output():

@@ -11,6 +11,7 @@ that works in place changes only its copy.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import threading
 from numbers import Integral
@@ -59,6 +60,8 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
     Samples of any rank (images of shape (C, H, W), say) are augmented in
     their own shape, then reach the estimator as 2-D rows, flattened per
     sample, at fit and at predict alike (``flatten=False``: as they are).
+    It takes its estimator's tags (classifier or regressor, multi-output
+    targets, ...), so scikit-learn treats it as it treats the estimator.
 
     Parameters
     ----------
@@ -388,6 +391,12 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         return self.estimator_.transform(self._rows(X, 0),
                                          **self._routed("transform", params).transform)
 
+    @available_if(_estimator_has("transform"))
+    def fit_transform(self, X, y=None, **fit_params):
+        """``fit(X, y, **fit_params).transform(X)``: the estimator fitted on the
+        augmented rows, applied to ``X`` as given."""
+        return self.fit(X, y, **fit_params).transform(X)
+
     @available_if(_estimator_has("score"))
     def score(self, X, y=None, **params):
         """``estimator_.score`` on ``X``; with ``test_views``, the accuracy
@@ -431,11 +440,16 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         inner = get_tags(self.estimator)
+        # The estimator gets y (repeated with the rows) and gives the results, so
+        # what it says of targets (multi_output...), scores and outputs holds here.
         tags.estimator_type = inner.estimator_type
-        tags.classifier_tags = inner.classifier_tags
-        tags.regressor_tags = inner.regressor_tags
-        tags.target_tags.required = inner.target_tags.required
+        tags.target_tags = copy.deepcopy(inner.target_tags)
+        tags.classifier_tags = copy.deepcopy(inner.classifier_tags)
+        tags.regressor_tags = copy.deepcopy(inner.regressor_tags)
+        tags.transformer_tags = copy.deepcopy(inner.transformer_tags)
+        tags.non_deterministic = inner.non_deterministic
         tags.input_tags.allow_nan = inner.input_tags.allow_nan
+        tags.input_tags.positive_only = inner.input_tags.positive_only
         tags.input_tags.three_d_array = True  # samples of any rank
         return tags
 

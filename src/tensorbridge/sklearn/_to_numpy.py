@@ -27,16 +27,20 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
     converts it with ``Tensor.numpy()``); convert any other (on a GPU, one
     that requires grad, bfloat16) with ``tensorbridge.to_numpy(y)``.
 
-    A tensor becomes whatever ``tensorbridge.to_numpy`` gives, of any dtype
-    (complex, bfloat16 and float8 included); other input is validated as
-    scikit-learn validates it (a complex NumPy array is refused, as
-    scikit-learn's checks require). ``X`` may have any rank of at least 2:
+    A tensor becomes whatever ``tensorbridge.to_numpy`` gives (complex stays
+    complex), except bfloat16 and float8, which scikit-learn's estimators
+    refuse: they are widened to float32 (one copy; float32 holds each value
+    exactly). ``tb.to_numpy`` itself keeps its zero-copy ml_dtypes view. Other
+    input is validated as scikit-learn validates it (a complex NumPy array is
+    refused, as scikit-learn's checks require). ``X`` may have any rank of at least 2:
     images of shape (n, C, H, W) pass as they are, for a next step that takes
     them (``TorchTransformer``), and scikit-learn counts their features as
     ``X.shape[1]``; ``transform`` takes samples of the shape seen by ``fit``.
     Features pass one to one: ``get_feature_names_out`` gives the input's
     names, and ``set_output(transform="pandas")`` puts 2-D results in a
-    DataFrame (n-D ones stay arrays, which a DataFrame cannot hold).
+    DataFrame (n-D ones stay arrays, which a DataFrame cannot hold). It
+    declares no array API support: leaving the array API for NumPy is its
+    purpose, under ``array_api_dispatch=True`` too.
 
     Examples
     --------
@@ -61,7 +65,7 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
 
     def transform(self, X):
         """``X`` as a NumPy array: a view of CPU tensors and arrays wherever
-        possible, whatever their dtype (bfloat16 and float8 included); a lazy
+        possible (bfloat16 and float8 are widened to float32, a copy); a lazy
         dask array of them, block by block, for a dask array or Dask DataFrame."""
         result = self._transform(X)
         if _OWN_WRAPPING and getattr(result, "ndim", 2) == 2:
@@ -92,6 +96,9 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
     def _validate(self, X, reset, from_tensor=False):
         if is_tensor_like(X):
             X, from_tensor = to_numpy(X), True
+        # bfloat16 and float8 (ml_dtypes, which scikit-learn's estimators refuse as
+        # not numeric) widened to float32: the one copy this step makes.
+        X = validatable(X)
         if from_tensor and X.dtype.kind == "c":
             # scikit-learn refuses complex data, which a conversion step passes
             # through: its checks (shape, samples, width) run on the real part,
@@ -116,6 +123,9 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        # No array API support, on purpose: this step leaves the array API for
+        # NumPy, whatever array_api_dispatch says (TorchTransformer stays in it).
+        tags.array_api_support = False
         tags.input_tags.allow_nan = True
         tags.input_tags.three_d_array = True  # images pass through, to a next step
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]

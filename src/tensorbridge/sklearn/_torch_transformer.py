@@ -73,7 +73,10 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
       its own).
     - ``fit`` copies the module once, straight onto ``device`` (and into
       ``dtype`` when given): ``module_``. Your module is never moved or
-      changed, and later changes to it do not reach ``module_``.
+      changed, and later changes to it do not reach ``module_``. Lazy
+      modules (``nn.LazyLinear``...) are materialised in ``module_`` by one
+      batch of ``X`` (its first sample), initialised as torch initialises
+      them (from its global generator); yours stays lazy.
     - ``transform`` copies each batch once into memory the module owns (a
       buffer reused from batch to batch on the CPU, device memory on a GPU),
       so even a module that works in place (``nn.ReLU(inplace=True)``,
@@ -134,9 +137,15 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     to the module as keyword arguments), a ``torch.utils.data.Dataset`` or a
     ``DataLoader`` whose items are tensors or tuples led by the input. The
     result has one row per sample, in order. With
-    ``sklearn.set_config(array_api_dispatch=True)`` a torch (CuPy) ``X``
-    gives a torch tensor (CuPy array) on ``X``'s device, unless
-    ``set_output`` asks for a container.
+    ``sklearn.set_config(array_api_dispatch=True)`` the result follows ``X``'s
+    array namespace and device: a torch tensor for a torch ``X`` (written on
+    its device, no host copy), through DLPack an array of ``X``'s namespace
+    for another (CuPy, ``array_api_strict``...), NumPy for NumPy, unless
+    ``set_output`` asks for a container; it declares array API support and
+    passes scikit-learn's array API checks. Fitted so on a non-NumPy ``X``,
+    ``transform`` under dispatch then takes ``X`` of that namespace and
+    device only, as scikit-learn's estimators do. Without dispatch the result
+    is NumPy.
 
     Examples
     --------
@@ -201,6 +210,10 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             raise TypeError(f"{_NAME}.fit: got fit parameters {sorted(fit_params)}, but only a "
                             "skorch net as module takes any")
         self.device_ = self._resolve_device(torch)
+        # Under dispatch, transform then takes X of this namespace and device only, as
+        # scikit-learn's own estimators do (a NumPy-fitted one takes any).
+        self._fit_namespace = (_array_namespace(X) if get_config().get("array_api_dispatch")
+                               else None)
         source = self._read(X, reset=True)
         if net:
             self.net_ = self._train(torch, X, source, y, fit_params)
@@ -211,9 +224,22 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.dtype_ = self._resolve_dtype(torch, trained)
         self._check_layer(torch, trained)
         self.module_ = self._place(torch)
+        head = source.head()
+        self._materialise(torch, head)
         # One row through the module: a broken module fails here, not in transform.
-        self.n_features_out_ = self._run(torch, source.head(), None, quiet=True).shape[1]
+        self.n_features_out_ = self._run(torch, head, None, quiet=True).shape[1]
         return self
+
+    def _materialise(self, torch, head):
+        """Lazy parameters of module_ (nn.LazyLinear...) take their shapes from one
+        batch of X (`head`: its first sample), as torch initialises them. Under
+        no_grad, not inference mode: they stay ordinary parameters."""
+        if not _is_lazy(torch, self.module_):
+            return
+        batch, _, _ = next(iter(head.batches(1)))
+        inputs = _map(batch, lambda value, name: self._upload(torch, value, None))
+        with torch.no_grad(), self._layer_capture(torch) as capture:
+            self._forward(inputs, capture)
 
     def _resolve_device(self, torch):
         if isinstance(self.device, str) and self.device == "auto":
@@ -407,11 +433,13 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             raise ValueError(f"{_NAME}: X{where} has samples of shape {_describe(shape)}, but "
                              f"{_NAME} was fitted on samples of shape {_describe(expected)}; "
                              "pass X of the kind and shape it was fitted on, or fit again")
-        width = "" if not shape or not expected or shape[0] == expected[0] else (
-            f"X has {shape[0]} features, but {_NAME} is expecting {expected[0]} features as "
-            "input. ")  # scikit-learn's sentence, for the first dimension
-        raise ValueError(f"{width}{_NAME}: X{where} has samples of shape {shape}, but {_NAME} "
-                         f"was fitted on samples of shape {expected}; pass X of that shape, or "
+        if len(shape) == len(expected) == 1:
+            # 2-D X: scikit-learn's sentence (its checks look for it) says it all
+            raise ValueError(f"X{where} has {shape[0]} features, but {_NAME} is expecting "
+                             f"{expected[0]} features as input; pass X of {expected[0]} "
+                             "features, or fit again")
+        raise ValueError(f"{_NAME}: X{where} has samples of shape {shape}, but {_NAME} was "
+                         f"fitted on samples of shape {expected}; pass X of that shape, or "
                          "fit again")
 
     # -- transforming --------------------------------------------------------------
@@ -431,26 +459,58 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return self._run(torch, source, target)
 
     def _array_api_target(self, torch, X):
-        """(namespace, device) of the result under scikit-learn's array API
-        dispatch, or None for a NumPy result."""
+        """Under scikit-learn's array API dispatch, (device, wrap): the result is
+        written into a torch tensor on that device, then handed to X's namespace
+        by `wrap` (None: torch itself). None for a NumPy result."""
         if not get_config().get("array_api_dispatch", False):
             return None
+        self._check_namespace(X)
         if transform_output(self) != "default":  # a container was asked for: NumPy goes in it
             return None
         if isinstance(X, torch.Tensor):
-            return "torch", X.device
+            return X.device, None
         if type(X).__module__.split(".")[0] == "cupy" and torch.cuda.is_available():
-            return "cupy", torch.device("cuda", X.device.id)
-        return None
+            return torch.device("cuda", X.device.id), _cupy().from_dlpack
+        if _array_namespace(X) is None:  # NumPy, array-likes, Datasets, dicts: NumPy
+            return None
+        # Another array API namespace (array_api_strict, JAX): through DLPack, from
+        # a tensor on the device X's memory is on.
+        device_type, index = _dlpack.device_of(X) or (1, 0)
+        if device_type in _dlpack.CUDA_DEVICE_TYPES and torch.cuda.is_available():
+            device = torch.device("cuda", index)
+        else:
+            device = torch.device("cpu")
+        namespace, where = X.__array_namespace__(), X.device
+        return device, lambda result: _in_namespace(namespace, result, where)
+
+    def _check_namespace(self, X):
+        """Under dispatch, X of the namespace and device fit had, when that was not
+        NumPy: scikit-learn's own estimators refuse any other, and so would the next
+        step of a pipeline."""
+        fitted = self.__dict__.get("_fit_namespace")  # absent from older pickles
+        given = _array_namespace(X)
+        if fitted is None or given == fitted:
+            return
+
+        def described(namespace):
+            return "NumPy (or an array-like)" if namespace is None else \
+                f"{namespace[0]} on {namespace[1]}"
+
+        raise ValueError(
+            f"Inputs passed to {_NAME}.transform() must use the same namespace and the same "
+            f"device as those passed to fit(): X is {described(given)}, but fit had "
+            f"{described(fitted)}. Pass X as {described(fitted)}, or fit again on X like this "
+            "one")
 
     def _run(self, torch, source, target, quiet=False):
         progress = _Progress(source.batch_count(self.batch_size),
                              enabled=self.verbose > 0 and not quiet)
         try:
             if target is not None:
+                device, wrap = target
                 result = self._fill(torch, self._outputs(torch, source, progress), source,
-                                    target[1])
-                return result if target[0] == "torch" else _cupy().from_dlpack(result)
+                                    device)
+                return result if wrap is None else wrap(result)
             if self.device_.type == "cuda" and source.n_samples is not None:
                 return self._run_pipelined(torch, source, progress)
             return collect(self._outputs(torch, source, progress))
@@ -691,6 +751,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        tags.array_api_support = True  # under dispatch the result follows X's namespace
         tags.input_tags.allow_nan = False
         tags.transformer_tags.preserves_dtype = [self._returned_dtype()]
         return tags
@@ -1014,6 +1075,25 @@ def _on_device(X):
     return X
 
 
+def _array_namespace(X):
+    """(namespace name, device) of an array API array other than NumPy's (a torch
+    tensor included), or None."""
+    if _torch.is_tensor(X):
+        return "torch", str(X.device)
+    if isinstance(X, np.ndarray) or not hasattr(X, "__array_namespace__"):
+        return None
+    return X.__array_namespace__().__name__, str(getattr(X, "device", None))
+
+
+def _in_namespace(namespace, result, device):
+    """The torch tensor `result` as an array of `namespace` on `device`: through
+    DLPack (no copy), then moved where it is not on `device` yet."""
+    array = namespace.from_dlpack(result)
+    if getattr(array, "device", device) != device:
+        array = namespace.asarray(array, device=device)
+    return array
+
+
 def _map(batch, function):
     if isinstance(batch, dict):
         return {name: function(value, name) for name, value in batch.items()}
@@ -1132,11 +1212,22 @@ def _placed(torch, module, device, cast, shared):
             if id(tensor) in memo:
                 continue
             dtype = cast if cast is not None and tensor.is_floating_point() else None
+            if torch.nn.parameter.is_lazy(tensor):  # no data to copy: a new one, made there
+                memo[id(tensor)] = type(tensor)(requires_grad=tensor.requires_grad,
+                                                device=device, dtype=dtype or tensor.dtype)
+                continue
             placed = tensor.detach().to(device=device, dtype=dtype, copy=True)
             if isinstance(tensor, torch.nn.Parameter):
                 placed = torch.nn.Parameter(placed, requires_grad=tensor.requires_grad)
             memo[id(tensor)] = placed
     return copy.deepcopy(module, memo).eval()  # the rest (structure, attributes) as it is
+
+
+def _is_lazy(torch, module) -> bool:
+    """Whether `module` has parameters or buffers whose shape is not known yet."""
+    return isinstance(module, torch.nn.Module) and any(
+        torch.nn.parameter.is_lazy(tensor)
+        for tensor in itertools.chain(module.parameters(), module.buffers()))
 
 
 def _same_device(a, b) -> bool:
@@ -1155,8 +1246,8 @@ def _same_weights(torch, source, placed, cast) -> bool:
     """Whether placed's parameters and buffers are source's, on placed's
     device, with floating ones cast to `cast` (unless None) and the rest in
     their own dtype: then _placed makes placed again from source."""
-    if type(source) is not type(placed):
-        return False
+    if type(source) is not type(placed) or _is_lazy(torch, source):
+        return False  # a lazy source's module_ was materialised on X: not made again from it
     ours, theirs = source.state_dict(), placed.state_dict()
     if ours.keys() != theirs.keys():
         return False
