@@ -306,7 +306,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "gather_host",
       [](py::handle iterator, py::object destination, Py_ssize_t rows, Py_ssize_t index,
-         py::object trailing, py::object dtype, py::object hints, Py_ssize_t expected_rows) {
+         py::object trailing, py::object dtype, Py_ssize_t expected_rows) {
         tb::GatherDestination where;
         if (py::isinstance<tb::GrowableBuffer>(destination)) {
           where.buffer = destination.cast<tb::GrowableBuffer*>();
@@ -320,8 +320,6 @@ PYBIND11_MODULE(_core, m) {
         state.rows = rows;
         state.index = index;
         state.expected_rows = expected_rows;
-        state.hints = hints.is_none() ? nullptr : py::list(hints).release().ptr();
-        py::object hints_held = py::reinterpret_steal<py::object>(state.hints);
         if (!trailing.is_none()) {
           state.trailing = trailing.cast<std::vector<int64_t>>();
           if (PyArray_DescrConverter(dtype.ptr(), &state.descr) == 0) {
@@ -342,7 +340,7 @@ PYBIND11_MODULE(_core, m) {
                               py::reinterpret_steal<py::object>(leftover));
       },
       py::arg("iterator"), py::arg("destination"), py::arg("rows"), py::arg("index"),
-      py::arg("trailing"), py::arg("dtype"), py::arg("hints"), py::arg("expected_rows"),
+      py::arg("trailing"), py::arg("dtype"), py::arg("expected_rows"),
       "collect's host path (csrc/collect.h): (rows, index, trailing, dtype, exhausted, "
       "the first batch not taken).");
   m.def(

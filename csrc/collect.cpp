@@ -89,18 +89,6 @@ bool bytes_of(const GatherState& state, Py_ssize_t rows, size_t* row_bytes, size
   return rows >= 0 && !__builtin_mul_overflow(size, static_cast<size_t>(rows), bytes);
 }
 
-// Whether the announced rows of batch `index` (collect read `.shape[0]` of a
-// sequence's batches to size the result) are `rows`; no hint: true.
-bool matches_hint(const GatherState& state, Py_ssize_t rows) {
-  if (state.hints == nullptr || state.index >= PyList_GET_SIZE(state.hints)) return true;
-  const Py_ssize_t hint = PyLong_AsSsize_t(PyList_GET_ITEM(state.hints, state.index));
-  if (hint == -1 && PyErr_Occurred()) {
-    PyErr_Clear();
-    return false;
-  }
-  return hint == rows;
-}
-
 // Where the rows of the next batch go, with room for `rows_after` rows in
 // all; nullptr when there is none (out= too small, memory refused): the
 // Python writer says why.
@@ -154,7 +142,7 @@ bool take(PyObject* x, const HostBatch& batch, const GatherDestination& destinat
   }
   const Py_ssize_t rows = static_cast<Py_ssize_t>(batch.shape[0]);
   size_t row_bytes = 0, bytes = 0;
-  if (!matches_hint(*state, rows) || !bytes_of(*state, rows, &row_bytes, &bytes)) return false;
+  if (!bytes_of(*state, rows, &row_bytes, &bytes)) return false;
   char* dst = nullptr;
   if (row_bytes > 0) {
     char* base = room_for(destination, state->rows + rows, row_bytes);

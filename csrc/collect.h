@@ -40,8 +40,7 @@ struct GatherState {
   bool has_layout = false;         // trailing and descr are set (by a batch taken before)
   std::vector<int64_t> trailing;   // every batch's shape after its rows
   PyArray_Descr* descr = nullptr;  // owned once has_layout
-  PyObject* hints = nullptr;       // borrowed list of each batch's announced rows, or nullptr
-  Py_ssize_t expected_rows = -1;   // the hints' sum, reserved up front; -1: unknown
+  Py_ssize_t expected_rows = -1;   // the rows a sequence announced, reserved up front; -1: unknown
 };
 
 // Takes batches from `iterator` (a Python iterator) into `destination` while

@@ -53,8 +53,11 @@ def test_quick_bench_reports_every_method_this_machine_supports(quick_run):
     methods = {row["method"] for row in report["results"]}
     assert EXPECTED_CPU_METHODS <= methods
     for row in report["results"]:
-        assert row["median_s"] > 0 and row["iqr_s"] >= 0 and row["rounds"] >= 3
-        assert row["ratio_to_baseline"] > 0
+        assert row["median_s"] > 0 and row["iqr_s"] >= 0 and row["rounds"] >= 5
+        if row["ratio_to_baseline"] is not None:  # taken round by round, with its quartiles
+            assert 0 < row["ratio_q1"] <= row["ratio_to_baseline"] <= row["ratio_q3"], row
+    # scikit-learn's array API dispatch is measured without the user setting anything
+    assert {"array_api_dispatch=True", "array_api_dispatch=False"} <= methods
     # the GPU is said to be missing, not silently left out
     assert any("CUDA" in s["method"] for s in report["skipped"])
     assert report["versions"]["tensorbridge"] and report["versions"]["numpy"]
@@ -62,6 +65,38 @@ def test_quick_bench_reports_every_method_this_machine_supports(quick_run):
     assert "[" in result.stderr and "done" in result.stderr  # the progress bar
     assert "median: wall time per call" in result.stderr  # the table, beside JSON on stdout
     assert "wrote the plot to plot.png" in result.stderr
+
+
+def test_ratios_only_between_methods_that_make_the_same_thing(quick_run):
+    _, result = quick_run
+    report = json.loads(result.stdout)
+    rows = {(r["case"], r["method"]): r for r in report["results"]}
+    bases = {c["case"]: c["baseline"] for c in report["cases"] if c.get("baseline")}
+    for (case, method), row in rows.items():
+        base = rows[(case, bases[case])]
+        ours = method.startswith(("tb.", "TorchTransformer", "AugmentedEstimator", "ToNumpy"))
+        same = row["copies"] == base["copies"]
+        assert (row["ratio_to_baseline"] is not None) == (same or ours), row
+    # a ceiling is a ceiling: never "x vs base" against a view
+    memcpy = rows[("cpu float32 4 MiB", "host memcpy (memory ceiling)")]
+    assert memcpy["ratio_to_baseline"] is None and memcpy["ratio_to_ceiling"] == 1.0
+    # a float32 view is no answer to bf16's .float().numpy() copy; tensorbridge's view is
+    bf16 = "cpu bfloat16 16 MiB"
+    assert rows[(bf16, "float32 t.numpy() (same count)")]["ratio_to_baseline"] is None
+    assert rows[(bf16, "tb.to_numpy(t)")]["ratio_to_baseline"] < 1
+
+
+def test_on_a_gpu_the_cuda_cases_run_first_and_no_1_gib_case(monkeypatch):
+    from tensorbridge import _bench
+
+    monkeypatch.setattr(_bench, "why_no_cuda_cases", lambda torch: None)
+    settings = _bench.Settings.make(False, ("cpu", "cuda"))
+    plan = [(f.func.__name__, f.args[1:]) for f in _bench.build_cases(settings, [])]
+    names = [name for name, _ in plan]
+    first_cpu = names.index("_cpu_float32")
+    assert names[0] == "_cuda_small" and set(names[1:first_cpu]) == {"_cuda_float32"}
+    assert "_cuda_float32" not in names[first_cpu:]
+    assert all(args[0] < 1 << 30 for name, args in plan if name == "_cuda_float32")
 
 
 def test_views_are_time_per_call_and_only_copies_get_a_rate(quick_run):
@@ -271,7 +306,7 @@ def test_a_failing_method_is_recorded_and_the_run_goes_on(fake_cases, tmp_path, 
     status, output = bench_in_process(capsys, "--json", str(path))
     assert status == 1  # something failed, and everything else was measured
     report = json.loads(path.read_text())
-    assert report["schema"] == 3 and report["complete"] is True
+    assert report["schema"] == 4 and report["complete"] is True
     measured = {(row["case"], row["method"]) for row in report["results"]}
     assert measured == {("fake: one fails at once, one later", "np.zeros"),
                         ("fake: one fails at once, one later", "np.ones"),
@@ -300,7 +335,7 @@ def test_the_json_is_on_disk_after_every_case(fake_cases, tmp_path, capsys):
     path = tmp_path / "bench.json"
     bench_in_process(capsys, "--json", str(path))
     (seen,) = fake_cases
-    assert seen["schema"] == 3 and seen["complete"] is False
+    assert seen["schema"] == 4 and seen["complete"] is False
     assert [c["case"] for c in seen["cases"]] == ["fake: one fails at once, one later"]
     assert {row["method"] for row in seen["results"]} == {"np.zeros", "np.ones"}
 
@@ -480,7 +515,7 @@ def test_each_case_names_its_baseline_and_the_footer_says_what_was_computed(caps
         {"case": "workflows", "method": "*", "reason": "no scikit-learn"}]), sys.stdout)
     out = capsys.readouterr().out
     assert "\na case  (baseline: base; ceiling: ceiling)\n" in out
-    assert "vs base: median / the median of the case's baseline" in out
+    assert "vs base: the time / the baseline's (named above its table), taken round by round" in out
     assert "first method" not in out and "(*)" not in out and "*" not in out
     assert "skipped: every CUDA method: no GPU" in out
     assert "skipped: every method of workflows: no scikit-learn" in out
@@ -575,7 +610,7 @@ def test_the_plot_has_a_panel_for_views_and_one_for_copies(quick_run):
     assert set(views) == {"t.numpy()", "np.asarray(t)", "np.from_dlpack(t)",
                           "t.detach().cpu().numpy()", "t.numpy(force=True)", "tb.to_numpy(t)"}
     assert set(copies) == {"host memcpy (memory ceiling)", "tb.to_numpy(t, copy=True)"}
-    assert views_x == copies_x == ["1 KiB", "64 KiB", "4 MiB"]  # no requires_grad point
+    assert views_x == copies_x == ["1 KiB", "16 KiB", "256 KiB", "4 MiB", "16 MiB"]  # no grad point
 
 
 def test_the_plot_names_machine_versions_and_date(quick_run):

@@ -60,7 +60,7 @@ class Settings:
     @classmethod
     def make(cls, quick, devices, repeats=None, budget_s=None, workflows=True):
         base = cls(quick=quick, devices=tuple(devices), workflows=workflows,
-                   repeats=5 if quick else 15, budget_s=0.25 if quick else 2.0)
+                   repeats=15 if quick else 31, budget_s=0.4 if quick else 2.0)
         if repeats is not None:
             base.repeats = repeats
         if budget_s is not None:
@@ -89,8 +89,12 @@ class Case:
 # 1: the first layout (no "schema" key); 2: adds "schema", "complete", "cases"
 # (one entry per case, in run order, with its status and seconds) and "failed";
 # 3: adds "date", and per row "copies" (and "per_item_s" where a call handles
-# many batches); "bytes_per_s" and "ratio_to_ceiling" are for copies only.
-SCHEMA = 3
+# many batches); "bytes_per_s" and "ratio_to_ceiling" are for copies only;
+# 4: ratios taken round by round, with their quartiles ("ratio_q1", "ratio_q3",
+# "ceiling_q1", "ceiling_q3"), and "ratio_to_baseline" None where the method and
+# the baseline make different things (a view and a copy) and the method is not
+# tensorbridge's.
+SCHEMA = 4
 
 # The methods of schema 1 and 2 files that return views (those files do not
 # say): the CPU cases' zero-copy calls.
@@ -118,6 +122,10 @@ def run(settings: Settings, progress=None, checkpoint=None) -> dict:
     plan = list(build_cases(settings, report["skipped"]))
     for index, make_case in enumerate(plan):
         start = time.perf_counter()
+        if _needs_child(make_case):
+            _measure_in_child(make_case, settings, report, progress, index, len(plan))
+            save(report)
+            continue
         try:
             case = make_case()
         except Exception as error:  # noqa: BLE001 - recorded, and the run goes on
@@ -156,6 +164,65 @@ def run(settings: Settings, progress=None, checkpoint=None) -> dict:
     return report
 
 
+# Cases that need an environment set before their imports: scikit-learn's
+# array API dispatch needs SCIPY_ARRAY_API=1 before scipy is imported. Where
+# this process lacks it, the case runs in a child process that has it.
+_CHILD_ENVIRONMENTS = {"_workflow_array_api": {"SCIPY_ARRAY_API": "1"}}
+
+
+def _needs_child(make_case) -> bool:
+    wanted = _CHILD_ENVIRONMENTS.get(getattr(make_case, "func", make_case).__name__, {})
+    return any(os.environ.get(name) != value for name, value in wanted.items())
+
+
+_CHILD_CASE = """
+import json, sys
+from tensorbridge import _bench
+name, args, settings = json.loads(sys.argv[1])
+case = getattr(_bench, name)(_bench.import_torch(), *args)
+rows, failed = _bench.measure_case(case, _bench.Settings(**settings))
+print(json.dumps({"rows": rows, "failed": failed, "skipped": case.skipped,
+                  "title": case.title, "device": case.device, "baseline": case.baseline}))
+"""
+
+
+def _measure_in_child(make_case, settings, report, progress, index, count):
+    """Measures the case `make_case` makes in a child process with the
+    environment it needs (the user sets nothing), into `report`."""
+    import subprocess
+
+    name = make_case.func.__name__
+    args = list(make_case.args[1:])  # the first, torch, is the child's own
+    title = _factory_title(make_case)
+    if progress:
+        progress(index, count, f"{title} (in a child process)")
+    start = time.perf_counter()
+    environment = {**os.environ, **_CHILD_ENVIRONMENTS[name]}
+    settings_json = {**vars(settings), "devices": list(settings.devices)}
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", _CHILD_CASE, json.dumps([name, args, settings_json])],
+            capture_output=True, text=True, env=environment, timeout=600, check=True)
+        found = json.loads(child.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError) as error:
+        detail = getattr(error, "stderr", None) or ""
+        report["failed"].append({"case": title, "method": "(the case's child process)",
+                                 "error": f"{error} {detail[-2000:]}".strip(), "where": None})
+        report["cases"].append({"case": title, "device": None, "status": "failed",
+                                "seconds": time.perf_counter() - start})
+        return
+    report["results"].extend(found["rows"])
+    report["failed"].extend(found["failed"])
+    for method, why in found["skipped"].items():
+        report["skipped"].append({"case": found["title"], "method": method, "reason": why})
+    status = ("measured" if not found["failed"] else "failed" if not found["rows"]
+              else "partly failed")
+    report["cases"].append({"case": found["title"], "device": found["device"], "status": status,
+                            "seconds": time.perf_counter() - start,
+                            "baseline": found["baseline"], "ceiling": None, "items": None,
+                            "environment": _CHILD_ENVIRONMENTS[name]})
+
+
 def load_report(path) -> dict:
     """A report written by any version of `tensorbridge bench --json`, in this
     version's layout (schema 1 files gain empty "failed", derived "cases";
@@ -183,6 +250,7 @@ def load_report(path) -> dict:
             if not row["copies"]:
                 row["bytes_per_s"] = None
                 row.pop("ratio_to_ceiling", None)
+    report["schema"] = SCHEMA  # schema 3 rows lack only the quartiles, which are optional
     return report
 
 
@@ -280,23 +348,35 @@ def measure_case(case: Case, settings: Settings):
     samples = {name: ([], []) for name in methods}
     deadline = time.perf_counter() + settings.budget_s
     rounds = 0
-    while methods and rounds < settings.repeats and (rounds < 3 or time.perf_counter() < deadline):
-        for name, fn in list(methods.items()):
-            wall, gpu = samples[name]
-            number = numbers[name]
-            try:
-                if events:
-                    events[0].record()
-                start = time.perf_counter()
-                calls(fn, number)
-                wall.append((time.perf_counter() - start) / number)
-                if events:
-                    events[1].record()
-                    events[1].synchronize()
-                    gpu.append(events[0].elapsed_time(events[1]) / 1e3 / number)
-            except Exception as error:  # noqa: BLE001
-                drop(name, error, f"round {rounds + 1}")
-        rounds += 1
+    # No garbage collection inside a round: a pass landing on one method's
+    # sample would be charged to that method alone.
+    gc.collect()
+    gc.disable()
+    try:
+        while methods and rounds < settings.repeats and (
+                rounds < _MIN_ROUNDS or time.perf_counter() < deadline):
+            # Every method once per round, the order reversed every other
+            # round: each ratio is taken within rounds, and a neighbour's burst
+            # or a warm cache favours no method for long.
+            order = list(methods.items())
+            for name, fn in order if rounds % 2 == 0 else reversed(order):
+                wall, gpu = samples[name]
+                number = numbers[name]
+                try:
+                    if events:
+                        events[0].record()
+                    start = time.perf_counter()
+                    calls(fn, number)
+                    wall.append((time.perf_counter() - start) / number)
+                    if events:
+                        events[1].record()
+                        events[1].synchronize()
+                        gpu.append(events[0].elapsed_time(events[1]) / 1e3 / number)
+                except Exception as error:  # noqa: BLE001
+                    drop(name, error, f"round {rounds + 1}")
+            rounds += 1
+    finally:
+        gc.enable()
     rows = []
     for name in methods:
         wall, gpu = samples[name]
@@ -311,14 +391,48 @@ def measure_case(case: Case, settings: Settings):
         if case.items:
             row["per_item_s"] = row["median_s"] / case.items
         rows.append(row)
-    medians = {row["method"]: row["median_s"] for row in rows}
+    base = next((row for row in rows if row["method"] == case.baseline), None)
+    ceiling = next((row for row in rows if row["method"] == case.ceiling), None)
     for row in rows:
-        # None when the baseline itself failed: no ratio is better than a wrong one
-        row["ratio_to_baseline"] = (row["median_s"] / medians[case.baseline]
-                                    if case.baseline in medians else None)
-        if case.ceiling in medians and row["copies"]:
-            row["ratio_to_ceiling"] = row["median_s"] / medians[case.ceiling]
+        # None when the baseline failed, or when the two make different
+        # things: no ratio is better than a misleading one.
+        row["ratio_to_baseline"] = None
+        if base is not None and comparable(row, base):
+            row.update(_paired(samples[row["method"]][0], samples[case.baseline][0], "ratio_"))
+            row["ratio_to_baseline"] = row.pop("ratio_median")
+        if ceiling is not None and row["copies"]:
+            row.update(_paired(samples[row["method"]][0], samples[case.ceiling][0], "ceiling_"))
+            row["ratio_to_ceiling"] = row.pop("ceiling_median")
     return rows, failed
+
+
+# Rounds that every case runs, whatever its budget: enough for a median.
+_MIN_ROUNDS = 5
+# Methods that are tensorbridge's: compared with the baseline, the call people
+# write today, whether or not both copy (a view against the copy it replaces).
+_OURS = ("tb.", "TorchTransformer", "AugmentedEstimator", "ToNumpy")
+
+
+def comparable(row, base) -> bool:
+    """Whether `row`'s method and the baseline make the same thing (both views,
+    both copies), or `row` is tensorbridge's answer to the baseline's call. A
+    ceiling is a ceiling: never a ratio against a view."""
+    if row is base:
+        return True
+    if row["method"] in (HOST_CEILING, LINK_CEILING):
+        return row["copies"] and base["copies"]
+    return row["copies"] == base["copies"] or row["method"].startswith(_OURS)
+
+
+def _paired(values, anchors, prefix):
+    """The ratios of `values` to `anchors` taken round by round (each pair
+    measured back to back): their median, and their quartiles as the spread."""
+    ratios = [value / anchor for value, anchor in zip(values, anchors) if anchor > 0]
+    if len(ratios) > 1:
+        q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    else:
+        q1 = median = q3 = ratios[0] if ratios else float("nan")
+    return {f"{prefix}median": median, f"{prefix}q1": q1, f"{prefix}q3": q3}
 
 
 def _shares_memory(result, memory) -> bool:
@@ -349,7 +463,9 @@ def _cuda_events():
 
 
 def _sizes(quick):
-    sizes = [1 << 10, 64 << 10, 4 << 20] + ([] if quick else [64 << 20, 512 << 20])
+    # Enough sizes for a curve: per-call costs below the cache sizes, rates above.
+    sizes = ([1 << 10, 16 << 10, 256 << 10, 4 << 20, 16 << 20] if quick
+             else [1 << 10, 16 << 10, 256 << 10, 4 << 20, 64 << 20, 512 << 20])
     budget = _available_memory() // 8  # source, result and ceilings must all fit
     return [n for n in sizes if n <= budget]
 
@@ -371,6 +487,15 @@ def build_cases(settings: Settings, skipped: list):
     if torch is None:
         skipped.append({"case": "*", "method": "every torch method",
                         "reason": "torch is not installed"})
+    if "cuda" in settings.devices:
+        # First on a GPU: a run cut short by a time limit still has them.
+        why = why_no_cuda_cases(torch)
+        if why:
+            skipped.append({"case": "*", "method": "every CUDA method", "reason": why})
+        else:
+            yield partial(_cuda_small, torch)
+            for nbytes in _sizes(settings.quick):
+                yield partial(_cuda_float32, torch, nbytes)
     if "cpu" in settings.devices:
         for nbytes in _sizes(settings.quick):
             yield partial(_cpu_float32, torch, nbytes)
@@ -387,14 +512,6 @@ def build_cases(settings: Settings, skipped: list):
         yield partial(_cpu_collect_small, 2_000 if settings.quick else 10_000)
         if torch is not None:
             yield partial(_cpu_collect_tensors, torch, 2_000 if settings.quick else 10_000)
-    if "cuda" in settings.devices:
-        why = why_no_cuda_cases(torch)
-        if why:
-            skipped.append({"case": "*", "method": "every CUDA method", "reason": why})
-        else:
-            for nbytes in _sizes(settings.quick) + ([] if settings.quick else [1 << 30]):
-                yield partial(_cuda_float32, torch, nbytes)
-            yield partial(_cuda_small, torch)
     if settings.workflows and torch is not None:
         if not _has_sklearn():
             skipped.append({"case": "workflows", "method": "*",

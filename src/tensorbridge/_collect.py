@@ -93,8 +93,7 @@ def collect(batches: Iterable[Any], *, out: np.ndarray | None = None) -> np.ndar
         gathered = _gather_small_device_batches(batches, out)
         if gathered is not None:
             return gathered
-    # A sequence tells its size up front: one allocation instead of growing.
-    writer = _Writer(out, _row_hints(batches) if isinstance(batches, (list, tuple)) else None)
+    writer = _Writer(out, batches if isinstance(batches, (list, tuple)) else None)
     writer.consume(iterator)
     return writer.finish()
 
@@ -173,7 +172,7 @@ def _row_hints(batches):
 
 
 class _Writer:
-    def __init__(self, out, row_hints=None):
+    def __init__(self, out, sequence=None):
         self.out = out
         self.buffer = None if out is not None else _core.GrowableBuffer()
         # Every row of the result, written or to come: `out`, or an array over
@@ -186,10 +185,12 @@ class _Writer:
         self.dtype = None
         self.row_bytes = None
         self.pending = []  # small device batches: (offset_rows, device batch)
-        # Rows each batch of a sequence says it has, else None; their sum
-        # sizes the result up front.
-        self.row_hints = row_hints
-        self.expected_rows = None if row_hints is None else sum(row_hints)
+        # A sequence tells its size up front: the rows each of its batches
+        # from `hints_from` on says it has (read at the first batch the native
+        # loop hands back: a host batch's shape is its data's), and their sum,
+        # which sizes the result at once.
+        self.sequence = sequence
+        self.row_hints, self.hints_from, self.expected_rows = None, 0, None
 
     def consume(self, iterator):
         """Every batch of `iterator`, in order: host batches in the native
@@ -202,7 +203,7 @@ class _Writer:
                     self.window = None
                 self.rows, index, trailing, dtype, exhausted, batch = _core.gather_host(
                     iterator, self.buffer if self.out is None else self.out, self.rows, index,
-                    self.trailing, self.dtype, self.row_hints,
+                    self.trailing, self.dtype,
                     self.expected_rows if 0 <= (self.expected_rows or -1) <= sys.maxsize else -1)
                 if self.trailing is None and trailing is not None:
                     self._set_layout(trailing, dtype)
@@ -213,11 +214,21 @@ class _Writer:
                     batch = next(iterator)
                 except StopIteration:
                     return
+            if self.sequence is not None:
+                self._read_hints(index)
             # No reference to a batch outlives its write: the producer may
             # free it before making the next one.
             self.add(index, batch)
             del batch
             index += 1
+
+    def _read_hints(self, index):
+        """The rows the sequence's batches from `index` on say they have."""
+        hints = _row_hints(self.sequence[index:])
+        self.sequence = None  # read once
+        if hints is not None:
+            self.row_hints, self.hints_from = hints, index
+            self.expected_rows = self.rows + sum(hints)
 
     # -- one batch -----------------------------------------------------------------
 
@@ -237,8 +248,9 @@ class _Writer:
         shape, dtype = source.shape, source.dtype
         self._check(index, shape, dtype)
         rows = shape[0]
-        hint = rows if self.row_hints is None or index >= len(self.row_hints) \
-            else self.row_hints[index]
+        at = index - self.hints_from
+        hint = rows if self.row_hints is None or not 0 <= at < len(self.row_hints) \
+            else self.row_hints[at]
         if hint != rows:
             raise ValueError(
                 f"collect: batch {index} has {rows} rows, but its shape attribute said {hint} "

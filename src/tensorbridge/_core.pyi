@@ -169,7 +169,7 @@ class BufferView(Buffer):
 
 def gather_host(iterator: Iterator[object], destination: GrowableBuffer | _Array, rows: int,
                 index: int, trailing: tuple[int, ...] | None, dtype: np.dtype[Any] | None,
-                hints: list[int] | None, expected_rows: int,
+                expected_rows: int,
                 ) -> tuple[int, int, tuple[int, ...] | None, np.dtype[Any] | None, bool,
                            object]: ...
 def host_copy(dst: Buffer, src: Buffer) -> None: ...

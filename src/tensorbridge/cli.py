@@ -253,16 +253,21 @@ def _format_time(seconds) -> str:
     raise AssertionError("unreachable")
 
 
-COLUMNS = ("method", "result", "median", "spread", "GPU time", "GB/s", "vs base", "vs ceil")
+COLUMNS = ("method", "result", "median", "spread", "GPU time", "GB/s", "vs base", "its spread",
+           "vs ceil")
 
 FOOTER = """\
 result: view (the method returned the source's memory, zero-copy) or copy (new memory)
 median: wall time per call (a device method's includes the wait that makes its result usable)
 spread: interquartile range of the rounds' times
 GB/s: the case's bytes / median, for copies only (a view moves no bytes: its figure is its time)
-vs base: median / the median of the case's baseline (named above its table): below 1 is faster
-vs ceil: median / the ceiling's median (host memcpy for CPU memory, a raw pinned copy for the
-  GPU link), for copies only"""
+vs base: the time / the baseline's (named above its table), taken round by round, each pair
+  back to back: the median of those ratios, below 1 is faster; only where the two make the same
+  thing (views, copies) or the method is tensorbridge's answer to the baseline's call ("-": not
+  comparable)
+its spread: the quartiles of those per-round ratios
+vs ceil: the time / the ceiling's (host memcpy for CPU memory, a raw pinned copy for the GPU
+  link), round by round, for copies only"""
 
 
 def _cells(row):
@@ -274,6 +279,8 @@ def _cells(row):
             _format_time(row["gpu_median_s"]) if "gpu_median_s" in row else "",
             f"{row['bytes_per_s'] / 1e9:.2f}" if copies and row.get("bytes_per_s") else "",
             _format_ratio(base) if base is not None else "-",
+            f"{row['ratio_q1']:.2f}-{row['ratio_q3']:.2f}" if base is not None
+            and "ratio_q1" in row else "",
             _format_ratio(row["ratio_to_ceiling"]) if copies and "ratio_to_ceiling" in row else ""]
 
 
