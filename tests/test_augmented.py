@@ -208,9 +208,23 @@ def double_in_place_globally(sample):
     return sample.mul_(2)
 
 
+def double_through_numpy(batch, generator):
+    # a write torch's version counter does not see
+    values = batch.numpy()
+    values *= 2
+    return batch
+
+
+def double_in_a_view(batch, generator):
+    batch[:, :2].mul_(2)  # in place through a view of the batch: part of it
+    return batch * 1
+
+
 @pytest.mark.parametrize("params", [
     {"augment": double_in_place}, {"augment": double_in_place, "batch_size": 7},
-    {"augment": double_in_place_globally}], ids=["per-sample", "batched", "generator-less"])
+    {"augment": double_through_numpy, "batch_size": 7},
+    {"augment": double_in_place_globally}],
+    ids=["per-sample", "batched", "batched-through-numpy", "generator-less"])
 def test_an_in_place_augment_changes_only_its_copy(params):
     X, y = data()
     before = X.copy()
@@ -225,6 +239,26 @@ def test_an_in_place_augment_changes_only_its_copy(params):
     np.testing.assert_array_equal(log[-1]["predict_proba"][:40], before)
     np.testing.assert_array_equal(log[-1]["predict_proba"][40:], np.tile(2 * before, (2, 1)))
     np.testing.assert_array_equal(X, before)
+
+
+def test_a_batched_augment_that_writes_part_of_its_batch_sees_the_originals_each_view():
+    X, y = data()
+    log = Log()
+    AugmentedEstimator(Spy(log), augment=double_in_a_view, n_views=3, batch_size=16).fit(X, y)
+    rows = log[-1]["X"]
+    expected = X.copy()
+    expected[:, :2] *= 2
+    np.testing.assert_array_equal(rows[:40], X)
+    for view in range(1, 4):  # each view from the originals, not from the last view
+        np.testing.assert_array_equal(rows[40 * view:40 * (view + 1)], expected)
+
+
+def test_an_in_place_batched_augment_under_inference_mode():
+    X, y = data()
+    log = Log()
+    with torch.inference_mode():
+        AugmentedEstimator(Spy(log), augment=double_in_place, n_views=2, batch_size=8).fit(X, y)
+    np.testing.assert_array_equal(log[-1]["X"][40:], np.tile(2 * X, (2, 1)))
 
 
 @pytest.mark.parametrize("param", ["n_views", "test_views"])

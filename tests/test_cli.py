@@ -76,7 +76,9 @@ def test_ratios_only_between_methods_that_make_the_same_thing(quick_run):
         base = rows[(case, bases[case])]
         ours = method.startswith(("tb.", "TorchTransformer", "AugmentedEstimator", "ToNumpy"))
         same = row["copies"] == base["copies"]
-        assert (row["ratio_to_baseline"] is not None) == (same or ours), row
+        # tensorbridge's view is its answer to a copy people make today; its copy is
+        # no answer to a view
+        assert (row["ratio_to_baseline"] is not None) == (same or (ours and not row["copies"])), row
     # a ceiling is a ceiling: never "x vs base" against a view
     memcpy = rows[("cpu float32 4 MiB", "host memcpy (memory ceiling)")]
     assert memcpy["ratio_to_baseline"] is None and memcpy["ratio_to_ceiling"] == 1.0

@@ -20,6 +20,7 @@ version written so far.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import importlib.metadata
@@ -84,6 +85,11 @@ class Case:
     memory: tuple = ()
     # Batches per call, for cases whose figure is the cost per batch.
     items: int | None = None
+    # Threads the case's torch and BLAS get (None: their defaults). The CPU
+    # workflows run on one: several threads per method on a shared machine
+    # oversubscribe its cores (OpenBLAS threads spin), and the same call then
+    # took 0.3 to 1.2 s, round to round; one thread repeats within a few percent.
+    threads: int | None = None
 
 
 # 1: the first layout (no "schema" key); 2: adds "schema", "complete", "cases"
@@ -148,7 +154,7 @@ def run(settings: Settings, progress=None, checkpoint=None) -> dict:
         report["cases"].append({"case": case.title, "device": case.device, "status": status,
                                 "seconds": time.perf_counter() - start,
                                 "baseline": case.baseline, "ceiling": case.ceiling,
-                                "items": case.items})
+                                "items": case.items, "threads": case.threads})
         del case
         gc.collect()
         save(report)
@@ -326,57 +332,9 @@ def measure_case(case: Case, settings: Settings):
                        **_error_fields(error)})
         del methods[name]
 
-    # Warm up, and calibrate: each sample repeats a method enough times to
-    # last about 1/(repeats * methods) of the budget (at least 100 us), so that
-    # sub-microsecond calls are not drowned by the clock.
-    numbers, copies = {}, {}
-    target = max(1e-4, settings.budget_s / (settings.repeats * max(len(methods), 1)))
-    for name, fn in list(methods.items()):
-        try:
-            result = fn()
-            if case.sync is not None:
-                case.sync()
-            copies[name] = not _shares_memory(result, case.memory)
-            del result
-            start = time.perf_counter()
-            calls(fn, 1)
-        except Exception as error:  # noqa: BLE001 - recorded, and the case goes on
-            drop(name, error, "warm-up")
-            continue
-        single = max(time.perf_counter() - start, 1e-7)
-        numbers[name] = max(1, min(100_000, int(target / single)))
-    samples = {name: ([], []) for name in methods}
-    deadline = time.perf_counter() + settings.budget_s
-    rounds = 0
-    # No garbage collection inside a round: a pass landing on one method's
-    # sample would be charged to that method alone.
-    gc.collect()
-    gc.disable()
-    try:
-        while methods and rounds < settings.repeats and (
-                rounds < _MIN_ROUNDS or time.perf_counter() < deadline):
-            # Every method once per round, the order reversed every other
-            # round: each ratio is taken within rounds, and a neighbour's burst
-            # or a warm cache favours no method for long.
-            order = list(methods.items())
-            for name, fn in order if rounds % 2 == 0 else reversed(order):
-                wall, gpu = samples[name]
-                number = numbers[name]
-                try:
-                    if events:
-                        events[0].record()
-                    start = time.perf_counter()
-                    calls(fn, number)
-                    wall.append((time.perf_counter() - start) / number)
-                    if events:
-                        events[1].record()
-                        events[1].synchronize()
-                        gpu.append(events[0].elapsed_time(events[1]) / 1e3 / number)
-                except Exception as error:  # noqa: BLE001
-                    drop(name, error, f"round {rounds + 1}")
-            rounds += 1
-    finally:
-        gc.enable()
+    with _thread_limit(case.threads):
+        numbers, copies = _calibrate(case, settings, methods, calls, drop)
+        samples = _rounds(case, settings, methods, numbers, events, calls, drop)
     rows = []
     for name in methods:
         wall, gpu = samples[name]
@@ -406,6 +364,90 @@ def measure_case(case: Case, settings: Settings):
     return rows, failed
 
 
+def _calibrate(case, settings, methods, calls, drop):
+    """Warms each method up, finds whether it copies, and how many calls a
+    sample takes: about 1/(repeats * methods) of the budget (at least 100 us),
+    so that sub-microsecond calls are not drowned by the clock."""
+    numbers, copies = {}, {}
+    target = max(1e-4, settings.budget_s / (settings.repeats * max(len(methods), 1)))
+    for name, fn in list(methods.items()):
+        try:
+            result = fn()
+            if case.sync is not None:
+                case.sync()
+            copies[name] = not _shares_memory(result, case.memory)
+            del result
+            start = time.perf_counter()
+            calls(fn, 1)
+        except Exception as error:  # noqa: BLE001 - recorded, and the case goes on
+            drop(name, error, "warm-up")
+            continue
+        single = max(time.perf_counter() - start, 1e-7)
+        numbers[name] = max(1, min(100_000, int(target / single)))
+    return numbers, copies
+
+
+def _rounds(case, settings, methods, numbers, events, calls, drop):
+    """Each method's samples (wall, GPU), one per round, every method once per
+    round, the order reversed every other round: each ratio is taken within
+    rounds, and a neighbour's burst or a warm cache favours no method for long."""
+    samples = {name: ([], []) for name in methods}
+    deadline = time.perf_counter() + settings.budget_s
+    rounds = 0
+    # No garbage collection inside a round: a pass landing on one method's
+    # sample would be charged to that method alone.
+    gc.collect()
+    gc.disable()
+    try:
+        while methods and rounds < settings.repeats and (
+                rounds < _MIN_ROUNDS or time.perf_counter() < deadline):
+            order = list(methods.items())
+            for name, fn in order if rounds % 2 == 0 else reversed(order):
+                wall, gpu = samples[name]
+                number = numbers[name]
+                try:
+                    if events:
+                        events[0].record()
+                    start = time.perf_counter()
+                    calls(fn, number)
+                    wall.append((time.perf_counter() - start) / number)
+                    if events:
+                        events[1].record()
+                        events[1].synchronize()
+                        gpu.append(events[0].elapsed_time(events[1]) / 1e3 / number)
+                except Exception as error:  # noqa: BLE001
+                    drop(name, error, f"round {rounds + 1}")
+            rounds += 1
+    finally:
+        gc.enable()
+    return samples
+
+
+@contextlib.contextmanager
+def _thread_limit(threads):
+    """torch's and the BLAS libraries' threads limited to `threads` (None: as they are)."""
+    if threads is None:
+        yield
+        return
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings it; without it, only torch is limited
+        threadpool_limits = None
+    if torch is not None:
+        torch.set_num_threads(threads)
+    try:
+        if threadpool_limits is None:
+            yield
+        else:
+            with threadpool_limits(limits=threads):
+                yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(before)
+
+
 # Rounds that every case runs, whatever its budget: enough for a median.
 _MIN_ROUNDS = 5
 # Methods that are tensorbridge's: compared with the baseline, the call people
@@ -421,7 +463,10 @@ def comparable(row, base) -> bool:
         return True
     if row["method"] in (HOST_CEILING, LINK_CEILING):
         return row["copies"] and base["copies"]
-    return row["copies"] == base["copies"] or row["method"].startswith(_OURS)
+    # tensorbridge's view where people copy today (bf16's .float().numpy()) is
+    # its answer to that call; its copy is no answer to a view
+    return row["copies"] == base["copies"] or (row["method"].startswith(_OURS)
+                                               and not row["copies"])
 
 
 def _paired(values, anchors, prefix):
@@ -696,7 +741,8 @@ def _workflow_features(torch, device, rows):
     return Case(f"workflow: feature extraction ({device})", device, X.nbytes, "hand-written loop",
                 {"hand-written loop": hand_written,
                  "TorchTransformer.transform": lambda: transformer.transform(X)},
-                sync=torch.cuda.synchronize if device == "cuda" else None)
+                sync=torch.cuda.synchronize if device == "cuda" else None,
+                threads=1 if device == "cpu" else None)
 
 
 def _workflow_scaling(torch, device, rows):
@@ -719,7 +765,8 @@ def _workflow_scaling(torch, device, rows):
     return Case(f"workflow: batches -> StandardScaler ({device})", device, data.numel() * 4,
                 "list + np.concatenate", {"list + np.concatenate": list_and_concatenate,
                                           "tb.collect": with_collect},
-                sync=torch.cuda.synchronize if device == "cuda" else None)
+                sync=torch.cuda.synchronize if device == "cuda" else None,
+                threads=1 if device == "cpu" else None)
 
 
 def _workflow_augmentation(torch, count):
@@ -756,7 +803,8 @@ def _workflow_augmentation(torch, count):
                 images.numel() * 4 * (1 + n_views), "np.concatenate(views)", {
                     "np.concatenate(views)": lambda: np.concatenate([v.numpy() for v in views()]),
                     "tb.collect(views)": lambda: collect(views()),
-                    f"AugmentedEstimator(batch_size={batch_size})": lambda: estimator.fit(array)})
+                    f"AugmentedEstimator(batch_size={batch_size})": lambda: estimator.fit(array)},
+                threads=1)
 
 
 def _workflow_array_api(torch, device, rows):
@@ -785,7 +833,8 @@ def _workflow_array_api(torch, device, rows):
                                               "scipy is imported: run the benchmark with it")
     return Case(f"workflow: features -> PCA, array API dispatch ({device})", device, X.numel() * 4,
                 "array_api_dispatch=False", methods,
-                sync=torch.cuda.synchronize if device == "cuda" else None, skipped=skipped)
+                sync=torch.cuda.synchronize if device == "cuda" else None, skipped=skipped,
+                threads=1 if device == "cpu" else None)
 
 
 def _workflow_skorch(torch, device, rows):
@@ -821,7 +870,8 @@ def _workflow_skorch(torch, device, rows):
                 "net.forward + hook", {"net.forward + hook": skorch_forward,
                                        "TorchTransformer(net, layer=...)":
                                            lambda: transformer.transform(X)},
-                sync=torch.cuda.synchronize if device == "cuda" else None)
+                sync=torch.cuda.synchronize if device == "cuda" else None,
+                threads=1 if device == "cpu" else None)
 
 
 def format_bytes(nbytes) -> str:

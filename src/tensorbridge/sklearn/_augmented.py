@@ -3,9 +3,17 @@
 The rows reach the wrapped estimator through one preallocated array: the
 original samples are copied into its head, and the augmented views are
 written behind them by ``collect``, batch by batch, with no list of views and
-no ``np.concatenate``. ``augment`` gets a copy of each batch (of each chunk
-of samples, per sample), never that head nor the caller's ``X``: an augment
-that works in place changes only its copy.
+no ``np.concatenate``.
+
+``augment`` never sees the caller's ``X``. A batched augment gets batches of
+that head (per sample: a copy of each chunk): copying every batch for it cost
+more than 5% of a fit whose augment is cheap, and most augments write
+nothing. One that works in place is caught instead: torch bumps the version
+counter a tensor shares with its views at every in-place operation, and the
+batch is then restored from ``X`` before the next one is made; a write that
+torch does not see (through ``.numpy()`` or ``.data``) shows at the end, when
+the head no longer equals ``X``, and the views are made again, the same ones,
+from a copy of each batch.
 """
 
 from __future__ import annotations
@@ -246,15 +254,33 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
             except TypeError as error:  # longdouble, for one
                 raise TypeError(f"AugmentedEstimator: X has dtype {X.dtype}, which torch "
                                 "cannot hold; convert X to float64 or float32") from error
-            views = self._views(torch, samples, n_views, rng)
-            try:
-                tensorbridge.collect(views, out=rows[n:])
-            finally:
-                views.close()  # restores torch's global state at once, even on an error
+
+            def restore(start, stop):
+                rows[start:stop] = X[start:stop]
+
+            state = rng.get_state()
+            # Inference tensors (made under torch.inference_mode) count no versions.
+            copies = torch.is_inference_mode_enabled()
+            self._collect_views(torch, samples, n_views, rng, rows[n:], restore, copies)
+            if not copies and not _same_bytes(rows[:n], X):  # a write torch did not see
+                rows[:n] = X
+                rng.set_state(state)
+                self._collect_views(torch, samples, n_views, rng, rows[n:], restore, copies=True)
         return rows.reshape(len(rows), -1) if self.flatten else rows
 
-    def _views(self, torch, samples, n_views, rng):
-        """The augmented batches of ``n_views`` views of ``samples``, in order."""
+    def _collect_views(self, torch, samples, n_views, rng, out, restore, copies):
+        views = self._views(torch, samples, n_views, rng, restore, copies)
+        try:
+            tensorbridge.collect(views, out=out)
+        finally:
+            views.close()  # restores torch's global state at once, even on an error
+
+    def _views(self, torch, samples, n_views, rng, restore, copies):
+        """The augmented batches of ``n_views`` views of ``samples``, in order.
+        A batched augment gets the batches of ``samples`` themselves (a copy
+        of each with ``copies``); after one that it changed in place (which
+        ``collect`` has written by then), ``restore(start, stop)`` puts the
+        samples back."""
         augment, batch_size = self.augment, self.batch_size
         passing = _generator_passing(augment)
         if batch_size is not None and passing:
@@ -262,12 +288,16 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
             starts = range(0, len(samples), batch_size)
             seeds = rng.randint(0, _SEED_BOUND, size=(n_views, len(starts)), dtype=np.int64)
             generator = torch.Generator()
-            copies = _Copies(samples, batch_size)
+            copied = _Copies(samples, batch_size) if copies else None
             for view_seeds in seeds:
                 for start, seed in zip(starts, view_seeds.tolist()):
-                    batch = copies.of(start)
+                    batch = copied.of(start) if copied else samples[start:start + batch_size]
+                    # shared with its views, bumped by every in-place operation
+                    version = None if copies else samples._version
                     generator.manual_seed(seed)
                     yield _checked(torch, call(batch, generator), batch, "batch")
+                    if version is not None and samples._version != version:
+                        restore(start, start + len(batch))
             return
         seeds = rng.randint(0, _SEED_BOUND, size=(n_views, len(samples)), dtype=np.int64)
         stacked = batch_size or _STACKED_SAMPLES
@@ -524,7 +554,13 @@ def _checked(torch, result, given, what):
     if result.shape != given.shape:
         raise ValueError(f"AugmentedEstimator: augment changed a {what}'s shape from "
                          f"{tuple(given.shape)} to {tuple(result.shape)}; it must keep it")
-    return result.to(given.dtype)
+    return result if result.dtype == given.dtype else result.to(given.dtype)
+
+
+def _same_bytes(head, X) -> bool:
+    """Whether the rows' head still holds ``X`` bit for bit (NaN and -0.0 included)."""
+    X = np.ascontiguousarray(X)
+    return np.array_equal(head.reshape(-1).view(np.uint8), X.reshape(-1).view(np.uint8))
 
 
 def _repeated(value, n, repeat):
