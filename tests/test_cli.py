@@ -20,7 +20,7 @@ EXPECTED_CPU_METHODS = {
     "host memcpy (memory ceiling)", "t.detach().numpy()", ".float().numpy()",
     "float32 t.numpy() (same count)", "np.concatenate(list)", "tb.collect(batches)",
     "hand-written loop", "TorchTransformer.transform", "list + np.concatenate", "tb.collect",
-    "np.concatenate(views)", "tb.collect(views)", "ToNumpy().transform(t)",
+    "AugmentedEstimator(batch_size=512)", "ToNumpy().transform(t)",
     "[t.numpy() for t in batches]", "np.concatenate([t.numpy() ...])",
 }
 # The CPU cases' methods that return a view of the source's memory.
@@ -145,7 +145,7 @@ def test_the_headline_figures_are_in_one_run(quick_run):
     (batches,) = [r for r in report["results"] if r["case"].endswith("tensors")
                   and r["method"] == "tb.collect(batches)"]
     (case,) = [c for c in report["cases"] if c["case"] == batches["case"]]
-    assert case["items"] == 2000 and case["baseline"] == "[t.numpy() for t in batches]"
+    assert case["items"] == 2000 and case["baseline"] == "np.concatenate([t.numpy() ...])"
     assert batches["per_item_s"] == pytest.approx(batches["median_s"] / 2000)
     summary = result.stderr[result.stderr.index("figures (ratios"):]
     for start in ("tb.to_numpy(t) per call: ", "ToNumpy().transform(t) per call: ",

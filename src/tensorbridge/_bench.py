@@ -567,7 +567,7 @@ def build_cases(settings: Settings, skipped: list):
         rows = 20_000 if settings.quick else 100_000
         yield partial(_workflow_features, torch, device, rows)
         yield partial(_workflow_scaling, torch, device, rows)
-        yield partial(_workflow_augmentation, torch, 2000 if settings.quick else 10_000)
+        yield partial(_workflow_augmentation, torch, 8980)
         yield partial(_workflow_array_api, torch, device, rows // 4)
         try:
             import skorch  # noqa: F401
@@ -669,15 +669,18 @@ def _cpu_collect_small(count):
 
 
 def _cpu_collect_tensors(torch, count):
-    """collect's cost per batch, for small torch batches, against a t.numpy() per batch."""
+    """collect's cost per batch, for small torch batches, against the way people
+    gather them today (a view per batch, then np.concatenate: the same result);
+    a list of views alone shows what the gathering adds."""
     whole = torch.ones(count, 64)
     batches = list(whole.split(1))
     return Case(f"cpu collect {count} x 256 B tensors", "cpu", count * 256,
-                "[t.numpy() for t in batches]", {
-                    "[t.numpy() for t in batches]": lambda: [b.numpy() for b in batches],
+                "np.concatenate([t.numpy() ...])", {
                     "np.concatenate([t.numpy() ...])": lambda: np.concatenate(
                         [b.numpy() for b in batches]),
-                    "tb.collect(batches)": lambda: collect(batches)},
+                    "[t.numpy() for t in batches]": lambda: [b.numpy() for b in batches],
+                    "tb.collect(batches)": lambda: collect(batches),
+                    "tb.collect(iter(batches))": lambda: collect(iter(batches))},
                 items=count, memory=(whole.numpy(),))
 
 
@@ -769,40 +772,50 @@ def _workflow_scaling(torch, device, rows):
                 threads=1 if device == "cpu" else None)
 
 
+def _shift(batch, generator):
+    """Each image of the batch moved by -1, 0 or 1 pixel down and right (its
+    own draw), the border filled with zeros: examples/augmented_images.py's."""
+    import torch
+
+    n, height, width = len(batch), batch.shape[-2], batch.shape[-1]
+    padded = torch.nn.functional.pad(batch, (1, 1, 1, 1))
+    windows = padded.unfold(-2, height, 1).unfold(-2, width, 1)
+    dy, dx = torch.randint(0, 3, (2, n), generator=generator)
+    return windows[torch.arange(n), :, dy, dx]
+
+
 def _workflow_augmentation(torch, count):
-    """Workflow 3: image views augmented on batches (a random flip per image),
-    flattened into the rows an estimator is fitted on: by hand, and by
-    AugmentedEstimator(batch_size=...), whose estimator here does nothing."""
+    """Workflow 3, as examples/augmented_images.py times it: `count` 8 x 8
+    images, 4 views each augmented on batches of 512 (a random shift per
+    image), flattened into the rows an estimator is fitted on: by hand
+    (batches, a list, np.concatenate), and by AugmentedEstimator, whose
+    estimator here does nothing."""
     from sklearn.base import BaseEstimator
 
     from .sklearn import AugmentedEstimator
 
-    images = torch.rand(count, 1, 16, 16)
-    n_views, batch_size = 2, 512
+    images = torch.rand(count, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    array = images.numpy()
+    n_views, batch_size = 4, 512
 
-    def flip(batch, generator):
-        flipped = torch.rand(len(batch), generator=generator) < 0.5
-        return torch.where(flipped[:, None, None, None], torch.flip(batch, dims=[-1]), batch)
-
-    def views():
+    def hand_written():
         generator = torch.Generator().manual_seed(0)
-        yield images.reshape(count, -1)
+        views = [array.reshape(count, -1)]
         for _ in range(n_views):
             for start in range(0, count, batch_size):
-                batch = flip(images[start:start + batch_size], generator)
-                yield batch.reshape(len(batch), -1)
+                batch = _shift(images[start:start + batch_size], generator)
+                views.append(batch.reshape(len(batch), -1).numpy())
+        return np.concatenate(views)
 
     class Rows(BaseEstimator):  # fitting costs nothing: the rows alone are timed
         def fit(self, X, y=None):
             return self
 
-    estimator = AugmentedEstimator(Rows(), augment=flip, n_views=n_views, batch_size=batch_size,
-                                   random_state=0)
-    array = images.numpy()
-    return Case("workflow: augmented views -> flattened (cpu)", "cpu",
-                images.numel() * 4 * (1 + n_views), "np.concatenate(views)", {
-                    "np.concatenate(views)": lambda: np.concatenate([v.numpy() for v in views()]),
-                    "tb.collect(views)": lambda: collect(views()),
+    estimator = AugmentedEstimator(Rows(), augment=_shift, n_views=n_views,
+                                   batch_size=batch_size, random_state=0)
+    return Case(f"workflow: {count:,} images x {n_views} views -> rows (cpu)", "cpu",
+                images.numel() * 4 * (1 + n_views), "hand-written loop", {
+                    "hand-written loop": hand_written,
                     f"AugmentedEstimator(batch_size={batch_size})": lambda: estimator.fit(array)},
                 threads=1)
 

@@ -418,8 +418,8 @@ def _figures(report) -> list:
     for row in find("cpu collect ", "tb.collect(batches)"):
         if "per_item_s" in row:
             lines.append(f"tb.collect(batches) per batch: {_format_ratio(row['ratio_to_baseline'])}"
-                         f" t.numpy() per batch ({_format_time(row['per_item_s'])} per batch, "
-                         f"{row['case'][4:]})")
+                         f" np.concatenate([t.numpy() ...]) ({_format_time(row['per_item_s'])} "
+                         f"per batch, {row['case'][4:]})")
     return lines
 
 
