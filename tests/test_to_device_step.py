@@ -220,3 +220,24 @@ if DISPATCH:
         assert list(failed) == ["check_array_api_input"]
         assert "output is in wrong namespace, expected numpy, got torch" in failed[
             "check_array_api_input"].replace("sklearn.externals.array_api_compat.", "")
+
+    @pytest.mark.gpu
+    def test_on_a_gpu_x_moves_there_and_the_steps_follow(dispatch):
+        X, y = data()
+        with sklearn.config_context(array_api_dispatch=False):
+            expected = make_pipeline(StandardScaler(), PCA(3), LinearDiscriminantAnalysis()
+                                     ).fit(X, y).predict_proba(X)
+        pipe = make_pipeline(ToDevice("cuda"), StandardScaler(), PCA(3),
+                             LinearDiscriminantAnalysis()).fit(X, tb.to_device(y, "cuda"))
+        proba = pipe.predict_proba(X)
+        assert isinstance(proba, torch.Tensor) and proba.is_cuda
+        np.testing.assert_allclose(tb.to_numpy(proba), expected, rtol=1e-6, atol=1e-8)
+        t = torch.from_numpy(X).cuda()
+        assert ToDevice("cuda").fit_transform(t).data_ptr() == t.data_ptr()
+        cupy = pytest.importorskip("cupy")
+        for source in (X, t, cupy.asarray(X)):
+            out = ToDevice("cuda", namespace="cupy").fit_transform(source)
+            assert isinstance(out, cupy.ndarray) and out.device.id == 0
+            np.testing.assert_array_equal(cupy.asnumpy(out), X)
+        shared = ToDevice("cuda", namespace="cupy").fit_transform(t)
+        assert shared.data.ptr == t.data_ptr()  # through DLPack, no copy

@@ -14,6 +14,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from device_producers import DeviceArray, values
 
 import tensorbridge as tb
@@ -261,3 +262,16 @@ def test_callbacks_due_at_interpreter_exit_run_before_it():
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == [
         "copied 0.0", "copied 1.0", "copied 2.0", "exiting"], result.stdout + result.stderr
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_a_transfer_is_awaited_waited_for_and_called_back():
+    x = torch.arange(1 << 22, dtype=torch.float32, device="cuda")
+    expected = np.arange(1 << 22, dtype=np.float32)
+    called = threading.Event()
+    transfer = tb.to_numpy_async(x)
+    transfer.add_done_callback(lambda t: called.set())
+    np.testing.assert_array_equal(asyncio.run(_awaited(transfer)), expected)
+    assert called.wait(PATIENCE)
+    others = [tb.to_numpy_async(x) for _ in range(3)]
+    assert set(concurrent.futures.as_completed(others, timeout=PATIENCE)) == set(others)

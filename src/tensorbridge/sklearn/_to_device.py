@@ -39,8 +39,10 @@ class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
     `device` is not the CPU). ``set_output(transform="pandas")`` also gets
     NumPy, in a DataFrame. ``X`` is validated as :class:`ToNumpy` validates it
     (any rank of at least 2, features one to one, bfloat16 and float8 widened
-    to float32); ``y`` never reaches pipeline steps. ``inverse_transform``
-    brings a result back to NumPy.
+    to float32). ``y`` never reaches pipeline steps: an estimator that needs
+    it on the device too (LinearDiscriminantAnalysis) takes
+    ``tensorbridge.to_device(y, device)``. ``inverse_transform`` brings a
+    result back to NumPy.
 
     Parameters
     ----------
