@@ -188,7 +188,13 @@ PYBIND11_MODULE(_core, m) {
       .def("done", &tb::Transfer::done)
       .def("wait", &tb::Transfer::finished_within, py::arg("timeout_seconds"),
            py::call_guard<py::gil_scoped_release>())
-      .def("error", &tb::Transfer::error);
+      .def("error", &tb::Transfer::error)
+      .def("post_when_done", &tb::Transfer::post_when_done, py::arg("token"),
+           "Post `token` to take_finished() once finished (at once if it is).");
+  m.def("take_finished", &tb::take_finished, py::call_guard<py::gil_scoped_release>(),
+        "Wait until Transfers have finished, and take their tokens (post_when_done).");
+  m.def("post_finished", &tb::post_finished, py::arg("token"),
+        "Post `token` to take_finished() now.");
 
   py::class_<PinnedBuffer>(m, "PinnedBuffer", py::buffer_protocol())
       // Allocating pinned memory takes 0.3-1 s per GB: other threads run meanwhile.

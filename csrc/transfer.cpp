@@ -41,12 +41,26 @@ std::string Transfer::error() const {
 }
 
 void Transfer::finish(std::string error) {
+  std::vector<uint64_t> tokens;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     finished_ = true;
     error_ = std::move(error);
+    tokens.swap(tokens_);
   }
   changed_.notify_all();
+  for (uint64_t token : tokens) post_finished(token);
+}
+
+void Transfer::post_when_done(uint64_t token) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!finished_) {
+      tokens_.push_back(token);
+      return;
+    }
+  }
+  post_finished(token);
 }
 
 std::shared_ptr<Transfer> Transfer::finished(std::string error) {
@@ -54,6 +68,36 @@ std::shared_ptr<Transfer> Transfer::finished(std::string error) {
   transfer->finish(std::move(error));
   return transfer;
 }
+
+namespace {
+
+class FinishedTokens {
+ public:
+  void post(uint64_t token) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      tokens_.push_back(token);
+    }
+    changed_.notify_one();
+  }
+
+  std::vector<uint64_t> take() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [this] { return !tokens_.empty(); });
+    return std::exchange(tokens_, {});
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::vector<uint64_t> tokens_;
+};
+
+}  // namespace
+
+void post_finished(uint64_t token) { per_process<FinishedTokens>().post(token); }
+
+std::vector<uint64_t> take_finished() { return per_process<FinishedTokens>().take(); }
 
 namespace {
 

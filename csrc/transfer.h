@@ -43,6 +43,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -62,12 +63,27 @@ class Transfer {
   void finish(std::string error = {});
   static std::shared_ptr<Transfer> finished(std::string error = {});
 
+  // Posts `token` to the finished tokens (post_finished) once this Transfer
+  // has finished: at once if it already has, else from the thread that
+  // finishes it.
+  void post_when_done(uint64_t token);
+
  private:
-  mutable std::mutex mutex_;  // guards finished_ and error_
+  mutable std::mutex mutex_;  // guards finished_, error_ and tokens_
   mutable std::condition_variable changed_;
   bool finished_ = false;
   std::string error_;
+  std::vector<uint64_t> tokens_;
 };
+
+// The tokens of finished Transfers (post_when_done), in the order they
+// finished, for the one Python thread that completes their futures
+// (tensorbridge._transfer): the completion threads only post a number here,
+// so that they never wait for the GIL nor run a user's callback. A child
+// after fork starts with none.
+void post_finished(uint64_t token);
+// Blocks until at least one token is there, and takes them all.
+std::vector<uint64_t> take_finished();
 
 // Asked between short waits on the calling thread; true stops the wait.
 using InterruptCheck = std::function<bool()>;

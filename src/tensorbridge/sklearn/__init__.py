@@ -1,4 +1,5 @@
-"""scikit-learn estimators over torch modules and functions.
+"""scikit-learn estimators over torch modules and functions, and the steps
+that move X between NumPy and a device.
 
 Imported only when used (``from tensorbridge.sklearn import ...``): importing
 tensorbridge itself pulls in neither scikit-learn nor torch.
@@ -11,7 +12,8 @@ except ImportError as error:
                       "pip install 'tensorbridge[sklearn]' (or scikit-learn>=1.6)") from error
 
 from ._augmented import AugmentedEstimator
+from ._to_device import ToDevice
 from ._to_numpy import ToNumpy
 from ._torch_transformer import TorchTransformer
 
-__all__ = ["AugmentedEstimator", "ToNumpy", "TorchTransformer"]
+__all__ = ["AugmentedEstimator", "ToDevice", "ToNumpy", "TorchTransformer"]

@@ -1,0 +1,264 @@
+"""ToDevice: a pipeline step that moves X to a device, for the array API
+estimators after it (the mirror of ToNumpy)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn import get_config
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .. import _dlpack, _driver, _torch, to_device, to_numpy
+from ._output import transform_output, wrap_in_container
+from ._to_numpy import ToNumpy, is_tensor_like
+from ._torch_transformer import _array_namespace, _on_device
+
+_OWN_WRAPPING = wrap_in_container is not None  # as ToNumpy: 2-D results only
+
+
+class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
+               auto_wrap_output_keys=None if _OWN_WRAPPING else ("transform",)):
+    """Move ``X`` to `device`, as a torch tensor or a CuPy array, so that the
+    steps after it run there under scikit-learn's array API dispatch.
+
+    The mirror of :class:`ToNumpy`: a stateless first step. Under
+    ``sklearn.set_config(array_api_dispatch=True)``, ``transform`` gives ``X``
+    (a NumPy array, a pandas DataFrame, a torch tensor, a CuPy array, any
+    array API array) as a torch tensor on `device` (``namespace="torch"``) or
+    a CuPy array on it (``namespace="cupy"``): host data through pinned
+    staging (:func:`tensorbridge.to_device`; on the CPU a tensor sharing the
+    array's memory where it can), device data through DLPack without a host
+    copy. The estimators scikit-learn runs on the array API (PCA, LDA, Ridge,
+    StandardScaler, ...) then run on that device.
+
+    Without dispatch, scikit-learn's estimators take NumPy only, so
+    ``transform`` returns NumPy, as :class:`ToNumpy` does (with a warning when
+    `device` is not the CPU). ``set_output(transform="pandas")`` also gets
+    NumPy, in a DataFrame. ``X`` is validated as :class:`ToNumpy` validates it
+    (any rank of at least 2, features one to one, bfloat16 and float8 widened
+    to float32). ``y`` never reaches pipeline steps: an estimator that needs
+    it on the device too (LinearDiscriminantAnalysis) takes
+    ``tensorbridge.to_device(y, device)``. ``inverse_transform`` brings a
+    result back to NumPy. ``check_estimator(ToDevice("cpu"))`` passes, save
+    for the array API check it adds under ``SCIPY_ARRAY_API=1``, which
+    expects results in ``X``'s namespace: a step that leaves it on purpose
+    fails it by design.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        Where ``X`` goes: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (or any device
+        torch can allocate on, for ``namespace="torch"``; CUDA only for CuPy).
+        ``fit`` raises ``ValueError`` for a device the namespace cannot
+        allocate on here, saying why, with dispatch on or off.
+    namespace : {"torch", "cupy"}, default="torch"
+        The array namespace of the result under dispatch.
+
+    Attributes
+    ----------
+    device_ : torch.device or cupy.cuda.Device
+        `device`, as the namespace names it.
+    n_features_in_ : int
+        ``X.shape[1]``.
+    feature_names_in_ : ndarray of str
+        The column names of a DataFrame ``X``.
+
+    See Also
+    --------
+    ToNumpy : the way back, to NumPy.
+
+    Examples
+    --------
+    >>> import numpy as np, sklearn
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from tensorbridge.sklearn import ToDevice
+    >>> X = np.arange(6.0).reshape(3, 2)
+    >>> ToDevice("cpu").fit_transform(X)  # without dispatch: NumPy
+    array([[0., 1.],
+           [2., 3.],
+           [4., 5.]])
+    >>> with sklearn.config_context(array_api_dispatch=True):  # doctest: +SKIP
+    ...     make_pipeline(ToDevice("cuda"), StandardScaler()).fit_transform(X).device
+    device(type='cuda', index=0)
+    """
+
+    _parameter_constraints: dict = {
+        "device": "no_validation",  # checked in fit, where torch or CuPy is imported
+        "namespace": [StrOptions({"torch", "cupy"})],
+    }
+
+    def __init__(self, device, *, namespace="torch"):
+        self.device = device
+        self.namespace = namespace
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Check that the namespace can allocate on `device`, and record
+        ``n_features_in_`` (and ``feature_names_in_``)."""
+        self.device_ = (_torch_device(self.device) if self.namespace == "torch"
+                        else _cupy_device(self.device))
+        self._validate(X, reset=True)
+        return self
+
+    def transform(self, X):
+        """``X`` on ``device_`` under array API dispatch, else NumPy."""
+        result = self._transform(X)
+        if _OWN_WRAPPING and isinstance(result, np.ndarray) and result.ndim == 2:
+            return wrap_in_container("transform", result, X, self)
+        return result
+
+    def fit_transform(self, X, y=None):
+        """``fit(X).transform(X)``."""
+        return self.fit(X, y).transform(X)
+
+    def inverse_transform(self, X):
+        """``X`` (a result of ``transform``, on any device) as a NumPy array."""
+        check_is_fitted(self)
+        return to_numpy(X) if is_tensor_like(X) else np.asarray(X)
+
+    def _transform(self, X):
+        check_is_fitted(self)
+        if not get_config().get("array_api_dispatch", False):
+            if _off_the_cpu(self.device_):
+                warnings.warn(
+                    f"ToDevice(device={self.device!r}) returns NumPy: scikit-learn's "
+                    "array_api_dispatch is off, and its estimators then take NumPy only. "
+                    "Turn it on (sklearn.set_config(array_api_dispatch=True), with "
+                    "SCIPY_ARRAY_API=1 set before SciPy is imported) to move X there",
+                    UserWarning, stacklevel=3)
+            return self._validate(X, reset=False)
+        X = self._validate(X, reset=False)
+        if transform_output(self) != "default":  # a container was asked for: NumPy goes in it
+            return to_numpy(X) if is_tensor_like(X) else X
+        return _to_torch(X, self.device_) if self.namespace == "torch" else \
+            _to_cupy(X, self.device_)
+
+    def _validate(self, X, reset):
+        """``X`` validated: an array API array (torch, CuPy...) where it is,
+        under dispatch; anything else as NumPy, as ToNumpy validates it."""
+        if not get_config().get("array_api_dispatch", False) or _array_namespace(X) is None:
+            return ToNumpy._validate(self, X, reset)
+        if _torch.is_tensor(X):
+            X = X.detach()  # steps take values; autograd stays with the caller
+        X = validate_data(self, X, reset=reset, dtype=None, ensure_all_finite=False,
+                          allow_nd=True)
+        if reset:
+            self._sample_shape = tuple(X.shape[1:])
+        elif tuple(X.shape[1:]) != self._sample_shape:
+            raise ValueError(f"X has samples of shape {tuple(X.shape[1:])}, but ToDevice was "
+                             f"fitted on samples of shape {self._sample_shape}; reshape X "
+                             "to match")
+        return X
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Its result's namespace is its parameter's, not X's: scikit-learn's array
+        # API checks (results in X's namespace) do not apply; it moves X into it.
+        tags.array_api_support = False
+        tags.input_tags.allow_nan = True
+        tags.input_tags.three_d_array = True  # images pass through, to a next step
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+if _OWN_WRAPPING:  # set_output and the wrapper's check look for this key
+    ToDevice._sklearn_auto_wrap_output_keys = {"transform"}
+
+
+def _cuda_is_unusable(owner: str, available: str) -> str:
+    """Why CUDA cannot be used: the namespace's own answer, and tensorbridge's."""
+    status = _driver.cuda_status()
+    ours = "CUDA usable" if status["available"] else status["reason"]
+    return f"{owner} is False (tensorbridge.cuda_status(): {ours}); {available}"
+
+
+def _torch_device(device):
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError("ToDevice: namespace='torch' needs torch, which is not installed "
+                          "here; install it, or use namespace='cupy'") from error
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"ToDevice: device={device!r} is not a torch device; use 'cpu', "
+                         "'cuda' or 'cuda:N'") from error
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"ToDevice: torch cannot allocate on device={device!r} here: "
+                             + _cuda_is_unusable("torch.cuda.is_available()",
+                                                 "use device='cpu'"))
+        if (target.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"ToDevice: device={device!r} does not exist here "
+                             f"({torch.cuda.device_count()} CUDA devices); use 'cuda' or 'cpu'")
+    elif target.type == "meta":
+        raise ValueError(f"ToDevice: device={device!r} holds no data; use 'cpu' or 'cuda'")
+    elif target.type != "cpu":
+        try:
+            torch.empty(1, device=target)
+        except (RuntimeError, AssertionError) as error:  # torch's words for what is missing
+            raise ValueError(f"ToDevice: torch cannot allocate on device={device!r} here "
+                             f"({error}); use 'cpu'") from error
+    return target
+
+
+def _cupy_device(device):
+    index = _cuda_index(device)
+    try:
+        import cupy
+    except ImportError as error:
+        raise ImportError("ToDevice: namespace='cupy' needs CuPy, which is not installed "
+                          "here: pip install cupy-cuda12x, or use namespace='torch'") from error
+    if not cupy.cuda.is_available():
+        raise ValueError(f"ToDevice: CuPy cannot allocate on device={device!r} here: "
+                         + _cuda_is_unusable("cupy.cuda.is_available()",
+                                             "use namespace='torch' with device='cpu'"))
+    count = cupy.cuda.runtime.getDeviceCount()
+    if index is not None and index >= count:
+        raise ValueError(f"ToDevice: device={device!r} does not exist here ({count} CUDA "
+                         "devices); use 'cuda'")
+    return cupy.cuda.Device(index)
+
+
+def _cuda_index(device):
+    """The CUDA device `device` ("cuda", "cuda:N" or a torch.device) names, for
+    CuPy: N, or None for "cuda" (the current device)."""
+    kind, _, number = str(device).partition(":")
+    if kind == "cuda" and (number == "" or number.isdigit()):
+        return int(number) if number else None
+    if kind == "cpu":
+        raise ValueError(f"ToDevice: CuPy arrays live on CUDA devices only, not on "
+                         f"device={device!r}; use namespace='torch' for the CPU")
+    raise ValueError(f"ToDevice: device={device!r} is not a CUDA device, which CuPy needs; "
+                     "use 'cuda' or 'cuda:N'")
+
+
+def _off_the_cpu(device) -> bool:
+    return getattr(device, "type", "cuda") != "cpu"  # a CuPy device is a GPU
+
+
+def _to_torch(X, device):
+    import torch
+
+    X = _on_device(X)  # CUDA memory of another producer (CuPy): a tensor over it
+    if not isinstance(X, torch.Tensor):
+        return to_device(X, device)  # host data: pinned staging, or shared on the CPU
+    if X.is_floating_point() and X.dtype not in (torch.float16, torch.float32, torch.float64):
+        X = X.float()  # bfloat16 and float8, as ToNumpy widens them for the estimators
+    return X.to(device)
+
+
+def _to_cupy(X, device):
+    import cupy
+
+    with device:
+        if (not isinstance(X, cupy.ndarray) and is_tensor_like(X)
+                and (_dlpack.device_of(X) or (1, 0))[0] in _dlpack.CUDA_DEVICE_TYPES):
+            X = cupy.from_dlpack(X)  # CUDA memory of another producer (torch): no copy
+        if isinstance(X, cupy.ndarray):
+            return X if X.device == device else cupy.array(X)  # copied to `device`
+        return cupy.asarray(to_numpy(X) if is_tensor_like(X) else X)
