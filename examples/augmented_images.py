@@ -78,7 +78,11 @@ def best_times(runs, repeats=15):
 digits = load_digits()
 images = digits.images[:, None].astype(np.float32)  # (1797, 1, 8, 8)
 
-# 1. Time: 8,980 images (digits, five times over) x 4 views.
+# 1. Time: 8,980 images (digits, five times over) x 4 views, on one torch
+# thread (as `tensorbridge bench` times it): tiny per-batch kernels gain
+# nothing from more, and on a busy machine more threads make both ways' times
+# wander from run to run.
+torch.set_num_threads(1)
 many = np.resize(images, (8980, 1, 8, 8))
 batched = AugmentedEstimator(KeepRows(), augment=shift, n_views=4, batch_size=512,
                              random_state=0)

@@ -615,6 +615,29 @@ def test_the_plot_has_a_panel_for_views_and_one_for_copies(quick_run):
     assert views_x == copies_x == ["1 KiB", "16 KiB", "256 KiB", "4 MiB", "16 MiB"]  # no grad point
 
 
+def test_every_plotted_point_has_labelled_ticks_around_it_and_the_legend_is_off_the_data(
+        quick_run):
+    _, result = quick_run
+    figure, _ = plot_axes(json.loads(result.stdout))
+    figure.canvas.draw()
+    for axis in figure.axes:
+        low, high = axis.get_ylim()
+        ticks = sorted(t for t in axis.get_yticks() if low <= t <= high)
+        assert len(ticks) >= 4, ticks
+        labels = [t.get_text() for t in axis.get_yticklabels()]
+        assert all(labels), labels
+        for line in axis.get_lines():
+            for y in line.get_ydata():
+                # a labelled tick at or below and one at or above, within a factor of 3
+                below = [t for t in ticks if t <= y]
+                above = [t for t in ticks if t >= y]
+                assert below and above and y / below[-1] <= 3 and above[0] / y <= 3, (y, ticks)
+        # each point also carries its value, written beside it
+        assert len(axis.texts) == sum(len(line.get_ydata()) for line in axis.get_lines())
+        legend = axis.get_legend().get_window_extent()
+        assert legend.y1 <= axis.get_window_extent().y0  # below the panel, over no line
+
+
 def test_the_plot_names_machine_versions_and_date(quick_run):
     _, result = quick_run
     report = json.loads(result.stdout)

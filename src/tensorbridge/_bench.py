@@ -61,7 +61,7 @@ class Settings:
     @classmethod
     def make(cls, quick, devices, repeats=None, budget_s=None, workflows=True):
         base = cls(quick=quick, devices=tuple(devices), workflows=workflows,
-                   repeats=15 if quick else 31, budget_s=0.4 if quick else 2.0)
+                   repeats=21 if quick else 31, budget_s=0.6 if quick else 2.0)
         if repeats is not None:
             base.repeats = repeats
         if budget_s is not None:

@@ -434,20 +434,14 @@ def _plot(report, path):
     import matplotlib.pyplot as plt
 
     figure = _plot_figure(report, plt)
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
 
 
 def _plot_figure(report, plt):
     """The float32 size sweep: a panel of time per call for views, one of GB/s
     (with the ceiling) for copies, per device measured."""
-    from matplotlib.ticker import (
-        FixedLocator,
-        FuncFormatter,
-        LogLocator,
-        NullFormatter,
-        NullLocator,
-    )
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     from ._bench import format_bytes
 
@@ -462,32 +456,60 @@ def _plot_figure(report, plt):
         axes[0].set_axis_off()
     for axis, (device, copies) in zip(axes, panels):
         mine = [r for r in rows if r["device"] == device and r.get("copies", True) == copies]
+        label = (lambda y: f"{y:.3g}") if copies else _format_time
+        values = []
         for method in dict.fromkeys(r["method"] for r in mine):
             points = sorted((r["bytes"], r["bytes_per_s"] / 1e9 if copies else r["median_s"])
                             for r in mine if r["method"] == method)
             ceiling = "ceiling" in method
             axis.plot(*zip(*points), marker="" if ceiling else "o", label=method,
                       linestyle="--" if ceiling else "-", linewidth=2 if ceiling else 1.5)
+            for x, y in points:  # every point carries its own value
+                axis.annotate(label(y), (x, y), textcoords="offset points", xytext=(3, 3),
+                              fontsize=6)
+            values += [y for _, y in points]
         sizes = sorted({r["bytes"] for r in mine})
         axis.set_xscale("log")
         axis.xaxis.set_major_locator(FixedLocator(sizes))
         axis.xaxis.set_minor_locator(NullLocator())
         axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_bytes(int(x))))
         axis.set_yscale("log")
-        axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        axis.yaxis.set_minor_formatter(NullFormatter())
+        ticks = _log_ticks(min(values), max(values))
+        axis.set_ylim(ticks[0] / 1.2, ticks[-1] * 1.2)  # no point on the frame
+        axis.yaxis.set_major_locator(FixedLocator(ticks))
+        axis.yaxis.set_minor_locator(NullLocator())
+        axis.yaxis.set_major_formatter(FuncFormatter(lambda y, _, label=label: label(y)))
         axis.set_xlabel("tensor size")
         if copies:
-            axis.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
             axis.set(ylabel="GB/s (higher is better)", title=f"{device}: copies, GB/s")
         else:
-            axis.yaxis.set_major_formatter(FuncFormatter(lambda y, _: _format_time(y)))
             axis.set(ylabel="time per call (lower is better)",
                      title=f"{device}: zero-copy views, time per call")
-        axis.legend(fontsize=7, loc="best")
+        # below the panel, never over a line
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+                    frameon=False)
     figure.suptitle(_plot_title(report), fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def _log_ticks(low, high):
+    """Ticks 1-2-5 per decade from the last at or below `low` to the first at
+    or above `high`, finer (1-1.5-2-3-5-7) where that gives fewer than five:
+    every point then has a value near it, below and above."""
+    import math
+
+    for steps in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+        candidates = [step * 10.0**exponent
+                      for exponent in range(math.floor(math.log10(low)) - 1,
+                                            math.ceil(math.log10(high)) + 1)
+                      for step in steps]
+        first = max(t for t in candidates if t <= low)
+        last = min(t for t in candidates if t >= high)
+        ticks = [t for t in candidates if first <= t <= last]
+        if len(ticks) >= 5:
+            break
+    return ticks
 
 
 def _plot_title(report):
