@@ -127,7 +127,8 @@ def test_strided_device_memory_on_the_legacy_stream(standin):
 
 # -- entry points: only what is called is required -------------------------------
 
-OPTIONAL = ["cuMemcpyBatchAsync", "cuStreamCreate", "cuStreamWaitEvent"]
+OPTIONAL = ["cuMemcpyBatchAsync", "cuStreamCreate", "cuStreamWaitEvent", "cuMemHostRegister",
+            "cuMemHostUnregister"]
 
 
 def test_entry_points_are_listed_with_the_versions_asked(standin):
