@@ -243,7 +243,7 @@ def test_every_message_says_why_cuda_is_unusable():
         assert message.endswith(reason), line
     assert out[4] == str(dict.fromkeys(["reserved_bytes", "in_use_bytes", "cached_bytes",
                                         "peak_bytes", "limit_bytes", "alloc_count",
-                                        "hit_count"], 0))
+                                        "hit_count", "registered_bytes"], 0))
 
 
 # -- pinned memory: the copying device's context, allocation outside the lock ----
