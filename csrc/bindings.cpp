@@ -72,24 +72,23 @@ class PinnedRange {
   // copy uses the memory; a driver failure cannot be reported here.
   ~PinnedRange() {
     try {
-      unpin();
+      if (id_ != 0) tb::PinnedInPlace::instance().unpin(data_, std::exchange(id_, 0));
     } catch (const std::exception&) {
     }
   }
   PinnedRange(const PinnedRange&) = delete;
   PinnedRange& operator=(const PinnedRange&) = delete;
   void close() {
+    const uint64_t id = std::exchange(id_, 0);  // under the GIL: one close unpins
+    if (id == 0) return;
     py::gil_scoped_release release;
-    unpin();
+    tb::PinnedInPlace::instance().unpin(data_, id);
   }
   bool closed() const { return id_ == 0; }
   uintptr_t address() const { return reinterpret_cast<uintptr_t>(data_); }
   size_t nbytes() const { return bytes_; }
 
  private:
-  void unpin() {
-    if (id_ != 0) tb::PinnedInPlace::instance().unpin(data_, std::exchange(id_, 0));
-  }
   py::object owner_;
   void* data_ = nullptr;
   size_t bytes_ = 0;

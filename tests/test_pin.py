@@ -141,8 +141,8 @@ def test_an_asynchronous_copy_into_a_pinned_array_returns_before_it_completes(st
 
 
 @pytest.mark.parametrize("rows", [1, 100])  # packed batches of 256 B, separate ones of 25.6 KB
-def test_collect_into_a_pinned_out_goes_direct(standin, rows):
-    batches = [DeviceArray(standin, np.full((rows, 64), i, np.float32)) for i in range(300)]
+def test_collect_into_a_pinned_out_goes_direct(standin, Device, rows):
+    batches = [Device(standin, np.full((rows, 64), i, np.float32)) for i in range(300)]
     out = np.zeros((300 * rows, 64), np.float32)
     with tb.pin(out):
         before = staged(standin)

@@ -277,14 +277,17 @@ class PinHandle:
 
     @property
     def array(self) -> np.ndarray:
+        """The array pinned (still the caller's after :meth:`close`, no longer pinned)."""
         return self._array
 
     @property
     def nbytes(self) -> int:
+        """The bytes pinned: the array's ``nbytes``."""
         return self._native.nbytes
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` ran (the memory stays pinned until copies in flight end)."""
         return self._native.closed
 
     def close(self) -> None:
