@@ -53,9 +53,7 @@ PinnedInPlace& PinnedInPlace::instance() { return per_process<PinnedInPlace>(); 
 uint64_t PinnedInPlace::pin(void* data, size_t bytes) {
   const auto start = reinterpret_cast<uintptr_t>(data);
   if (data == nullptr || bytes == 0) {
-    throw std::invalid_argument(
-        "an empty range cannot be pinned (cuMemHostRegister refuses 0 "
-        "bytes)");
+    throw std::invalid_argument("an empty range cannot be pinned (cuMemHostRegister refuses it)");
   }
   if (bytes > UINTPTR_MAX - start) {
     throw std::invalid_argument("the range " + range_text(start, bytes) +
@@ -95,16 +93,19 @@ uint64_t PinnedInPlace::pin(void* data, size_t bytes) {
   } catch (...) {
     failure = std::current_exception();
   }
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (failure || result != cuda::CUDA_SUCCESS) {
-    entries_.erase(start);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!failure && result == cuda::CUDA_SUCCESS) {
+      entries_.at(start).state = State::kOpen;
+      registered_bytes_ += bytes;
+      return id;
+    }
+    entries_.erase(start);  // refused: the range is free again
     --count_;
-    if (failure) std::rethrow_exception(failure);
-    cuda::check(result, "cuMemHostRegister");
   }
-  entries_.at(start).state = State::kOpen;
-  registered_bytes_ += bytes;
-  return id;
+  if (failure) std::rethrow_exception(failure);
+  cuda::check(result, "cuMemHostRegister");
+  return 0;  // not reached: check() threw
 }
 
 void PinnedInPlace::unpin(const void* data, uint64_t id) {

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -364,6 +365,31 @@ def test_memory_already_pinned_is_refused_naming_both_ranges(standin):
         tb.pin(pool[10:])
     del pool
     assert standin.calls("cuMemHostRegister") == 3 and registered() == 0
+
+
+def test_threads_pinning_one_array_at_once_pin_it_once(standin):
+    a = np.zeros(1 << 20, np.uint8)
+    results = []
+    start = threading.Barrier(4)
+
+    def attempt():
+        start.wait()
+        try:
+            results.append(tb.pin(a))
+        except ValueError as error:
+            results.append(error)
+
+    threads = [threading.Thread(target=attempt) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    handles = [r for r in results if isinstance(r, tb.PinHandle)]
+    assert len(results) == 4 and len(handles) == 1, results
+    assert all("overlaps memory already pinned in place" in str(r) for r in results
+               if r is not handles[0])
+    assert standin.calls("cuMemHostRegister") == 1 and registered() == a.nbytes
+    handles[0].close()
 
 
 def test_driver_failures_are_reported_and_leave_nothing_registered(standin):
