@@ -7,6 +7,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "collect.h"
 #include "cuda_driver.h"
@@ -15,6 +16,7 @@
 #include "growable_buffer.h"
 #include "host_copy.h"
 #include "interrupt.h"
+#include "pinned_in_place.h"
 #include "pinned_pool.h"
 #include "to_numpy.h"
 #include "torch_dtypes.h"
@@ -49,6 +51,48 @@ class PinnedBuffer {
  private:
   size_t bytes_;
   tb::Block block_;
+};
+
+// An array pinned where it is (tb.pin's handle holds one): registered on
+// construction, unregistered by close() or when collected, or later, once the
+// copies in flight that use it have completed (pinned_in_place.h). Holds the
+// array, so that its memory outlives the registration.
+class PinnedRange {
+ public:
+  explicit PinnedRange(const py::buffer& array) : owner_(array) {
+    {
+      py::buffer_info info = array.request(/*writable=*/true);
+      data_ = info.ptr;
+      bytes_ = static_cast<size_t>(info.size * info.itemsize);
+    }
+    py::gil_scoped_release release;  // page-locking takes time in proportion to the size
+    id_ = tb::PinnedInPlace::instance().pin(data_, bytes_);
+  }
+  // Under a garbage collection: unregisters now (holding the GIL) when no
+  // copy uses the memory; a driver failure cannot be reported here.
+  ~PinnedRange() {
+    try {
+      if (id_ != 0) tb::PinnedInPlace::instance().unpin(data_, std::exchange(id_, 0));
+    } catch (const std::exception&) {
+    }
+  }
+  PinnedRange(const PinnedRange&) = delete;
+  PinnedRange& operator=(const PinnedRange&) = delete;
+  void close() {
+    const uint64_t id = std::exchange(id_, 0);  // under the GIL: one close unpins
+    if (id == 0) return;
+    py::gil_scoped_release release;
+    tb::PinnedInPlace::instance().unpin(data_, id);
+  }
+  bool closed() const { return id_ == 0; }
+  uintptr_t address() const { return reinterpret_cast<uintptr_t>(data_); }
+  size_t nbytes() const { return bytes_; }
+
+ private:
+  py::object owner_;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+  uint64_t id_ = 0;  // 0 once closed
 };
 
 // The address of a writeable buffer that holds at least `nbytes`.
@@ -217,6 +261,16 @@ PYBIND11_MODULE(_core, m) {
     d["hit_count"] = s.hit_count;
     return d;
   });
+  py::class_<PinnedRange>(m, "PinnedRange")
+      .def(py::init<const py::buffer&>(), py::arg("array"))
+      .def("close", &PinnedRange::close,
+           "Unregister now, or once the copies in flight that use the memory complete.")
+      .def_property_readonly("closed", &PinnedRange::closed)
+      .def_property_readonly("address", &PinnedRange::address)
+      .def_property_readonly("nbytes", &PinnedRange::nbytes);
+  m.def(
+      "registered_bytes", [] { return tb::PinnedInPlace::instance().registered_bytes(); },
+      "The bytes pinned in place (PinnedRange) that the driver holds registered now.");
   m.def(
       "empty_pinned_cache", [] { tb::PinnedPool::instance().empty_cache(); },
       py::call_guard<py::gil_scoped_release>());
@@ -259,7 +313,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "copy_many_to_host",
       [](int device, const std::vector<std::pair<uintptr_t, size_t>>& srcs, uintptr_t stream,
-         const py::buffer& dst, const std::vector<size_t>& offsets) {
+         const py::buffer& dst, const std::vector<size_t>& offsets, bool dst_pinned) {
         if (srcs.size() != offsets.size()) {
           throw std::invalid_argument("srcs and offsets differ in length");
         }
@@ -275,10 +329,11 @@ PYBIND11_MODULE(_core, m) {
           outs.push_back(static_cast<char*>(out.ptr) + offsets[i]);
         }
         interruptibly([&](const tb::InterruptCheck& interrupted) {
-          tb::copy_many_to_host(spans, as_stream(stream), outs, interrupted);
+          tb::copy_many_to_host(spans, as_stream(stream), outs, dst_pinned, interrupted);
         });
       },
       py::arg("device"), py::arg("srcs"), py::arg("stream"), py::arg("dst"), py::arg("offsets"),
+      py::arg("dst_pinned"),
       "Copy device spans (address, nbytes) into `dst` at byte `offsets`, packed.");
   m.def(
       "copy_to_device",

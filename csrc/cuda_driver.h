@@ -33,9 +33,13 @@ constexpr CUresult CUDA_ERROR_INVALID_DEVICE = 101;
 constexpr CUresult CUDA_ERROR_INVALID_HANDLE = 400;
 constexpr CUresult CUDA_ERROR_NOT_FOUND = 500;
 constexpr CUresult CUDA_ERROR_NOT_READY = 600;
+constexpr CUresult CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED = 712;
+constexpr CUresult CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED = 713;
 constexpr CUresult CUDA_ERROR_NOT_SUPPORTED = 801;
 
 constexpr unsigned kMemHostAllocPortable = 0x01;  // CU_MEMHOSTALLOC_PORTABLE (a macro in cuda.h)
+// CU_MEMHOSTREGISTER_PORTABLE (a macro in cuda.h): pinned for every context.
+constexpr unsigned kMemHostRegisterPortable = 0x01;
 constexpr unsigned CU_STREAM_NON_BLOCKING = 0x1;
 // Blocking-sync events put a waiting thread to sleep instead of spinning a core.
 constexpr unsigned CU_EVENT_BLOCKING_SYNC = 0x1;
@@ -97,7 +101,11 @@ constexpr int CU_MEM_LOCATION_TYPE_HOST = 2;
   X(cuMemcpyBatchAsync, 12080, false,                                                          \
     CUresult(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count,                \
              CUmemcpyAttributes* attrs, size_t* attr_indices, size_t attr_count,               \
-             size_t* fail_index, CUstream stream))
+             size_t* fail_index, CUstream stream))                                             \
+  /* Pinning a user's array in place (tb.pin): without them, only pin is refused. */           \
+  /* cuda.h maps cuMemHostRegister onto _v2; at 12.0 the driver serves that ABI. */            \
+  X(cuMemHostRegister, 12000, false, CUresult(void* pointer, size_t bytes, unsigned flags))    \
+  X(cuMemHostUnregister, 12000, false, CUresult(void* pointer))
 
 // Every entry point we call, as one table of function pointers.
 struct Driver {

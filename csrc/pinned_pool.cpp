@@ -6,11 +6,21 @@
 
 #include <algorithm>
 #include <limits>
-#include <optional>
 #include <stdexcept>
 #include <string>
 
 namespace tensorbridge {
+
+BlockContext::BlockContext(int device) {
+  if (device != kAnyDevice) {
+    guard_.emplace(device);
+    return;
+  }
+  cuda::CUcontext current = nullptr;
+  cuda::check(cuda::driver().cuCtxGetCurrent(&current), "cuCtxGetCurrent");
+  // A context this process already uses, so that none is created for it.
+  if (current == nullptr) guard_.emplace(cuda::first_retained_device());
+}
 
 namespace {
 
@@ -34,24 +44,6 @@ size_t default_limit() {
   if (pages <= 0 || page_size <= 0) return size_t{4} << 30;
   return static_cast<size_t>(pages) * static_cast<size_t>(page_size) / 4;
 }
-
-// The context a block of `device` is allocated, queried and freed in.
-class BlockContext {
- public:
-  explicit BlockContext(int device) {
-    if (device != kAnyDevice) {
-      guard_.emplace(device);
-      return;
-    }
-    cuda::CUcontext current = nullptr;
-    cuda::check(cuda::driver().cuCtxGetCurrent(&current), "cuCtxGetCurrent");
-    // A context this process already uses, so that none is created for it.
-    if (current == nullptr) guard_.emplace(cuda::first_retained_device());
-  }
-
- private:
-  std::optional<cuda::DeviceGuard> guard_;
-};
 
 void free_blocks(const std::vector<Block>& blocks) {
   for (const Block& block : blocks) {

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "cuda_driver.h"
@@ -37,6 +38,17 @@ namespace tensorbridge {
 // For blocks not tied to a device (empty_pinned): the context current on the
 // calling thread, else one this process already retained (device 0's when none).
 constexpr int kAnyDevice = -1;
+
+// The context pinned memory of `device` is allocated (or registered), queried
+// and freed in: that device's primary context; for kAnyDevice, the current
+// one, else one this process already retained (so that none is created).
+class BlockContext {
+ public:
+  explicit BlockContext(int device);
+
+ private:
+  std::optional<cuda::DeviceGuard> guard_;
+};
 
 struct Block {
   void* data;

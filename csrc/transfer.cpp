@@ -12,6 +12,7 @@
 
 #include "host_copy.h"
 #include "per_process.h"
+#include "pinned_in_place.h"
 #include "pinned_pool.h"
 
 namespace tensorbridge {
@@ -242,23 +243,46 @@ class Completer {
   size_t idle_ = 0;
 };
 
-// A Transfer that finishes once `stream` has reached this point.
-std::shared_ptr<Transfer> stream_point(int device, CUstream stream) {
+// A Transfer that finishes once `stream` has reached this point. `lease` (a
+// pinned-in-place registration the copies before it use) is let go of then,
+// before the Transfer reports done: until then the memory stays registered.
+std::shared_ptr<Transfer> stream_point(int device, CUstream stream,
+                                       std::shared_ptr<void> lease = nullptr) {
   auto event = std::make_shared<Event>();
   event->record(stream);
   auto transfer = std::make_shared<Transfer>();
-  Completer::instance().submit({transfer, device, std::move(event), nullptr});
+  std::function<void(bool)> then;
+  if (lease) then = [lease](bool) mutable { lease.reset(); };
+  Completer::instance().submit({transfer, device, std::move(event), std::move(then)});
   return transfer;
 }
 
 // What an interrupted copy leaves in flight on `stream`. If even that cannot
 // be recorded (a sticky error), nothing will run there any more: no pending.
-void set_pending(CopyInterrupted& stop, int device, CUstream stream) {
+void set_pending(CopyInterrupted& stop, int device, CUstream stream,
+                 std::shared_ptr<void> lease = nullptr) {
   try {
-    stop.pending = stream_point(device, stream);
+    stop.pending = stream_point(device, stream, std::move(lease));
   } catch (const std::exception&) {
     stop.pending = nullptr;
   }
+}
+
+// After a failure with copies possibly in flight on `stream`: keeps `lease`
+// until they have completed, or drops it when even that cannot be recorded
+// (a sticky error: nothing runs there any more).
+void hold_until_done(std::shared_ptr<void> lease, int device, CUstream stream) noexcept {
+  if (!lease) return;
+  try {
+    stream_point(device, stream, std::move(lease));
+  } catch (const std::exception&) {
+  }
+}
+
+// A lease of the pinned-in-place registration that holds [data, data + bytes),
+// or nullptr: the engine's own test of "pinned", by address (see pinned_in_place.h).
+std::shared_ptr<void> pinned_in_place(const void* data, size_t bytes) {
+  return PinnedInPlace::instance().lease(data, bytes);
 }
 
 // Waits for `event`; with an InterruptCheck, in slices that it may stop
@@ -431,9 +455,10 @@ void copy_to_host(const DeviceSpan& src, CUstream stream, void* dst, bool dst_pi
   DeviceGuard guard(src.device);
   const Driver& d = driver();
   auto* out = static_cast<char*>(dst);
+  std::shared_ptr<void> lease = dst_pinned ? nullptr : pinned_in_place(dst, src.bytes);
   size_t chunk = 0;
   std::vector<Block> slots;
-  if (!dst_pinned) slots = staging_slots(src.device, src.bytes, &chunk);
+  if (!dst_pinned && !lease) slots = staging_slots(src.device, src.bytes, &chunk);
   if (slots.empty()) {
     // A pinned destination: one direct copy. Else the pinned limit leaves no
     // room to stage, and the driver stages itself (a copy into pageable
@@ -442,7 +467,10 @@ void copy_to_host(const DeviceSpan& src, CUstream stream, void* dst, bool dst_pi
     try {
       wait_for_stream(src.device, stream, interrupted);
     } catch (CopyInterrupted& stop) {
-      set_pending(stop, src.device, stream);
+      set_pending(stop, src.device, stream, lease);
+      throw;
+    } catch (...) {
+      hold_until_done(lease, src.device, stream);
       throw;
     }
     return;
@@ -481,9 +509,10 @@ std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, CUstream str
   if (src.bytes == 0) return Transfer::finished();
   DeviceGuard guard(src.device);
   const Driver& d = driver();
-  if (dst_pinned) {
+  std::shared_ptr<void> lease = dst_pinned ? nullptr : pinned_in_place(dst, src.bytes);
+  if (dst_pinned || lease) {
     check(d.cuMemcpyDtoHAsync(dst, src.data, src.bytes, stream), "cuMemcpyDtoHAsync");
-    return stream_point(src.device, stream);
+    return stream_point(src.device, stream, std::move(lease));
   }
   auto transfer = std::make_shared<Transfer>();
   Block staging = PinnedPool::instance().try_acquire(src.device, src.bytes);
@@ -515,8 +544,35 @@ std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, CUstream str
 }
 
 void copy_many_to_host(const std::vector<DeviceSpan>& srcs, CUstream stream,
-                       const std::vector<void*>& dsts, const InterruptCheck& interrupted) {
+                       const std::vector<void*>& dsts, bool dst_pinned,
+                       const InterruptCheck& interrupted) {
   if (srcs.empty()) return;
+  std::vector<HostCopy> direct;
+  uintptr_t low = UINTPTR_MAX, high = 0;  // the bytes every destination lies in
+  for (size_t i = 0; i < srcs.size(); ++i) {
+    if (srcs[i].bytes == 0) continue;
+    direct.push_back({dsts[i], srcs[i].data, srcs[i].bytes});
+    low = std::min(low, reinterpret_cast<uintptr_t>(dsts[i]));
+    high = std::max(high, reinterpret_cast<uintptr_t>(dsts[i]) + srcs[i].bytes);
+  }
+  if (direct.empty()) return;
+  std::shared_ptr<void> lease =
+      dst_pinned ? nullptr : pinned_in_place(reinterpret_cast<void*>(low), high - low);
+  if (dst_pinned || lease) {  // straight into the destinations, no packing block
+    const int device = srcs.front().device;
+    DeviceGuard guard(device);
+    try {
+      enqueue_packed(device, direct, stream);
+      wait_for_stream(device, stream, interrupted);
+    } catch (CopyInterrupted& stop) {
+      set_pending(stop, device, stream, lease);
+      throw;
+    } catch (...) {
+      hold_until_done(lease, device, stream);
+      throw;
+    }
+    return;
+  }
   constexpr size_t kAlign = 256;
   std::vector<size_t> offsets(srcs.size());
   size_t total = 0;
@@ -563,14 +619,15 @@ std::shared_ptr<Transfer> copy_to_device(const void* src, bool src_pinned, const
   DeviceGuard guard(dst.device);
   const Driver& d = driver();
   const auto* in = static_cast<const char*>(src);
+  std::shared_ptr<void> lease = src_pinned ? nullptr : pinned_in_place(src, dst.bytes);
   size_t chunk = 0;
   std::vector<Block> slots =
-      src_pinned ? std::vector<Block>{} : staging_slots(dst.device, dst.bytes, &chunk);
+      src_pinned || lease ? std::vector<Block>{} : staging_slots(dst.device, dst.bytes, &chunk);
   if (slots.empty()) {
     // Pinned source: one direct copy. Pageable source with no room to stage:
     // the driver stages it and returns once `src` may be reused.
     check(d.cuMemcpyHtoDAsync(dst.data, in, dst.bytes, stream), "cuMemcpyHtoDAsync");
-    return stream_point(dst.device, stream);
+    return stream_point(dst.device, stream, std::move(lease));
   }
   const size_t chunks = (dst.bytes + chunk - 1) / chunk;
   std::vector<std::shared_ptr<Event>> events(slots.size());

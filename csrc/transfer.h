@@ -7,7 +7,10 @@
 //
 // Device -> ordinary host memory streams through pinned chunks from the
 // PinnedPool: while chunk k is in flight, host threads drain chunk k-1 into
-// the destination. Device -> pinned memory is one direct copy. Many small
+// the destination. Device -> pinned memory is one direct copy: memory of the
+// pool (the caller says so: `dst_pinned`, `src_pinned`) or an array pinned in
+// place, which the engine itself recognises by address and keeps registered
+// until the copy has completed (pinned_in_place.h). Many small
 // tensors are packed into one pinned block with one submission
 // (cuMemcpyBatchAsync where the driver has it) and one event.
 //
@@ -116,10 +119,12 @@ void copy_to_host(const DeviceSpan& src, cuda::CUstream stream, void* dst, bool 
 std::shared_ptr<Transfer> copy_to_host_async(const DeviceSpan& src, cuda::CUstream stream,
                                              void* dst, bool dst_pinned);
 
-// Many device spans of one device -> host destinations, packed: one pinned
-// block, one submission where the driver allows, one event. Returns when done.
+// Many device spans of one device -> host destinations, packed: one
+// submission where the driver allows, one event; through one pinned block,
+// or straight into the destinations when they are pinned. Returns when done.
 void copy_many_to_host(const std::vector<DeviceSpan>& srcs, cuda::CUstream stream,
-                       const std::vector<void*>& dsts, const InterruptCheck& interrupted = {});
+                       const std::vector<void*>& dsts, bool dst_pinned,
+                       const InterruptCheck& interrupted = {});
 
 // Host -> device through pinned staging (or directly from pinned memory).
 // Returns once `src` may be reused; the returned Transfer finishes when the

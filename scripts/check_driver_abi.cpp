@@ -239,6 +239,10 @@ CHECK_ENTRY(cuEventRecord, PFN_cuEventRecord_v2000)
 CHECK_ENTRY(cuEventQuery, PFN_cuEventQuery_v2000)
 CHECK_ENTRY(cuEventSynchronize, PFN_cuEventSynchronize_v2000)
 CHECK_ENTRY(cuEventDestroy, PFN_cuEventDestroy_v4000)
+// cuda.h #defines cuMemHostRegister as cuMemHostRegister_v2, whose ABI
+// cuGetProcAddress serves at 12.0 as PFN_cuMemHostRegister_v6050.
+CHECK_ENTRY(cuMemHostRegister, PFN_cuMemHostRegister_v6050)
+CHECK_ENTRY(cuMemHostUnregister, PFN_cuMemHostUnregister_v4000)
 
 // cuGetProcAddress itself: dlsym'd as cuGetProcAddress_v2, so not a Driver slot;
 // checked once cuda_driver.h declares the function pointer type it casts to.
@@ -299,6 +303,9 @@ CHECK_CONST(tb::CU_EVENT_DISABLE_TIMING, CU_EVENT_DISABLE_TIMING)
 CHECK_CONST(tb::CU_EVENT_BLOCKING_SYNC, CU_EVENT_BLOCKING_SYNC)
 CHECK_CONST(tb::CUDA_ERROR_INVALID_HANDLE, CUDA_ERROR_INVALID_HANDLE)
 CHECK_CONST(tb::CUDA_ERROR_NOT_SUPPORTED, CUDA_ERROR_NOT_SUPPORTED)
+CHECK_CONST(tb::kMemHostRegisterPortable, CU_MEMHOSTREGISTER_PORTABLE)
+CHECK_CONST(tb::CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED)
+CHECK_CONST(tb::CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED)
 
 int main(int argc, char** argv) {
   // CU_STREAM_LEGACY and CU_STREAM_PER_THREAD are casts, not constant expressions.

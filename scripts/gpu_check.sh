@@ -17,7 +17,7 @@
 #   build          90   30 s   venv (when PYTHON is not one) + the extension, --no-build-isolation,
 #                              --no-index (nothing downloaded); ~1 s when already up to date
 #   abi            15    5 s   our driver prototypes against this machine's own cuda.h
-#   smoke          90   40 s   short checks, each in a child process of its own with its own
+#   smoke          90   45 s   short checks, each in a child process of its own with its own
 #                              limit, one JSON line each (scripts/gpu_check_smoke.py): a
 #                              verdict per check even if one crashes; timings recorded, not judged
 #   tests         120   60 s   the GPU-marked tests of every test file and the README's examples,
@@ -29,11 +29,11 @@
 #   array_api      35   15 s   TorchTransformer -> StandardScaler -> PCA -> LDA on CUDA tensors
 #                              under scikit-learn's array API dispatch: device-to-host copies
 #                              counted by torch's profiler (none of the features), results vs NumPy
-#   bench          80   60 s   tensorbridge bench --device all (QUICK=1: --quick): CPU, GPU
+#   bench          80   65 s   tensorbridge bench --device all (QUICK=1: --quick): CPU, GPU
 #                              ("skipped" without one), the workflows; cut at its limit,
 #                              it still leaves bench.json with the cases it finished
 #   fixture        25   10 s   a TorchTransformer fitted on the GPU, pickled for tests/fixtures
-#   in all        480  230 s   no stage starts or runs past 480 s: one device call of at most
+#   in all        480  240 s   no stage starts or runs past 480 s: one device call of at most
 #                              600 s gets a complete verdict with two minutes to spare
 #                              (GPU_CHECK_PLAN_ONLY=1 prints the stages and the total)
 #

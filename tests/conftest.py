@@ -60,7 +60,8 @@ def pytest_configure(config):
 
 @pytest.fixture
 def standin():
-    """The stand-in's control panel, reset; checks the pool is clean after."""
+    """The stand-in's control panel, reset; checks the pool is clean and
+    nothing is left pinned in place after."""
     if _standin is None:
         pytest.skip("runs against the stand-in driver only")
     import tensorbridge as tb
@@ -80,6 +81,7 @@ def standin():
     tb.set_pinned_memory_limit(_DEFAULT_LIMIT)
     _core.set_staging_chunk_bytes(16 << 20)
     assert stats["in_use_bytes"] == 0, stats
+    assert stats["registered_bytes"] == 0, stats  # every pin closed, or its handle collected
 
 
 _DEFAULT_LIMIT = 4 << 30

@@ -575,6 +575,38 @@ def test_without_torch_the_cuda_skip_names_torch(monkeypatch):
     assert "is_available" not in why and why == reasons["every CUDA method"]
 
 
+def test_the_kept_array_case_times_each_destination_and_unpins_after(standin, monkeypatch):
+    # The case's logic on the stand-in, its "cuda" tensors on the CPU (no GPU
+    # here): every destination is timed, and the array it pinned is unpinned
+    # once the case is dropped.
+    import gc
+
+    import torch
+
+    from tensorbridge import _bench
+
+    class CpuTorch:
+        class cuda:
+            synchronize = staticmethod(lambda: None)
+
+        ones = staticmethod(lambda *shape, device=None: torch.ones(*shape))
+        empty = staticmethod(lambda shape, pin_memory=False: torch.empty(shape))
+
+    monkeypatch.setattr(_bench, "_cuda_events", lambda: None)  # torch.cuda's: no GPU here
+    case = _bench._cuda_into_kept_array(CpuTorch(), 1 << 20)
+    assert tb.pinned_memory_stats()["registered_bytes"] == 1 << 20
+    rows, failed = _bench.measure_case(case, _bench.Settings.make(True, ["cuda"], repeats=2,
+                                                                  budget_s=0.01))
+    assert failed == [] and case.skipped == {}
+    assert {row["method"]: row["copies"] for row in rows} == {
+        _bench.LINK_CEILING: True, "tb.to_numpy(t, out=pageable)": True,
+        "tb.to_numpy(t, out=empty_pinned)": True, "tb.to_numpy(t, out=tb.pin(a).array)": True}
+    assert case.title == "cuda float32 1 MiB into a kept array"
+    del case, rows
+    gc.collect()
+    assert tb.pinned_memory_stats()["registered_bytes"] == 0
+
+
 def test_repeats_help_says_it_is_a_maximum(tmp_path):
     result = tensorbridge("bench", "--help", cwd=tmp_path)
     text = " ".join(result.stdout.split())

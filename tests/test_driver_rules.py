@@ -94,6 +94,86 @@ def test_the_stand_in_refuses_a_batch_copy_on_the_legacy_stream(standin):
     del out
 
 
+# -- cuMemHostRegister / cuMemHostUnregister: what cuda.h refuses ------------------
+
+HOST_MEMORY_ALREADY_REGISTERED, HOST_MEMORY_NOT_REGISTERED = 712, 713
+NOT_SUPPORTED, INVALID_CONTEXT = 801, 201
+
+
+def test_the_stand_in_refuses_what_cuda_h_refuses_of_host_registration(standin):
+    # What makes the pin tests worth something: each refusal cuda.h documents.
+    lib = ctypes.CDLL(os.environ["TENSORBRIDGE_LIBCUDA"])
+    register, unregister = lib.cuMemHostRegister, lib.cuMemHostUnregister
+    register.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
+    unregister.argtypes = [ctypes.c_void_p]
+    a = np.zeros(4096, np.uint8)
+    base = a.ctypes.data
+    assert tb.cuda_available()  # the driver loaded and initialised
+    with _current_context():
+        assert register(base, 0, 1) == INVALID_VALUE  # no bytes
+        assert register(None, 16, 1) == INVALID_VALUE
+        assert register(base, 16, 0x10) == INVALID_VALUE  # a flag cuda.h does not define
+        assert register(base, 16, 0x4) == NOT_SUPPORTED  # I/O memory
+        assert register(base, 16, 0x8) == NOT_SUPPORTED  # read-only: no device supports it
+        assert register(base + 100, 100, 1) == 0  # any alignment: cuda.h asks for none
+        for overlapping in ((base + 100, 100), (base + 50, 51), (base + 199, 1), (base, 4096)):
+            assert register(*overlapping, 1) == HOST_MEMORY_ALREADY_REGISTERED
+        pool = tb.empty_pinned(16, np.uint8)  # cuMemHostAlloc's memory is registered too
+        assert register(pool.ctypes.data, 16, 1) == HOST_MEMORY_ALREADY_REGISTERED
+        assert unregister(pool.ctypes.data) == HOST_MEMORY_NOT_REGISTERED
+        assert unregister(base + 150) == HOST_MEMORY_NOT_REGISTERED  # not the base address
+        assert unregister(None) == INVALID_VALUE
+        assert unregister(base + 100) == 0
+        assert unregister(base + 100) == HOST_MEMORY_NOT_REGISTERED  # twice
+    assert register(base, 16, 1) == INVALID_CONTEXT  # no context current
+    assert standin.registered_bytes() == 0
+    assert standin.misuses() == {
+        "misuse: cuMemHostRegister of no bytes": 2, "misuse: cuMemHostRegister flags": 1,
+        "misuse: cuMemHostRegister of I/O memory": 1, "misuse: cuMemHostRegister read-only": 1,
+        "misuse: cuMemHostRegister of memory already registered": 5,
+        "misuse: cuMemHostUnregister of memory not registered": 3,
+        "misuse: cuMemHostUnregister of NULL": 1, "misuse: no current context": 1}
+    standin.reset()  # those refusals were on purpose
+    del pool
+
+
+def test_the_stand_in_sees_an_unregistration_under_a_copy_in_flight(standin):
+    # What makes the pin lifetime tests worth something.
+    lib = ctypes.CDLL(os.environ["TENSORBRIDGE_LIBCUDA"])
+    lib.cuMemHostRegister.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
+    lib.cuMemHostUnregister.argtypes = [ctypes.c_void_p]
+    x = DeviceArray(standin, np.ones(1024, np.float32))
+    a = np.zeros(1024, np.float32)
+    gate = ctypes.c_int(0)
+    with _current_context():
+        assert lib.cuMemHostRegister(a.ctypes.data, a.nbytes, 1) == 0
+        standin.enqueue_gate(None, ctypes.byref(gate))
+        copy = lib.cuMemcpyDtoHAsync
+        copy.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p]
+        assert copy(a.ctypes.data, x.address, a.nbytes, None) == 0  # queued behind the gate
+        assert lib.cuMemHostUnregister(a.ctypes.data) == 0
+        gate.value = 1
+        standin.synchronize(None)
+    assert standin.misuses() == {"misuse: cuMemHostUnregister with a copy in flight": 1}
+    standin.reset()
+
+
+class _current_context:
+    """Device 0's primary context current on this thread, as the engine's
+    DeviceGuard makes it, for calls made straight into the stand-in."""
+
+    def __enter__(self):
+        lib = ctypes.CDLL(os.environ["TENSORBRIDGE_LIBCUDA"])
+        self.set = lib.cuCtxSetCurrent
+        self.set.argtypes = [ctypes.c_void_p]
+        context = ctypes.c_void_p()
+        assert lib.cuDevicePrimaryCtxRetain(ctypes.byref(context), 0) == 0
+        assert self.set(context) == 0
+
+    def __exit__(self, *exc):
+        self.set(None)
+
+
 def test_batches_are_bounded(standin):
     n = 5000  # strided memory of 5000 separate runs: one packed copy of 5000 pieces
     expected = np.arange(4 * n, dtype=np.float32).reshape(n, 4)
@@ -127,7 +207,8 @@ def test_strided_device_memory_on_the_legacy_stream(standin):
 
 # -- entry points: only what is called is required -------------------------------
 
-OPTIONAL = ["cuMemcpyBatchAsync", "cuStreamCreate", "cuStreamWaitEvent"]
+OPTIONAL = ["cuMemcpyBatchAsync", "cuStreamCreate", "cuStreamWaitEvent", "cuMemHostRegister",
+            "cuMemHostUnregister"]
 
 
 def test_entry_points_are_listed_with_the_versions_asked(standin):
@@ -242,7 +323,7 @@ def test_every_message_says_why_cuda_is_unusable():
         assert message.endswith(reason), line
     assert out[4] == str(dict.fromkeys(["reserved_bytes", "in_use_bytes", "cached_bytes",
                                         "peak_bytes", "limit_bytes", "alloc_count",
-                                        "hit_count"], 0))
+                                        "hit_count", "registered_bytes"], 0))
 
 
 # -- pinned memory: the copying device's context, allocation outside the lock ----

@@ -411,7 +411,7 @@ class _CpuCuda:
 
 
 @pytest.mark.parametrize("name", ["queued_kernel", "transfer_wait", "collect_small",
-                                  "small_copies", "out_pre_touched"])
+                                  "small_copies", "out_pre_touched", "pin"])
 def test_the_gpu_checks_logic_runs_on_a_cpu_torch(name, monkeypatch, capsys):
     import torch
 

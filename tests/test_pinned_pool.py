@@ -77,7 +77,7 @@ def test_pool_reuses_blocks_and_reports_stats(standin):
     tb.empty_pinned_cache()
     assert tb.pinned_memory_stats()["reserved_bytes"] == 0
     assert set(start) == {"reserved_bytes", "in_use_bytes", "cached_bytes", "peak_bytes",
-                          "limit_bytes", "alloc_count", "hit_count"}
+                          "limit_bytes", "alloc_count", "hit_count", "registered_bytes"}
 
 
 def test_empty_pinned_shapes_and_dtypes(standin):

@@ -45,9 +45,10 @@ CALLED_ENTRY_POINTS = {
     "cuCtxSetCurrent", "cuMemHostAlloc", "cuMemFreeHost", "cuMemcpyDtoHAsync",
     "cuMemcpyHtoDAsync", "cuStreamCreate", "cuStreamWaitEvent", "cuEventCreate",
     "cuEventRecord", "cuEventQuery", "cuEventSynchronize", "cuEventDestroy",
+    "cuMemHostRegister", "cuMemHostUnregister",
 }
 ZERO_STATS = dict.fromkeys(("reserved_bytes", "in_use_bytes", "cached_bytes", "peak_bytes",
-                            "limit_bytes", "alloc_count", "hit_count"), 0)
+                            "limit_bytes", "alloc_count", "hit_count", "registered_bytes"), 0)
 
 
 def run(args, tmp_path, *, check=True):

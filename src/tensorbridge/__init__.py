@@ -12,13 +12,21 @@ from ._collect import collect
 from ._convert import to_numpy_async
 from ._core import to_numpy
 from ._driver import cuda_available, cuda_status
-from ._pinned import empty_pinned, empty_pinned_cache, pinned_memory_stats, set_pinned_memory_limit
+from ._pinned import (
+    PinHandle,
+    empty_pinned,
+    empty_pinned_cache,
+    pin,
+    pinned_memory_stats,
+    set_pinned_memory_limit,
+)
 from ._to_device import to_device
 from ._transfer import Transfer
 
 _convert.install()
 
 __all__ = [
+    "PinHandle",
     "Transfer",
     "__version__",
     "collect",
@@ -26,6 +34,7 @@ __all__ = [
     "cuda_status",
     "empty_pinned",
     "empty_pinned_cache",
+    "pin",
     "pinned_memory_stats",
     "set_pinned_memory_limit",
     "to_device",

@@ -41,6 +41,7 @@ from . import (
     collect,
     cuda_available,
     empty_pinned,
+    pin,
     pinned_memory_stats,
     to_numpy,
     to_numpy_async,
@@ -541,6 +542,7 @@ def build_cases(settings: Settings, skipped: list):
             yield partial(_cuda_small, torch)
             for nbytes in _sizes(settings.quick):
                 yield partial(_cuda_float32, torch, nbytes)
+            yield partial(_cuda_into_kept_array, torch, (4 if settings.quick else 256) << 20)
     if "cpu" in settings.devices:
         for nbytes in _sizes(settings.quick):
             yield partial(_cpu_float32, torch, nbytes)
@@ -712,6 +714,32 @@ def _cuda_float32(torch, nbytes):
         skipped["cupy.asnumpy(x)"] = "CuPy is not installed"
     return Case(f"cuda float32 {format_bytes(nbytes)}", "cuda", nbytes, ".cpu().numpy()", methods,
                 LINK_CEILING, torch.cuda.synchronize, skipped)
+
+
+def _cuda_into_kept_array(torch, nbytes):
+    """GPU -> a host array kept across copies (the out= of a loop), by where it
+    lives: pinned in place (tb.pin), a block of the pinned pool
+    (tb.empty_pinned), or pageable memory (staged through the pool)."""
+    t = torch.ones(nbytes // 4, device="cuda")
+    pinned_t = torch.empty(t.shape, pin_memory=True)
+    pageable = np.zeros(t.shape, np.float32)  # written once: no page faults are timed
+    methods = {
+        LINK_CEILING: lambda: pinned_t.copy_(t, non_blocking=True),
+        "tb.to_numpy(t, out=pageable)": lambda: to_numpy(t, out=pageable),
+    }
+    skipped = {}
+    if cuda_available():
+        pooled = empty_pinned(t.shape, np.float32)
+        # Unpinned when the case is dropped (its methods hold the only reference).
+        in_place = pin(np.zeros(t.shape, np.float32))
+        methods["tb.to_numpy(t, out=empty_pinned)"] = lambda: to_numpy(t, out=pooled)
+        methods["tb.to_numpy(t, out=tb.pin(a).array)"] = lambda: to_numpy(t, out=in_place.array)
+    else:
+        for method in ("tb.to_numpy(t, out=empty_pinned)", "tb.to_numpy(t, out=tb.pin(a).array)"):
+            skipped[method] = "tensorbridge found no CUDA driver"
+    return Case(f"cuda float32 {format_bytes(nbytes)} into a kept array", "cuda", nbytes,
+                "tb.to_numpy(t, out=pageable)", methods, LINK_CEILING, torch.cuda.synchronize,
+                skipped)
 
 
 def _cuda_small(torch):

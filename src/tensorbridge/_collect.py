@@ -26,6 +26,7 @@ import numpy as np
 from . import _convert, _core, _torch
 from ._convert import TorchValues
 from ._device_memory import DeviceMemory, as_bytes
+from ._pinned import is_pinned
 from ._transfer import interruptible
 
 _PACK_BYTES = 64 << 10  # a batch at most this large waits to be packed with others
@@ -127,11 +128,12 @@ def _gather_small_device_batches(batches, out):
         out = _new_result(rows, trailing, dtype)
     elif out.shape != (rows, *trailing) or out.dtype != dtype or not out.flags.c_contiguous:
         return None  # the general path accepts or refuses it, with the reason
-    target = as_bytes(out)
+    target, pinned = as_bytes(out), is_pinned(out)
     for start in range(0, len(sources), _PACK_COUNT):
         # On Ctrl-C the copies in flight keep their sources (and target) alive.
         interruptible(partial(_core.copy_many_to_host, device, sources[start:start + _PACK_COUNT],
-                              stream, target, offsets[start:start + _PACK_COUNT]), batches, out)
+                              stream, target, offsets[start:start + _PACK_COUNT], pinned),
+                      batches, out)
     return out
 
 
@@ -375,7 +377,8 @@ class _Writer:
             # On Ctrl-C the copies in flight keep their sources (and staging) alive.
             interruptible(partial(
                 _core.copy_many_to_host, device, [(s.address, s.nbytes) for _, s in group],
-                stream, as_bytes(staging), [(row - start) * self.row_bytes for row, _ in group]),
+                stream, as_bytes(staging), [(row - start) * self.row_bytes for row, _ in group],
+                is_pinned(staging)),
                 [s.keep for _, s in group], staging)
         if staging is not region:
             for group in by_device.values():

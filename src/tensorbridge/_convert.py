@@ -134,7 +134,7 @@ def to_numpy_async(x: Any, *, out: np.ndarray | None = None, stream: Any = None)
         What :func:`to_numpy` takes.
     out : numpy.ndarray, optional
         Writeable array of the result's exact shape and dtype (pinned, from
-        :func:`empty_pinned`, for the fastest copy).
+        :func:`empty_pinned` or by :func:`pin`, for the fastest copy).
     stream : optional
         The stream to order a device copy on.
 

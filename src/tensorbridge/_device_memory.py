@@ -179,4 +179,4 @@ def copy_strided(memory: DeviceMemory, target: np.ndarray) -> None:
     sources = [(memory.address + int(start), run_bytes) for start in starts.reshape(-1)]
     interruptible(lambda: _core.copy_many_to_host(
         memory.device, sources, memory.stream, as_bytes(target),
-        [i * run_bytes for i in range(runs)]), memory.keep)
+        [i * run_bytes for i in range(runs)], is_pinned(target)), memory.keep, target)

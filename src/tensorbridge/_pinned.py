@@ -1,8 +1,10 @@
-"""Page-locked host memory from tensorbridge's pool, and its counters."""
+"""Page-locked host memory: blocks of tensorbridge's pool, users' own arrays
+pinned in place (:func:`pin`), and their counters."""
 
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 import numpy.typing as npt
@@ -11,16 +13,24 @@ from . import _core, _driver
 
 
 def pinned_memory_stats() -> dict[str, int]:
-    """The pinned pool's counters (all zero without a usable CUDA driver).
+    """The pinned pool's counters, and the bytes pinned in place (all zero
+    without a usable CUDA driver).
+
+    ``reserved_bytes``, ``in_use_bytes``, ``cached_bytes``, ``peak_bytes``,
+    ``limit_bytes``, ``alloc_count`` and ``hit_count`` are the pool's alone.
+    ``registered_bytes`` is what :func:`pin` holds page-locked right now:
+    arrays whose handle is open, and closed ones whose copies in flight have
+    not completed yet; 0 again once every handle is closed and those copies
+    are done.
 
     Examples
     --------
     >>> import tensorbridge as tb
     >>> sorted(tb.pinned_memory_stats())  # doctest: +NORMALIZE_WHITESPACE
     ['alloc_count', 'cached_bytes', 'hit_count', 'in_use_bytes', 'limit_bytes',
-     'peak_bytes', 'reserved_bytes']
+     'peak_bytes', 'registered_bytes', 'reserved_bytes']
     """
-    stats = _core.pinned_stats()  # the keys are the native pool's
+    stats = {**_core.pinned_stats(), "registered_bytes": _core.registered_bytes()}
     return stats if _driver.cuda_available() else dict.fromkeys(stats, 0)
 
 
@@ -131,10 +141,184 @@ def empty_pinned(shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarr
 
 
 def is_pinned(array: np.ndarray) -> bool:
-    """Whether `array` views memory of an ``empty_pinned`` block."""
+    """Whether `array` views memory of an ``empty_pinned`` block (the engine
+    itself recognises arrays pinned in place, by address)."""
     owner = array
     while owner is not None:
         if isinstance(owner, _core.PinnedBuffer):
             return True
         owner = owner.obj if isinstance(owner, memoryview) else getattr(owner, "base", None)
     return False
+
+
+def pin(array: np.ndarray) -> PinHandle:
+    """Page-lock an existing array where it is, for copies at link speed.
+
+    GPU copies into (and out of) a pinned array need no staging through
+    pinned blocks: ``to_numpy(x, out=a)``, ``to_numpy_async(x, out=a)``,
+    ``collect(batches, out=a)`` and ``to_device(a, "cuda")`` copy straight
+    into or out of it, and an asynchronous copy returns at once. Any view of
+    its memory counts. Page-locking is done once (with ``cuMemHostRegister``,
+    portable: pinned for every GPU) and costs time in proportion to the size,
+    like allocating pinned memory; pin an array you copy into again and again.
+
+    The returned handle keeps `array` alive and unpins it on
+    :meth:`PinHandle.close`, at the end of a ``with`` block, or when the
+    handle is collected; never while a copy into (or out of) it is still in
+    flight: then it is unpinned once the last such copy has completed. After
+    ``os.fork``, a child's copies of the handles are inert: closing them
+    leaves the parent's pins as they are.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        Writeable, contiguous (C or Fortran order), non-empty, of a dtype
+        without Python objects, and sharing no byte with an array already
+        pinned (in place, or from :func:`empty_pinned`).
+
+    Returns
+    -------
+    PinHandle
+
+    Raises
+    ------
+    TypeError
+        For anything but a NumPy array, or an object dtype.
+    ValueError
+        For a read-only, non-contiguous or empty array, or one whose memory
+        overlaps memory already pinned (the message names both ranges).
+    RuntimeError
+        Without a usable CUDA driver (the message says why, in
+        :func:`cuda_status`'s words), with a driver that lacks
+        ``cuMemHostRegister``, or when the driver refuses (its own text).
+
+    See Also
+    --------
+    empty_pinned : a new array in memory of tensorbridge's pinned pool.
+    pinned_memory_stats : ``registered_bytes``, the bytes pinned in place.
+
+    Examples
+    --------
+    >>> import numpy as np, torch, tensorbridge as tb
+    >>> out = np.empty((4096, 1024), np.float32)  # an array kept across copies
+    >>> with tb.pin(out):  # doctest: +SKIP
+    ...     for step in range(3):
+    ...         t = torch.full((4096, 1024), float(step), device="cuda")
+    ...         tb.to_numpy(t, out=out)  # straight into it: no staging
+    ...         print(out.sum())
+    0.0
+    4194304.0
+    8388608.0
+    """
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"pin: array must be a numpy.ndarray, got {type(array).__name__}; "
+                        "convert it first (tensorbridge.to_numpy) and pin the result")
+    if array.dtype.hasobject:
+        raise TypeError(f"pin: array has dtype {array.dtype}, which holds Python objects; "
+                        "only arrays of numeric dtypes can receive GPU copies")
+    if not array.flags.writeable:
+        raise ValueError("pin: array is read-only; pin a writeable array (copies write into it)")
+    if not (array.flags.c_contiguous or array.flags.f_contiguous):
+        raise ValueError(f"pin: array of shape {array.shape} and strides {array.strides} is not "
+                         "contiguous; pin the contiguous array it is a view of (its views are "
+                         "pinned with it), or a contiguous copy")
+    if array.nbytes == 0:
+        raise ValueError(f"pin: array of shape {array.shape} is empty; there is nothing to pin")
+    if is_pinned(array):
+        raise ValueError("pin: array is in memory of tensorbridge's pinned pool (from "
+                         "empty_pinned), which is pinned already; use it as it is")
+    status = _driver.cuda_status()
+    if not status["available"]:
+        raise RuntimeError(f"pin: pinning memory needs a usable CUDA driver: {status['reason']}; "
+                           "without a GPU there is no copy to speed up, so use the array as it is")
+    try:
+        native = _core.PinnedRange(array)
+    except ValueError as error:  # an overlap, named by the native registry
+        raise ValueError(f"pin: {error}") from None
+    except RuntimeError as error:  # the driver's refusal, or its lack of the entry points
+        raise RuntimeError(f"pin: {error}") from error
+    return PinHandle(array, native)
+
+
+class PinHandle:
+    """An array pinned in place by :func:`pin`; unpins it when closed.
+
+    ``close()`` (or the end of a ``with`` block, or the handle collected)
+    unpins the array at once, or, while copies into or out of it are in
+    flight, as soon as the last of them completes; copies started after
+    ``close()`` go through staging as for any array. Closing twice is
+    harmless.
+
+    Attributes
+    ----------
+    array : numpy.ndarray
+        The pinned array, kept alive by the handle.
+    nbytes : int
+        The bytes pinned.
+    closed : bool
+        Whether :meth:`close` was called (the memory may stay pinned a little
+        longer, until copies in flight complete).
+
+    Examples
+    --------
+    >>> import numpy as np, tensorbridge as tb
+    >>> out = np.empty((1024, 1024), np.float32)
+    >>> handle = tb.pin(out)  # doctest: +SKIP
+    >>> handle  # doctest: +SKIP
+    <tensorbridge.PinHandle of (1024, 1024) float32, 4194304 bytes, pinned>
+    >>> handle.close()  # doctest: +SKIP
+    """
+
+    __slots__ = ("_array", "_native")
+
+    def __init__(self, array: np.ndarray, native: _core.PinnedRange) -> None:
+        self._array = array
+        self._native = native
+
+    @property
+    def array(self) -> np.ndarray:
+        """The array pinned (still the caller's after :meth:`close`, no longer pinned)."""
+        return self._array
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes pinned: the array's ``nbytes``."""
+        return self._native.nbytes
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran (the memory stays pinned until copies in flight end)."""
+        return self._native.closed
+
+    def close(self) -> None:
+        """Unpin the array now, or once the copies in flight that use it complete.
+
+        Raises
+        ------
+        RuntimeError
+            With the driver's text, when it refuses to unpin (the handle is
+            closed all the same).
+
+        Examples
+        --------
+        >>> import numpy as np, tensorbridge as tb
+        >>> handle = tb.pin(np.zeros(1 << 20, np.uint8))  # doctest: +SKIP
+        >>> handle.close(); handle.closed  # doctest: +SKIP
+        True
+        """
+        try:
+            self._native.close()
+        except RuntimeError as error:
+            raise RuntimeError(f"PinHandle.close: {error}") from error
+
+    def __enter__(self) -> PinHandle:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: types.TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "pinned"
+        return (f"<tensorbridge.PinHandle of {self._array.shape} {self._array.dtype}, "
+                f"{self.nbytes} bytes, {state}>")

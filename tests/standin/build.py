@@ -52,6 +52,8 @@ class StandIn:
             "standin_enqueue_gate": (None, [ptr, ctypes.POINTER(ctypes.c_int)]),
             "standin_synchronize": (None, [ptr]),
             "standin_live_pinned_bytes": (ctypes.c_long, []),
+            "standin_registered_bytes": (ctypes.c_long, []),
+            "standin_register_calls_after_fork": (ctypes.c_long, []),
             "standin_set_sticky": (None, [ctypes.c_int]),
             "standin_largest_batch": (size_t, []),
             "standin_gate_allocations": (None, [ctypes.POINTER(ctypes.c_int)]),

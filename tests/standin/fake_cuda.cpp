@@ -7,8 +7,13 @@
 //   device pointer crashes. Only the stand-in's own copy routines reach it,
 //   through a second, readable mapping of the same pages;
 // - asynchronous work runs on one worker thread per stream, after an optional
-//   delay per copy; a copy between device memory and unregistered (pageable)
-//   host memory is synchronous, as the real driver makes it;
+//   delay per copy; a copy between device memory and pageable host memory
+//   (neither from cuMemHostAlloc nor registered with cuMemHostRegister) is
+//   synchronous, as the real driver makes it;
+// - host memory registered with cuMemHostRegister is refused what cuda.h
+//   refuses (a second registration of any of its bytes, an unregistration
+//   of anything but a registered base, unknown flags, zero bytes), and
+//   unregistering it while a copy that uses it is in flight is a misuse;
 // - every entry point is counted, and any can be made to fail;
 // - after fork, every call fails with CUDA_ERROR_NOT_INITIALIZED;
 // - what cuda.h documents as refused is refused: the batch copy on the legacy
@@ -50,7 +55,8 @@ using CUresult = int;
 using CUdeviceptr = uintptr_t;
 constexpr CUresult kSuccess = 0, kInvalidValue = 1, kOutOfMemory = 2, kNotInitialized = 3,
                    kInvalidDevice = 101, kInvalidContext = 201, kInvalidHandle = 400,
-                   kNotReady = 600;
+                   kNotReady = 600, kHostMemoryAlreadyRegistered = 712,
+                   kHostMemoryNotRegistered = 713, kNotSupported = 801;
 
 struct Context {
   int device;
@@ -75,6 +81,9 @@ std::atomic<size_t> g_largest_batch{0};  // the most descriptors one batch copy 
 std::atomic<int> g_allocating{0};        // cuMemHostAlloc calls under way
 volatile int* g_alloc_gate = nullptr;    // allocations wait while *gate == 0
 std::atomic<long> g_delay_min_us{0}, g_delay_max_us{0};
+// cuMemHostRegister/Unregister calls made after fork (which enter() cannot
+// count: the child's lock may be held by a thread that does not exist there).
+std::atomic<long> g_register_calls_after_fork{0};
 int g_device_count = 2;
 Context g_primary[16];
 thread_local Context* t_current = nullptr;
@@ -133,6 +142,10 @@ struct DeviceAllocation {
 };
 std::map<uintptr_t, DeviceAllocation> g_device_memory;  // by base address
 std::map<uintptr_t, size_t> g_pinned;                   // host ranges, by base address
+std::map<uintptr_t, size_t> g_registered;  // cuMemHostRegister's ranges, by base address
+// Host ranges that queued copies read or write, by copy: until each completes.
+std::map<uint64_t, std::pair<uintptr_t, size_t>> g_in_flight;
+uint64_t g_next_copy = 0;
 
 size_t page_rounded(size_t bytes) {
   const size_t page = 4096;
@@ -153,13 +166,39 @@ bool in_device_memory(const void* host) {
   return device_alias(reinterpret_cast<uintptr_t>(host), 1);
 }
 
+// Whether [p, p + bytes) lies inside one range of `ranges`. Under g_mutex.
+bool inside(const std::map<uintptr_t, size_t>& ranges, uintptr_t p, size_t bytes) {
+  auto it = ranges.upper_bound(p);
+  if (it == ranges.begin()) return false;
+  --it;
+  return p + bytes <= it->first + it->second;
+}
+
+// Whether [p, p + bytes) shares a byte with a range of `ranges`. Under g_mutex.
+bool overlaps(const std::map<uintptr_t, size_t>& ranges, uintptr_t p, size_t bytes) {
+  auto it = ranges.lower_bound(p + bytes);  // the first range starting past the end
+  if (it == ranges.begin()) return false;
+  --it;
+  return it->first + it->second > p;
+}
+
+// Page-locked: allocated by cuMemHostAlloc or registered by cuMemHostRegister.
 bool is_pinned(const void* host, size_t bytes) {
   const auto p = reinterpret_cast<uintptr_t>(host);
   std::lock_guard<std::mutex> lock(g_mutex);
-  auto it = g_pinned.upper_bound(p);
-  if (it == g_pinned.begin()) return false;
-  --it;
-  return p + bytes <= it->first + it->second;
+  return inside(g_pinned, p, bytes) || inside(g_registered, p, bytes);
+}
+
+// Marks host bytes as used by a queued copy; the returned number ends it.
+uint64_t copy_starts(const void* host, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_in_flight[++g_next_copy] = {reinterpret_cast<uintptr_t>(host), bytes};
+  return g_next_copy;
+}
+
+void copy_ends(uint64_t copy) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_in_flight.erase(copy);
 }
 
 CUdeviceptr allocate_device(int device, size_t bytes) {
@@ -290,12 +329,16 @@ int stream_device(void* handle) {
 }
 
 // Runs a copy on `stream`; synchronous when `wait` (pageable host memory).
-void enqueue_copy(void* stream, char* dst, const char* src, size_t bytes, bool wait) {
+// `host` is dst or src, whichever is host memory.
+void enqueue_copy(void* stream, char* dst, const char* src, size_t bytes, bool wait,
+                  const void* host) {
   Stream* s = stream_of(stream);
   auto done = std::make_shared<Event>();
+  const uint64_t copy = copy_starts(host, bytes);
   s->push([=] {
     delay();
     std::memcpy(dst, src, bytes);
+    copy_ends(copy);
     complete(done.get(), 1);
   });
   if (wait) wait_event(done.get(), 1);
@@ -327,18 +370,23 @@ CUresult cuDriverGetVersion(int* version) {
 }
 
 CUresult cuGetErrorName(CUresult error, const char** text) {
-  static const std::map<CUresult, const char*> names = {{0, "CUDA_SUCCESS"},
-                                                        {1, "CUDA_ERROR_INVALID_VALUE"},
-                                                        {2, "CUDA_ERROR_OUT_OF_MEMORY"},
-                                                        {3, "CUDA_ERROR_NOT_INITIALIZED"},
-                                                        {100, "CUDA_ERROR_NO_DEVICE"},
-                                                        {101, "CUDA_ERROR_INVALID_DEVICE"},
-                                                        {201, "CUDA_ERROR_INVALID_CONTEXT"},
-                                                        {400, "CUDA_ERROR_INVALID_HANDLE"},
-                                                        {500, "CUDA_ERROR_NOT_FOUND"},
-                                                        {600, "CUDA_ERROR_NOT_READY"},
-                                                        {700, "CUDA_ERROR_ILLEGAL_ADDRESS"},
-                                                        {999, "CUDA_ERROR_UNKNOWN"}};
+  static const std::map<CUresult, const char*> names = {
+      {0, "CUDA_SUCCESS"},
+      {1, "CUDA_ERROR_INVALID_VALUE"},
+      {2, "CUDA_ERROR_OUT_OF_MEMORY"},
+      {3, "CUDA_ERROR_NOT_INITIALIZED"},
+      {100, "CUDA_ERROR_NO_DEVICE"},
+      {101, "CUDA_ERROR_INVALID_DEVICE"},
+      {201, "CUDA_ERROR_INVALID_CONTEXT"},
+      {400, "CUDA_ERROR_INVALID_HANDLE"},
+      {500, "CUDA_ERROR_NOT_FOUND"},
+      {600, "CUDA_ERROR_NOT_READY"},
+      {700, "CUDA_ERROR_ILLEGAL_ADDRESS"},
+      {712, "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED"},
+      {713, "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED"},
+      {800, "CUDA_ERROR_NOT_PERMITTED"},
+      {801, "CUDA_ERROR_NOT_SUPPORTED"},
+      {999, "CUDA_ERROR_UNKNOWN"}};
   auto it = names.find(error);
   if (it == names.end()) {
     *text = nullptr;
@@ -361,6 +409,10 @@ CUresult cuGetErrorString(CUresult error, const char** text) {
       {500, "named symbol not found"},
       {600, "device not ready"},
       {700, "an illegal memory access was encountered"},
+      {712, "part or all of the requested memory range is already mapped"},
+      {713, "pointer does not correspond to a registered memory region"},
+      {800, "operation not permitted"},
+      {801, "operation not supported"},
       {999, "unknown error"}};
   auto it = texts.find(error);
   if (it == texts.end()) {
@@ -457,6 +509,69 @@ CUresult cuMemFreeHost(void* pointer) {
   return kSuccess;
 }
 
+// cuda.h: registers [p, p + bytesize) page-locked; INVALID_VALUE for what it
+// cannot register, HOST_MEMORY_ALREADY_REGISTERED when any of it already is
+// (by cuMemHostRegister or cuMemHostAlloc), NOT_SUPPORTED for I/O memory and
+// for read-only registration on a device without that attribute (none of the
+// stand-in's has it). It documents no alignment: none is asked for. The
+// engine asks for nothing cuda.h refuses, so every refusal is a misuse.
+CUresult cuMemHostRegister(void* p, size_t bytesize, unsigned flags) {
+  if (g_forked) ++g_register_calls_after_fork;
+  ENTER("cuMemHostRegister");
+  NEED_CONTEXT;
+  constexpr unsigned kPortable = 0x1, kDeviceMap = 0x2, kIoMemory = 0x4, kReadOnly = 0x8;
+  if ((flags & ~(kPortable | kDeviceMap | kIoMemory | kReadOnly)) != 0) {
+    return misuse("cuMemHostRegister flags", kInvalidValue);
+  }
+  if (flags & kIoMemory) return misuse("cuMemHostRegister of I/O memory", kNotSupported);
+  if (flags & kReadOnly) return misuse("cuMemHostRegister read-only", kNotSupported);
+  if (p == nullptr || bytesize == 0) return misuse("cuMemHostRegister of no bytes", kInvalidValue);
+  const auto base = reinterpret_cast<uintptr_t>(p);
+  if (bytesize > UINTPTR_MAX - base || in_device_memory(p)) {
+    return misuse("cuMemHostRegister of memory that is not the host's", kInvalidValue);
+  }
+  bool taken;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    taken = overlaps(g_registered, base, bytesize) || overlaps(g_pinned, base, bytesize);
+    if (!taken) g_registered[base] = bytesize;
+  }
+  if (taken) {
+    return misuse("cuMemHostRegister of memory already registered", kHostMemoryAlreadyRegistered);
+  }
+  count(std::string("cuMemHostRegister") + (flags & kPortable ? " portable" : " not portable"));
+  return kSuccess;
+}
+
+// cuda.h: `p` must be the base address given to cuMemHostRegister
+// (HOST_MEMORY_NOT_REGISTERED otherwise). Unregistering memory that a copy
+// in flight still reads or writes is a misuse (its result is undefined).
+CUresult cuMemHostUnregister(void* p) {
+  if (g_forked) ++g_register_calls_after_fork;
+  ENTER("cuMemHostUnregister");
+  NEED_CONTEXT;
+  if (p == nullptr) return misuse("cuMemHostUnregister of NULL", kInvalidValue);
+  const auto base = reinterpret_cast<uintptr_t>(p);
+  bool registered, in_flight = false;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    auto it = g_registered.find(base);
+    registered = it != g_registered.end();
+    if (registered) {
+      for (auto& [copy, range] : g_in_flight) {
+        in_flight =
+            in_flight || (range.first < base + it->second && base < range.first + range.second);
+      }
+      g_registered.erase(it);
+    }
+  }
+  if (!registered) {
+    return misuse("cuMemHostUnregister of memory not registered", kHostMemoryNotRegistered);
+  }
+  if (in_flight) count("misuse: cuMemHostUnregister with a copy in flight");
+  return kSuccess;
+}
+
 CUresult cuMemAlloc(CUdeviceptr* pointer, size_t bytes) {
   ENTER("cuMemAlloc");
   NEED_CONTEXT;
@@ -482,7 +597,7 @@ CUresult cuMemcpyDtoHAsync(void* dst, CUdeviceptr src, size_t bytes, void* strea
   NEED_CONTEXT;
   char* from = device_alias(src, bytes);
   if (from == nullptr || dst == nullptr || in_device_memory(dst)) return kInvalidValue;
-  enqueue_copy(stream, static_cast<char*>(dst), from, bytes, !is_pinned(dst, bytes));
+  enqueue_copy(stream, static_cast<char*>(dst), from, bytes, !is_pinned(dst, bytes), dst);
   return kSuccess;
 }
 
@@ -491,7 +606,7 @@ CUresult cuMemcpyHtoDAsync(CUdeviceptr dst, const void* src, size_t bytes, void*
   NEED_CONTEXT;
   char* to = device_alias(dst, bytes);
   if (to == nullptr || src == nullptr || in_device_memory(src)) return kInvalidValue;
-  enqueue_copy(stream, to, static_cast<const char*>(src), bytes, !is_pinned(src, bytes));
+  enqueue_copy(stream, to, static_cast<const char*>(src), bytes, !is_pinned(src, bytes), src);
   return kSuccess;
 }
 
@@ -543,9 +658,12 @@ CUresult cuMemcpyBatchAsync(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes,
   }
   Stream* s = stream_of(stream);
   auto done = std::make_shared<Event>();
+  std::vector<uint64_t> started;
+  for (auto& [to, from, bytes] : copies) started.push_back(copy_starts(to, bytes));
   s->push([=] {
     delay();
     for (auto& [to, from, bytes] : copies) std::memcpy(to, from, bytes);
+    for (uint64_t copy : started) copy_ends(copy);
     complete(done.get(), 1);
   });
   if (pageable) wait_event(done.get(), 1);
@@ -674,6 +792,8 @@ const std::unordered_map<std::string, void*>& entry_points() {
       ENTRY(cuCtxSetCurrent),
       ENTRY(cuMemHostAlloc),
       ENTRY(cuMemFreeHost),
+      ENTRY(cuMemHostRegister),
+      ENTRY(cuMemHostUnregister),
       ENTRY(cuMemAlloc),
       ENTRY(cuMemFree),
       ENTRY(cuMemcpyDtoHAsync),
@@ -835,6 +955,15 @@ const char* standin_counted() {
   for (auto& [name, calls] : g_calls) text += name + "=" + std::to_string(calls) + ";";
   return text.c_str();
 }
+
+long standin_registered_bytes() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  long total = 0;
+  for (auto& [base, size] : g_registered) total += static_cast<long>(size);
+  return total;
+}
+
+long standin_register_calls_after_fork() { return g_register_calls_after_fork; }
 
 long standin_live_pinned_bytes() {
   std::lock_guard<std::mutex> lock(g_mutex);
