@@ -10,7 +10,8 @@ are ported here in our own words, one section per file:
 - NumPy ``numpy/_core/tests/test_dlpack.py``: ``np.from_dlpack``'s consumer
   rules, with NumPy as the producer.
 
-Where DESIGN.md promises something other than the upstream behaviour (grad,
+Where the manual (docs/guide/views.rst, "Where t.numpy() and np.from_dlpack
+differ") promises something other than the upstream behaviour (grad,
 conj bits, sparse, bfloat16, legacy capsules ...), the test checks the promise
 and says so. Checks that tests/test_views.py, tests/test_dlpack_consumer.py,
 tests/test_copies.py or tests/test_lifetime.py already make on the same input
@@ -175,7 +176,7 @@ FORCE_CASES = [(grad, sparse, conj) for grad in (False, True) for sparse in (Fal
                          ids=[f"grad{g:d}-sparse{s:d}-conj{c:d}" for g, s, c in FORCE_CASES])
 def test_what_numpy_needs_force_for_converts_without_it(path, grad, sparse, conj):
     # Upstream: .numpy() refuses tensors needing grad, conj views and sparse
-    # tensors unless force=True (and refuses sparse even then). DESIGN.md:
+    # tensors unless force=True (and refuses sparse even then). docs/guide/views.rst:
     # to_numpy takes all of them as they are: a view for grad, one copy with
     # the bit resolved for conj, the dense values for sparse. Upstream skips
     # sparse + grad (to_sparse has no complex autograd); here it is a sparse leaf.
@@ -205,7 +206,7 @@ def test_what_numpy_needs_force_for_converts_without_it(path, grad, sparse, conj
 ], ids=["real-conj", "conj-conj", "resolved", "real-part-of-conj"])
 def test_tensors_without_a_conj_or_neg_bit_stay_views(path, make):
     # The bits are what .numpy() refuses; where torch sets none, to_numpy must
-    # not copy (DESIGN.md: a copy only where unavoidable).
+    # not copy (docs/guide/views.rst: a copy only where unavoidable).
     t = make()
     assert not t.is_conj() and not t.is_neg()
     a = tb.to_numpy(t)
@@ -256,7 +257,7 @@ SCALAR_DTYPES = [d for d in VIEWED_DTYPES if d not in (torch.uint16, torch.uint3
 
 @pytest.mark.parametrize("dtype", SCALAR_DTYPES, ids=str)
 def test_first_element_matches_the_tensor_item(path, dtype):
-    # Upstream expects .numpy() to refuse bfloat16 (TypeError); DESIGN.md
+    # Upstream expects .numpy() to refuse bfloat16 (TypeError); docs/guide/views.rst
     # gives an ml_dtypes view instead, and float8 likewise.
     if dtype.is_complex:
         tensors = [torch.tensor(1 + 3j), torch.tensor([1 + 3j, 0, 2j]),
@@ -352,7 +353,7 @@ def test_a_torch_capsule_of_every_dtype(dtype, collect_garbage):
 
 
 def test_a_bare_capsule_is_not_an_array():
-    # np.from_dlpack takes producers, not capsules; so does to_numpy (DESIGN:
+    # np.from_dlpack takes producers, not capsules; so does to_numpy (docs/guide/views.rst:
     # anything else is a TypeError naming the type).
     with pytest.raises(TypeError, match="'PyCapsule'.*__dlpack__"):
         tb.to_numpy(to_dlpack(torch.ones(2)))
@@ -460,7 +461,7 @@ def test_every_capsule_kind_torch_makes(forced, name):
 def test_a_cpu_producer_is_never_given_a_stream(stream):
     # torch asserts "stream should be None on cpu" for any other value (and
     # NumPy raises ValueError); to_numpy ignores stream= for CPU memory
-    # (DESIGN.md), so it must not forward it.
+    # (docs/guide/views.rst), so it must not forward it.
     t = sample((5,), torch.float32)
     producer = TorchProducer(t)
     a = tb.to_numpy(producer, stream=stream)
@@ -480,7 +481,7 @@ def test_a_cpu_producer_is_never_given_a_stream(stream):
 def test_what_torch_refuses_to_export(path, make, message):
     # Upstream: torch's __dlpack__ refuses these with BufferError. Behind a
     # DLPack-only wrapper that error reaches the caller unchanged; the tensor
-    # itself converts (DESIGN.md: grad is a view, conj and sparse one copy).
+    # itself converts (docs/guide/views.rst: grad is a view, conj and sparse one copy).
     t = make()
     with pytest.raises(BufferError, match=message):
         tb.to_numpy(TorchProducer(t))
@@ -616,7 +617,7 @@ class OldStyleArray(np.ndarray):
                          ids=["ndarray", "old-style-subclass"])
 def test_upstream_inputs_themselves_are_returned_as_they_are(path, make):
     # Upstream feeds ndarrays to np.from_dlpack, which makes a new view (and a
-    # read-only one for the old-style subclass); DESIGN.md: to_numpy returns
+    # read-only one for the old-style subclass); docs/guide/views.rst: to_numpy returns
     # NumPy arrays as they are, and copy=True gives a copy.
     x = make()
     assert tb.to_numpy(x) is x and x.flags.writeable
@@ -643,7 +644,7 @@ def test_what_numpy_refuses_to_export_is_a_buffer_error(make, collect_garbage):
             tb.to_numpy(producer)
     collect_garbage()
     assert sys.getrefcount(x) == before
-    assert tb.to_numpy(x) is x  # the array itself is returned as it is (DESIGN.md)
+    assert tb.to_numpy(x) is x  # the array itself is returned as it is (docs/guide/views.rst)
 
 
 @pytest.mark.parametrize("pick", NONCONTIGUOUS)
@@ -701,7 +702,7 @@ def test_a_read_only_array_cannot_go_through_a_legacy_capsule():
 @pytest.mark.parametrize("kind", NUMPY_PRODUCERS)
 def test_writeable_memory_gives_a_writeable_view(kind):
     # np.from_dlpack makes legacy (unversioned) capsules read-only "for
-    # backwards compatibility"; DESIGN.md: views of writeable memory are
+    # backwards compatibility"; docs/guide/views.rst: views of writeable memory are
     # writeable, and only the READ_ONLY flag makes them read-only.
     x = np.arange(5)
     a = tb.to_numpy(NUMPY_PRODUCERS[kind](x))
@@ -789,7 +790,7 @@ def test_numpy_scalars(path, scalar_type):
                          ids=["str", "datetime64"])
 def test_numpy_scalars_dlpack_cannot_hold(path, x):
     # np.from_dlpack refuses these (BufferError); to_numpy accepts objects
-    # with __array__ (DESIGN.md), so it gives what np.asarray gives.
+    # with __array__ (docs/guide/views.rst), so it gives what np.asarray gives.
     a = tb.to_numpy(x)
     expected = np.asarray(x)
     assert (type(a), a.dtype, a.shape) == (np.ndarray, expected.dtype, ())

@@ -38,7 +38,7 @@ def test_shrinking_keeps_the_memory():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.bool], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "requires-grad"])
 def test_copy_true_is_immune_and_leaves_the_tensor_resizable(path, dtype, layout):
-    # The README's remedy for the hazard: it must not break resize_ instead
+    # The manual's remedy for the hazard (docs/guide/views.rst): it must not break resize_ instead
     # (Tensor.numpy() marks the storage unresizable for good).
     base = torch.arange(12.0).reshape(3, 4).to(dtype)
     t = {"contiguous": base, "transposed": base.t(),

@@ -1,7 +1,7 @@
-"""Probes of the scikit-learn layer against DESIGN.md ("scikit-learn layer", "Scale-out"):
-hostile but legitimate inputs and parameters. Each known bug is a strict xfail whose
-reason says what the contract promises; the plain tests cover promises that held and
-that the other test files do not exercise with the same input."""
+"""Probes of the scikit-learn layer against the manual's promises (docs/guide/sklearn.rst,
+docs/guide/dask.rst): hostile but legitimate inputs and parameters. Each known bug is a
+strict xfail whose reason says what the manual promises; the plain tests cover promises
+that held and that the other test files do not exercise with the same input."""
 
 import io
 import pickle

@@ -87,7 +87,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
           positionally).
         - ``augment(batch, generator) -> batch`` (``batch_size`` an int): up to
           ``batch_size`` samples at once, a tensor of shape
-          (n, *sample_shape), and a generator seeded for that batch and view;
+          ``(n, *sample_shape)``, and a generator seeded for that batch and view;
           it draws each sample's randomness itself, e.g. a mask from
           ``torch.rand(len(batch), generator=generator)``.
         - ``augment(sample) -> sample``, with one positional parameter (a

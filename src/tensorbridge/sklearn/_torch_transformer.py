@@ -87,7 +87,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     Parameters
     ----------
     module : torch.nn.Module, callable or skorch.NeuralNet
-        Maps a float tensor of shape (batch, *sample_shape) (or keyword
+        Maps a float tensor of shape ``(batch, *sample_shape)`` (or keyword
         tensors, for a dict ``X``) to a tensor whose first dimension is the
         batch (or a tuple/dict of them: see ``output``). A skorch
         ``NeuralNet`` (the ``skorch`` extra) is cloned and trained by ``fit``
