@@ -116,14 +116,10 @@ def test_tags_of_a_dtype_alias_name_the_numpy_dtype():
         TorchTransformer(torch.nn.Identity(), dtype="float"))
 
 
-def test_batch_size_true_is_refused_or_works():
+def test_batch_size_true_is_refused_by_name():
     X, _ = features()
-    try:
-        out = TorchTransformer(torch.nn.Identity(), batch_size=True).fit(X).transform(X)
-    except InvalidParameterError as error:
-        assert "batch_size" in str(error)
-    else:
-        np.testing.assert_array_equal(out, X)
+    with pytest.raises(InvalidParameterError, match="batch_size"):
+        TorchTransformer(torch.nn.Identity(), batch_size=True).fit(X)
 
 
 def test_a_bad_batch_size_set_after_fit_is_named_at_transform():
@@ -164,14 +160,11 @@ def test_an_inconsistent_module_output_is_named_as_the_modules(module):
         TorchTransformer(module, batch_size=4).fit(X).transform(X)
 
 
-def test_a_sparse_module_output_is_densified_or_named():
+def test_a_sparse_module_output_is_densified():
     X, _ = features()
-    try:
-        out = TorchTransformer(lambda x: x.to_sparse()).fit(X).transform(X)
-    except (TypeError, ValueError) as error:
-        assert "TorchTransformer" in str(error) and "sparse" in str(error)
-    else:
-        np.testing.assert_array_equal(out, X)
+    out = TorchTransformer(lambda x: x.to_sparse()).fit(X).transform(X)
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_array_equal(out, X)
 
 
 @pytest.mark.parametrize("how", ["trace", "script"])
@@ -273,13 +266,11 @@ def test_two_threads_transform_with_layer():
 
 
 @pytest.mark.parametrize("param", ["n_views", "test_views"])
-def test_bool_view_counts_are_refused_or_work(param):
+def test_bool_view_counts_are_refused(param):
     X, y = features()
     model = AugmentedEstimator(LogisticRegression(), augment=noisy, **{param: True})
-    try:
-        model.fit(X, y).predict(X)
-    except InvalidParameterError as error:
-        assert param in str(error)
+    with pytest.raises(InvalidParameterError, match=param):
+        model.fit(X, y)
 
 
 def test_augmented_estimator_takes_a_bf16_tensor():
