@@ -556,7 +556,8 @@ def build_cases(settings: Settings, skipped: list):
                 skipped.append({"case": "cpu ToNumpy().transform(t)", "method": "*",
                                 "reason": "scikit-learn is not installed"})
         yield partial(_cpu_collect, 16 if settings.quick else 64)
-        yield partial(_cpu_collect_small, 2_000 if settings.quick else 10_000)
+        if not settings.quick:  # its ratio moved up to 20% between two quick runs
+            yield partial(_cpu_collect_small, 10_000)
         if torch is not None:
             yield partial(_cpu_collect_tensors, torch, 2_000 if settings.quick else 10_000)
     if settings.workflows and torch is not None:
