@@ -25,12 +25,23 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def versions(pyproject: pathlib.Path = ROOT / "pyproject.toml") -> list[str]:
+def cibuildwheel_build(text: str) -> str | list[str]:
+    """[tool.cibuildwheel] build of a pyproject.toml's text."""
     try:
         import tomllib
-    except ImportError:  # Python 3.10
-        sys.exit("scripts/pythons.py needs Python >= 3.11 (tomllib) to read pyproject.toml")
-    build = tomllib.loads(pyproject.read_text())["tool"]["cibuildwheel"]["build"]
+    except ImportError:  # Python 3.10: the table's `build` entry, a string or list of strings
+        table = re.search(r"^\[tool\.cibuildwheel\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
+        entry = table and re.search(r"^build\s*=\s*(\[.*?\]|\"[^\"]*\")", table.group(1),
+                                    re.M | re.S)
+        if entry is None:
+            raise KeyError("build") from None
+        found = re.findall(r'"([^"]*)"', entry.group(1))
+        return found if entry.group(1).startswith("[") else found[0]
+    return tomllib.loads(text)["tool"]["cibuildwheel"]["build"]
+
+
+def versions(pyproject: pathlib.Path = ROOT / "pyproject.toml") -> list[str]:
+    build = cibuildwheel_build(pyproject.read_text())
     found = []
     for selector in [build] if isinstance(build, str) else build:
         match = re.fullmatch(r"cp3(\d+)-manylinux_x86_64", selector)

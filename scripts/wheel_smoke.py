@@ -15,6 +15,7 @@ Prints one line per check; exits 1 at the first that fails.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -102,6 +103,12 @@ def check_cli():
     return " and ".join(sorted(commands)) + " answer"
 
 
+def check_nothing_heavy_was_imported():
+    heavy = sorted({"torch", "sklearn", "scipy", "pandas", "cupy", "jax"} & set(sys.modules))
+    assert not heavy, f"converting NumPy, buffers and DLPack imported {heavy}"
+    return "torch, scikit-learn, SciPy, pandas, CuPy, JAX: none imported"
+
+
 def check_torch_fast_path():
     import torch
 
@@ -131,16 +138,14 @@ def main(argv=None) -> int:
                         help="fail, not skip, where torch is not installed")
     args = parser.parse_args(argv)
     checks = [check_installed, check_numpy_arrays, check_buffers, check_dlpack_producers,
-              check_cuda_status, check_cli]
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        if args.require_torch:
-            print("FAILED torch: not installed, and --require-torch says it must be")
-            return 1
-        print("skipped torch: not installed")
-    else:
+              check_cuda_status, check_cli, check_nothing_heavy_was_imported]
+    if importlib.util.find_spec("torch") is not None:
         checks.append(check_torch_fast_path)
+    elif args.require_torch:
+        print("FAILED torch: not installed, and --require-torch says it must be")
+        return 1
+    else:
+        print("skipped torch: not installed")
     version = ".".join(map(str, sys.version_info[:3]))
     print(f"wheel smoke test on Python {version} ({sys.executable}), cwd {os.getcwd()}")
     for check in checks:
