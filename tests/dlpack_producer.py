@@ -8,6 +8,7 @@ field of the contract on purpose.
 from __future__ import annotations
 
 import ctypes
+import weakref
 
 import numpy as np
 
@@ -83,6 +84,39 @@ def capsule_name(capsule) -> str:
     return _api.PyCapsule_GetName(capsule).decode()
 
 
+# What a capsule or a consumer may still call back into, and the struct it
+# points at, are kept here rather than by the producer: a capsule, or an array
+# viewing a consumed tensor, can outlive the producer that made it (both
+# garbage in one reference cycle, freed in any order), and then called a freed
+# ctypes callback. An entry lives until its deleter runs (or its unconsumed
+# capsule is freed), then as long as its producer, as the struct would.
+_PENDING: dict = {}  # address of a managed struct -> (producer, what must outlive it)
+_MADE_BY = weakref.WeakValueDictionary()  # address -> producer: a second deleter call counts
+
+
+def _release(address):
+    entry = _PENDING.pop(address, None)
+    producer = entry[0] if entry is not None else _MADE_BY.get(address)
+    if producer is None:
+        return
+    if entry is not None:
+        producer._keep.append(entry[1])
+    producer._on_delete(None)
+
+
+def _capsule_freed(capsule):
+    # Only a capsule nobody consumed still has its name (a consumer renames it).
+    for name in (b"dltensor_versioned", b"dltensor"):
+        if _api.PyCapsule_IsValid(capsule, name):
+            _release(_api.PyCapsule_GetPointer(capsule, name))
+            return
+
+
+_VERSIONED_DELETER = VERSIONED_DELETER(lambda m: _release(ctypes.addressof(m.contents)))
+_LEGACY_DELETER = LEGACY_DELETER(lambda m: _release(ctypes.addressof(m.contents)))
+_CAPSULE_FREED = _DESTRUCTOR(_capsule_freed)
+
+
 class Producer:
     """One tensor over `array`'s memory; each __dlpack__ call makes a capsule.
 
@@ -135,10 +169,15 @@ class Producer:
         managed = DLManagedTensorVersioned()
         managed.version = DLPackVersion(*self.overrides.get("version", (1, 1)))
         managed.flags = self.overrides.get("flags", 0)
-        managed.deleter = deleter = VERSIONED_DELETER(self._on_delete)
+        managed.deleter = _VERSIONED_DELETER
         managed.dl_tensor = tensor
-        self._keep.append((arrays, managed, deleter))
+        self._pending(managed, arrays)
         return managed
+
+    def _pending(self, managed, arrays):
+        address = ctypes.addressof(managed)
+        _PENDING[address] = (self, (arrays, managed))
+        _MADE_BY[address] = self
 
     def capsule(self, versioned=True):
         tensor, arrays = self.dltensor()
@@ -147,22 +186,17 @@ class Producer:
             managed = DLManagedTensorVersioned()
             managed.version = DLPackVersion(*o.get("version", (1, 1)))
             managed.flags = o.get("flags", 0)
-            managed.deleter = deleter = VERSIONED_DELETER(self._on_delete)
+            managed.deleter = _VERSIONED_DELETER
             name = b"dltensor_versioned"
         else:
             managed = DLManagedTensor()
-            managed.deleter = deleter = LEGACY_DELETER(self._on_delete)
+            managed.deleter = _LEGACY_DELETER
             name = b"dltensor"
         managed.dl_tensor = tensor
-        # The producer's capsule destructor frees the tensor only when nobody
-        # consumed it (the consumer renames it).
-        destructor = _DESTRUCTOR(lambda ptr: self._on_capsule_free(ptr, name))
-        self._keep.append((arrays, managed, deleter, destructor))
-        return _api.PyCapsule_New(ctypes.addressof(managed), name, destructor)
-
-    def _on_capsule_free(self, ptr, name):
-        if _api.PyCapsule_IsValid(ptr, name):
-            self._on_delete(None)
+        self._pending(managed, arrays)
+        # The capsule's destructor frees the tensor only when nobody consumed
+        # it (the consumer renames it).
+        return _api.PyCapsule_New(ctypes.addressof(managed), name, _CAPSULE_FREED)
 
     def _on_delete(self, _managed):
         self.deleted += 1

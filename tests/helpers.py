@@ -2,41 +2,53 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 
 import numpy as np
-import torch
+import pytest
+
+try:
+    import torch
+except ImportError:  # the torch-free suite (requirements/test-no-torch.txt): the
+    torch = None     # torch oracles below are then absent, and their modules skip
+
+# A test that needs torch, in a module that does not (a module that needs it
+# throughout starts with `torch = pytest.importorskip("torch")`).
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch, not installed here")
 
 # Set by scripts/checked_builds.sh: memory figures mean nothing under a
 # sanitizer (ASan keeps freed memory in quarantine), so those checks step aside.
 SANITIZED = bool(os.environ.get("TENSORBRIDGE_SANITIZE"))
 
-# Every torch dtype to_numpy views, with the NumPy dtype it becomes.
-VIEWED_DTYPES = {
-    torch.bool: "bool",
-    torch.uint8: "uint8",
-    torch.uint16: "uint16",
-    torch.uint32: "uint32",
-    torch.uint64: "uint64",
-    torch.int8: "int8",
-    torch.int16: "int16",
-    torch.int32: "int32",
-    torch.int64: "int64",
-    torch.float16: "float16",
-    torch.float32: "float32",
-    torch.float64: "float64",
-    torch.complex64: "complex64",
-    torch.complex128: "complex128",
-    torch.bfloat16: "bfloat16",
-    torch.float8_e4m3fn: "float8_e4m3fn",
-    torch.float8_e5m2: "float8_e5m2",
-    torch.float8_e4m3fnuz: "float8_e4m3fnuz",
-    torch.float8_e5m2fnuz: "float8_e5m2fnuz",
-    torch.float8_e8m0fnu: "float8_e8m0fnu",
-}
+if torch is not None:
+    # Every torch dtype to_numpy views, with the NumPy dtype it becomes.
+    VIEWED_DTYPES = {
+        torch.bool: "bool",
+        torch.uint8: "uint8",
+        torch.uint16: "uint16",
+        torch.uint32: "uint32",
+        torch.uint64: "uint64",
+        torch.int8: "int8",
+        torch.int16: "int16",
+        torch.int32: "int32",
+        torch.int64: "int64",
+        torch.float16: "float16",
+        torch.float32: "float32",
+        torch.float64: "float64",
+        torch.complex64: "complex64",
+        torch.complex128: "complex128",
+        torch.bfloat16: "bfloat16",
+        torch.float8_e4m3fn: "float8_e4m3fn",
+        torch.float8_e5m2: "float8_e5m2",
+        torch.float8_e4m3fnuz: "float8_e4m3fnuz",
+        torch.float8_e5m2fnuz: "float8_e5m2fnuz",
+        torch.float8_e8m0fnu: "float8_e8m0fnu",
+    }
 
-EXTENDED_DTYPES = {torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
-                   torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.float8_e8m0fnu}
+    EXTENDED_DTYPES = {torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
+                       torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.float8_e8m0fnu}
 
 
 def numpy_dtype(torch_dtype) -> np.dtype:
@@ -112,3 +124,17 @@ class OnlyDLPack:
 
     def __dlpack_device__(self):
         return self.array.__dlpack_device__()
+
+
+def missing_modules(source: str) -> list[str]:
+    """The top-level modules `source` imports that this interpreter lacks: an
+    example of an optional extra is skipped by name where the extra is not
+    installed (the GPU machines have no skorch or dask, the torch-free suite
+    no torch, for two)."""
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    return sorted(name for name in imported if importlib.util.find_spec(name) is None)

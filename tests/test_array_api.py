@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+pytest.importorskip("torch")  # TorchTransformer over torch modules throughout
+
 if os.environ.get("SCIPY_ARRAY_API") != "1":
 
     def test_array_api_dispatch_in_a_process_with_scipy_array_api():

@@ -5,7 +5,8 @@ import pickle
 import numpy as np
 import pytest
 import sklearn
-import torch
+
+torch = pytest.importorskip("torch")
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestClassifier

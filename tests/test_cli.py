@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import needs_torch
 
 import tensorbridge as tb
 
@@ -46,6 +47,7 @@ def quick_run(tmp_path_factory):
     return where, result
 
 
+@needs_torch
 def test_quick_bench_reports_every_method_this_machine_supports(quick_run):
     _, result = quick_run
     assert result.returncode == 0, result.stderr
@@ -67,6 +69,7 @@ def test_quick_bench_reports_every_method_this_machine_supports(quick_run):
     assert "wrote the plot to plot.png" in result.stderr
 
 
+@needs_torch
 def test_ratios_only_between_methods_that_make_the_same_thing(quick_run):
     _, result = quick_run
     report = json.loads(result.stdout)
@@ -88,6 +91,7 @@ def test_ratios_only_between_methods_that_make_the_same_thing(quick_run):
     assert rows[(bf16, "tb.to_numpy(t)")]["ratio_to_baseline"] < 1
 
 
+@needs_torch
 def test_on_a_gpu_the_cuda_cases_run_first_and_no_1_gib_case(monkeypatch):
     from tensorbridge import _bench
 
@@ -102,6 +106,7 @@ def test_on_a_gpu_the_cuda_cases_run_first_and_no_1_gib_case(monkeypatch):
     assert all(args[0] < 1 << 30 for name, args in plan if name == "_cuda_float32")
 
 
+@needs_torch
 def test_views_are_time_per_call_and_only_copies_get_a_rate(quick_run):
     _, result = quick_run
     report = json.loads(result.stdout)
@@ -138,6 +143,7 @@ def cell(line, header, column):
     return line[start:end].strip()
 
 
+@needs_torch
 def test_the_headline_figures_are_in_one_run(quick_run):
     _, result = quick_run
     report = json.loads(result.stdout)
@@ -163,6 +169,7 @@ def test_plot_is_a_png_and_nothing_else_is_written(quick_run):
     assert width > 100 and height > 100
 
 
+@needs_torch
 def test_json_to_a_file_and_the_table_on_stdout(tmp_path):
     result = tensorbridge("bench", "--quick", "--device", "cpu", "--no-workflows",
                           "--repeats", "3", "--budget", "0.05", "--json", "out.json", cwd=tmp_path)
@@ -188,6 +195,7 @@ def test_help(command, tmp_path):
     assert result.returncode == 0 and "usage: tensorbridge" in result.stdout
 
 
+@needs_torch
 def test_info(tmp_path):
     result = tensorbridge("info", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -201,6 +209,7 @@ def test_info(tmp_path):
     assert "limit" not in result.stdout  # no "limit 0.00 GiB" that reads as a setting
 
 
+@needs_torch
 def test_info_as_json(tmp_path):
     result = tensorbridge("info", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -636,6 +645,7 @@ def plot_axes(report):
         plt.close(figure)
 
 
+@needs_torch
 def test_the_plot_has_a_panel_for_views_and_one_for_copies(quick_run):
     _, result = quick_run
     figure, axes = plot_axes(json.loads(result.stdout))
@@ -701,6 +711,7 @@ def test_version(tmp_path):
     assert result.returncode == 0 and result.stdout == f"tensorbridge {tb.__version__}\n"
 
 
+@needs_torch
 def test_info_imports_neither_torch_nor_scikit_learn(tmp_path):
     # what made `info` take seconds: it reads versions from the packages' metadata
     code = ("import sys; from tensorbridge.cli import main; assert main(['info', '--json']) == 0; "

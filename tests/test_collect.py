@@ -10,7 +10,8 @@ import weakref
 import ml_dtypes
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from helpers import SANITIZED
 
 import tensorbridge as tb

@@ -8,7 +8,8 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from helpers import SANITIZED, array_bytes, is_view_of, logical_bytes, numpy_dtype, sample
 
 import tensorbridge as tb

@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 from device_producers import DeviceArray, ExchangeDeviceArray, values
+from helpers import needs_torch
 
 import tensorbridge as tb
 from tensorbridge import _core
@@ -62,6 +63,7 @@ def test_thousand_small_batches_are_packed(standin, Device, given_as, monkeypatc
         assert all(b.requests == [] for b in batches)
 
 
+@needs_torch
 def test_the_route_describes_only_plain_compact_exchange_memory(standin):
     import torch
 

@@ -64,6 +64,31 @@ def test_unconsumed_capsule_is_freed_by_its_producer(collect_garbage):
     assert p.deleted == 1
 
 
+@pytest.mark.parametrize("consumed", [False, True])
+def test_a_capsule_or_array_outliving_its_producer_in_a_cycle(consumed, collect_garbage):
+    # Garbage in one reference cycle is freed in any order: here the producer
+    # first, then its capsule (and the array viewing it). Their callbacks must
+    # not die with the producer (they did: a crash in a later gc, on 3.13).
+    released = []
+
+    class Counted(Producer):
+        def _on_delete(self, managed):
+            released.append(managed)
+
+    class Cycle:
+        pass
+
+    cycle = Cycle()
+    cycle.producer = Counted(np.arange(4.0))  # cleared first: inserted first
+    cycle.capsule = cycle.producer.capsule()
+    if consumed:
+        cycle.array = import_capsule(cycle.capsule)
+    cycle.itself = cycle
+    del cycle
+    collect_garbage()
+    assert released == [None]  # the deleter (or the unconsumed capsule's destructor), once
+
+
 @pytest.mark.parametrize("major", [0, 2, 99])
 def test_major_version_mismatch_is_refused_and_deleted_once(major, collect_garbage):
     p = Producer(np.arange(3.0), version=(major, 0))

@@ -5,6 +5,7 @@ import doctest
 import inspect
 
 import pytest
+from helpers import missing_modules
 
 import tensorbridge as tb
 
@@ -41,6 +42,9 @@ def test_every_public_name_has_an_examples_section(name, obj):
 def test_examples_run(name, doc):
     parser = doctest.DocTestParser()
     test = parser.get_doctest(doc, {}, name, None, 0)
+    missing = missing_modules("".join(example.source for example in test.examples))
+    if missing:
+        pytest.skip(f"{name}'s examples need {', '.join(missing)}, not installed here")
     runner = doctest.DocTestRunner(
         optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS, verbose=False)
     failures = []

@@ -4,7 +4,8 @@ torch's own `.cpu()`. Skipped, with the reason, everywhere else."""
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from helpers import array_bytes, logical_bytes
 
 import tensorbridge as tb

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from helpers import needs_torch
+
 HEAVY = ("torch", "sklearn", "cupy", "jax", "scipy", "pandas", "ml_dtypes", "matplotlib")
 
 PROBE = """
@@ -33,6 +35,7 @@ def test_converting_numpy_and_buffers_imports_nothing_heavy():
     assert run_probe(work) == {"heavy": [], "cuda": []}
 
 
+@needs_torch
 def test_converting_cpu_tensors_does_not_load_cuda():
     work = ("import torch\ntb.to_numpy(torch.ones(3, dtype=torch.bfloat16))\n"
             "tb.to_numpy(torch.ones(3).conj())")

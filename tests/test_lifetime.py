@@ -6,7 +6,8 @@ import weakref
 import numpy as np
 import psutil
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from dlpack_producer import Producer
 from helpers import SANITIZED, array_bytes, data_address, logical_bytes, sample
 

@@ -24,7 +24,8 @@ import weakref
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from dlpack_producer import Producer, capsule_name
 from helpers import (
     EXTENDED_DTYPES,

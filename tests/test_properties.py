@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from helpers import VIEWED_DTYPES, OnlyDLPack, array_bytes, is_view_of, logical_bytes, sample
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

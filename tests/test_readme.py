@@ -1,13 +1,12 @@
 """The README stays true: its example runs, and CI runs its test command."""
 
-import ast
-import importlib.util
 import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
+from helpers import missing_modules
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -16,19 +15,6 @@ README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
 CPU_BLOCKS = [b for b in BLOCKS if "cuda" not in b]
 GPU_BLOCKS = [b for b in BLOCKS if "cuda" in b]
-
-
-def missing_modules(block):
-    """The top-level modules `block` imports that this interpreter lacks: an
-    example of an optional extra is skipped by name where the extra is not
-    installed (the GPU machines have no skorch or dask, for one)."""
-    imported = set()
-    for node in ast.walk(ast.parse(block)):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            imported.add(node.module.split(".")[0])
-    return sorted(name for name in imported if importlib.util.find_spec(name) is None)
 
 
 def run_block(block):

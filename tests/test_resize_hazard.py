@@ -9,7 +9,8 @@ ever reading memory that a resize freed.
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from helpers import data_address
 
 import tensorbridge as tb

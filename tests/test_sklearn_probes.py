@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import joblib
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from helpers import SANITIZED
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer

@@ -5,7 +5,8 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from helpers import SANITIZED
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression

@@ -5,7 +5,8 @@ test_device_copies.py (the staging engine, against the stand-in)."""
 import ml_dtypes
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 import tensorbridge as tb
 

@@ -17,7 +17,8 @@ import joblib
 import numpy as np
 import pytest
 import sklearn
-import torch
+
+torch = pytest.importorskip("torch")
 from helpers import SANITIZED
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer

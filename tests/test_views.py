@@ -3,7 +3,8 @@ subclass, on every route through to_numpy."""
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from helpers import (
     VIEWED_DTYPES,
     array_bytes,

@@ -45,7 +45,7 @@ def to_device(a: Any, device: Any, *, dtype: Any = None, stream: Any = None) -> 
 
     Examples
     --------
-    >>> import numpy as np, tensorbridge as tb
+    >>> import numpy as np, torch, tensorbridge as tb
     >>> tb.to_device(np.arange(3), "cpu")
     tensor([0, 1, 2])
     >>> tb.to_device(np.arange(3), "cuda", dtype=torch.float16)  # doctest: +SKIP
