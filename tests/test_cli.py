@@ -585,6 +585,7 @@ def test_without_torch_the_cuda_skip_names_torch(monkeypatch):
     assert "is_available" not in why and why == reasons["every CUDA method"]
 
 
+@needs_torch
 def test_the_kept_array_case_times_each_destination_and_unpins_after(standin, monkeypatch):
     # The case's logic on the stand-in, its "cuda" tensors on the CPU (no GPU
     # here): every destination is timed, and the array it pinned is unpinned

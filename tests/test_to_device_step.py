@@ -14,11 +14,12 @@ import sys
 import numpy as np
 import pytest
 import sklearn
-import torch
 from sklearn.utils.estimator_checks import check_estimator, parametrize_with_checks
 
 import tensorbridge as tb
 from tensorbridge.sklearn import ToDevice
+
+torch = pytest.importorskip("torch")  # ToDevice's default namespace
 
 DISPATCH = os.environ.get("SCIPY_ARRAY_API") == "1"
 

@@ -14,7 +14,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 from device_producers import DeviceArray, values
 
 import tensorbridge as tb
@@ -266,6 +265,7 @@ def test_callbacks_due_at_interpreter_exit_run_before_it():
 
 @pytest.mark.gpu
 def test_on_a_gpu_a_transfer_is_awaited_waited_for_and_called_back():
+    torch = pytest.importorskip("torch")
     x = torch.arange(1 << 22, dtype=torch.float32, device="cuda")
     expected = np.arange(1 << 22, dtype=np.float32)
     called = threading.Event()

@@ -72,7 +72,7 @@ class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
 
     Examples
     --------
-    >>> import numpy as np, sklearn
+    >>> import numpy as np, sklearn, torch  # torch: the default namespace
     >>> from sklearn.pipeline import make_pipeline
     >>> from sklearn.preprocessing import StandardScaler
     >>> from tensorbridge.sklearn import ToDevice
