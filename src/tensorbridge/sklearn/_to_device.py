@@ -12,9 +12,15 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import _dlpack, _driver, _torch, to_device, to_numpy
+from ._input import (
+    array_namespace,
+    check_sample_shape,
+    is_tensor_like,
+    on_device,
+    record_sample_shape,
+)
 from ._output import transform_output, wrap_in_container
-from ._to_numpy import ToNumpy, is_tensor_like
-from ._torch_transformer import _array_namespace, _on_device
+from ._to_numpy import ToNumpy
 
 _OWN_WRAPPING = wrap_in_container is not None  # as ToNumpy: 2-D results only
 
@@ -61,6 +67,8 @@ class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
     ----------
     device_ : torch.device or cupy.cuda.Device
         `device`, as the namespace names it.
+    sample_shape_in_ : tuple
+        The shape of one sample seen at fit; ``transform`` requires the same.
     n_features_in_ : int
         ``X.shape[1]``.
     feature_names_in_ : ndarray of str
@@ -140,18 +148,16 @@ class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
     def _validate(self, X, reset):
         """``X`` validated: an array API array (torch, CuPy...) where it is,
         under dispatch; anything else as NumPy, as ToNumpy validates it."""
-        if not get_config().get("array_api_dispatch", False) or _array_namespace(X) is None:
+        if not get_config().get("array_api_dispatch", False) or array_namespace(X) is None:
             return ToNumpy._validate(self, X, reset)
         if _torch.is_tensor(X):
             X = X.detach()  # steps take values; autograd stays with the caller
         X = validate_data(self, X, reset=reset, dtype=None, ensure_all_finite=False,
                           allow_nd=True)
         if reset:
-            self._sample_shape = tuple(X.shape[1:])
-        elif tuple(X.shape[1:]) != self._sample_shape:
-            raise ValueError(f"X has samples of shape {tuple(X.shape[1:])}, but ToDevice was "
-                             f"fitted on samples of shape {self._sample_shape}; reshape X "
-                             "to match")
+            record_sample_shape(self, X.shape[1:])
+        else:
+            check_sample_shape(self, X.shape[1:])
         return X
 
     def __sklearn_tags__(self):
@@ -244,7 +250,7 @@ def _off_the_cpu(device) -> bool:
 def _to_torch(X, device):
     import torch
 
-    X = _on_device(X)  # CUDA memory of another producer (CuPy): a tensor over it
+    X = on_device(X)  # CUDA memory of another producer (CuPy): a tensor over it
     if not isinstance(X, torch.Tensor):
         return to_device(X, device)  # host data: pinned staging, or shared on the CPU
     if X.is_floating_point() and X.dtype not in (torch.float16, torch.float32, torch.float64):
