@@ -10,10 +10,20 @@ become one submission of the engine and one event; a sequence of small plain
 CUDA tensors (torch's, read through the DLPack C exchange API) is described
 in C and copied in those packed submissions. Every other batch, and every
 error, is this module's.
+
+When the result cannot move (``out=``, or a sequence whose batches told
+their rows, all reserved at once), a larger GPU batch is downloaded
+asynchronously straight into its rows while the iterable makes the next
+batch: a generator that computes on the GPU then overlaps its compute with
+the downloads (a torch CUDA tensor is downloaded on a side stream of its
+device, so torch's next kernels do not wait for it). Every download has
+completed before ``collect`` returns or raises, and before the result's
+memory may move.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import sys
@@ -25,7 +35,7 @@ import numpy as np
 
 from . import _convert, _core, _torch
 from ._convert import TorchValues
-from ._device_memory import DeviceMemory, as_bytes
+from ._device_memory import DeviceMemory, as_bytes, copy_device_memory
 from ._pinned import is_pinned
 from ._transfer import interruptible
 
@@ -95,8 +105,11 @@ def collect(batches: Iterable[Any], *, out: np.ndarray | None = None) -> np.ndar
         if gathered is not None:
             return gathered
     writer = _Writer(out, batches if isinstance(batches, (list, tuple)) else None)
-    writer.consume(iterator)
-    return writer.finish()
+    try:
+        writer.consume(iterator)
+        return writer.finish()
+    finally:
+        writer.wait_downloads()  # on an error too: no copy outlives the call
 
 
 def _gather_small_device_batches(batches, out):
@@ -187,6 +200,8 @@ class _Writer:
         self.dtype = None
         self.row_bytes = None
         self.pending = []  # small device batches: (offset_rows, device batch)
+        self.downloads = []  # Transfers of larger device batches still in flight
+        self.side_streams = {}  # torch device index -> the stream torch batches download on
         # A sequence tells its size up front: the rows each of its batches
         # from `hints_from` on says it has (read at the first batch the native
         # loop hands back: a host batch's shape is its data's), and their sum,
@@ -202,6 +217,8 @@ class _Writer:
         while True:
             if native:
                 if self.buffer is not None:
+                    if not self._rows_fixed():  # the loop may grow (move) the buffer
+                        self.wait_downloads()
                     self.window = None
                 self.rows, index, trailing, dtype, exhausted, batch = _core.gather_host(
                     iterator, self.buffer if self.out is None else self.out, self.rows, index,
@@ -238,8 +255,9 @@ class _Writer:
         source = batch
         if type(batch) is not np.ndarray:
             try:
-                source = _convert.source_of(_core.route(batch, numpy_method=False), batch, None,
-                                            None, view_returned=False)
+                with self._download_stream_for(batch):
+                    source = _convert.source_of(_core.route(batch, numpy_method=False), batch,
+                                                None, None, view_returned=False)
             except (TypeError, ValueError, BufferError) as error:
                 renamed = _convert.as_callers_error(error, f"collect: batch {index}")
                 if renamed is None:  # a producer's own type, with a note
@@ -270,9 +288,46 @@ class _Writer:
             self.pending.append((first_row, source))
             if len(self.pending) >= _PACK_COUNT:
                 self._flush()
+        elif (self._rows_fixed() and source.strides is None
+              and self.window[target].flags.c_contiguous):
+            self._flush()
+            # The result cannot move: the copy completes while the next batch is made.
+            self.downloads.append(copy_device_memory(source, self.window[target],
+                                                     asynchronous=True))
         else:
             self._flush()
             source.copy_into(self.window[target])
+
+    def _rows_fixed(self) -> bool:
+        """Whether the result's memory stays where it is until finish: out=,
+        or a buffer already holding every row the sequence announced."""
+        return self.out is not None or (self.expected_rows is not None
+                                        and self.capacity_rows >= self.expected_rows)
+
+    def _download_stream_for(self, batch):
+        """For a torch CUDA tensor whose rows cannot move: a side stream of its
+        device, made current while the tensor is read, so that its download
+        does not hold up torch's next kernels (the stream waits for the work
+        that made the tensor; the caching allocator is told the tensor is in
+        use there). Otherwise nothing."""
+        torch = _torch.imported()
+        if (torch is None or not isinstance(batch, torch.Tensor) or not batch.is_cuda
+                or not self._rows_fixed()):
+            return contextlib.nullcontext()
+        device = batch.device.index if batch.device.index is not None \
+            else torch.cuda.current_device()
+        stream = self.side_streams.get(device)
+        if stream is None:
+            stream = self.side_streams[device] = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        batch.record_stream(stream)
+        return torch.cuda.stream(stream)
+
+    def wait_downloads(self):
+        """Every asynchronous download completed (its first error raised)."""
+        downloads, self.downloads = self.downloads, []
+        for transfer in downloads:
+            transfer.wait()
 
     def _set_layout(self, trailing, dtype):
         self.trailing, self.dtype = tuple(trailing), dtype
@@ -315,6 +370,7 @@ class _Writer:
         if self.row_bytes == 0:  # nothing is ever written: no memory to reserve
             self.capacity_rows = rows
             return
+        self.wait_downloads()  # growing may move the buffer they write into
         self.window = None  # its view of the buffer would stop the buffer from moving
         if self.expected_rows is not None and rows < self.expected_rows:
             try:
@@ -393,6 +449,7 @@ class _Writer:
             raise ValueError("collect: batches is empty; pass at least one batch (an empty "
                              "one, with zero rows, sets the trailing shape and dtype)")
         self._flush()
+        self.wait_downloads()
         if self.out is not None:
             if self.rows != len(self.out):
                 raise ValueError(f"collect: the batches bring {self.rows} rows, but out has "

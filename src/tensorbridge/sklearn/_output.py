@@ -1,6 +1,7 @@
 """What a transform gives back: the container scikit-learn's ``set_output``
-asks for, the array API result (a tensor written batch by batch on X's
-device: ``fill``; a NumPy result is ``collect``'s), the check that every
+asks for, the array API result (where it is written, ``array_api_target``,
+and the tensor written batch by batch on X's device, ``fill``; a NumPy
+result is ``collect``'s), the check that every
 batch brings one width and dtype, and the progress line of ``verbose=1``."""
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import sys
 import time
 
 from sklearn import get_config
+
+from .. import _dlpack
+from ._input import array_namespace, is_cupy_array
 
 _NAME = "TorchTransformer"  # the one estimator that writes batch by batch
 
@@ -31,6 +35,54 @@ def transform_output(estimator) -> str:
         return _get_output_config("transform", estimator)["dense"]
     return getattr(estimator, "_sklearn_output_config", {}).get(
         "transform", get_config()["transform_output"])
+
+
+def array_api_target(estimator, torch, X):
+    """Under scikit-learn's array API dispatch, (device, wrap): the result is
+    written into a torch tensor on that device, then handed to X's namespace
+    by `wrap` (None: torch itself). None for a NumPy result."""
+    if not get_config().get("array_api_dispatch", False):
+        return None
+    _check_namespace(estimator, X)
+    if transform_output(estimator) != "default":  # a container was asked for: NumPy goes in it
+        return None
+    if isinstance(X, torch.Tensor):
+        return X.device, None
+    if is_cupy_array(X) and torch.cuda.is_available():
+        import cupy
+
+        return torch.device("cuda", X.device.id), cupy.from_dlpack
+    if array_namespace(X) is None:  # NumPy, array-likes, Datasets, dicts: NumPy
+        return None
+    # Another array API namespace (array_api_strict, JAX): through DLPack, from
+    # a tensor on the device X's memory is on.
+    device_type, index = _dlpack.device_of(X) or (1, 0)
+    if device_type in _dlpack.CUDA_DEVICE_TYPES and torch.cuda.is_available():
+        device = torch.device("cuda", index)
+    else:
+        device = torch.device("cpu")
+    namespace, where = X.__array_namespace__(), X.device
+    return device, lambda result: in_namespace(namespace, result, where)
+
+
+def _check_namespace(estimator, X):
+    """Under dispatch, X of the namespace and device fit had, when that was not
+    NumPy: scikit-learn's own estimators refuse any other, and so would the next
+    step of a pipeline."""
+    fitted = estimator.__dict__.get("_fit_namespace")  # absent from older pickles
+    given = array_namespace(X)
+    if fitted is None or given == fitted:
+        return
+
+    def described(namespace):
+        return "NumPy (or an array-like)" if namespace is None else \
+            f"{namespace[0]} on {namespace[1]}"
+
+    raise ValueError(
+        f"Inputs passed to {_NAME}.transform() must use the same namespace and the same "
+        f"device as those passed to fit(): X is {described(given)}, but fit had "
+        f"{described(fitted)}. Pass X as {described(fitted)}, or fit again on X like this "
+        "one")
 
 
 def fill(torch, outputs, n_rows, device):

@@ -5,14 +5,16 @@ kind), the module is placed and pickled by ``_module``, and the result is
 written by ``_output`` helpers. Each batch is staged on the module's device in
 memory the caller does not own (a reused buffer on the CPU, fresh device
 memory on a GPU), run through the module, flattened, and written into one
-NumPy array (``collect``, or on a GPU an array filled by overlapped
-downloads), or under scikit-learn's array API dispatch a tensor preallocated
-on X's device.
+NumPy array by one ``collect`` on every device (on a GPU, into an array
+sized by the first output, which collect fills by downloads overlapped with
+the next batch's upload and compute), or under scikit-learn's array API
+dispatch a tensor preallocated on X's device (``_output.fill``).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 from numbers import Integral
 
 import numpy as np
@@ -27,10 +29,10 @@ from sklearn.base import (
 from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
-from .. import _dlpack, _torch, collect, to_device, to_numpy, to_numpy_async
+from .. import _torch, collect, to_device, to_numpy
 from .._dtypes import numpy_dtype
 from . import _dask
-from ._input import array_namespace, batch_values, describe_batch, is_cupy_array, map_batch, read
+from ._input import array_namespace, batch_values, describe_batch, map_batch, read
 from ._module import (
     LayerReached,
     Recreate,
@@ -49,7 +51,7 @@ from ._module import (
     torch_dtype,
     widened,
 )
-from ._output import Progress, check_like, fill, in_namespace, transform_output
+from ._output import Progress, array_api_target, check_like, fill
 
 # The names pickles of earlier builds refer to (pickle records module and qualname).
 _SavedModule, _Recreate = SavedModule, Recreate
@@ -307,91 +309,64 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         import torch
 
         check_is_fitted(self)
-        target = self._array_api_target(torch, X)
+        target = array_api_target(self, torch, X)
         source = read(self, X, reset=False)
         return self._run(torch, source, target)
 
-    def _array_api_target(self, torch, X):
-        """Under scikit-learn's array API dispatch, (device, wrap): the result is
-        written into a torch tensor on that device, then handed to X's namespace
-        by `wrap` (None: torch itself). None for a NumPy result."""
-        if not get_config().get("array_api_dispatch", False):
-            return None
-        self._check_namespace(X)
-        if transform_output(self) != "default":  # a container was asked for: NumPy goes in it
-            return None
-        if isinstance(X, torch.Tensor):
-            return X.device, None
-        if is_cupy_array(X) and torch.cuda.is_available():
-            import cupy
-
-            return torch.device("cuda", X.device.id), cupy.from_dlpack
-        if array_namespace(X) is None:  # NumPy, array-likes, Datasets, dicts: NumPy
-            return None
-        # Another array API namespace (array_api_strict, JAX): through DLPack, from
-        # a tensor on the device X's memory is on.
-        device_type, index = _dlpack.device_of(X) or (1, 0)
-        if device_type in _dlpack.CUDA_DEVICE_TYPES and torch.cuda.is_available():
-            device = torch.device("cuda", index)
-        else:
-            device = torch.device("cpu")
-        namespace, where = X.__array_namespace__(), X.device
-        return device, lambda result: in_namespace(namespace, result, where)
-
-    def _check_namespace(self, X):
-        """Under dispatch, X of the namespace and device fit had, when that was not
-        NumPy: scikit-learn's own estimators refuse any other, and so would the next
-        step of a pipeline."""
-        fitted = self.__dict__.get("_fit_namespace")  # absent from older pickles
-        given = array_namespace(X)
-        if fitted is None or given == fitted:
-            return
-
-        def described(namespace):
-            return "NumPy (or an array-like)" if namespace is None else \
-                f"{namespace[0]} on {namespace[1]}"
-
-        raise ValueError(
-            f"Inputs passed to {_NAME}.transform() must use the same namespace and the same "
-            f"device as those passed to fit(): X is {described(given)}, but fit had "
-            f"{described(fitted)}. Pass X as {described(fitted)}, or fit again on X like this "
-            "one")
-
     def _run(self, torch, source, target, quiet=False):
         progress = Progress(source.batch_count(self.batch_size),
-                             enabled=self.verbose > 0 and not quiet)
+                            enabled=self.verbose > 0 and not quiet)
         try:
             if target is not None:
                 device, wrap = target
                 result = fill(torch, self._outputs(torch, source, progress),
                               source.n_samples, device)
                 return result if wrap is None else wrap(result)
-            if self.device_.type == "cuda" and source.n_samples is not None:
-                return self._run_pipelined(torch, source, progress)
-            return collect(self._outputs(torch, source, progress))
+            rows_known = self.device_.type == "cuda" and source.n_samples is not None
+            outputs = self._outputs(torch, source, progress,
+                                    source.n_samples if rows_known else None)
+            out = None
+            if rows_known:
+                # The result, sized by the first output: collect then downloads
+                # each output into its rows while the next batch computes.
+                first = next(outputs)
+                out = np.empty((source.n_samples, first.shape[1]), numpy_dtype(first.dtype))
+                outputs = itertools.chain([first], outputs)
+            return collect(outputs, out=out)
         finally:
             progress.close()
 
-    def _outputs(self, torch, source, progress):
-        """The flattened output of each batch, computed on device_."""
-        staging, first = {}, None
+    def _outputs(self, torch, source, progress, expected_rows=None):
+        """The flattened output of each batch, computed on device_; with
+        `expected_rows`, X must bring exactly that many samples."""
+        first, done = None, 0
         with torch.inference_mode(), layer_capture(self.module_, self.layer) as capture:
-            for index, (batch, rows, owned) in enumerate(source.batches(self.batch_size)):
-                inputs = map_batch(batch, lambda value, name, owned=owned: self._stage(
-                    torch, value, owned, staging, name))
+            for index, (inputs, rows) in enumerate(self._staged(torch, source)):
+                done += rows
+                if expected_rows is not None and done > expected_rows:
+                    raise ValueError(f"{_NAME}: X brought more than the {expected_rows} samples "
+                                     "its length announced")
                 output = self._flatten(torch, self._select(self._forward(inputs, capture)), rows)
                 first = check_like(first, output, index)
                 yield output
                 progress.step(rows)
+        if expected_rows is not None and done != expected_rows:
+            raise ValueError(f"{_NAME}: X brought {done} samples, but its length said "
+                             f"{expected_rows}")
 
-    def _run_pipelined(self, torch, source, progress):
-        """On a GPU: while batch k computes, batch k+1 is uploaded on one side
-        stream and batch k-1's output downloaded on another, straight into its
-        rows of the result."""
-        device, n = self.device_, source.n_samples
-        compute = torch.cuda.current_stream(device)
-        upload, download = torch.cuda.Stream(device), torch.cuda.Stream(device)
+    def _staged(self, torch, source):
+        """(inputs on device_, rows) for each batch of X. On a GPU the next
+        batch is uploaded on a side stream while this one computes."""
         batches = source.batches(self.batch_size)
+        if self.device_.type != "cuda":
+            staging = {}
+            for batch, rows, owned in batches:
+                yield map_batch(batch, lambda value, name, owned=owned: self._stage(
+                    torch, value, owned, staging, name)), rows
+            return
+        compute = torch.cuda.current_stream(self.device_)
+        upload = torch.cuda.Stream(self.device_)
+        upload.wait_stream(compute)  # X may still be being written on the current stream
 
         def send():
             item = next(batches, None)
@@ -401,34 +376,14 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             with torch.cuda.stream(upload):
                 return map_batch(batch, lambda value, _: self._upload(torch, value, upload)), rows
 
-        result, transfers, start, first = None, [], 0, None
-        upload.wait_stream(compute)  # X may still be being written on the current stream
         incoming = send()
-        with torch.inference_mode(), layer_capture(self.module_, self.layer) as capture:
-            while incoming is not None:
-                compute.wait_stream(upload)
-                batch, rows = incoming
-                for tensor in batch_values(batch):
-                    tensor.record_stream(compute)  # allocated on `upload`, used here
-                incoming = send()
-                output = self._flatten(torch, self._select(self._forward(batch, capture)), rows)
-                first = check_like(first, output, len(transfers))
-                if start + rows > n:
-                    raise ValueError(f"{_NAME}: X brought more than the {n} samples its length "
-                                     "announced")
-                if result is None:
-                    result = np.empty((n, output.shape[1]), numpy_dtype(output.dtype))
-                download.wait_stream(compute)
-                output.record_stream(download)
-                with torch.cuda.stream(download):  # its own current stream: compute never waits
-                    transfers.append(to_numpy_async(output, out=result[start:start + rows]))
-                start += rows
-                progress.step(rows)
-        for transfer in transfers:
-            transfer.wait()
-        if start != n:
-            raise ValueError(f"{_NAME}: X brought {start} samples, but its length said {n}")
-        return result
+        while incoming is not None:
+            compute.wait_stream(upload)
+            inputs, rows = incoming
+            for tensor in batch_values(inputs):
+                tensor.record_stream(compute)  # allocated on `upload`, used here
+            incoming = send()
+            yield inputs, rows
 
     def _stage(self, torch, value, owned, staging, name):
         """`value` (an array or tensor) on device_ in dtype_, in memory the caller
