@@ -14,16 +14,16 @@ error, is this module's.
 When the result cannot move (``out=``, or a sequence whose batches told
 their rows, all reserved at once), a larger GPU batch is downloaded
 asynchronously straight into its rows while the iterable makes the next
-batch: a generator that computes on the GPU then overlaps its compute with
-the downloads (a torch CUDA tensor is downloaded on a side stream of its
-device, so torch's next kernels do not wait for it). Every download has
-completed before ``collect`` returns or raises, and before the result's
-memory may move.
+batch. The copy is ordered on the batch's stream (the producer's current
+one), so a producer that then overwrites the batch in place waits for it;
+one that yields each batch while a download stream of its own is current
+(TorchTransformer) overlaps the copies with its next kernels too. Every
+download has completed before ``collect`` returns or raises, and before the
+result's memory may move.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
 import sys
@@ -201,7 +201,6 @@ class _Writer:
         self.row_bytes = None
         self.pending = []  # small device batches: (offset_rows, device batch)
         self.downloads = []  # Transfers of larger device batches still in flight
-        self.side_streams = {}  # torch device index -> the stream torch batches download on
         # A sequence tells its size up front: the rows each of its batches
         # from `hints_from` on says it has (read at the first batch the native
         # loop hands back: a host batch's shape is its data's), and their sum,
@@ -255,9 +254,8 @@ class _Writer:
         source = batch
         if type(batch) is not np.ndarray:
             try:
-                with self._download_stream_for(batch):
-                    source = _convert.source_of(_core.route(batch, numpy_method=False), batch,
-                                                None, None, view_returned=False)
+                source = _convert.source_of(_core.route(batch, numpy_method=False), batch, None,
+                                            None, view_returned=False)
             except (TypeError, ValueError, BufferError) as error:
                 renamed = _convert.as_callers_error(error, f"collect: batch {index}")
                 if renamed is None:  # a producer's own type, with a note
@@ -303,25 +301,6 @@ class _Writer:
         or a buffer already holding every row the sequence announced."""
         return self.out is not None or (self.expected_rows is not None
                                         and self.capacity_rows >= self.expected_rows)
-
-    def _download_stream_for(self, batch):
-        """For a torch CUDA tensor whose rows cannot move: a side stream of its
-        device, made current while the tensor is read, so that its download
-        does not hold up torch's next kernels (the stream waits for the work
-        that made the tensor; the caching allocator is told the tensor is in
-        use there). Otherwise nothing."""
-        torch = _torch.imported()
-        if (torch is None or not isinstance(batch, torch.Tensor) or not batch.is_cuda
-                or not self._rows_fixed()):
-            return contextlib.nullcontext()
-        device = batch.device.index if batch.device.index is not None \
-            else torch.cuda.current_device()
-        stream = self.side_streams.get(device)
-        if stream is None:
-            stream = self.side_streams[device] = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        batch.record_stream(stream)
-        return torch.cuda.stream(stream)
 
     def wait_downloads(self):
         """Every asynchronous download completed (its first error raised)."""

@@ -38,8 +38,8 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from .. import _torch, collect, to_numpy
-from ._input import check_sample_shape, is_tensor_like, record_sample_shape, validatable
+from .. import _torch, collect
+from ._input import check_sample_shape, on_host, record_sample_shape, validatable
 
 _SEED_BOUND = 2**63 - 1
 _STACKED_SAMPLES = 256  # per-sample results stacked into one batch for collect
@@ -228,9 +228,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         return self
 
     def _validate(self, X, reset):
-        if is_tensor_like(X):
-            X = to_numpy(X)
-        X = validatable(X)
+        X = validatable(on_host(X))
         allow_nan = get_tags(self.estimator).input_tags.allow_nan
         X = validate_data(self, X, reset=reset, dtype="numeric", allow_nd=True,
                           ensure_min_samples=1, ensure_all_finite=not allow_nan)
@@ -583,7 +581,7 @@ def _repeated(value, n, repeat):
 
 
 def _as_array(value):
-    return to_numpy(value) if is_tensor_like(value) else np.asarray(value)
+    return np.asarray(on_host(value))
 
 
 def _mean_over_views(result, views):

@@ -48,6 +48,12 @@ def is_tensor_like(X) -> bool:
     return hasattr(type(X), "__dlpack__") and library_of(X) != "numpy"
 
 
+def on_host(X):
+    """A tensor (any DLPack producer but NumPy) as the NumPy array
+    ``to_numpy`` gives; anything else as it is."""
+    return to_numpy(X) if is_tensor_like(X) else X
+
+
 def validatable(array):
     """An ml_dtypes array (a bfloat16 or float8 tensor's NumPy view), which
     scikit-learn's validation refuses as not numeric, as float32: it holds each
@@ -149,7 +155,7 @@ def _array_input(estimator, X, reset):
     if _torch.is_tensor(X) and X.device.type != "cpu":
         _validate_device_tensor(estimator, X, reset)
     else:
-        X = validatable(to_numpy(X) if is_tensor_like(X) else X)
+        X = validatable(on_host(X))
         # Images and other N-d samples are welcome: the module sees them as they are.
         X = validate_data(estimator, X, reset=reset, dtype="numeric", ensure_min_samples=1,
                           allow_nd=True)
@@ -190,7 +196,7 @@ def _dict_input(X):
                 raise ValueError(f"{_NAME}: X[{name!r}] is 0-d; every input needs a leading "
                                  "(sample) dimension")
         else:
-            value = validatable(to_numpy(value) if is_tensor_like(value) else value)
+            value = validatable(on_host(value))
             if np.ndim(value) < 1:
                 raise ValueError(f"{_NAME}: X[{name!r}] is 0-d; every input needs a "
                                  "leading (sample) dimension")

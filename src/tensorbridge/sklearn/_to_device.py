@@ -11,14 +11,16 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, 
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .. import _dlpack, _driver, _torch, to_device, to_numpy
+from .. import _dlpack, _driver, _torch, to_device
 from ._input import (
     array_namespace,
     check_sample_shape,
     is_tensor_like,
     on_device,
+    on_host,
     record_sample_shape,
 )
+from ._module import widened
 from ._output import transform_output, wrap_in_container
 from ._to_numpy import ToNumpy
 
@@ -126,7 +128,7 @@ class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
     def inverse_transform(self, X):
         """``X`` (a result of ``transform``, on any device) as a NumPy array."""
         check_is_fitted(self)
-        return to_numpy(X) if is_tensor_like(X) else np.asarray(X)
+        return np.asarray(on_host(X))
 
     def _transform(self, X):
         check_is_fitted(self)
@@ -141,7 +143,7 @@ class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
             return self._validate(X, reset=False)
         X = self._validate(X, reset=False)
         if transform_output(self) != "default":  # a container was asked for: NumPy goes in it
-            return to_numpy(X) if is_tensor_like(X) else X
+            return on_host(X)
         return _to_torch(X, self.device_) if self.namespace == "torch" else \
             _to_cupy(X, self.device_)
 
@@ -253,7 +255,7 @@ def _to_torch(X, device):
     X = on_device(X)  # CUDA memory of another producer (CuPy): a tensor over it
     if not isinstance(X, torch.Tensor):
         return to_device(X, device)  # host data: pinned staging, or shared on the CPU
-    if X.is_floating_point() and X.dtype not in (torch.float16, torch.float32, torch.float64):
+    if widened(X.dtype):
         X = X.float()  # bfloat16 and float8, as ToNumpy widens them for the estimators
     return X.to(device)
 
@@ -267,4 +269,4 @@ def _to_cupy(X, device):
             X = cupy.from_dlpack(X)  # CUDA memory of another producer (torch): no copy
         if isinstance(X, cupy.ndarray):
             return X if X.device == device else cupy.array(X)  # copied to `device`
-        return cupy.asarray(to_numpy(X) if is_tensor_like(X) else X)
+        return cupy.asarray(on_host(X))

@@ -102,7 +102,8 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
         if (type(X) is np.ndarray and X.ndim == 2 and X.dtype.kind in "biuf" and len(X) > 0
                 and X.shape[1] == self.n_features_in_ > 0
                 and "feature_names_in_" not in self.__dict__
-                and len(fitted_sample_shape(self) or ()) < 2):
+                and len(self.__dict__.get("sample_shape_in_") or fitted_sample_shape(self)
+                        or ()) < 2):
             # What validate_data concludes for a plain 2-D numeric array of the
             # fitted width (fitted without column names), without its ~50 us.
             return X

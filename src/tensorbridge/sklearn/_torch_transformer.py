@@ -316,30 +316,36 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def _run(self, torch, source, target, quiet=False):
         progress = Progress(source.batch_count(self.batch_size),
                             enabled=self.verbose > 0 and not quiet)
+        # On a GPU the rows are known up front: the result is sized by the
+        # first output, and collect downloads each output into its rows while
+        # the next batch computes.
+        rows_known = target is None and self.device_.type == "cuda" \
+            and source.n_samples is not None
+        generator = self._outputs(torch, source, progress,
+                                  source.n_samples if rows_known else None)
         try:
             if target is not None:
                 device, wrap = target
-                result = fill(torch, self._outputs(torch, source, progress),
-                              source.n_samples, device)
+                result = fill(torch, generator, source.n_samples, device)
                 return result if wrap is None else wrap(result)
-            rows_known = self.device_.type == "cuda" and source.n_samples is not None
-            outputs = self._outputs(torch, source, progress,
-                                    source.n_samples if rows_known else None)
-            out = None
+            outputs, out = generator, None
             if rows_known:
-                # The result, sized by the first output: collect then downloads
-                # each output into its rows while the next batch computes.
-                first = next(outputs)
+                first = next(generator)
                 out = np.empty((source.n_samples, first.shape[1]), numpy_dtype(first.dtype))
-                outputs = itertools.chain([first], outputs)
+                outputs = itertools.chain([first], generator)
             return collect(outputs, out=out)
         finally:
+            generator.close()  # now, on an error too: it leaves its stream context at once
             progress.close()
 
     def _outputs(self, torch, source, progress, expected_rows=None):
         """The flattened output of each batch, computed on device_; with
         `expected_rows`, X must bring exactly that many samples."""
         first, done = None, 0
+        compute = download = None
+        if self.device_.type == "cuda":
+            compute = torch.cuda.current_stream(self.device_)
+            download = torch.cuda.Stream(self.device_)
         with torch.inference_mode(), layer_capture(self.module_, self.layer) as capture:
             for index, (inputs, rows) in enumerate(self._staged(torch, source)):
                 done += rows
@@ -348,7 +354,15 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                                      "its length announced")
                 output = self._flatten(torch, self._select(self._forward(inputs, capture)), rows)
                 first = check_like(first, output, index)
-                yield output
+                if download is None:
+                    yield output
+                else:
+                    # collect copies a batch on the stream current when it reads it:
+                    # this one, so the download overlaps the next batch's kernels.
+                    download.wait_stream(compute)
+                    output.record_stream(download)  # used there, freed here
+                    with torch.cuda.stream(download):
+                        yield output
                 progress.step(rows)
         if expected_rows is not None and done != expected_rows:
             raise ValueError(f"{_NAME}: X brought {done} samples, but its length said "
