@@ -182,3 +182,20 @@ def test_collect_into_out_finishes_every_download_before_raising(standin):
         tb.collect(batches(), out=out)
     # rows already written into out= stay written: both downloads had completed
     np.testing.assert_array_equal(out[:128], np.concatenate(parts))
+
+
+def test_collect_into_out_orders_each_download_before_the_producers_next_write(standin):
+    # A producer that refills one buffer in place for every batch (a kernel on
+    # its stream) still gets each batch's own values: the asynchronous
+    # download is ordered on that stream, between the two writes.
+    buffer = DeviceArray(standin, np.zeros((64, 2048), np.uint8))  # 128 KiB: not packed
+
+    def refilled():
+        for value in range(1, 5):
+            buffer.fill_later(value, 20_000)
+            yield buffer
+
+    out = np.zeros((256, 2048), np.uint8)
+    tb.collect(refilled(), out=out)
+    np.testing.assert_array_equal(out[::64, 0], [1, 2, 3, 4])
+    assert all(np.all(out[64 * i:64 * (i + 1)] == i + 1) for i in range(4))
