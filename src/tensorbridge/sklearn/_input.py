@@ -1,14 +1,14 @@
 """Reading X: the one place where the kinds of input are told apart.
 
-Every estimator of the layer reads ``X`` here. ``read`` turns what
-TorchTransformer takes (arrays and tensors, dicts of them, torch Datasets and
-DataLoaders) into one ``Input``: its rows, per-sample shape and a batch
-iterator. ``record_sample_shape``/``check_sample_shape`` keep the public
-fitted attribute ``sample_shape_in_`` of all four estimators, with one wording
-for a mismatch. ``library_of`` recognises foreign arrays (CuPy, JAX...) by the
-module and class that made them, without importing anything;
-``is_tensor_like`` and ``validatable`` prepare tensors for scikit-learn's
-validation.
+``read`` turns everything TorchTransformer takes (arrays and tensors, CuPy
+and other DLPack producers, dicts of them, torch Datasets and DataLoaders)
+into one ``Input``: its rows, per-sample shape and a batch iterator. The
+other estimators take arrays only, through the same helpers: ``on_host`` and
+``validatable`` make a tensor what scikit-learn's validation reads, and
+``record_sample_shape``/``check_sample_shape`` keep the public fitted
+attribute ``sample_shape_in_`` of all four, with one wording for a mismatch.
+``library_of`` recognises foreign arrays by the module that made their type,
+without importing anything.
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ def validatable(array):
     return array
 
 
-
 # -- the per-sample shape, recorded at fit and checked after ----------------------------
 
 
@@ -80,7 +79,7 @@ def fitted_sample_shape(estimator):
     return state.get("sample_shape_in_", state.get("_sample_shape"))
 
 
-def check_sample_shape(estimator, shape, batch=None):
+def check_sample_shape(estimator, shape):
     """A ValueError unless samples of ``shape`` are those ``estimator`` was
     fitted on: as many features in another shape or rank ((n, 8) and
     (n, 8, 2) alike to scikit-learn) would reach the next step as garbage."""
@@ -94,17 +93,16 @@ def check_sample_shape(estimator, shape, batch=None):
     if shape == expected:
         return
     name = type(estimator).__name__
-    where = "" if batch is None else f" (batch {batch})"
     if isinstance(expected, dict) or isinstance(shape, dict):
-        raise ValueError(f"{name}: X{where} has samples of shape {_describe(shape)}, but "
+        raise ValueError(f"{name}: X has samples of shape {_describe(shape)}, but "
                          f"{name} was fitted on samples of shape {_describe(expected)}; "
                          "pass X of the kind and shape it was fitted on, or fit again")
     if len(shape) == len(expected) == 1:
         # 2-D X: scikit-learn's sentence (its checks look for it) says it all
-        raise ValueError(f"X{where} has {shape[0]} features, but {name} is expecting "
+        raise ValueError(f"X has {shape[0]} features, but {name} is expecting "
                          f"{expected[0]} features as input; pass X of {expected[0]} "
                          "features, or fit again")
-    raise ValueError(f"{name}: X{where} has samples of shape {shape}, but {name} was "
+    raise ValueError(f"{name}: X has samples of shape {shape}, but {name} was "
                      f"fitted on samples of shape {expected}; pass X of that shape, or "
                      "fit again")
 

@@ -185,13 +185,13 @@ def _module_device(module):
     return torch.device("cpu")
 
 
-def same_weights(torch, source, placed, cast) -> bool:
-    """Whether placed's parameters and buffers are source's, on placed's
+def same_weights(torch, source, module_, cast) -> bool:
+    """Whether `module_`'s parameters and buffers are `source`'s, on its
     device, with floating ones cast to `cast` (unless None) and the rest in
-    their own dtype: then _placed makes placed again from source."""
-    if type(source) is not type(placed) or is_lazy(torch, source):
+    their own dtype: then ``placed`` makes it again from `source`."""
+    if type(source) is not type(module_) or is_lazy(torch, source):
         return False  # a lazy source's module_ was materialised on X: not made again from it
-    ours, theirs = source.state_dict(), placed.state_dict()
+    ours, theirs = source.state_dict(), module_.state_dict()
     if ours.keys() != theirs.keys():
         return False
     with torch.no_grad():
