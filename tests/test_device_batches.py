@@ -199,3 +199,14 @@ def test_collect_into_out_orders_each_download_before_the_producers_next_write(s
     tb.collect(refilled(), out=out)
     np.testing.assert_array_equal(out[::64, 0], [1, 2, 3, 4])
     assert all(np.all(out[64 * i:64 * (i + 1)] == i + 1) for i in range(4))
+
+
+def test_a_list_of_large_device_batches_downloads_into_the_reserved_result(standin):
+    # A list tells its rows: the result (6 MB, a mapping) is reserved at once,
+    # the downloads run asynchronously into it, and it is shrunk to fit only
+    # after every one completed.
+    standin.set_delay_us(20_000, 20_000)
+    parts = [values((300, 1000), seed=i) for i in range(5)]  # 1.2 MB each
+    batches = [DeviceArray(standin, part) for part in parts]
+    for _ in range(3):  # the kept mapping of the last result is reused
+        np.testing.assert_array_equal(tb.collect(batches), np.concatenate(parts))
