@@ -51,6 +51,11 @@ def collect(batches: Iterable[Any], *, out: np.ndarray | None = None) -> np.ndar
     is consumed once and never materialised, so peak memory stays at the
     result plus one batch (``np.concatenate`` of a list holds both).
 
+    On a GPU, when the result's size is known (``out=``, or a list or tuple
+    of batches), a large batch is downloaded while the next one is made, in
+    order on the batch's stream; every download has completed when
+    ``collect`` returns or raises.
+
     Parameters
     ----------
     batches : iterable
