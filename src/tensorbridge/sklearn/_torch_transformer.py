@@ -322,7 +322,8 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         rows_known = target is None and self.device_.type == "cuda" \
             and source.n_samples is not None
         generator = self._outputs(torch, source, progress,
-                                  source.n_samples if rows_known else None)
+                                  source.n_samples if rows_known else None,
+                                  for_collect=target is None)
         try:
             if target is not None:
                 device, wrap = target
@@ -338,12 +339,14 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             generator.close()  # now, on an error too: it leaves its stream context at once
             progress.close()
 
-    def _outputs(self, torch, source, progress, expected_rows=None):
+    def _outputs(self, torch, source, progress, expected_rows=None, for_collect=False):
         """The flattened output of each batch, computed on device_; with
-        `expected_rows`, X must bring exactly that many samples."""
+        `expected_rows`, X must bring exactly that many samples. `for_collect`:
+        on a GPU, each output is yielded with a download stream current, where
+        collect then copies it."""
         first, done = None, 0
         compute = download = None
-        if self.device_.type == "cuda":
+        if for_collect and self.device_.type == "cuda":
             compute = torch.cuda.current_stream(self.device_)
             download = torch.cuda.Stream(self.device_)
         with torch.inference_mode(), layer_capture(self.module_, self.layer) as capture:
