@@ -1,8 +1,11 @@
-"""What a transform gives back: the container scikit-learn's ``set_output``
-asks for, the array API result (where it is written, ``array_api_target``,
-and the tensor written batch by batch on X's device, ``fill``; a NumPy
-result is ``collect``'s), the check that every
-batch brings one width and dtype, and the progress line of ``verbose=1``."""
+"""What a transform gives back.
+
+The container scikit-learn's ``set_output`` asks for (``transform_output``);
+under array API dispatch, where the result is written (``array_api_target``)
+and the one small writer of that tensor on X's device (``fill``: a NumPy
+result is ``collect``'s, on every device); the check that every batch brings
+one width and dtype (``check_like``); the progress line of ``verbose=1``.
+"""
 
 from __future__ import annotations
 
