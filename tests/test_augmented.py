@@ -180,7 +180,7 @@ def test_rows_are_written_by_collect_into_the_array_the_estimator_gets(monkeypat
         outs.append(out)
         return real(batches, out=out)
 
-    monkeypatch.setattr(tensorbridge, "collect", recording_collect)
+    monkeypatch.setattr(augmented_module, "collect", recording_collect)  # where it is looked up
     log = Log()
     AugmentedEstimator(Spy(log), augment=negate_some, n_views=3, batch_size=8,
                        random_state=0).fit(X, y)

@@ -137,3 +137,78 @@ def test_collect_into_a_non_contiguous_out(standin, Device):
     out = np.full((3015, 8), -1.0, np.float32)[:, ::2]
     assert tb.collect(iter(batches), out=out) is out
     np.testing.assert_array_equal(out, np.concatenate(parts))
+
+
+# -- downloads overlapped with the making of the next batch --------------------------
+
+
+def _observed_batches(standin, parts, out, seen):
+    """Device batches of `parts`; before making each next one, records whether
+    the previous one's rows of `out` already hold its values."""
+    for index, part in enumerate(parts):
+        if index and out is not None:
+            seen.append(np.array_equal(out[64 * (index - 1):64 * index], parts[index - 1]))
+        yield DeviceArray(standin, part)
+
+
+def test_collect_into_out_downloads_while_the_next_batch_is_made(standin):
+    standin.set_delay_us(50_000, 50_000)  # each copy completes 50 ms after it is enqueued
+    parts = [values((64, 512), seed=i) for i in range(4)]  # 128 KiB each: not packed
+    out, seen = np.zeros((256, 512), np.float32), []
+    assert tb.collect(_observed_batches(standin, parts, out, seen), out=out) is out
+    assert seen == [False, False, False]  # asked for the next batch before the copy ended
+    np.testing.assert_array_equal(out, np.concatenate(parts))
+
+
+def test_collect_into_a_strided_out_writes_each_batch_before_the_next(standin):
+    # The control: rows that cannot take the copy directly (a strided out=)
+    # are written through staging before the next batch is asked for.
+    standin.set_delay_us(50_000, 50_000)
+    parts = [values((64, 512), seed=i) for i in range(4)]
+    out, seen = np.zeros((256, 1024), np.float32)[:, ::2], []
+    tb.collect(_observed_batches(standin, parts, out, seen), out=out)
+    assert seen == [True, True, True]
+    np.testing.assert_array_equal(out, np.concatenate(parts))
+
+
+def test_collect_into_out_finishes_every_download_before_raising(standin):
+    standin.set_delay_us(50_000, 50_000)
+    parts = [values((64, 512), seed=i) for i in range(2)]
+    out = np.zeros((192, 512), np.float32)
+
+    def batches():
+        yield from (DeviceArray(standin, part) for part in parts)
+        raise RuntimeError("the producer broke")
+
+    with pytest.raises(RuntimeError, match="the producer broke"):
+        tb.collect(batches(), out=out)
+    # rows already written into out= stay written: both downloads had completed
+    np.testing.assert_array_equal(out[:128], np.concatenate(parts))
+
+
+def test_collect_into_out_orders_each_download_before_the_producers_next_write(standin):
+    # A producer that refills one buffer in place for every batch (a kernel on
+    # its stream) still gets each batch's own values: the asynchronous
+    # download is ordered on that stream, between the two writes.
+    buffer = DeviceArray(standin, np.zeros((64, 2048), np.uint8))  # 128 KiB: not packed
+
+    def refilled():
+        for value in range(1, 5):
+            buffer.fill_later(value, 20_000)
+            yield buffer
+
+    out = np.zeros((256, 2048), np.uint8)
+    tb.collect(refilled(), out=out)
+    np.testing.assert_array_equal(out[::64, 0], [1, 2, 3, 4])
+    assert all(np.all(out[64 * i:64 * (i + 1)] == i + 1) for i in range(4))
+
+
+def test_a_list_of_large_device_batches_downloads_into_the_reserved_result(standin):
+    # A list tells its rows: the result (6 MB, a mapping) is reserved at once,
+    # the downloads run asynchronously into it, and it is shrunk to fit only
+    # after every one completed.
+    standin.set_delay_us(20_000, 20_000)
+    parts = [values((300, 1000), seed=i) for i in range(5)]  # 1.2 MB each
+    batches = [DeviceArray(standin, part) for part in parts]
+    for _ in range(3):  # the kept mapping of the last result is reused
+        np.testing.assert_array_equal(tb.collect(batches), np.concatenate(parts))

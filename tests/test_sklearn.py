@@ -1,6 +1,7 @@
 """ToNumpy and AugmentedEstimator under scikit-learn's conventions (TorchTransformer:
 test_torch_transformer.py)."""
 
+import re
 import sys
 
 import numpy as np
@@ -102,6 +103,37 @@ def test_to_numpy_step_passes_complex_tensors_and_images():
     with pytest.raises(ValueError, match=r"samples of shape \(2, 3\), but ToNumpy was "
                                          r"fitted on samples of shape \(2,\)"):
         ToNumpy().fit(np.ones((3, 2))).transform(np.ones((3, 2, 3)))
+
+
+def test_every_step_records_and_checks_sample_shape_in_():
+    from sklearn.linear_model import Ridge
+
+    from tensorbridge.sklearn import AugmentedEstimator, ToDevice
+
+    images, y = np.ones((6, 1, 3, 3), np.float32), np.arange(6.0)
+    steps = [ToNumpy(), ToDevice("cpu"), TorchTransformer(torch.nn.Flatten()),
+             AugmentedEstimator(Ridge(), augment=lambda sample: sample, random_state=0)]
+    for step in steps:
+        step.fit(images, y)
+        assert step.sample_shape_in_ == (1, 3, 3), type(step).__name__
+        name = type(step).__name__
+        with pytest.raises(ValueError, match=re.escape(
+                f"X has samples of shape (1, 9, 1), but {name} was fitted on samples of "
+                "shape (1, 3, 3)")):
+            step.predict(np.ones((6, 1, 9, 1))) if name == "AugmentedEstimator" else \
+                step.transform(np.ones((6, 1, 9, 1)))
+
+
+def test_a_to_numpy_pickled_before_sample_shape_in_still_checks_the_shape():
+    # Before sample_shape_in_ was public, ToNumpy kept it as _sample_shape.
+    step = ToNumpy().fit(np.ones((3, 1, 2, 2)))
+    state = step.__getstate__()
+    state["_sample_shape"] = state.pop("sample_shape_in_")
+    old = ToNumpy()
+    old.__setstate__(state)
+    assert old.transform(np.ones((2, 1, 2, 2))).shape == (2, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"samples of shape \(1, 4, 1\), but ToNumpy was "):
+        old.transform(np.ones((2, 1, 4, 1)))
 
 
 def test_sklearn_is_imported_only_when_used():

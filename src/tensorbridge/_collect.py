@@ -10,6 +10,16 @@ become one submission of the engine and one event; a sequence of small plain
 CUDA tensors (torch's, read through the DLPack C exchange API) is described
 in C and copied in those packed submissions. Every other batch, and every
 error, is this module's.
+
+When the result cannot move (``out=``, or a sequence whose batches told
+their rows, all reserved at once), a larger GPU batch is downloaded
+asynchronously straight into its rows while the iterable makes the next
+batch. The copy is ordered on the batch's stream (the producer's current
+one), so a producer that then overwrites the batch in place waits for it;
+one that yields each batch while a download stream of its own is current
+(TorchTransformer) overlaps the copies with its next kernels too. Every
+download has completed before ``collect`` returns or raises, and before the
+result's memory may move.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import numpy as np
 
 from . import _convert, _core, _torch
 from ._convert import TorchValues
-from ._device_memory import DeviceMemory, as_bytes
+from ._device_memory import DeviceMemory, as_bytes, copy_device_memory
 from ._pinned import is_pinned
 from ._transfer import interruptible
 
@@ -40,6 +50,11 @@ def collect(batches: Iterable[Any], *, out: np.ndarray | None = None) -> np.ndar
     Each batch is written straight into its slice of the result; the iterable
     is consumed once and never materialised, so peak memory stays at the
     result plus one batch (``np.concatenate`` of a list holds both).
+
+    On a GPU, when the result's size is known (``out=``, or a list or tuple
+    of batches), a large batch is downloaded while the next one is made, in
+    order on the batch's stream; every download has completed when
+    ``collect`` returns or raises.
 
     Parameters
     ----------
@@ -95,8 +110,11 @@ def collect(batches: Iterable[Any], *, out: np.ndarray | None = None) -> np.ndar
         if gathered is not None:
             return gathered
     writer = _Writer(out, batches if isinstance(batches, (list, tuple)) else None)
-    writer.consume(iterator)
-    return writer.finish()
+    try:
+        writer.consume(iterator)
+        return writer.finish()
+    finally:
+        writer.wait_downloads()  # on an error too: no copy outlives the call
 
 
 def _gather_small_device_batches(batches, out):
@@ -187,6 +205,7 @@ class _Writer:
         self.dtype = None
         self.row_bytes = None
         self.pending = []  # small device batches: (offset_rows, device batch)
+        self.downloads = []  # Transfers of larger device batches still in flight
         # A sequence tells its size up front: the rows each of its batches
         # from `hints_from` on says it has (read at the first batch the native
         # loop hands back: a host batch's shape is its data's), and their sum,
@@ -202,6 +221,8 @@ class _Writer:
         while True:
             if native:
                 if self.buffer is not None:
+                    if not self._rows_fixed():  # the loop may grow (move) the buffer
+                        self.wait_downloads()
                     self.window = None
                 self.rows, index, trailing, dtype, exhausted, batch = _core.gather_host(
                     iterator, self.buffer if self.out is None else self.out, self.rows, index,
@@ -270,9 +291,27 @@ class _Writer:
             self.pending.append((first_row, source))
             if len(self.pending) >= _PACK_COUNT:
                 self._flush()
+        elif (self._rows_fixed() and source.strides is None
+              and self.window[target].flags.c_contiguous):
+            self._flush()
+            # The result cannot move: the copy completes while the next batch is made.
+            self.downloads.append(copy_device_memory(source, self.window[target],
+                                                     asynchronous=True))
         else:
             self._flush()
             source.copy_into(self.window[target])
+
+    def _rows_fixed(self) -> bool:
+        """Whether the result's memory stays where it is until finish: out=,
+        or a buffer already holding every row the sequence announced."""
+        return self.out is not None or (self.expected_rows is not None
+                                        and self.capacity_rows >= self.expected_rows)
+
+    def wait_downloads(self):
+        """Every asynchronous download completed (its first error raised)."""
+        downloads, self.downloads = self.downloads, []
+        for transfer in downloads:
+            transfer.wait()
 
     def _set_layout(self, trailing, dtype):
         self.trailing, self.dtype = tuple(trailing), dtype
@@ -315,6 +354,7 @@ class _Writer:
         if self.row_bytes == 0:  # nothing is ever written: no memory to reserve
             self.capacity_rows = rows
             return
+        self.wait_downloads()  # growing may move the buffer they write into
         self.window = None  # its view of the buffer would stop the buffer from moving
         if self.expected_rows is not None and rows < self.expected_rows:
             try:
@@ -393,6 +433,7 @@ class _Writer:
             raise ValueError("collect: batches is empty; pass at least one batch (an empty "
                              "one, with zero rows, sets the trailing shape and dtype)")
         self._flush()
+        self.wait_downloads()
         if self.out is not None:
             if self.rows != len(self.out):
                 raise ValueError(f"collect: the batches bring {self.rows} rows, but out has "

@@ -47,6 +47,11 @@ def needs_widening(torch_dtype) -> bool:
     return torch_dtype_name(torch_dtype) in _WIDENED
 
 
+def is_extended_torch_dtype(torch_dtype) -> bool:
+    """True for torch dtypes that NumPy holds only as ml_dtypes (bfloat16, float8)."""
+    return torch_dtype_name(torch_dtype) in _EXTENDED
+
+
 def is_extended(dtype: np.dtype) -> bool:
     """True for the ml_dtypes dtypes torch also has (NumPy has none of these
     names), which torch.from_numpy and .numpy() refuse."""

@@ -38,10 +38,8 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-import tensorbridge  # collect is looked up when called: the public function, as patched
-
-from .. import _torch, to_numpy
-from ._to_numpy import is_tensor_like, validatable
+from .. import _torch, collect
+from ._input import check_sample_shape, on_host, record_sample_shape, validatable
 
 _SEED_BOUND = 2**63 - 1
 _STACKED_SAMPLES = 256  # per-sample results stacked into one batch for collect
@@ -138,6 +136,9 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         The fitted clone of ``estimator``.
     n_samples_seen_ : int
         Rows ``estimator_`` was fitted on: ``(1 + n_views) * n_samples``.
+    sample_shape_in_ : tuple
+        The shape of one sample seen at fit; with ``flatten``, predicting
+        requires the same.
     classes_ : ndarray
         ``estimator_.classes_``, for a classifier.
     n_features_in_ : int
@@ -216,7 +217,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         rows = self._with_views(X, self.n_views, rng)
         # Drawn after the training views', which stay those of a fit without it.
         self._test_seed = int(rng.randint(0, _SEED_BOUND, dtype=np.int64))
-        self._sample_shape = X.shape[1:]
+        record_sample_shape(self, X.shape[1:])
         repeat = np.tile(np.arange(n), 1 + self.n_views)
         fit_params = {key: _repeated(value, n, repeat) for key, value in fit_params.items()}
         self.estimator_ = clone(self.estimator).fit(
@@ -227,17 +228,13 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         return self
 
     def _validate(self, X, reset):
-        if is_tensor_like(X):
-            X = to_numpy(X)
-        X = validatable(X)
+        X = validatable(on_host(X))
         allow_nan = get_tags(self.estimator).input_tags.allow_nan
         X = validate_data(self, X, reset=reset, dtype="numeric", allow_nd=True,
                           ensure_min_samples=1, ensure_all_finite=not allow_nan)
-        if not reset and self.flatten and X.shape[1:] != self._sample_shape:
+        if not reset and self.flatten:
             # Flattened, (n, 4, 16) and (n, 8, 8) would both pass as 64 features.
-            raise ValueError(f"X has samples of shape {X.shape[1:]}, but {type(self).__name__} "
-                             f"was fitted on samples of shape {self._sample_shape}; reshape X "
-                             "to match")
+            check_sample_shape(self, X.shape[1:])
         return X
 
     def _with_views(self, X, n_views, rng):
@@ -271,7 +268,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
     def _collect_views(self, torch, samples, n_views, rng, out, restore, copies):
         views = self._views(torch, samples, n_views, rng, restore, copies)
         try:
-            tensorbridge.collect(views, out=out)
+            collect(views, out=out)
         finally:
             views.close()  # restores torch's global state at once, even on an error
 
@@ -584,7 +581,7 @@ def _repeated(value, n, repeat):
 
 
 def _as_array(value):
-    return to_numpy(value) if is_tensor_like(value) else np.asarray(value)
+    return np.asarray(on_host(value))
 
 
 def _mean_over_views(result, views):

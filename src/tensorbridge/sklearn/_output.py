@@ -1,8 +1,23 @@
-"""The container scikit-learn's ``set_output`` asks an estimator's ``transform`` for."""
+"""What a transform gives back.
+
+The container scikit-learn's ``set_output`` asks for (``transform_output``);
+under array API dispatch, where the result is written (``array_api_target``)
+and the one small writer of that tensor on X's device (``fill``: a NumPy
+result is ``collect``'s, on every device); the check that every batch brings
+one width and dtype (``check_like``); the progress line of ``verbose=1``.
+"""
 
 from __future__ import annotations
 
+import sys
+import time
+
 from sklearn import get_config
+
+from .. import _dlpack
+from ._input import array_namespace, is_cupy_array
+
+_NAME = "TorchTransformer"  # the one estimator that writes batch by batch
 
 try:
     # Private, but it is the lookup scikit-learn's own set_output wrapper makes,
@@ -23,3 +38,121 @@ def transform_output(estimator) -> str:
         return _get_output_config("transform", estimator)["dense"]
     return getattr(estimator, "_sklearn_output_config", {}).get(
         "transform", get_config()["transform_output"])
+
+
+def array_api_target(estimator, torch, X):
+    """Under scikit-learn's array API dispatch, (device, wrap): the result is
+    written into a torch tensor on that device, then handed to X's namespace
+    by `wrap` (None: torch itself). None for a NumPy result."""
+    if not get_config().get("array_api_dispatch", False):
+        return None
+    _check_namespace(estimator, X)
+    if transform_output(estimator) != "default":  # a container was asked for: NumPy goes in it
+        return None
+    if isinstance(X, torch.Tensor):
+        return X.device, None
+    if is_cupy_array(X) and torch.cuda.is_available():
+        import cupy
+
+        return torch.device("cuda", X.device.id), cupy.from_dlpack
+    if array_namespace(X) is None:  # NumPy, array-likes, Datasets, dicts: NumPy
+        return None
+    # Another array API namespace (array_api_strict, JAX): through DLPack, from
+    # a tensor on the device X's memory is on.
+    device_type, index = _dlpack.device_of(X) or (1, 0)
+    if device_type in _dlpack.CUDA_DEVICE_TYPES and torch.cuda.is_available():
+        device = torch.device("cuda", index)
+    else:
+        device = torch.device("cpu")
+    namespace, where = X.__array_namespace__(), X.device
+    return device, lambda result: in_namespace(namespace, result, where)
+
+
+def _check_namespace(estimator, X):
+    """Under dispatch, X of the namespace and device fit had, when that was not
+    NumPy: scikit-learn's own estimators refuse any other, and so would the next
+    step of a pipeline."""
+    fitted = estimator.__dict__.get("_fit_namespace")  # absent from older pickles
+    given = array_namespace(X)
+    if fitted is None or given == fitted:
+        return
+
+    def described(namespace):
+        return "NumPy (or an array-like)" if namespace is None else \
+            f"{namespace[0]} on {namespace[1]}"
+
+    raise ValueError(
+        f"Inputs passed to {_NAME}.transform() must use the same namespace and the same "
+        f"device as those passed to fit(): X is {described(given)}, but fit had "
+        f"{described(fitted)}. Pass X as {described(fitted)}, or fit again on X like this "
+        "one")
+
+
+def fill(torch, outputs, n_rows, device):
+    """The outputs written batch by batch into one tensor of `n_rows` rows on
+    `device`: the array API result, which stays on X's device (``collect``
+    writes NumPy)."""
+    result, start = None, 0
+    for output in outputs:
+        if result is None:
+            result = torch.empty((n_rows, output.shape[1]), dtype=output.dtype,
+                                 device=device)
+        result[start:start + output.shape[0]].copy_(output)
+        start += output.shape[0]
+    return result
+
+
+def in_namespace(namespace, result, device):
+    """The torch tensor `result` as an array of `namespace` on `device`: through
+    DLPack (no copy), then moved where it is not on `device` yet."""
+    array = namespace.from_dlpack(result)
+    if getattr(array, "device", device) != device:
+        array = namespace.asarray(array, device=device)
+    return array
+
+
+def check_like(first, output, index):
+    """(width, dtype) of batch 0's flattened output, checked against batch
+    `index`'s: every batch's rows go into one array."""
+    found = (output.shape[1], output.dtype)
+    if first is None:
+        return found
+    if found != first:
+        raise ValueError(f"{_NAME}: the module returned {found[0]} features of {found[1]} for "
+                         f"batch {index}, but {first[0]} features of {first[1]} for batch 0; "
+                         "it must return one width and dtype for every batch")
+    return first
+
+
+class Progress:
+    """verbose=1: one line on stderr, rewritten after each batch (at most ten
+    times a second, and always after the last), then a summary line."""
+
+    def __init__(self, total_batches, enabled):
+        self.total, self.enabled = total_batches, enabled
+        self.batches = self.rows = 0
+        self.start = self.shown = time.perf_counter()
+
+    def step(self, rows):
+        if not self.enabled:
+            return
+        self.batches += 1
+        self.rows += rows
+        now = time.perf_counter()
+        if self.batches == 1 or self.batches == self.total or now - self.shown >= 0.1:
+            self.shown = now
+            total = "" if self.total is None else f"/{self.total}"
+            sys.stderr.write(f"\r[{_NAME}] transform: batch {self.batches}{total}, "
+                             f"{self._rate(now):,.0f} rows/s")
+            sys.stderr.flush()
+
+    def close(self):
+        if not self.enabled or self.batches == 0:
+            return
+        seconds = time.perf_counter() - self.start
+        sys.stderr.write(f"\n[{_NAME}] transform: {self.rows:,} rows in {self.batches} batches, "
+                         f"{seconds:.2f} s, {self._rate(time.perf_counter()):,.0f} rows/s\n")
+        sys.stderr.flush()
+
+    def _rate(self, now):
+        return self.rows / max(now - self.start, 1e-9)

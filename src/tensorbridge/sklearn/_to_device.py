@@ -11,10 +11,18 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, 
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .. import _dlpack, _driver, _torch, to_device, to_numpy
+from .. import _dlpack, _driver, _torch, to_device
+from ._input import (
+    array_namespace,
+    check_sample_shape,
+    is_tensor_like,
+    on_device,
+    on_host,
+    record_sample_shape,
+)
+from ._module import widened
 from ._output import transform_output, wrap_in_container
-from ._to_numpy import ToNumpy, is_tensor_like
-from ._torch_transformer import _array_namespace, _on_device
+from ._to_numpy import ToNumpy
 
 _OWN_WRAPPING = wrap_in_container is not None  # as ToNumpy: 2-D results only
 
@@ -61,6 +69,8 @@ class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
     ----------
     device_ : torch.device or cupy.cuda.Device
         `device`, as the namespace names it.
+    sample_shape_in_ : tuple
+        The shape of one sample seen at fit; ``transform`` requires the same.
     n_features_in_ : int
         ``X.shape[1]``.
     feature_names_in_ : ndarray of str
@@ -118,7 +128,7 @@ class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
     def inverse_transform(self, X):
         """``X`` (a result of ``transform``, on any device) as a NumPy array."""
         check_is_fitted(self)
-        return to_numpy(X) if is_tensor_like(X) else np.asarray(X)
+        return np.asarray(on_host(X))
 
     def _transform(self, X):
         check_is_fitted(self)
@@ -133,25 +143,23 @@ class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
             return self._validate(X, reset=False)
         X = self._validate(X, reset=False)
         if transform_output(self) != "default":  # a container was asked for: NumPy goes in it
-            return to_numpy(X) if is_tensor_like(X) else X
+            return on_host(X)
         return _to_torch(X, self.device_) if self.namespace == "torch" else \
             _to_cupy(X, self.device_)
 
     def _validate(self, X, reset):
         """``X`` validated: an array API array (torch, CuPy...) where it is,
         under dispatch; anything else as NumPy, as ToNumpy validates it."""
-        if not get_config().get("array_api_dispatch", False) or _array_namespace(X) is None:
+        if not get_config().get("array_api_dispatch", False) or array_namespace(X) is None:
             return ToNumpy._validate(self, X, reset)
         if _torch.is_tensor(X):
             X = X.detach()  # steps take values; autograd stays with the caller
         X = validate_data(self, X, reset=reset, dtype=None, ensure_all_finite=False,
                           allow_nd=True)
         if reset:
-            self._sample_shape = tuple(X.shape[1:])
-        elif tuple(X.shape[1:]) != self._sample_shape:
-            raise ValueError(f"X has samples of shape {tuple(X.shape[1:])}, but ToDevice was "
-                             f"fitted on samples of shape {self._sample_shape}; reshape X "
-                             "to match")
+            record_sample_shape(self, X.shape[1:])
+        else:
+            check_sample_shape(self, X.shape[1:])
         return X
 
     def __sklearn_tags__(self):
@@ -244,10 +252,10 @@ def _off_the_cpu(device) -> bool:
 def _to_torch(X, device):
     import torch
 
-    X = _on_device(X)  # CUDA memory of another producer (CuPy): a tensor over it
+    X = on_device(X)  # CUDA memory of another producer (CuPy): a tensor over it
     if not isinstance(X, torch.Tensor):
         return to_device(X, device)  # host data: pinned staging, or shared on the CPU
-    if X.is_floating_point() and X.dtype not in (torch.float16, torch.float32, torch.float64):
+    if widened(X.dtype):
         X = X.float()  # bfloat16 and float8, as ToNumpy widens them for the estimators
     return X.to(device)
 
@@ -261,4 +269,4 @@ def _to_cupy(X, device):
             X = cupy.from_dlpack(X)  # CUDA memory of another producer (torch): no copy
         if isinstance(X, cupy.ndarray):
             return X if X.device == device else cupy.array(X)  # copied to `device`
-        return cupy.asarray(to_numpy(X) if is_tensor_like(X) else X)
+        return cupy.asarray(on_host(X))

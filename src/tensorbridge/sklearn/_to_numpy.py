@@ -6,9 +6,15 @@ import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .. import _torch, to_numpy
-from .._dtypes import is_extended
+from .. import to_numpy
 from . import _dask
+from ._input import (
+    check_sample_shape,
+    fitted_sample_shape,
+    is_tensor_like,
+    record_sample_shape,
+    validatable,
+)
 from ._output import wrap_in_container
 
 # set_output puts 2-D results in a DataFrame, and leaves n-D ones (images, for a
@@ -41,6 +47,15 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
     DataFrame (n-D ones stay arrays, which a DataFrame cannot hold). It
     declares no array API support: leaving the array API for NumPy is its
     purpose, under ``array_api_dispatch=True`` too.
+
+    Attributes
+    ----------
+    sample_shape_in_ : tuple
+        The shape of one sample seen at fit; ``transform`` requires the same.
+    n_features_in_ : int
+        ``X.shape[1]``.
+    feature_names_in_ : ndarray of str
+        The column names of a DataFrame ``X``.
 
     Examples
     --------
@@ -87,7 +102,8 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
         if (type(X) is np.ndarray and X.ndim == 2 and X.dtype.kind in "biuf" and len(X) > 0
                 and X.shape[1] == self.n_features_in_ > 0
                 and "feature_names_in_" not in self.__dict__
-                and len(self.__dict__.get("_sample_shape", ())) < 2):
+                and len(self.__dict__.get("sample_shape_in_") or fitted_sample_shape(self)
+                        or ()) < 2):
             # What validate_data concludes for a plain 2-D numeric array of the
             # fitted width (fitted without column names), without its ~50 us.
             return X
@@ -112,13 +128,9 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
             X = validate_data(self, X, reset=reset, dtype=None if keep else "numeric",
                               ensure_all_finite=False, allow_nd=True)
         if reset:
-            self._sample_shape = X.shape[1:]
-        elif X.shape[1:] != self.__dict__.get("_sample_shape", X.shape[1:]):
-            # As many features (X.shape[1]) in another rank or shape: (n, 8) and
-            # (n, 8, 2) alike to scikit-learn, not to the next step.
-            raise ValueError(f"X has samples of shape {X.shape[1:]}, but {type(self).__name__} "
-                             f"was fitted on samples of shape {self._sample_shape}; reshape X "
-                             "to match")
+            record_sample_shape(self, X.shape[1:])
+        else:
+            check_sample_shape(self, X.shape[1:])
         return X
 
     def __sklearn_tags__(self):
@@ -134,19 +146,3 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
 
 if _OWN_WRAPPING:  # set_output and the wrapper's check look for this key
     ToNumpy._sklearn_auto_wrap_output_keys = {"transform"}
-
-
-def validatable(array):
-    """An ml_dtypes array (a bfloat16 or float8 tensor's NumPy view), which
-    scikit-learn's validation refuses as not numeric, as float32: it holds each
-    of its values exactly, and the estimators cast X anyway. Others as they are."""
-    if isinstance(array, np.ndarray) and is_extended(array.dtype):
-        return array.astype(np.float32)
-    return array
-
-
-def is_tensor_like(X) -> bool:
-    """A torch tensor, or any DLPack producer that is not a NumPy array."""
-    if _torch.is_tensor(X):
-        return True
-    return hasattr(type(X), "__dlpack__") and type(X).__module__.split(".")[0] != "numpy"
