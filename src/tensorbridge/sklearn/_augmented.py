@@ -39,7 +39,7 @@ from sklearn.utils.validation import (
 )
 
 from .. import _torch, collect
-from ._input import check_sample_shape, on_host, record_sample_shape, validatable
+from ._input import on_host, sample_shape, validatable
 
 _SEED_BOUND = 2**63 - 1
 _STACKED_SAMPLES = 256  # per-sample results stacked into one batch for collect
@@ -217,7 +217,6 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         rows = self._with_views(X, self.n_views, rng)
         # Drawn after the training views', which stay those of a fit without it.
         self._test_seed = int(rng.randint(0, _SEED_BOUND, dtype=np.int64))
-        record_sample_shape(self, X.shape[1:])
         repeat = np.tile(np.arange(n), 1 + self.n_views)
         fit_params = {key: _repeated(value, n, repeat) for key, value in fit_params.items()}
         self.estimator_ = clone(self.estimator).fit(
@@ -232,9 +231,9 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         allow_nan = get_tags(self.estimator).input_tags.allow_nan
         X = validate_data(self, X, reset=reset, dtype="numeric", allow_nd=True,
                           ensure_min_samples=1, ensure_all_finite=not allow_nan)
-        if not reset and self.flatten:
+        if reset or self.flatten:
             # Flattened, (n, 4, 16) and (n, 8, 8) would both pass as 64 features.
-            check_sample_shape(self, X.shape[1:])
+            sample_shape(self, X.shape[1:], reset)
         return X
 
     def _with_views(self, X, n_views, rng):
@@ -279,9 +278,10 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         ``collect`` has written by then), ``restore(start, stop)`` puts the
         samples back."""
         augment, batch_size = self.augment, self.batch_size
-        passing = _generator_passing(augment)
+        passing = _generator_passing(augment)  # how it takes its generator
+        call = augment if passing != "keyword" else (
+            lambda samples, generator: augment(samples, generator=generator))
         if batch_size is not None and passing:
-            call = _caller(augment, passing)
             starts = range(0, len(samples), batch_size)
             seeds = rng.randint(0, _SEED_BOUND, size=(n_views, len(starts)), dtype=np.int64)
             generator = torch.Generator()
@@ -299,7 +299,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         seeds = rng.randint(0, _SEED_BOUND, size=(n_views, len(samples)), dtype=np.int64)
         stacked = batch_size or _STACKED_SAMPLES
         if passing:
-            generator, call = torch.Generator(), _caller(augment, passing)
+            generator = torch.Generator()
 
             def one(sample, seed):
                 generator.manual_seed(seed)
@@ -520,13 +520,6 @@ def _generator_passing(augment):
     if len(positional) >= 2 and positional[1].default is inspect.Parameter.empty:
         return "positional"
     return None
-
-
-def _caller(augment, passing):
-    """``call(samples, generator)``: ``augment`` with its generator passed as it takes it."""
-    if passing == "keyword":
-        return lambda samples, generator: augment(samples, generator=generator)
-    return augment
 
 
 def _check_counts(estimator):

@@ -15,7 +15,7 @@ import time
 from sklearn import get_config
 
 from .. import _dlpack
-from ._input import array_namespace, is_cupy_array
+from ._input import array_namespace, library_of
 
 _NAME = "TorchTransformer"  # the one estimator that writes batch by batch
 
@@ -51,7 +51,7 @@ def array_api_target(estimator, torch, X):
         return None
     if isinstance(X, torch.Tensor):
         return X.device, None
-    if is_cupy_array(X) and torch.cuda.is_available():
+    if library_of(X) == "cupy" and type(X).__name__ == "ndarray" and torch.cuda.is_available():
         import cupy
 
         return torch.device("cuda", X.device.id), cupy.from_dlpack

@@ -30,9 +30,9 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
 from .. import _torch, collect, to_device, to_numpy
-from .._dtypes import numpy_dtype
+from .._dtypes import is_extended_torch_dtype, numpy_dtype
 from . import _dask
-from ._input import array_namespace, batch_values, describe_batch, map_batch, read
+from ._input import array_namespace, describe_batch, map_batch, read
 from ._module import (
     LayerReached,
     Recreate,
@@ -49,7 +49,6 @@ from ._module import (
     same_weights,
     saved_modules,
     torch_dtype,
-    widened,
 )
 from ._output import Progress, array_api_target, check_like, fill
 
@@ -397,7 +396,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         while incoming is not None:
             compute.wait_stream(upload)
             inputs, rows = incoming
-            for tensor in batch_values(inputs):
+            for tensor in inputs.values() if isinstance(inputs, dict) else (inputs,):
                 tensor.record_stream(compute)  # allocated on `upload`, used here
             incoming = send()
             yield inputs, rows
@@ -484,7 +483,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if result.layout != torch.strided:  # sparse: to_numpy densifies it too
             result = result.to_dense()
         result = result.reshape(rows, -1)
-        if widened(result.dtype):
+        if is_extended_torch_dtype(result.dtype):
             result = result.float()
         return result
 
@@ -551,18 +550,12 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def _returned_dtype(self) -> str:
         """The NumPy name of the dtype transform returns for a module that keeps
         its input's dtype: dtype_ as NumPy holds it (bf16 and fp8 widened)."""
-        if self.dtype is None:
-            parameter = first_parameter(self.module)
-            if parameter is None:
-                return "float32"
-            dtype = parameter.dtype
-        else:
-            import torch
+        import torch
 
-            dtype = torch_dtype(torch, self.dtype)
-            if dtype is None:  # fit names it; tags must not raise
-                return str(self.dtype).removeprefix("torch.")
-        return returned_dtype_name(dtype)
+        try:
+            return returned_dtype_name(self._resolve_dtype(torch, self.module))
+        except ValueError:  # not a dtype: fit names it; tags must not raise
+            return str(self.dtype).removeprefix("torch.")
 
     def __getstate__(self):
         # Modules are stored through torch.save, so that one fitted on a GPU
