@@ -45,7 +45,7 @@ from collections import Counter
 
 import numpy as np
 
-from .. import _torch
+from .. import _torch, to_numpy
 
 EXTRA = "pip install 'tensorbridge[dask]'"
 _MODULE_FIELDS = ("module", "module_")
@@ -61,20 +61,14 @@ def is_dask_collection(X) -> bool:
             and bool(dask.is_dask_collection(X)))
 
 
-def _require(name):
-    """dask.array and distributed, or an ImportError naming the extra."""
+def _as_array(name, X):
+    """A dask array for ``X``; a Dask DataFrame is taken as to_dask_array(lengths=True)."""
     try:
         import dask.array as da
         import distributed  # noqa: F401 - part of the extra: the cluster side
     except ImportError as error:
         raise ImportError(f"{name}: a dask input needs dask[array] and distributed, which are "
                           f"not installed ({error}); install them with {EXTRA}") from error
-    return da
-
-
-def _as_array(name, X):
-    """A dask array for ``X``; a Dask DataFrame is taken as to_dask_array(lengths=True)."""
-    da = _require(name)
     if isinstance(X, da.Array):
         return X
     dd = sys.modules.get("dask.dataframe")
@@ -110,16 +104,6 @@ def _check_output(name, estimator):
                          "result.to_dask_dataframe(columns=list(model.get_feature_names_out()))")
 
 
-def _check_names(estimator, X):
-    """The feature-name checks scikit-learn makes on in-memory input, made once here
-    (the blocks reach workers as plain arrays)."""
-    from sklearn.utils.validation import _check_feature_names
-
-    meta = getattr(X, "_meta", None)  # an empty pandas frame for a Dask DataFrame
-    _check_feature_names(estimator, meta if hasattr(meta, "columns") else np.empty((0, 0)),
-                         reset=False)
-
-
 # -- blocks aligned to batches ------------------------------------------------------
 
 
@@ -139,11 +123,7 @@ def batch_aligned_chunks(row_chunks, batch_size):
 
 def _host_block(block):
     """A block as NumPy (dask's rechunk concatenates blocks with NumPy only)."""
-    if isinstance(block, np.ndarray):
-        return block
-    from .._core import to_numpy
-
-    return to_numpy(block)
+    return block if isinstance(block, np.ndarray) else to_numpy(block)
 
 
 def _prepare(X, batch_size):
@@ -183,13 +163,17 @@ def transform(estimator, X, batch_size=None):
     ``batch_size``: rows per forward call (block boundaries are aligned to it);
     None for a transformer that works row by row (ToNumpy).
     """
-    from sklearn.utils.validation import check_is_fitted
+    from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
     name = type(estimator).__name__
     check_is_fitted(estimator)
     array = _as_array(name, X)
     _check_structure(name, array)
-    _check_names(estimator, X)
+    # The feature-name checks scikit-learn makes on in-memory input, made once here
+    # (the blocks reach workers as plain arrays).
+    meta = getattr(X, "_meta", None)  # an empty pandas frame for a Dask DataFrame
+    _check_feature_names(estimator, meta if hasattr(meta, "columns") else np.empty((0, 0)),
+                         reset=False)
     _check_output(name, estimator)
     local = _block_estimator(estimator)
     # One row of zeros, made here (no block of X is read): the output's width and
@@ -223,7 +207,7 @@ def _block_estimator(estimator):
     """A shallow copy for the blocks: plain-array output, no feature names."""
     local = copy.copy(estimator)
     # set_output's wrapper would turn each block into a DataFrame, and a nameless block
-    # would warn against the names seen at fit (checked once, in _check_names).
+    # would warn against the names seen at fit (checked once, in transform).
     for attribute in ("_sklearn_output_config", "feature_names_in_"):
         vars(local).pop(attribute, None)
     return local

@@ -94,8 +94,8 @@ def check_sample_shape(estimator, shape):
         return
     name = type(estimator).__name__
     if isinstance(expected, dict) or isinstance(shape, dict):
-        raise ValueError(f"{name}: X has samples of shape {_describe(shape)}, but "
-                         f"{name} was fitted on samples of shape {_describe(expected)}; "
+        raise ValueError(f"{name}: X has samples of shape {shape}, but "
+                         f"{name} was fitted on samples of shape {expected}; "
                          "pass X of the kind and shape it was fitted on, or fit again")
     if len(shape) == len(expected) == 1:
         # 2-D X: scikit-learn's sentence (its checks look for it) says it all
@@ -105,12 +105,6 @@ def check_sample_shape(estimator, shape):
     raise ValueError(f"{name}: X has samples of shape {shape}, but {name} was "
                      f"fitted on samples of shape {expected}; pass X of that shape, or "
                      "fit again")
-
-
-def _describe(shape):
-    if isinstance(shape, dict):
-        return "{" + ", ".join(f"{name!r}: {value}" for name, value in shape.items()) + "}"
-    return str(shape)
 
 
 # -- X as one description -----------------------------------------------------------
@@ -166,8 +160,7 @@ def _validate_device_tensor(estimator, X, reset):
     if X.shape[0] < 1:
         raise ValueError(f"{_NAME}: X has 0 samples; at least 1 is required")
     if reset:
-        estimator.n_features_in_ = X.shape[1]
-        estimator.__dict__.pop("feature_names_in_", None)
+        _record_features(estimator, tuple(X.shape[1:]))
     elif X.shape[1] != estimator.n_features_in_:
         raise ValueError(f"X has {X.shape[1]} features, but {_NAME} is expecting "
                          f"{estimator.n_features_in_} features as input.")

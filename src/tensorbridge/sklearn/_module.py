@@ -142,15 +142,6 @@ def check_not_meta(module):
                 "load_state_dict(..., assign=True))")
 
 
-def first_parameter(module):
-    if not _torch.is_module(module):
-        return None
-    for tensor in _tensors(module):
-        if tensor.is_floating_point():
-            return tensor
-    return None
-
-
 def placed(torch, module, device, cast, shared):
     """A copy of `module` on `device` (floating tensors cast to `cast` unless
     None), in eval mode, each tensor copied once, straight to where it goes;
@@ -158,12 +149,12 @@ def placed(torch, module, device, cast, shared):
     if not isinstance(module, torch.nn.Module):
         return module  # a plain function: nothing to place
     if shared and cast is None:
-        where = next((tensor.device for tensor in _tensors(module)), torch.device("cpu"))
+        where = next((tensor.device for tensor in tensors_of(module)), torch.device("cpu"))
         if where.type == device.type and (where.index or 0) == (device.index or 0):
             return module.eval()
     memo = {}
     with torch.no_grad():
-        for tensor in _tensors(module):
+        for tensor in tensors_of(module):
             if id(tensor) in memo:
                 continue
             dtype = cast if cast is not None and tensor.is_floating_point() else None
@@ -178,15 +169,16 @@ def placed(torch, module, device, cast, shared):
     return copy.deepcopy(module, memo).eval()  # the rest (structure, attributes) as it is
 
 
-def _tensors(module):
+def tensors_of(module):
+    """A torch module's parameters and buffers; nothing for anything else."""
+    if not _torch.is_module(module):
+        return ()
     return itertools.chain(module.parameters(), module.buffers())
 
 
 def is_lazy(torch, module) -> bool:
     """Whether `module` has parameters or buffers whose shape is not known yet."""
-    return isinstance(module, torch.nn.Module) and any(
-        torch.nn.parameter.is_lazy(tensor)
-        for tensor in _tensors(module))
+    return any(torch.nn.parameter.is_lazy(tensor) for tensor in tensors_of(module))
 
 
 def same_weights(torch, source, module_, cast) -> bool:
@@ -236,10 +228,9 @@ def loaded_modules(torch, state):
         state["device_"] = device = torch.device("cpu")
     for key in ("module", "module_"):
         if isinstance(state.get(key), SavedModule):
-            if key == "module_":
-                location = device
-            else:  # the user's module: where it was, or the CPU when that is gone
-                location = None if torch.cuda.is_available() else "cpu"
+            # the user's module: where it was, or the CPU when that is gone
+            location = device if key == "module_" else \
+                (None if torch.cuda.is_available() else "cpu")
             saved = io.BytesIO(state[key].data)
             with quiet_torchscript():
                 state[key] = (
@@ -262,9 +253,7 @@ def quiet_torchscript():
 
 
 class SavedModule:
-    """A torch module serialised with torch.save (a TorchScript module, traced
-    or scripted, with torch.jit.save, which alone can), inside a pickled
-    estimator."""
+    """A torch module inside a pickled estimator, as ``saved_modules`` saved it."""
 
     script = False  # what pickles written before TorchScript modules were saved mean
 
