@@ -39,7 +39,7 @@ from sklearn.utils.validation import (
 )
 
 from .. import _torch, collect
-from ._input import check_sample_shape, on_host, record_sample_shape, validatable
+from ._input import on_host, sample_shape, validatable
 
 _SEED_BOUND = 2**63 - 1
 _STACKED_SAMPLES = 256  # per-sample results stacked into one batch for collect
@@ -51,11 +51,7 @@ _PREDICT_METHODS = ("predict", "predict_proba", "predict_log_proba", "decision_f
 
 
 def _estimator_has(method):
-    def check(self):
-        source = getattr(self, "estimator_", self.estimator)
-        return hasattr(source, method)
-
-    return check
+    return lambda self: hasattr(getattr(self, "estimator_", self.estimator), method)
 
 
 class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
@@ -217,7 +213,6 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         rows = self._with_views(X, self.n_views, rng)
         # Drawn after the training views', which stay those of a fit without it.
         self._test_seed = int(rng.randint(0, _SEED_BOUND, dtype=np.int64))
-        record_sample_shape(self, X.shape[1:])
         repeat = np.tile(np.arange(n), 1 + self.n_views)
         fit_params = {key: _repeated(value, n, repeat) for key, value in fit_params.items()}
         self.estimator_ = clone(self.estimator).fit(
@@ -232,9 +227,9 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         allow_nan = get_tags(self.estimator).input_tags.allow_nan
         X = validate_data(self, X, reset=reset, dtype="numeric", allow_nd=True,
                           ensure_min_samples=1, ensure_all_finite=not allow_nan)
-        if not reset and self.flatten:
+        if reset or self.flatten:
             # Flattened, (n, 4, 16) and (n, 8, 8) would both pass as 64 features.
-            check_sample_shape(self, X.shape[1:])
+            sample_shape(self, X.shape[1:], reset)
         return X
 
     def _with_views(self, X, n_views, rng):
@@ -279,9 +274,10 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         ``collect`` has written by then), ``restore(start, stop)`` puts the
         samples back."""
         augment, batch_size = self.augment, self.batch_size
-        passing = _generator_passing(augment)
+        passing = _generator_passing(augment)  # how it takes its generator
+        call = augment if passing != "keyword" else (
+            lambda samples, generator: augment(samples, generator=generator))
         if batch_size is not None and passing:
-            call = _caller(augment, passing)
             starts = range(0, len(samples), batch_size)
             seeds = rng.randint(0, _SEED_BOUND, size=(n_views, len(starts)), dtype=np.int64)
             generator = torch.Generator()
@@ -299,7 +295,7 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         seeds = rng.randint(0, _SEED_BOUND, size=(n_views, len(samples)), dtype=np.int64)
         stacked = batch_size or _STACKED_SAMPLES
         if passing:
-            generator, call = torch.Generator(), _caller(augment, passing)
+            generator = torch.Generator()
 
             def one(sample, seed):
                 generator.manual_seed(seed)
@@ -345,9 +341,11 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         # Without routing, the parameters go to the estimator's method as given.
         return Bunch(**{name: params for name in _PREDICT_METHODS})
 
-    def _averaged(self, method, X, params):
+    def _averaged(self, method, X, params, caller=None):
         """``estimator_.<method>`` over the rows of ``X``, averaged over the
-        original and the test-time views of each sample."""
+        original and the test-time views of each sample; ``params`` are those
+        of ``caller`` (by default ``method``), routed."""
+        params = self._routed(caller or method, params)[method]
         rows = self._rows(X, self.test_views)
         result = getattr(self.estimator_, method)(rows, **params)
         if not self.test_views:
@@ -362,36 +360,36 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         """``estimator_.predict`` on ``X``; with ``test_views``, the prediction
         of the outputs averaged over the views (see ``test_views``)."""
         check_is_fitted(self)
-        routed = self._routed("predict", params)
         if not self.test_views:
-            return self.estimator_.predict(self._rows(X, 0), **routed.predict)
+            routed = self._routed("predict", params).predict
+            return self.estimator_.predict(self._rows(X, 0), **routed)
         tags = get_tags(self.estimator_)
         if tags.estimator_type == "regressor":
-            return self._averaged("predict", X, routed.predict)
+            return self._averaged("predict", X, params)
         if tags.estimator_type != "classifier":
             raise ValueError(f"{type(self).__name__}: test_views={self.test_views} averages "
                              "predictions of a classifier or a regressor, but "
                              f"{type(self.estimator_).__name__} is neither; use test_views=0")
         classes = self.classes_
         if hasattr(self.estimator_, "predict_proba"):
-            scores = self._averaged("predict_proba", X, routed.predict_proba)
+            scores = self._averaged("predict_proba", X, params, "predict")
             if isinstance(scores, list):
                 return np.stack([c[np.argmax(s, axis=1)] for c, s in zip(classes, scores)],
                                 axis=1)
             return classes[np.argmax(scores, axis=1)]
         if hasattr(self.estimator_, "decision_function"):
-            scores = self._averaged("decision_function", X, routed.decision_function)
+            scores = self._averaged("decision_function", X, params, "predict")
             if scores.ndim == 1:
                 return classes[(scores > 0).astype(int)]
             return classes[np.argmax(scores, axis=1)]
-        votes = self.estimator_.predict(self._rows(X, self.test_views), **routed.predict)
+        votes = self.estimator_.predict(self._rows(X, self.test_views),
+                                        **self._routed("predict", params).predict)
         return _most_frequent(votes, 1 + self.test_views)
 
     @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X, **params):
         """``estimator_.predict_proba`` on ``X``, averaged over ``test_views``."""
-        return self._averaged("predict_proba", X, self._routed("predict_proba",
-                                                               params).predict_proba)
+        return self._averaged("predict_proba", X, params)
 
     @available_if(_estimator_has("predict_log_proba"))
     def predict_log_proba(self, X, **params):
@@ -400,16 +398,14 @@ class AugmentedEstimator(MetaEstimatorMixin, BaseEstimator):
         if not self.test_views:
             return self.estimator_.predict_log_proba(
                 self._rows(X, 0), **self._routed("predict_log_proba", params).predict_log_proba)
-        proba = self._averaged("predict_proba", X,
-                               self._routed("predict_log_proba", params).predict_proba)
+        proba = self._averaged("predict_proba", X, params, "predict_log_proba")
         with np.errstate(divide="ignore"):  # a class no view gives any probability: -inf
             return [np.log(p) for p in proba] if isinstance(proba, list) else np.log(proba)
 
     @available_if(_estimator_has("decision_function"))
     def decision_function(self, X, **params):
         """``estimator_.decision_function`` on ``X``, averaged over ``test_views``."""
-        return self._averaged("decision_function", X,
-                              self._routed("decision_function", params).decision_function)
+        return self._averaged("decision_function", X, params)
 
     @available_if(_estimator_has("transform"))
     def transform(self, X, **params):
@@ -520,13 +516,6 @@ def _generator_passing(augment):
     if len(positional) >= 2 and positional[1].default is inspect.Parameter.empty:
         return "positional"
     return None
-
-
-def _caller(augment, passing):
-    """``call(samples, generator)``: ``augment`` with its generator passed as it takes it."""
-    if passing == "keyword":
-        return lambda samples, generator: augment(samples, generator=generator)
-    return augment
 
 
 def _check_counts(estimator):

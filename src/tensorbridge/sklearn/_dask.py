@@ -1,37 +1,28 @@
 """TorchTransformer and ToNumpy over dask arrays and Dask DataFrames.
 
-Design note. A dask input is recognised through ``sys.modules`` (a dask
-collection can only exist once dask is imported), so nothing here imports
-dask until one arrives. ``transform`` builds a lazy graph and computes nothing:
+Design note. A dask input is recognised through ``sys.modules``, so nothing
+here imports dask until one arrives. ``transform`` builds a lazy graph:
 
 - rows are rechunked so that every block boundary is a multiple of
-  ``batch_size`` counted from row 0, and every other axis is one chunk. Each
-  block then splits into exactly the batches the in-memory transform would
-  make, so the results are equal bit for bit;
-- the output's chunks and dtype are known up front (``map_blocks`` with
-  ``chunks`` and ``dtype``): its width and dtype from one call of
-  ``transform`` on a single row of zeros made here (no block of ``X`` is
-  read), which also raises the in-memory errors for a wrong sample shape. A Dask DataFrame
-  is taken as ``to_dask_array(lengths=True)``, which counts its partitions'
-  rows: the one pass it needs;
-- each block runs the estimator's own ``transform`` on the worker, so the
-  checks it makes on NumPy input (NaN/inf, shape) run per block at compute
-  time, with the same errors;
-- the fitted estimator travels as one serialised payload, never once per
-  block: one literal key of the graph that every block depends on. On a
-  distributed cluster the scheduler holds that key's bytes as it holds any
-  task, so when the workers holding it are lost it hands them again to
-  whichever worker needs them, and a lost worker costs time, never the
-  result (data that was only scattered is never re-sent: a lost scattered
-  estimator would fail the computation). It is deserialised once per worker
-  process (a cache keyed by the payload's digest), onto that worker's own
-  device (``worker_device``), so a restarted worker loads it once more. It is
-  freed with the payload, when dask releases it; each process keeps only the
+  ``batch_size`` counted from row 0, and every other axis is one chunk: each
+  block splits into the batches the in-memory transform makes, so the results
+  are equal bit for bit;
+- the output's width and dtype come from ``transform`` on one row of zeros
+  made here (no block of ``X`` is read), which also raises the in-memory errors
+  for a wrong sample shape. A Dask DataFrame is taken as
+  ``to_dask_array(lengths=True)``: the one pass it needs;
+- each block runs the estimator's own ``transform`` on the worker, with the
+  checks (NaN/inf, shape) and errors it makes on NumPy input;
+- the fitted estimator travels as one serialised payload: one literal key of
+  the graph that every block depends on, which a distributed scheduler hands
+  again to any worker after one holding it is lost (a scattered estimator
+  could not be recreated). It is deserialised once per worker process (a
+  cache keyed by the payload's digest), onto that worker's own device
+  (``worker_device``), and freed with the payload; each process keeps the
   last module it loaded, for the next computation of the same model.
 
 ``fit`` reads metadata (shape, dtype, column names) and one row of the first
-non-empty block; training needs every row only for a skorch ``NeuralNet``,
-whose data is then computed.
+non-empty block; only a skorch ``NeuralNet`` trains on every row, computed.
 
 Estimators that take no dask arrays (``AugmentedEstimator``, or a scikit-learn
 estimator fed by the features) are reached through dask_ml's
@@ -54,7 +45,7 @@ from collections import Counter
 
 import numpy as np
 
-from .. import _torch
+from .. import _torch, to_numpy
 
 EXTRA = "pip install 'tensorbridge[dask]'"
 _MODULE_FIELDS = ("module", "module_")
@@ -70,20 +61,14 @@ def is_dask_collection(X) -> bool:
             and bool(dask.is_dask_collection(X)))
 
 
-def _require(name):
-    """dask.array and distributed, or an ImportError naming the extra."""
+def _as_array(name, X):
+    """A dask array for ``X``; a Dask DataFrame is taken as to_dask_array(lengths=True)."""
     try:
         import dask.array as da
         import distributed  # noqa: F401 - part of the extra: the cluster side
     except ImportError as error:
         raise ImportError(f"{name}: a dask input needs dask[array] and distributed, which are "
                           f"not installed ({error}); install them with {EXTRA}") from error
-    return da
-
-
-def _as_array(name, X):
-    """A dask array for ``X``; a Dask DataFrame is taken as to_dask_array(lengths=True)."""
-    da = _require(name)
     if isinstance(X, da.Array):
         return X
     dd = sys.modules.get("dask.dataframe")
@@ -119,16 +104,6 @@ def _check_output(name, estimator):
                          "result.to_dask_dataframe(columns=list(model.get_feature_names_out()))")
 
 
-def _check_names(estimator, X):
-    """The feature-name checks scikit-learn makes on in-memory input, made once here
-    (the blocks reach workers as plain arrays)."""
-    from sklearn.utils.validation import _check_feature_names
-
-    meta = getattr(X, "_meta", None)  # an empty pandas frame for a Dask DataFrame
-    _check_feature_names(estimator, meta if hasattr(meta, "columns") else np.empty((0, 0)),
-                         reset=False)
-
-
 # -- blocks aligned to batches ------------------------------------------------------
 
 
@@ -146,24 +121,16 @@ def batch_aligned_chunks(row_chunks, batch_size):
     return (size,) * (n // size) + ((n % size,) if n % size else ())
 
 
-def _aligned(X, batch_size):
-    rows_ok = batch_size is None or all(
-        int(b) % batch_size == 0 for b in np.cumsum(X.chunks[0])[:-1])
-    return rows_ok and all(len(axis) == 1 for axis in X.chunks[1:])
-
-
 def _host_block(block):
     """A block as NumPy (dask's rechunk concatenates blocks with NumPy only)."""
-    if isinstance(block, np.ndarray):
-        return block
-    from .._core import to_numpy
-
-    return to_numpy(block)
+    return block if isinstance(block, np.ndarray) else to_numpy(block)
 
 
 def _prepare(X, batch_size):
     """``X`` with batch-aligned rows and one chunk across every other axis."""
-    if _aligned(X, batch_size):
+    rows_aligned = batch_size is None or all(
+        int(b) % batch_size == 0 for b in np.cumsum(X.chunks[0])[:-1])
+    if rows_aligned and all(len(axis) == 1 for axis in X.chunks[1:]):
         return X
     rows = X.chunks[0] if batch_size is None else batch_aligned_chunks(X.chunks[0], batch_size)
     host = X.map_blocks(_host_block, dtype=X.dtype)
@@ -178,7 +145,7 @@ def fit(estimator, X, y=None, **fit_params):
     block (a skorch net: on every row of ``X`` and ``y``, computed, with ``fit_params``)."""
     name = type(estimator).__name__
     array = _as_array(name, X)
-    if _trains_on_rows(estimator):  # a skorch NeuralNet learns from every row
+    if _torch.is_skorch_net(getattr(estimator, "module", None)):  # learns from every row
         y = y.compute() if is_dask_collection(y) else y
         return estimator.fit(X.compute(), y, **fit_params)
     _check_structure(name, array)
@@ -190,23 +157,23 @@ def fit(estimator, X, y=None, **fit_params):
     return estimator.fit(head, **fit_params)  # a module without a net takes none: its error
 
 
-def _trains_on_rows(estimator):
-    return _torch.is_skorch_net(getattr(estimator, "module", None))
-
-
 def transform(estimator, X, batch_size=None):
     """The lazy dask array of ``estimator.transform`` over the blocks of ``X``.
 
     ``batch_size``: rows per forward call (block boundaries are aligned to it);
     None for a transformer that works row by row (ToNumpy).
     """
-    from sklearn.utils.validation import check_is_fitted
+    from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
     name = type(estimator).__name__
     check_is_fitted(estimator)
     array = _as_array(name, X)
     _check_structure(name, array)
-    _check_names(estimator, X)
+    # The feature-name checks scikit-learn makes on in-memory input, made once here
+    # (the blocks reach workers as plain arrays).
+    meta = getattr(X, "_meta", None)  # an empty pandas frame for a Dask DataFrame
+    _check_feature_names(estimator, meta if hasattr(meta, "columns") else np.empty((0, 0)),
+                         reset=False)
     _check_output(name, estimator)
     local = _block_estimator(estimator)
     # One row of zeros, made here (no block of X is read): the output's width and
@@ -240,7 +207,7 @@ def _block_estimator(estimator):
     """A shallow copy for the blocks: plain-array output, no feature names."""
     local = copy.copy(estimator)
     # set_output's wrapper would turn each block into a DataFrame, and a nameless block
-    # would warn against the names seen at fit (checked once, in _check_names).
+    # would warn against the names seen at fit (checked once, in transform).
     for attribute in ("_sklearn_output_config", "feature_names_in_"):
         vars(local).pop(attribute, None)
     return local
@@ -250,25 +217,20 @@ def _block_estimator(estimator):
 
 
 def _ship(local):
-    """The graph's handle on the estimator: one literal key that every block task
-    depends on. The local schedulers hand it to the blocks as it is (no copy); a
-    distributed scheduler keeps it as a task of the graph, which it can run again
-    on any worker after the one holding its result is lost (a scattered future
-    could not be recreated). A fresh key per graph, computed from nothing: the
-    payload is serialised only when a distributed client sends the graph."""
+    """The graph's handle on the estimator (see the design note): a fresh key
+    per graph; local schedulers hand it to the blocks as it is, and the payload
+    is serialised only when a distributed client sends the graph."""
     import dask
 
     shipped = _Shipped(local)
     return dask.delayed(shipped, name=f"tensorbridge-estimator-{shipped.key}", pure=True)
 
 
-# Per process: how many times each payload was deserialised (for tests and
-# diagnostics); the estimators alive, so that copies of one payload share one
-# load; and the last one loaded that carried a module, kept after dask drops its
-# payload: a worker drops the copies it fetched from others once its own blocks
-# are done, and fetches them again for the next computation (or a stolen block).
-# An estimator without a module (ToNumpy) costs nothing to load, and must not
-# push out the module that the next graph of the same model needs again.
+# Per process: loads per payload (for tests and diagnostics); the estimators
+# alive, so that copies of one payload share one load; and the last one loaded
+# with a module, kept after dask drops its payload, for the next computation
+# (an estimator without one, ToNumpy, costs nothing to load and must not push
+# it out).
 _loads: Counter = Counter()
 _live: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _last_loaded = None

@@ -5,8 +5,8 @@ and other DLPack producers, dicts of them, torch Datasets and DataLoaders)
 into one ``Input``: its rows, per-sample shape and a batch iterator. The
 other estimators take arrays only, through the same helpers: ``on_host`` and
 ``validatable`` make a tensor what scikit-learn's validation reads, and
-``record_sample_shape``/``check_sample_shape`` keep the public fitted
-attribute ``sample_shape_in_`` of all four, with one wording for a mismatch.
+``sample_shape`` records or checks the public fitted attribute
+``sample_shape_in_`` of all four, with one wording for a mismatch.
 ``library_of`` recognises foreign arrays by the module that made their type,
 without importing anything.
 """
@@ -37,10 +37,6 @@ def library_of(X) -> str:
     return type(X).__module__.partition(".")[0]
 
 
-def is_cupy_array(X) -> bool:
-    return library_of(X) == "cupy" and type(X).__name__ == "ndarray"
-
-
 def is_tensor_like(X) -> bool:
     """A torch tensor, or any DLPack producer that is not a NumPy array."""
     if _torch.is_tensor(X):
@@ -66,9 +62,13 @@ def validatable(array):
 # -- the per-sample shape, recorded at fit and checked after ----------------------------
 
 
-def record_sample_shape(estimator, shape):
-    """``sample_shape_in_``: the shape of one sample (a dict of them for a dict X)."""
-    estimator.sample_shape_in_ = tuple(shape) if not isinstance(shape, dict) else shape
+def sample_shape(estimator, shape, reset):
+    """Records (reset) ``sample_shape_in_``, the shape of one sample (a dict of
+    them for a dict X), or checks `shape` against it."""
+    if not reset:
+        check_sample_shape(estimator, shape)
+    else:
+        estimator.sample_shape_in_ = tuple(shape) if not isinstance(shape, dict) else shape
 
 
 def fitted_sample_shape(estimator):
@@ -94,8 +94,8 @@ def check_sample_shape(estimator, shape):
         return
     name = type(estimator).__name__
     if isinstance(expected, dict) or isinstance(shape, dict):
-        raise ValueError(f"{name}: X has samples of shape {_describe(shape)}, but "
-                         f"{name} was fitted on samples of shape {_describe(expected)}; "
+        raise ValueError(f"{name}: X has samples of shape {shape}, but "
+                         f"{name} was fitted on samples of shape {expected}; "
                          "pass X of the kind and shape it was fitted on, or fit again")
     if len(shape) == len(expected) == 1:
         # 2-D X: scikit-learn's sentence (its checks look for it) says it all
@@ -105,12 +105,6 @@ def check_sample_shape(estimator, shape):
     raise ValueError(f"{name}: X has samples of shape {shape}, but {name} was "
                      f"fitted on samples of shape {expected}; pass X of that shape, or "
                      "fit again")
-
-
-def _describe(shape):
-    if isinstance(shape, dict):
-        return "{" + ", ".join(f"{name!r}: {value}" for name, value in shape.items()) + "}"
-    return str(shape)
 
 
 # -- X as one description -----------------------------------------------------------
@@ -136,10 +130,7 @@ def read(estimator, X, reset):
         source = _array_input(estimator, X, reset)
     if source.kind != "array" and reset:
         _record_features(estimator, source.sample_shape)
-    if reset:
-        record_sample_shape(estimator, source.sample_shape)
-    else:
-        check_sample_shape(estimator, source.sample_shape)
+    sample_shape(estimator, source.sample_shape, reset)
     return source
 
 
@@ -169,8 +160,7 @@ def _validate_device_tensor(estimator, X, reset):
     if X.shape[0] < 1:
         raise ValueError(f"{_NAME}: X has 0 samples; at least 1 is required")
     if reset:
-        estimator.n_features_in_ = X.shape[1]
-        estimator.__dict__.pop("feature_names_in_", None)
+        _record_features(estimator, tuple(X.shape[1:]))
     elif X.shape[1] != estimator.n_features_in_:
         raise ValueError(f"X has {X.shape[1]} features, but {_NAME} is expecting "
                          f"{estimator.n_features_in_} features as input.")
@@ -189,17 +179,12 @@ def _dict_input(X):
             raise TypeError(f"{_NAME}: X is a dict, so its keys are the module's keyword "
                             f"arguments, but key {name!r} is not a Python name")
         value = on_device(value)
-        if _torch.is_tensor(value) and value.device.type != "cpu":
-            if value.ndim < 1:
-                raise ValueError(f"{_NAME}: X[{name!r}] is 0-d; every input needs a leading "
-                                 "(sample) dimension")
-        else:
-            value = validatable(on_host(value))
-            if np.ndim(value) < 1:
-                raise ValueError(f"{_NAME}: X[{name!r}] is 0-d; every input needs a "
-                                 "leading (sample) dimension")
-            value = check_array(value, dtype="numeric", ensure_2d=False, allow_nd=True,
-                                input_name=f"X[{name!r}]")
+        if np.ndim(value) < 1:
+            raise ValueError(f"{_NAME}: X[{name!r}] is 0-d; every input needs a leading "
+                             "(sample) dimension")
+        if not _torch.is_tensor(value) or value.device.type == "cpu":
+            value = check_array(validatable(on_host(value)), dtype="numeric", ensure_2d=False,
+                                allow_nd=True, input_name=f"X[{name!r}]")
         columns[name], lengths[name] = value, value.shape[0]
     if len(set(lengths.values())) != 1:
         raise ValueError(f"{_NAME}: the arrays of X have different lengths {lengths}; every "
@@ -265,30 +250,14 @@ def _dataset_input(dataset, data_module):
         except TypeError:
             raise TypeError(f"{_NAME}: X is a map-style Dataset without __len__; give it "
                             "__len__, or make it an IterableDataset") from None
-        if n < 1:
-            raise ValueError(f"{_NAME}: X is an empty Dataset; at least 1 sample is required")
-
-    def items():
-        return iter(dataset) if iterable else (dataset[i] for i in range(n))
-
-    # The probe's stream is resumed by the first pass over the batches: each
-    # item is read once per fit or transform (its first item not twice).
-    probe = items()
-    try:
-        first = _item_input(next(probe), "item 0")
-    except StopIteration:
-        raise ValueError(f"{_NAME}: X is an empty Dataset; at least 1 sample is required") \
-            from None
-    shape = tuple(first.shape)
-    resume = [probe]
+    first, passes = _probed(lambda: iter(dataset) if iterable
+                            else (dataset[i] for i in range(n)))
+    if first is _NONE:
+        raise ValueError(f"{_NAME}: X is an empty Dataset; at least 1 sample is required")
+    shape = tuple(_item_input(first, "item 0").shape)
 
     def samples():
-        if resume:
-            stream, start = resume.pop(), 1
-            yield first
-        else:
-            stream, start = items(), 0
-        for index, item in enumerate(stream, start):
+        for index, item in enumerate(passes()):
             sample = _item_input(item, f"item {index}")
             if tuple(sample.shape) != shape:
                 raise ValueError(f"{_NAME}: Dataset item {index} has shape "
@@ -306,7 +275,21 @@ def _dataset_input(dataset, data_module):
     return Input("dataset", dataset, None if iterable else n, shape, batches=batches)
 
 
-_NO_BATCH = object()
+_NONE = object()
+
+
+def _probed(make):
+    """(the first item of ``make()``, or _NONE; ``passes``): each ``passes()``
+    iterates the items, the first by resuming the probe's stream, so that a fit
+    or transform reads each item once (and starts a DataLoader's workers once)."""
+    probe = make()
+    first = next(probe, _NONE)
+    resume = [probe]
+
+    def passes():
+        return itertools.chain([first], resume.pop()) if resume else make()
+
+    return first, passes
 
 
 def _loader_input(loader, data_module):
@@ -329,23 +312,19 @@ def _loader_input(loader, data_module):
             n = len(loader.dataset)
         except TypeError:
             pass
-
-    # The probe's iterator is resumed by the first pass over the batches: a
-    # loader (its worker processes) is started once per pass, not twice.
-    probe = iter(loader)
-    probed = next(probe, _NO_BATCH)
-    resume = [probe]
+    first, passes = _probed(lambda: iter(loader))
+    if first is _NONE:
+        raise ValueError(f"{_NAME}: the DataLoader yields no batch; at least 1 sample is "
+                         "required")
+    shape = tuple(_loader_batch(first, 0).shape[1:])
 
     def batches(batch_size):  # the loader's own batches, as they come
-        if resume:
-            stream = itertools.chain([probed], resume.pop())
-        else:
-            stream = iter(loader)
-        for index, batch in enumerate(stream):
-            batch = _item_input(batch, f"batch {index}")
-            if batch.ndim < 1:
-                raise ValueError(f"{_NAME}: DataLoader batch {index} is 0-d; batches need a "
-                                 "leading (sample) dimension")
+        for index, batch in enumerate(passes()):
+            batch = _loader_batch(batch, index)
+            if tuple(batch.shape[1:]) != shape:
+                raise ValueError(f"{_NAME}: DataLoader batch {index} has samples of shape "
+                                 f"{tuple(batch.shape[1:])}, but batch 0 has {shape}; every "
+                                 "sample must have one shape")
             yield batch, batch.shape[0], False
 
     def batch_count(batch_size):
@@ -354,24 +333,15 @@ def _loader_input(loader, data_module):
         except TypeError:
             return None
 
-    if probed is _NO_BATCH:
-        raise ValueError(f"{_NAME}: the DataLoader yields no batch; at least 1 sample is "
-                         "required")
-    first = _item_input(probed, "batch 0")
-    if first.ndim < 1:
-        raise ValueError(f"{_NAME}: DataLoader batch 0 is 0-d; batches need a leading (sample) "
-                         "dimension")
-    shape = tuple(first.shape[1:])
+    return Input("loader", loader, n, shape, batch_counter=batch_count, batches=batches)
 
-    def checked(batch_size):
-        for index, (batch, rows, owned) in enumerate(batches(batch_size)):
-            if tuple(batch.shape[1:]) != shape:
-                raise ValueError(f"{_NAME}: DataLoader batch {index} has samples of shape "
-                                 f"{tuple(batch.shape[1:])}, but batch 0 has {shape}; every "
-                                 "sample must have one shape")
-            yield batch, rows, owned
 
-    return Input("loader", loader, n, shape, batch_counter=batch_count, batches=checked)
+def _loader_batch(batch, index):
+    batch = _item_input(batch, f"batch {index}")
+    if batch.ndim < 1:
+        raise ValueError(f"{_NAME}: DataLoader batch {index} is 0-d; batches need a leading "
+                         "(sample) dimension")
+    return batch
 
 
 def _item_input(item, where):
@@ -427,10 +397,6 @@ def map_batch(batch, function):
     if isinstance(batch, dict):
         return {name: function(value, name) for name, value in batch.items()}
     return function(batch, None)
-
-
-def batch_values(batch):
-    return batch.values() if isinstance(batch, dict) else (batch,)
 
 
 def describe_batch(inputs):

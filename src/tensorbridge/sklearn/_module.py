@@ -20,21 +20,17 @@ import warnings
 
 from sklearn.utils._param_validation import InvalidParameterError
 
-from .. import _torch
+from .. import _driver, _torch
 from .._dtypes import is_extended_torch_dtype, numpy_dtype
 
 _NAME = "TorchTransformer"
 
 
-def widened(dtype) -> bool:
-    """Whether outputs of torch `dtype` are returned as float32: NumPy has no
-    dtype of its own for it (bfloat16, float8), and float32 holds each value."""
-    return is_extended_torch_dtype(dtype)
-
-
 def returned_dtype_name(dtype) -> str:
-    """The NumPy name of the dtype an output of torch `dtype` is returned in."""
-    if widened(dtype):
+    """The NumPy name of the dtype an output of torch `dtype` is returned in:
+    float32 for those NumPy has no dtype of its own for (bfloat16, float8),
+    which holds each of their values."""
+    if is_extended_torch_dtype(dtype):
         return "float32"
     try:
         return numpy_dtype(dtype).name
@@ -42,31 +38,45 @@ def returned_dtype_name(dtype) -> str:
         return str(dtype).removeprefix("torch.")
 
 
-def resolve_device(torch, device_given):
-    """`device_given` (the ``device`` parameter) as a torch device this machine has."""
-    if isinstance(device_given, str) and device_given == "auto":
+def resolve_device(torch, given, name=_NAME):
+    """`given` (a ``device`` parameter) as a torch device this machine has:
+    TorchTransformer's may be "auto" (CUDA when available, else the CPU); for
+    ToDevice, CUDA where torch has none is refused saying why."""
+    auto = name == _NAME
+    if auto and isinstance(given, str) and given == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    usable = "'auto', 'cpu' or 'cuda:N'" if auto else "'cpu', 'cuda' or 'cuda:N'"
     try:
-        device = torch.device(device_given)
+        device = torch.device(given)
     except (RuntimeError, TypeError, ValueError) as error:
-        raise ValueError(f"{_NAME}: device={device_given!r} is not a torch device; "
-                         "use 'auto', 'cpu' or 'cuda:N'") from error
+        raise ValueError(f"{name}: device={given!r} is not a torch device; use {usable}") \
+            from error
     if device.type == "cuda":
+        if not auto and not torch.cuda.is_available():
+            raise ValueError(f"{name}: torch cannot allocate on device={given!r} here: "
+                             + cuda_is_unusable("torch.cuda.is_available()",
+                                                "use device='cpu'"))
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (device.index or 0) >= count:
-            raise ValueError(f"{_NAME}: device={device_given!r} does not exist here "
-                             f"({count} CUDA devices); use device='auto' or 'cpu'")
+            raise ValueError(f"{name}: device={given!r} does not exist here ({count} CUDA "
+                             f"devices); use {usable}")
     elif device.type == "meta":
-        raise ValueError(f"{_NAME}: device={device_given!r} holds no data, so no features "
-                         "can come from it; use 'auto', 'cpu' or 'cuda:N'")
+        raise ValueError(f"{name}: device={given!r} holds no data, so nothing can come "
+                         f"from it; use {usable}")
     elif device.type != "cpu":
         try:  # mps, xpu, ...: only torch knows whether this build and machine have one
             torch.empty(1, device=device)
         except Exception as error:  # torch raises several kinds
-            raise ValueError(f"{_NAME}: device={device_given!r} cannot be used here (torch "
-                             f"says: {str(error).splitlines()[0]}); use 'auto', 'cpu' or "
-                             "'cuda:N'") from error
+            raise ValueError(f"{name}: device={given!r} cannot be used here (torch says: "
+                             f"{str(error).splitlines()[0]}); use {usable}") from error
     return device
+
+
+def cuda_is_unusable(owner: str, available: str) -> str:
+    """Why CUDA cannot be used: the namespace's own answer, and tensorbridge's."""
+    status = _driver.cuda_status()
+    ours = "CUDA usable" if status["available"] else status["reason"]
+    return f"{owner} is False (tensorbridge.cuda_status(): {ours}); {available}"
 
 
 def check_layer(torch, module, layer):
@@ -132,26 +142,19 @@ def check_not_meta(module):
                 "load_state_dict(..., assign=True))")
 
 
-def first_parameter(module):
-    if not _torch.is_module(module):
-        return None
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        if tensor.is_floating_point():
-            return tensor
-    return None
-
-
 def placed(torch, module, device, cast, shared):
     """A copy of `module` on `device` (floating tensors cast to `cast` unless
     None), in eval mode, each tensor copied once, straight to where it goes;
     `module` itself when `shared` and it is already there as it should be."""
     if not isinstance(module, torch.nn.Module):
         return module  # a plain function: nothing to place
-    if shared and cast is None and _same_device(_module_device(module), device):
-        return module.eval()
+    if shared and cast is None:
+        where = next((tensor.device for tensor in tensors_of(module)), torch.device("cpu"))
+        if where.type == device.type and (where.index or 0) == (device.index or 0):
+            return module.eval()
     memo = {}
     with torch.no_grad():
-        for tensor in itertools.chain(module.parameters(), module.buffers()):
+        for tensor in tensors_of(module):
             if id(tensor) in memo:
                 continue
             dtype = cast if cast is not None and tensor.is_floating_point() else None
@@ -166,23 +169,16 @@ def placed(torch, module, device, cast, shared):
     return copy.deepcopy(module, memo).eval()  # the rest (structure, attributes) as it is
 
 
+def tensors_of(module):
+    """A torch module's parameters and buffers; nothing for anything else."""
+    if not _torch.is_module(module):
+        return ()
+    return itertools.chain(module.parameters(), module.buffers())
+
+
 def is_lazy(torch, module) -> bool:
     """Whether `module` has parameters or buffers whose shape is not known yet."""
-    return isinstance(module, torch.nn.Module) and any(
-        torch.nn.parameter.is_lazy(tensor)
-        for tensor in itertools.chain(module.parameters(), module.buffers()))
-
-
-def _same_device(a, b) -> bool:
-    return a.type == b.type and (a.index or 0) == (b.index or 0)
-
-
-def _module_device(module):
-    import torch
-
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    return any(torch.nn.parameter.is_lazy(tensor) for tensor in tensors_of(module))
 
 
 def same_weights(torch, source, module_, cast) -> bool:
@@ -232,10 +228,9 @@ def loaded_modules(torch, state):
         state["device_"] = device = torch.device("cpu")
     for key in ("module", "module_"):
         if isinstance(state.get(key), SavedModule):
-            if key == "module_":
-                location = device
-            else:  # the user's module: where it was, or the CPU when that is gone
-                location = None if torch.cuda.is_available() else "cpu"
+            # the user's module: where it was, or the CPU when that is gone
+            location = device if key == "module_" else \
+                (None if torch.cuda.is_available() else "cpu")
             saved = io.BytesIO(state[key].data)
             with quiet_torchscript():
                 state[key] = (
@@ -258,9 +253,7 @@ def quiet_torchscript():
 
 
 class SavedModule:
-    """A torch module serialised with torch.save (a TorchScript module, traced
-    or scripted, with torch.jit.save, which alone can), inside a pickled
-    estimator."""
+    """A torch module inside a pickled estimator, as ``saved_modules`` saved it."""
 
     script = False  # what pickles written before TorchScript modules were saved mean
 

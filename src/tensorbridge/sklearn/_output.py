@@ -3,8 +3,7 @@
 The container scikit-learn's ``set_output`` asks for (``transform_output``);
 under array API dispatch, where the result is written (``array_api_target``)
 and the one small writer of that tensor on X's device (``fill``: a NumPy
-result is ``collect``'s, on every device); the check that every batch brings
-one width and dtype (``check_like``); the progress line of ``verbose=1``.
+result is ``collect``'s, on every device); the progress line of ``verbose=1``.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import time
 from sklearn import get_config
 
 from .. import _dlpack
-from ._input import array_namespace, is_cupy_array
+from ._input import array_namespace, library_of
 
 _NAME = "TorchTransformer"  # the one estimator that writes batch by batch
 
@@ -51,7 +50,7 @@ def array_api_target(estimator, torch, X):
         return None
     if isinstance(X, torch.Tensor):
         return X.device, None
-    if is_cupy_array(X) and torch.cuda.is_available():
+    if library_of(X) == "cupy" and type(X).__name__ == "ndarray" and torch.cuda.is_available():
         import cupy
 
         return torch.device("cuda", X.device.id), cupy.from_dlpack
@@ -65,7 +64,13 @@ def array_api_target(estimator, torch, X):
     else:
         device = torch.device("cpu")
     namespace, where = X.__array_namespace__(), X.device
-    return device, lambda result: in_namespace(namespace, result, where)
+
+    def wrap(result):  # through DLPack (no copy), then moved where it is not on X's device yet
+        array = namespace.from_dlpack(result)
+        return array if getattr(array, "device", where) == where else \
+            namespace.asarray(array, device=where)
+
+    return device, wrap
 
 
 def _check_namespace(estimator, X):
@@ -100,28 +105,6 @@ def fill(torch, outputs, n_rows, device):
         result[start:start + output.shape[0]].copy_(output)
         start += output.shape[0]
     return result
-
-
-def in_namespace(namespace, result, device):
-    """The torch tensor `result` as an array of `namespace` on `device`: through
-    DLPack (no copy), then moved where it is not on `device` yet."""
-    array = namespace.from_dlpack(result)
-    if getattr(array, "device", device) != device:
-        array = namespace.asarray(array, device=device)
-    return array
-
-
-def check_like(first, output, index):
-    """(width, dtype) of batch 0's flattened output, checked against batch
-    `index`'s: every batch's rows go into one array."""
-    found = (output.shape[1], output.dtype)
-    if first is None:
-        return found
-    if found != first:
-        raise ValueError(f"{_NAME}: the module returned {found[0]} features of {found[1]} for "
-                         f"batch {index}, but {first[0]} features of {first[1]} for batch 0; "
-                         "it must return one width and dtype for every batch")
-    return first
 
 
 class Progress:

@@ -7,28 +7,19 @@ import warnings
 
 import numpy as np
 from sklearn import get_config
-from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
+from sklearn.base import _fit_context
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .. import _dlpack, _driver, _torch, to_device
-from ._input import (
-    array_namespace,
-    check_sample_shape,
-    is_tensor_like,
-    on_device,
-    on_host,
-    record_sample_shape,
-)
-from ._module import widened
-from ._output import transform_output, wrap_in_container
-from ._to_numpy import ToNumpy
-
-_OWN_WRAPPING = wrap_in_container is not None  # as ToNumpy: 2-D results only
+from .. import _dlpack, _torch, to_device
+from .._dtypes import is_extended_torch_dtype
+from ._input import array_namespace, is_tensor_like, on_device, on_host, sample_shape
+from ._module import cuda_is_unusable, resolve_device
+from ._output import transform_output
+from ._to_numpy import ToNumpy, _Step
 
 
-class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
-               auto_wrap_output_keys=None if _OWN_WRAPPING else ("transform",)):
+class ToDevice(_Step):
     """Move ``X`` to `device`, as a torch tensor or a CuPy array, so that the
     steps after it run there under scikit-learn's array API dispatch.
 
@@ -116,14 +107,7 @@ class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
 
     def transform(self, X):
         """``X`` on ``device_`` under array API dispatch, else NumPy."""
-        result = self._transform(X)
-        if _OWN_WRAPPING and isinstance(result, np.ndarray) and result.ndim == 2:
-            return wrap_in_container("transform", result, X, self)
-        return result
-
-    def fit_transform(self, X, y=None):
-        """``fit(X).transform(X)``."""
-        return self.fit(X, y).transform(X)
+        return self._wrapped(self._transform(X), X)
 
     def inverse_transform(self, X):
         """``X`` (a result of ``transform``, on any device) as a NumPy array."""
@@ -132,17 +116,17 @@ class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
 
     def _transform(self, X):
         check_is_fitted(self)
-        if not get_config().get("array_api_dispatch", False):
-            if _off_the_cpu(self.device_):
-                warnings.warn(
-                    f"ToDevice(device={self.device!r}) returns NumPy: scikit-learn's "
-                    "array_api_dispatch is off, and its estimators then take NumPy only. "
-                    "Turn it on (sklearn.set_config(array_api_dispatch=True), with "
-                    "SCIPY_ARRAY_API=1 set before SciPy is imported) to move X there",
-                    UserWarning, stacklevel=3)
-            return self._validate(X, reset=False)
+        dispatch = get_config().get("array_api_dispatch", False)
+        if not dispatch and getattr(self.device_, "type", "cuda") != "cpu":  # CuPy's: a GPU
+            warnings.warn(
+                f"ToDevice(device={self.device!r}) returns NumPy: scikit-learn's "
+                "array_api_dispatch is off, and its estimators then take NumPy only. "
+                "Turn it on (sklearn.set_config(array_api_dispatch=True), with "
+                "SCIPY_ARRAY_API=1 set before SciPy is imported) to move X there",
+                UserWarning, stacklevel=3)
         X = self._validate(X, reset=False)
-        if transform_output(self) != "default":  # a container was asked for: NumPy goes in it
+        # Without dispatch, or when a container was asked for: NumPy (it goes in it).
+        if not dispatch or transform_output(self) != "default":
             return on_host(X)
         return _to_torch(X, self.device_) if self.namespace == "torch" else \
             _to_cupy(X, self.device_)
@@ -156,32 +140,8 @@ class ToDevice(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
             X = X.detach()  # steps take values; autograd stays with the caller
         X = validate_data(self, X, reset=reset, dtype=None, ensure_all_finite=False,
                           allow_nd=True)
-        if reset:
-            record_sample_shape(self, X.shape[1:])
-        else:
-            check_sample_shape(self, X.shape[1:])
+        sample_shape(self, X.shape[1:], reset)
         return X
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # Its result's namespace is its parameter's, not X's: scikit-learn's array
-        # API checks (results in X's namespace) do not apply; it moves X into it.
-        tags.array_api_support = False
-        tags.input_tags.allow_nan = True
-        tags.input_tags.three_d_array = True  # images pass through, to a next step
-        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
-        return tags
-
-
-if _OWN_WRAPPING:  # set_output and the wrapper's check look for this key
-    ToDevice._sklearn_auto_wrap_output_keys = {"transform"}
-
-
-def _cuda_is_unusable(owner: str, available: str) -> str:
-    """Why CUDA cannot be used: the namespace's own answer, and tensorbridge's."""
-    status = _driver.cuda_status()
-    ours = "CUDA usable" if status["available"] else status["reason"]
-    return f"{owner} is False (tensorbridge.cuda_status(): {ours}); {available}"
 
 
 def _torch_device(device):
@@ -190,32 +150,18 @@ def _torch_device(device):
     except ImportError as error:
         raise ImportError("ToDevice: namespace='torch' needs torch, which is not installed "
                           "here; install it, or use namespace='cupy'") from error
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"ToDevice: device={device!r} is not a torch device; use 'cpu', "
-                         "'cuda' or 'cuda:N'") from error
-    if target.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"ToDevice: torch cannot allocate on device={device!r} here: "
-                             + _cuda_is_unusable("torch.cuda.is_available()",
-                                                 "use device='cpu'"))
-        if (target.index or 0) >= torch.cuda.device_count():
-            raise ValueError(f"ToDevice: device={device!r} does not exist here "
-                             f"({torch.cuda.device_count()} CUDA devices); use 'cuda' or 'cpu'")
-    elif target.type == "meta":
-        raise ValueError(f"ToDevice: device={device!r} holds no data; use 'cpu' or 'cuda'")
-    elif target.type != "cpu":
-        try:
-            torch.empty(1, device=target)
-        except (RuntimeError, AssertionError) as error:  # torch's words for what is missing
-            raise ValueError(f"ToDevice: torch cannot allocate on device={device!r} here "
-                             f"({error}); use 'cpu'") from error
-    return target
+    return resolve_device(torch, device, "ToDevice")
 
 
 def _cupy_device(device):
-    index = _cuda_index(device)
+    kind, _, number = str(device).partition(":")  # "cuda", "cuda:N" or a torch.device
+    if kind == "cpu":
+        raise ValueError(f"ToDevice: CuPy arrays live on CUDA devices only, not on "
+                         f"device={device!r}; use namespace='torch' for the CPU")
+    if kind != "cuda" or not (number == "" or number.isdigit()):
+        raise ValueError(f"ToDevice: device={device!r} is not a CUDA device, which CuPy "
+                         "needs; use 'cuda' or 'cuda:N'")
+    index = int(number) if number else None  # None: the current device
     try:
         import cupy
     except ImportError as error:
@@ -223,30 +169,13 @@ def _cupy_device(device):
                           "here: pip install cupy-cuda12x, or use namespace='torch'") from error
     if not cupy.cuda.is_available():
         raise ValueError(f"ToDevice: CuPy cannot allocate on device={device!r} here: "
-                         + _cuda_is_unusable("cupy.cuda.is_available()",
-                                             "use namespace='torch' with device='cpu'"))
+                         + cuda_is_unusable("cupy.cuda.is_available()",
+                                            "use namespace='torch' with device='cpu'"))
     count = cupy.cuda.runtime.getDeviceCount()
     if index is not None and index >= count:
         raise ValueError(f"ToDevice: device={device!r} does not exist here ({count} CUDA "
                          "devices); use 'cuda'")
     return cupy.cuda.Device(index)
-
-
-def _cuda_index(device):
-    """The CUDA device `device` ("cuda", "cuda:N" or a torch.device) names, for
-    CuPy: N, or None for "cuda" (the current device)."""
-    kind, _, number = str(device).partition(":")
-    if kind == "cuda" and (number == "" or number.isdigit()):
-        return int(number) if number else None
-    if kind == "cpu":
-        raise ValueError(f"ToDevice: CuPy arrays live on CUDA devices only, not on "
-                         f"device={device!r}; use namespace='torch' for the CPU")
-    raise ValueError(f"ToDevice: device={device!r} is not a CUDA device, which CuPy needs; "
-                     "use 'cuda' or 'cuda:N'")
-
-
-def _off_the_cpu(device) -> bool:
-    return getattr(device, "type", "cuda") != "cpu"  # a CuPy device is a GPU
 
 
 def _to_torch(X, device):
@@ -255,7 +184,7 @@ def _to_torch(X, device):
     X = on_device(X)  # CUDA memory of another producer (CuPy): a tensor over it
     if not isinstance(X, torch.Tensor):
         return to_device(X, device)  # host data: pinned staging, or shared on the CPU
-    if widened(X.dtype):
+    if is_extended_torch_dtype(X.dtype):
         X = X.float()  # bfloat16 and float8, as ToNumpy widens them for the estimators
     return X.to(device)
 

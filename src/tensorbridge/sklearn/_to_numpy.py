@@ -8,23 +8,48 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import to_numpy
 from . import _dask
-from ._input import (
-    check_sample_shape,
-    fitted_sample_shape,
-    is_tensor_like,
-    record_sample_shape,
-    validatable,
-)
+from ._input import fitted_sample_shape, is_tensor_like, sample_shape, validatable
 from ._output import wrap_in_container
 
 # set_output puts 2-D results in a DataFrame, and leaves n-D ones (images, for a
 # next step that takes them) as they are: transform wraps its own results, when
 # scikit-learn's wrapper can be called (else it wraps every result itself).
 _OWN_WRAPPING = wrap_in_container is not None
+_AUTO_WRAP = None if _OWN_WRAPPING else ("transform",)
 
 
-class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
-              auto_wrap_output_keys=None if _OWN_WRAPPING else ("transform",)):
+class _Step(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
+            auto_wrap_output_keys=_AUTO_WRAP):
+    """What ToNumpy and ToDevice share: features one to one, images passed
+    through, and 2-D results wrapped by set_output."""
+
+    def __init_subclass__(cls, auto_wrap_output_keys=_AUTO_WRAP, **kwargs):
+        super().__init_subclass__(auto_wrap_output_keys=auto_wrap_output_keys, **kwargs)
+        if _OWN_WRAPPING:  # set_output and the wrapper's check look for this key
+            cls._sklearn_auto_wrap_output_keys = {"transform"}
+
+    def _wrapped(self, result, X):
+        if _OWN_WRAPPING and getattr(result, "ndim", 2) == 2:
+            return wrap_in_container("transform", result, X, self)
+        return result
+
+    def fit_transform(self, X, y=None):
+        """``fit(X).transform(X)``."""
+        return self.fit(X, y).transform(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # No array API support, on purpose: ToNumpy leaves the array API for NumPy,
+        # whatever array_api_dispatch says; ToDevice moves X into its namespace, not
+        # X's (scikit-learn's array API checks expect results in X's).
+        tags.array_api_support = False
+        tags.input_tags.allow_nan = True
+        tags.input_tags.three_d_array = True  # images pass through, to a next step
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+class ToNumpy(_Step):
     """Convert ``X`` (torch tensors on any device, CuPy, any DLPack producer,
     array-likes) to a NumPy array, zero-copy for CPU memory.
 
@@ -82,14 +107,7 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
         """``X`` as a NumPy array: a view of CPU tensors and arrays wherever
         possible (bfloat16 and float8 are widened to float32, a copy); a lazy
         dask array of them, block by block, for a dask array or Dask DataFrame."""
-        result = self._transform(X)
-        if _OWN_WRAPPING and getattr(result, "ndim", 2) == 2:
-            return wrap_in_container("transform", result, X, self)
-        return result
-
-    def fit_transform(self, X, y=None):
-        """``fit(X).transform(X)``."""
-        return self.fit(X, y).transform(X)
+        return self._wrapped(self._transform(X), X)
 
     def _transform(self, X):
         if _dask.is_dask_collection(X):
@@ -102,8 +120,7 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
         if (type(X) is np.ndarray and X.ndim == 2 and X.dtype.kind in "biuf" and len(X) > 0
                 and X.shape[1] == self.n_features_in_ > 0
                 and "feature_names_in_" not in self.__dict__
-                and len(self.__dict__.get("sample_shape_in_") or fitted_sample_shape(self)
-                        or ()) < 2):
+                and len(fitted_sample_shape(self) or ()) < 2):
             # What validate_data concludes for a plain 2-D numeric array of the
             # fitted width (fitted without column names), without its ~50 us.
             return X
@@ -127,22 +144,5 @@ class ToNumpy(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
             keep = isinstance(X, np.ndarray) and X.dtype.kind not in "OUS"
             X = validate_data(self, X, reset=reset, dtype=None if keep else "numeric",
                               ensure_all_finite=False, allow_nd=True)
-        if reset:
-            record_sample_shape(self, X.shape[1:])
-        else:
-            check_sample_shape(self, X.shape[1:])
+        sample_shape(self, X.shape[1:], reset)
         return X
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # No array API support, on purpose: this step leaves the array API for
-        # NumPy, whatever array_api_dispatch says (TorchTransformer stays in it).
-        tags.array_api_support = False
-        tags.input_tags.allow_nan = True
-        tags.input_tags.three_d_array = True  # images pass through, to a next step
-        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
-        return tags
-
-
-if _OWN_WRAPPING:  # set_output and the wrapper's check look for this key
-    ToNumpy._sklearn_auto_wrap_output_keys = {"transform"}

@@ -1,14 +1,10 @@
 """TorchTransformer: a torch module or function as a scikit-learn transformer.
 
 The estimator only: X is read by ``_input.read`` (one ``Input`` whatever its
-kind), the module is placed and pickled by ``_module``, and the result is
-written by ``_output`` helpers. Each batch is staged on the module's device in
-memory the caller does not own (a reused buffer on the CPU, fresh device
-memory on a GPU), run through the module, flattened, and written into one
-NumPy array by one ``collect`` on every device (on a GPU, into an array
-sized by the first output, which collect fills by downloads overlapped with
-the next batch's upload and compute), or under scikit-learn's array API
-dispatch a tensor preallocated on X's device (``_output.fill``).
+kind), the module is placed and pickled by ``_module``. Each batch is staged
+on the module's device in memory the caller does not own, run, flattened and
+written by one ``collect`` on every device (on a GPU overlapping downloads
+with the next batch), or under array API dispatch by ``_output.fill``.
 """
 
 from __future__ import annotations
@@ -30,16 +26,15 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
 from .. import _torch, collect, to_device, to_numpy
-from .._dtypes import numpy_dtype
+from .._dtypes import is_extended_torch_dtype, numpy_dtype
 from . import _dask
-from ._input import array_namespace, batch_values, describe_batch, map_batch, read
+from ._input import array_namespace, describe_batch, map_batch, read
 from ._module import (
     LayerReached,
     Recreate,
     SavedModule,
     check_layer,
     check_not_meta,
-    first_parameter,
     is_lazy,
     layer_capture,
     loaded_modules,
@@ -48,10 +43,10 @@ from ._module import (
     returned_dtype_name,
     same_weights,
     saved_modules,
+    tensors_of,
     torch_dtype,
-    widened,
 )
-from ._output import Progress, array_api_target, check_like, fill
+from ._output import Progress, array_api_target, fill
 
 # The names pickles of earlier builds refer to (pickle records module and qualname).
 _SavedModule, _Recreate = SavedModule, Recreate
@@ -249,15 +244,14 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         no_grad, not inference mode: they stay ordinary parameters."""
         if not is_lazy(torch, self.module_):
             return
-        batch, _, _ = next(iter(head.batches(1)))
-        inputs = map_batch(batch, lambda value, name: self._upload(torch, value, None))
+        inputs = map_batch(head.data, lambda value, name: self._upload(torch, value, None))
         with torch.no_grad(), layer_capture(self.module_, self.layer) as capture:
             self._forward(inputs, capture)
 
     def _resolve_dtype(self, torch, module):
-        if self.dtype is None:
-            parameter = first_parameter(module)
-            return parameter.dtype if parameter is not None else torch.float32
+        if self.dtype is None:  # the module's floating dtype, float32 without one
+            return next((tensor.dtype for tensor in tensors_of(module)
+                         if tensor.is_floating_point()), torch.float32)
         dtype = torch_dtype(torch, self.dtype)
         if dtype is None:
             raise ValueError(f"{_NAME}: dtype={self.dtype!r} is not a torch floating "
@@ -293,9 +287,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 data = data.astype(numpy_dtype(torch.get_default_dtype()), copy=False)
         elif source.kind == "dict":
             data = dict(source.data)
-        net = clone(self.module)
-        net.fit(data, y, **fit_params)
-        return net
+        return clone(self.module).fit(data, y, **fit_params)  # a NeuralNet's fit returns it
 
     # -- transforming --------------------------------------------------------------
 
@@ -344,7 +336,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         `expected_rows`, X must bring exactly that many samples. `for_collect`:
         on a GPU, each output is yielded with a download stream current, where
         collect then copies it."""
-        first, done = None, 0
+        first, done = None, 0  # first: batch 0's (width, dtype), which every batch keeps
         compute = download = None
         if for_collect and self.device_.type == "cuda":
             compute = torch.cuda.current_stream(self.device_)
@@ -356,7 +348,13 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                     raise ValueError(f"{_NAME}: X brought more than the {expected_rows} samples "
                                      "its length announced")
                 output = self._flatten(torch, self._select(self._forward(inputs, capture)), rows)
-                first = check_like(first, output, index)
+                if first is None:
+                    first = (output.shape[1], output.dtype)
+                elif (output.shape[1], output.dtype) != first:
+                    raise ValueError(f"{_NAME}: the module returned {output.shape[1]} features "
+                                     f"of {output.dtype} for batch {index}, but {first[0]} "
+                                     f"features of {first[1]} for batch 0; it must return one "
+                                     "width and dtype for every batch")
                 if download is None:
                     yield output
                 else:
@@ -397,7 +395,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         while incoming is not None:
             compute.wait_stream(upload)
             inputs, rows = incoming
-            for tensor in batch_values(inputs):
+            for tensor in inputs.values() if isinstance(inputs, dict) else (inputs,):
                 tensor.record_stream(compute)  # allocated on `upload`, used here
             incoming = send()
             yield inputs, rows
@@ -484,7 +482,7 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if result.layout != torch.strided:  # sparse: to_numpy densifies it too
             result = result.to_dense()
         result = result.reshape(rows, -1)
-        if widened(result.dtype):
+        if is_extended_torch_dtype(result.dtype):
             result = result.float()
         return result
 
@@ -551,23 +549,15 @@ class TorchTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def _returned_dtype(self) -> str:
         """The NumPy name of the dtype transform returns for a module that keeps
         its input's dtype: dtype_ as NumPy holds it (bf16 and fp8 widened)."""
-        if self.dtype is None:
-            parameter = first_parameter(self.module)
-            if parameter is None:
-                return "float32"
-            dtype = parameter.dtype
-        else:
-            import torch
+        import torch
 
-            dtype = torch_dtype(torch, self.dtype)
-            if dtype is None:  # fit names it; tags must not raise
-                return str(self.dtype).removeprefix("torch.")
-        return returned_dtype_name(dtype)
+        try:
+            return returned_dtype_name(self._resolve_dtype(torch, self.module))
+        except ValueError:  # not a dtype: fit names it; tags must not raise
+            return str(self.dtype).removeprefix("torch.")
 
     def __getstate__(self):
-        # Modules are stored through torch.save, so that one fitted on a GPU
-        # loads (onto the CPU) where no GPU exists; module_ is left out when it
-        # can be made again from what the pickle holds anyway.
+        # module_ is left out when it can be made again from what the pickle holds.
         state = dict(super().__getstate__())  # may be our own __dict__: never mutate it
         if self._recreatable():
             state["module_"] = Recreate()
