@@ -224,7 +224,8 @@ def test_a_generator_x_is_named_with_the_fix():
 
 
 def test_a_module_class_instead_of_an_instance_is_named():
-    with pytest.raises((TypeError, InvalidParameterError), match=r"ReLU\(\)|instance"):
+    with pytest.raises(InvalidParameterError, match=r"must be a module instance, not the class "
+                                                    r"torch\.nn\.ReLU; pass an instance"):
         TorchTransformer(torch.nn.ReLU).fit(features()[0])
 
 
@@ -419,10 +420,12 @@ def test_numeric_inputs_of_other_dtypes_and_layouts_are_cast(make):
     np.testing.assert_array_equal(out, np.asarray(make(X), dtype=np.float32))
 
 
-@pytest.mark.parametrize("X", [np.ones(3), np.ones((0, 3)), np.ones((3, 0)),
-                               np.array([[np.inf, 1.0]]), torch.ones(0, 3)])
-def test_degenerate_arrays_get_scikit_learns_errors(X):
-    with pytest.raises(ValueError, match="Expected 2D array|0 sample|0 feature|infinity"):
+@pytest.mark.parametrize(("X", "message"), [
+    (np.ones(3), "Expected 2D array"), (np.ones((0, 3)), "0 sample"),
+    (np.ones((3, 0)), "0 feature"), (np.array([[np.inf, 1.0]]), "infinity"),
+    (torch.ones(0, 3), "0 sample")])
+def test_degenerate_arrays_get_scikit_learns_errors(X, message):
+    with pytest.raises(ValueError, match=message):
         TorchTransformer(torch.nn.Identity()).fit(X)
 
 
@@ -457,6 +460,7 @@ def test_column_transformer_with_pandas_output_and_names():
     assert list(out.columns) == ["t__torchtransformer0", "t__torchtransformer1", "p__c"]
 
 
+@pytest.mark.slow  # two worker processes
 def test_grid_search_in_two_processes_over_module_layer_and_dtype():
     X, y = features(40)
     pipe = make_pipeline(TorchTransformer(torch.nn.Sequential(torch.nn.Linear(3, 4),
@@ -660,6 +664,7 @@ def test_test_views_without_predict_proba_and_with_default_random_state():
     np.testing.assert_allclose(proba.predict_proba(X).sum(axis=1), 1, rtol=1e-6)  # float32
 
 
+@pytest.mark.slow  # two worker processes
 def test_augmented_grid_search_in_two_processes_and_pickle():
     X, y = features(40)
     search = GridSearchCV(AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0),
