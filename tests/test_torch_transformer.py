@@ -759,6 +759,7 @@ def test_cross_validation_copies_the_module_once_per_fold_at_a_time():
 # -- scikit-learn machinery ------------------------------------------------------------
 
 
+@pytest.mark.slow  # a search over two worker processes
 def test_pipelines_column_transformers_and_model_selection():
     X, y = data(n=60)
     pipe = make_pipeline(TorchTransformer(torch.nn.Linear(5, 4)), StandardScaler(),
