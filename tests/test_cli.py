@@ -240,6 +240,7 @@ def test_info_as_json(tmp_path):
     assert report["measurements"]["host_memcpy_GB_per_s"] > 0
 
 
+@pytest.mark.slow  # the console script, twice
 def test_output_piped_into_a_reader_that_stops_early(tmp_path):
     # `tensorbridge info | head -1`: no traceback when the pipe closes.
     command = f"{sys.executable} -m tensorbridge info | head -1"
@@ -249,6 +250,7 @@ def test_output_piped_into_a_reader_that_stops_early(tmp_path):
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow  # the console script and python -m
 def test_python_dash_m_is_the_same_command(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tensorbridge", "info"], capture_output=True,
                             text=True, cwd=tmp_path, timeout=120)

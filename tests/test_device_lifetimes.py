@@ -9,6 +9,7 @@ import textwrap
 import threading
 
 import numpy as np
+import pytest
 from device_producers import DeviceArray, values
 from helpers import refusal, report_from_a_forked_child
 
@@ -76,6 +77,7 @@ def test_fork_child_starts_with_an_empty_pool_and_no_driver(standin):
     del keep
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_interpreter_exit_with_copies_in_flight():
     code = textwrap.dedent("""
         import os, numpy as np, tensorbridge as tb

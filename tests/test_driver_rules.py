@@ -525,6 +525,7 @@ def test_calls_after_a_sticky_error_fail_cleanly(standin):
     assert tb.pinned_memory_stats()["in_use_bytes"] == 0
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_interpreter_waits_for_copies_in_flight_at_exit():
     result = run_python("""
         s.set_delay_us(300000, 300000)
@@ -576,6 +577,7 @@ def test_a_stream_of_another_device_is_refused(standin):
             call(x, stream=ForeignStream())
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_ctrl_c_works_when_tensorbridge_was_imported_in_a_thread():
     out = run_python("""
         import ctypes, threading, _thread

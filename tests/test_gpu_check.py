@@ -219,6 +219,7 @@ def test_a_run_whose_gpu_tests_all_skip_fails_when_they_are_required(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_a_tensorbridge_warning_fails_the_run_and_any_other_is_only_reported(tmp_path):
     (tmp_path / "tensorbridge_probe_pkg.py").write_text(
         "import warnings\n\ndef ours():\n    warnings.warn('ours', UserWarning)\n")
@@ -240,6 +241,7 @@ def test_a_tensorbridge_warning_fails_the_run_and_any_other_is_only_reported(tmp
     assert result.returncode != 0 and "FutureWarning: at collection" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_selection_keeps_marked_tests_and_whole_files(tmp_path):
     (tmp_path / "test_other.py").write_text("def test_plain():\n    pass\n")
     source = ("import pytest\n\ndef test_plain():\n    pass\n\n"
@@ -296,6 +298,7 @@ def test_a_crashed_test_is_named_and_the_rest_still_run(tmp_path, capsys):
     assert 'failures="1"' in (tmp_path / "junit.2.xml").read_text()
 
 
+@pytest.mark.slow
 def test_a_green_run_is_one_pytest_run(tmp_path, capsys):
     (tmp_path / "test_inner.py").write_text("def test_fine():\n    pass\n")
     env = {**os.environ, "PYTHONPATH": str(SCRIPTS)}

@@ -166,6 +166,7 @@ def test_view_keeps_its_memory_when_the_tensor_gets_other_memory(path, how, dtyp
     assert memory_alive() is None  # and lets it go with the view
 
 
+@pytest.mark.slow
 def test_a_large_view_survives_its_tensor_getting_other_memory():
     # Large storages are unmapped when freed: reading a dangling view
     # crashes, so this runs in a child process, once per route.

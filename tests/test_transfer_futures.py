@@ -237,6 +237,7 @@ def test_a_forked_child_leaves_the_parents_notifier_alone(standin, gate):
     transfer.wait()
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_callbacks_due_at_interpreter_exit_run_before_it():
     code = textwrap.dedent("""
         import os, numpy as np, tensorbridge as tb

@@ -35,6 +35,7 @@ def test_the_package_ships_its_types():
     assert shutil.os.path.exists(f"{package}/_core.pyi")
 
 
+@pytest.mark.slow  # mypy
 def test_mypy_sees_the_public_types(tmp_path):
     (tmp_path / "user.py").write_text(USER_CODE)
     result = subprocess.run(
