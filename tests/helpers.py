@@ -235,3 +235,9 @@ def installed_editable() -> bool:
     docs/development.rst): the package is then imported from src/."""
     direct_url = importlib.metadata.distribution("tensorbridge").read_text("direct_url.json")
     return bool(direct_url and json.loads(direct_url).get("dir_info", {}).get("editable"))
+
+
+def features(n=12, d=3, seed=0):
+    """A small float32 X and a binary y that follows its first column."""
+    X = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return X, (X[:, 0] > 0).astype(int)

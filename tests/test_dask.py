@@ -705,3 +705,33 @@ def test_a_worker_joining_mid_computation_takes_blocks(client, tmp_path):
     while worker_names(client) != names and time.monotonic() < deadline:
         time.sleep(0.1)
     assert worker_names(client) == names
+
+
+# -- TorchTransformer and ToNumpy on dask inputs at the edges (docs/guide/dask.rst) ------
+
+
+@pytest.mark.skipif(SANITIZED, reason="dask is kept out of the sanitizer pass, as in "
+                    "tests/test_dask.py: its imports (pyarrow, numba) leave registries at exit "
+                    "and run no native code of ours the rest of the suite does not")
+def test_dask_inputs_at_the_edges():
+    pd = pytest.importorskip("pandas")
+    da = pytest.importorskip("dask.array")
+    dd = pytest.importorskip("dask.dataframe")
+    pytest.importorskip("distributed")
+    import dask
+
+    X = np.random.default_rng(0).standard_normal((50, 3)).astype(np.float32)
+    with dask.config.set(scheduler="synchronous"):
+        t = TorchTransformer(torch.nn.Linear(3, 2), batch_size=8).fit(X)
+        np.testing.assert_array_equal(t.transform(da.from_array(X, chunks=(7, 1))).compute(),
+                                      t.transform(X))
+        with pytest.raises(ValueError, match="unknown chunk sizes"):
+            t.transform(dd.from_pandas(pd.DataFrame(X), npartitions=3).to_dask_array())
+        with pytest.raises(ValueError, match="Input X contains NaN"):
+            t.transform(da.from_array(np.where(X > 1, np.nan, X), chunks=7)).compute()
+        frame = pd.DataFrame(X, columns=list("abc"))
+        named = TorchTransformer(torch.nn.Linear(3, 2)).fit(frame)
+        with pytest.raises(ValueError, match="unseen at fit time"):
+            named.transform(dd.from_pandas(frame.rename(columns={"c": "d"}), npartitions=3))
+        assert np.isnan(ToNumpy().fit(X).transform(
+            da.from_array(np.full((3, 3), np.nan), chunks=2)).compute()).all()
