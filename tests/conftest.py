@@ -13,7 +13,10 @@ from tensorbridge import _convert, _core
 PATHS = ["exchange", "numpy-method", "python"]
 
 
-@pytest.fixture(params=PATHS)
+# The fast tier (-m "not slow") takes the two routes of today's torch; the
+# full suite all three.
+@pytest.fixture(params=[pytest.param(p, marks=pytest.mark.slow) if p == "numpy-method" else p
+                        for p in PATHS])
 def path(request):
     _core.set_fast_path(request.param != "python")
     _core.set_exchange_api(request.param == "exchange")
@@ -87,7 +90,23 @@ def standin():
 _DEFAULT_LIMIT = 4 << 30
 
 
+def pytest_collection_finish(session):
+    # Tests call gc.collect() often (collect_garbage, standin): frozen, what the
+    # imports and collection made (torch, scikit-learn, the parametrized cases)
+    # is no longer scanned each time (0.15 s a call), only what the tests make.
+    gc.collect()
+    gc.freeze()
+
+
+# Every collected test as (file name, marked slow), kept before `-m` deselects
+# any: test_package.py checks that each file keeps tests in the fast tier.
+TIERS = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    config.stash[TIERS] = [(item.path.name, item.get_closest_marker("slow") is not None)
+                           for item in items]
     # GPU tests need a real GPU, found by tensorbridge's own probe.
     import tensorbridge as tb
 

@@ -11,25 +11,16 @@ again in a fresh interpreter with SCIPY_ARRAY_API=1: there the real tests run.
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 pytest.importorskip("torch")  # TorchTransformer over torch modules throughout
+from helpers import passed_with_scipy_array_api
 
 if os.environ.get("SCIPY_ARRAY_API") != "1":
 
     def test_array_api_dispatch_in_a_process_with_scipy_array_api():
-        env = dict(os.environ, SCIPY_ARRAY_API="1")
-        result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", __file__],
-            capture_output=True, text=True, env=env, timeout=600,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-        summary = result.stdout.strip().splitlines()[-1]
-        passed = int(re.search(r"(\d+) passed", summary).group(1))
-        assert passed >= 9 and "failed" not in summary, result.stdout[-3000:]
+        assert passed_with_scipy_array_api(__file__) >= 9
 
 else:
     import numpy as np

@@ -1,12 +1,14 @@
 """AugmentedEstimator: training (and predicting) on augmented views of the data."""
 
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import sklearn
 
 torch = pytest.importorskip("torch")
+from helpers import features
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestClassifier
@@ -16,6 +18,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 from sklearn.utils import get_tags
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -824,3 +827,188 @@ def test_a_cuda_X_and_views_handed_back_on_the_gpu():
     AugmentedEstimator(Spy(on_cpu), augment=negate_some, n_views=2, batch_size=8,
                        random_state=0).fit(X, y)
     np.testing.assert_array_equal(log[-1]["X"], on_cpu[-1]["X"])
+
+
+# -- inputs, augment functions and parameters at the edges (docs/guide/sklearn.rst) ------
+
+
+def plain_noise(sample):  # no generator parameter: per sample, under a seeded fork_rng
+    return sample + 0.1 * torch.randn(sample.shape, dtype=sample.dtype)
+
+
+class Rows(LogisticRegression):
+    """Records the rows fit receives (class attribute: clone() keeps no instance state)."""
+
+    seen = []
+
+    def fit(self, X, y, sample_weight=None):
+        Rows.seen.append(np.array(X, copy=True))
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
+@pytest.mark.parametrize("param", ["n_views", "test_views"])
+def test_bool_view_counts_are_refused(param):
+    X, y = features()
+    model = AugmentedEstimator(LogisticRegression(), augment=noisy, **{param: True})
+    with pytest.raises(InvalidParameterError, match=param):
+        model.fit(X, y)
+
+
+def test_augmented_estimator_takes_a_bf16_tensor():
+    X, y = features()
+    model = AugmentedEstimator(Ridge(), augment=noisy).fit(torch.from_numpy(X).bfloat16(), y)
+    assert model.n_samples_seen_ == 2 * len(X)
+
+
+def test_an_in_place_augment_leaves_the_original_rows_alone():
+    X, y = features()
+    Rows.seen.clear()
+    AugmentedEstimator(Rows(), augment=lambda s, generator: s.mul_(2)).fit(X, y)
+    np.testing.assert_array_equal(Rows.seen[-1][:len(X)], X)
+
+
+def test_a_generator_parameter_under_another_name_gets_the_generator():
+    # A second positional parameter without a default is the generator, whatever its name
+    X, y = features()
+    seen = []
+
+    def augment(sample, g):
+        seen.append(g)
+        return sample
+
+    AugmentedEstimator(LogisticRegression(), augment=augment).fit(X, y)
+    assert seen and all(isinstance(g, torch.Generator) for g in seen)
+
+
+def test_generatorless_augment_is_deterministic_across_threads():
+    X, _ = features(1000)  # long enough per fit that the threads interleave
+
+    def coef(_):
+        return AugmentedEstimator(Ridge(), augment=plain_noise, n_views=2, random_state=0) \
+            .fit(X, X[:, 0]).estimator_.coef_
+
+    expected = coef(None)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(coef, range(8)))
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
+
+
+def fitted_rows(**params):
+    X, y = features()
+    Rows.seen.clear()
+    AugmentedEstimator(Rows(), **{"augment": noisy, **params}).fit(X, y)
+    return Rows.seen[-1]
+
+
+@pytest.mark.parametrize("augment", [noisy, plain_noise])
+def test_views_are_per_sample_per_view_and_per_seed(augment):
+    X, _ = features()
+    n = len(X)
+    rows = fitted_rows(augment=augment, n_views=2, random_state=0)
+    np.testing.assert_array_equal(rows, fitted_rows(augment=augment, n_views=2, random_state=0))
+    assert not np.array_equal(rows, fitted_rows(augment=augment, n_views=2, random_state=1))
+    assert not np.allclose(rows[n:2 * n], rows[2 * n:])  # views differ
+    noise = rows[n:2 * n] - X
+    assert len(np.unique(noise.round(6))) == noise.size  # and samples within a view
+
+
+@pytest.mark.parametrize("params", [{"augment": noisy}, {"augment": plain_noise},
+                                    {"augment": noisy, "batch_size": 4},
+                                    {"augment": plain_noise, "test_views": 2}])
+def test_torch_and_numpy_global_generators_are_untouched(params):
+    X, y = features()
+    torch.manual_seed(123)
+    before, numpy_before = torch.get_rng_state(), np.random.get_state()[1].copy()
+    model = AugmentedEstimator(LogisticRegression(), random_state=0, **params).fit(X, y)
+    model.predict(X)
+    assert torch.equal(before, torch.get_rng_state())
+    assert np.array_equal(numpy_before, np.random.get_state()[1])
+
+
+def test_a_keyword_only_generator_is_passed_and_var_keywords_are_not():
+    X, y = features()
+    got = []
+
+    def keyword_only(s, *, generator=None):
+        got.append(generator)
+        return s
+
+    def var_keyword(s, **kwargs):  # no parameter named generator: the forked global one
+        got.append(kwargs.get("generator"))
+        return s
+
+    for augment in (keyword_only, var_keyword):
+        got.clear()
+        AugmentedEstimator(LogisticRegression(), augment=augment, random_state=0).fit(X, y)
+        assert len(got) == len(X)
+        assert all(isinstance(g, torch.Generator) if augment is keyword_only else g is None
+                   for g in got)
+
+
+@pytest.mark.parametrize("result", [
+    lambda s: torch.ones(3, dtype=torch.int64), lambda s: [0.0, 0.0, 0.0],
+    lambda s: s.numpy() * 2, lambda s: s.clone().requires_grad_(), lambda s: s.bfloat16()])
+def test_augment_results_of_other_kinds_are_cast(result):
+    X, y = features()
+    model = AugmentedEstimator(Ridge(), augment=lambda s, generator: result(s)).fit(X, y)
+    assert model.n_samples_seen_ == 2 * len(X)
+
+
+def test_augment_results_that_cannot_be_used_are_named():
+    X, y = features()
+    with pytest.raises(TypeError, match=r"augment returned str, expected a torch tensor"):
+        AugmentedEstimator(Ridge(), augment=lambda s, generator: "abc").fit(X, y)
+    with pytest.raises(ValueError, match=r"changed a sample's shape from \(3,\) to \(\)"):
+        AugmentedEstimator(Ridge(), augment=lambda s, generator: torch.tensor(1.0)).fit(X, y)
+    with pytest.raises(ValueError, match=r"changed a batch's shape from \(4, 3\) to \(1, 3\)"):
+        AugmentedEstimator(Ridge(), augment=lambda b, generator: b[:1], batch_size=4).fit(X, y)
+
+
+@pytest.mark.parametrize("kind", ["list", "tensor", "series"])
+def test_sample_weight_of_every_kind_is_repeated(kind):
+    X, y = features()
+    weight = {"list": lambda: list(np.ones(12)), "tensor": lambda: torch.ones(12),
+              "series": lambda: pytest.importorskip("pandas").Series(np.ones(12))}[kind]()
+    model = AugmentedEstimator(LogisticRegression(), augment=noisy, n_views=2)
+    assert model.fit(X, y, sample_weight=weight).n_samples_seen_ == 36
+
+
+def test_y_tensors_strings_and_multioutput():
+    X, y = features(40)
+    model = AugmentedEstimator(LogisticRegression(), augment=noisy, test_views=2, random_state=0)
+    assert model.fit(torch.from_numpy(X), torch.from_numpy(y)).score(X, torch.from_numpy(y)) > .9
+    labels = np.array(["a", "b"])[y]
+    assert set(model.fit(X, labels).predict(X)) <= {"a", "b"}
+    regressor = AugmentedEstimator(Ridge(), augment=noisy, test_views=2)
+    assert regressor.fit(X, np.c_[X[:, 0], X[:, 1]]).predict(X).shape == (40, 2)
+
+
+def test_test_views_without_predict_proba_and_with_default_random_state():
+    X, y = features(40)
+    model = AugmentedEstimator(SVC(), augment=noisy, test_views=2).fit(X, y)
+    assert not hasattr(model, "predict_proba") and model.predict(X).shape == (40,)
+    proba = AugmentedEstimator(LogisticRegression(), augment=noisy, test_views=3).fit(X, y)
+    np.testing.assert_array_equal(proba.predict_proba(X), proba.predict_proba(X))
+    np.testing.assert_allclose(proba.predict_proba(X).sum(axis=1), 1, rtol=1e-6)  # float32
+
+
+@pytest.mark.slow  # two worker processes
+def test_augmented_grid_search_in_two_processes_and_pickle():
+    X, y = features(40)
+    search = GridSearchCV(AugmentedEstimator(LogisticRegression(), augment=noisy, random_state=0),
+                          {"n_views": [0, 2], "estimator__C": [0.1, 1.0]}, cv=2, n_jobs=2)
+    assert search.fit(X, y).best_params_["n_views"] in (0, 2)
+    model = AugmentedEstimator(LogisticRegression(), augment=noisy, test_views=2,
+                               random_state=0).fit(X, y)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).predict_proba(X),
+                                  model.predict_proba(X))
+    assert clone(model).set_params(estimator__C=5).estimator.C == 5
+
+
+@pytest.mark.parametrize("random_state", [-1, 2**40, np.random.default_rng(0)])
+def test_unusable_random_states_are_named(random_state):
+    X, y = features()
+    with pytest.raises(InvalidParameterError, match="'random_state'"):
+        AugmentedEstimator(LogisticRegression(), augment=noisy,
+                           random_state=random_state).fit(X, y)

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import needs_torch
+from helpers import fast_sample, needs_torch
 
 import tensorbridge as tb
 
@@ -47,6 +47,7 @@ def quick_run(tmp_path_factory):
     return where, result
 
 
+@pytest.mark.slow  # quick_run: a real bench, about 40 s
 @needs_torch
 def test_quick_bench_reports_every_method_this_machine_supports(quick_run):
     _, result = quick_run
@@ -58,6 +59,7 @@ def test_quick_bench_reports_every_method_this_machine_supports(quick_run):
         assert row["median_s"] > 0 and row["iqr_s"] >= 0 and row["rounds"] >= 5
         if row["ratio_to_baseline"] is not None:  # taken round by round, with its quartiles
             assert 0 < row["ratio_q1"] <= row["ratio_to_baseline"] <= row["ratio_q3"], row
+    assert any(row["ratio_to_baseline"] is not None for row in report["results"])
     # scikit-learn's array API dispatch is measured without the user setting anything
     assert {"array_api_dispatch=True", "array_api_dispatch=False"} <= methods
     # the GPU is said to be missing, not silently left out
@@ -69,6 +71,7 @@ def test_quick_bench_reports_every_method_this_machine_supports(quick_run):
     assert "wrote the plot to plot.png" in result.stderr
 
 
+@pytest.mark.slow  # quick_run: a real bench, about 40 s
 @needs_torch
 def test_ratios_only_between_methods_that_make_the_same_thing(quick_run):
     _, result = quick_run
@@ -106,6 +109,7 @@ def test_on_a_gpu_the_cuda_cases_run_first_and_no_1_gib_case(monkeypatch):
     assert all(args[0] < 1 << 30 for name, args in plan if name == "_cuda_float32")
 
 
+@pytest.mark.slow  # quick_run: a real bench, about 40 s
 @needs_torch
 def test_views_are_time_per_call_and_only_copies_get_a_rate(quick_run):
     _, result = quick_run
@@ -143,6 +147,7 @@ def cell(line, header, column):
     return line[start:end].strip()
 
 
+@pytest.mark.slow  # quick_run: a real bench, about 40 s
 @needs_torch
 def test_the_headline_figures_are_in_one_run(quick_run):
     _, result = quick_run
@@ -160,6 +165,7 @@ def test_the_headline_figures_are_in_one_run(quick_run):
         assert f"\n  {start}" in summary
 
 
+@pytest.mark.slow  # quick_run: a real bench, about 40 s
 def test_plot_is_a_png_and_nothing_else_is_written(quick_run):
     where, result = quick_run
     assert sorted(os.listdir(where)) == ["plot.png"]
@@ -169,6 +175,7 @@ def test_plot_is_a_png_and_nothing_else_is_written(quick_run):
     assert width > 100 and height > 100
 
 
+@pytest.mark.slow  # a real bench run
 @needs_torch
 def test_json_to_a_file_and_the_table_on_stdout(tmp_path):
     result = tensorbridge("bench", "--quick", "--device", "cpu", "--no-workflows",
@@ -181,15 +188,17 @@ def test_json_to_a_file_and_the_table_on_stdout(tmp_path):
     assert all(row["device"] == "cpu" for row in report["results"])
 
 
-@pytest.mark.parametrize("args", [[], ["bench", "--bogus"], ["bench", "--device", "tpu"],
-                                  ["bench", "--repeats", "0"], ["frobnicate"]])
+@pytest.mark.parametrize("args", fast_sample([
+    [], ["bench", "--bogus"], ["bench", "--device", "tpu"], ["bench", "--repeats", "0"],
+    ["frobnicate"]], keep=2))
 def test_usage_errors_exit_2(args, tmp_path):
     result = tensorbridge(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert "usage: tensorbridge" in result.stderr
 
 
-@pytest.mark.parametrize("command", [["--help"], ["bench", "--help"], ["info", "--help"]])
+@pytest.mark.parametrize("command", fast_sample([["--help"], ["bench", "--help"],
+                                                  ["info", "--help"]]))
 def test_help(command, tmp_path):
     result = tensorbridge(*command, cwd=tmp_path)
     assert result.returncode == 0 and "usage: tensorbridge" in result.stdout
@@ -231,6 +240,7 @@ def test_info_as_json(tmp_path):
     assert report["measurements"]["host_memcpy_GB_per_s"] > 0
 
 
+@pytest.mark.slow  # the console script, twice
 def test_output_piped_into_a_reader_that_stops_early(tmp_path):
     # `tensorbridge info | head -1`: no traceback when the pipe closes.
     command = f"{sys.executable} -m tensorbridge info | head -1"
@@ -240,6 +250,7 @@ def test_output_piped_into_a_reader_that_stops_early(tmp_path):
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow  # the console script and python -m
 def test_python_dash_m_is_the_same_command(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tensorbridge", "info"], capture_output=True,
                             text=True, cwd=tmp_path, timeout=120)
@@ -646,6 +657,7 @@ def plot_axes(report):
         plt.close(figure)
 
 
+@pytest.mark.slow  # quick_run: a real bench, about 40 s
 @needs_torch
 def test_the_plot_has_a_panel_for_views_and_one_for_copies(quick_run):
     _, result = quick_run
@@ -659,6 +671,7 @@ def test_the_plot_has_a_panel_for_views_and_one_for_copies(quick_run):
     assert views_x == copies_x == ["1 KiB", "16 KiB", "256 KiB", "4 MiB", "16 MiB"]  # no grad point
 
 
+@pytest.mark.slow  # quick_run: a real bench, about 40 s
 def test_every_plotted_point_has_labelled_ticks_around_it_and_the_legend_is_off_the_data(
         quick_run):
     _, result = quick_run
@@ -682,6 +695,7 @@ def test_every_plotted_point_has_labelled_ticks_around_it_and_the_legend_is_off_
         assert legend.y1 <= axis.get_window_extent().y0  # below the panel, over no line
 
 
+@pytest.mark.slow  # quick_run: a real bench, about 40 s
 def test_the_plot_names_machine_versions_and_date(quick_run):
     _, result = quick_run
     report = json.loads(result.stdout)

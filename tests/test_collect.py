@@ -39,6 +39,7 @@ def test_large_batches_use_the_threaded_copy():
     np.testing.assert_array_equal(tb.collect(iter(parts)), np.concatenate(parts))
 
 
+@pytest.mark.slow
 def test_the_iterable_is_never_materialised():
     refs, still_alive = [], []
 

@@ -251,6 +251,7 @@ def test_fake_tensors_have_no_values(path):
         tb.to_numpy(fake)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_ml_dtypes_are_recognised_in_a_fresh_process():
     # No earlier conversion is needed for tensorbridge to know an ml_dtypes array.
     import subprocess
@@ -301,6 +302,7 @@ def test_zero_tensors_with_copy_false_or_out(path, dtype):
 
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(SANITIZED, reason="ASan's quarantine keeps freed memory resident")
 def test_sparse_tensors_are_densified_straight_into_the_result():
     # One copy: the peak resident memory grows by about the result, not by a

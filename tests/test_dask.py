@@ -47,6 +47,12 @@ TIMEOUT = 120  # seconds, for any one computation on the cluster
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+# The tests on a LocalCluster of worker processes (started once, seconds; some
+# kill workers) run in the full suite; the fast tier (-m "not slow") runs the
+# threaded scheduler's.
+on_the_cluster = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def client():
     # The tests kill workers, some twice within seconds: a LocalCluster checks each
@@ -114,6 +120,7 @@ def released(client, timeout=30):
 # -- results: lazy, and equal to the in-memory transform bit for bit --------------------
 
 
+@on_the_cluster
 @pytest.mark.parametrize("blocks", ["numpy", "torch"])
 @pytest.mark.parametrize(("n", "chunks", "batch_size"), [
     (203, 37, 16),                      # blocks that do not divide the batch size
@@ -139,6 +146,7 @@ def test_transform_equals_in_memory_bit_for_bit(client, blocks, n, chunks, batch
     assert np.array_equal(result, expected)
 
 
+@on_the_cluster
 def test_building_the_graph_computes_nothing(client):
     X = features(300)
     model = TorchTransformer(network(), batch_size=32, device="cpu").fit(X)
@@ -164,6 +172,7 @@ def test_building_the_graph_computes_nothing(client):
     assert np.array_equal(compute(client, lazy), model.transform(X))
 
 
+@on_the_cluster
 def test_the_estimator_is_one_key_of_the_graph_on_the_scheduler(client):
     """One key holds the payload and every block depends on it: the scheduler keeps
     it as a task it can run again, never inlined into each block (once per block)."""
@@ -217,6 +226,7 @@ def test_fit_reads_metadata_and_one_block():
         assert np.array_equal(model.transform(dX).compute(), model.transform(X))
 
 
+@on_the_cluster
 def test_a_skorch_net_is_fitted_on_every_row(client):
     skorch = pytest.importorskip("skorch")
     seen = []
@@ -236,6 +246,7 @@ def test_a_skorch_net_is_fitted_on_every_row(client):
     assert np.array_equal(out, model.transform(X))
 
 
+@on_the_cluster
 def test_nd_samples_and_chunked_trailing_axes(client):
     X = np.random.default_rng(1).normal(size=(90, 2, 3, 4)).astype(np.float32)
     torch.manual_seed(0)
@@ -246,6 +257,7 @@ def test_nd_samples_and_chunked_trailing_axes(client):
     assert np.array_equal(compute(client, out), model.transform(X))
 
 
+@on_the_cluster
 def test_to_numpy_over_torch_blocks(client):
     X = features(120, dtype=np.float64)
     dX = torch_blocks(da.from_array(X, chunks=(25, 3)))
@@ -255,6 +267,7 @@ def test_to_numpy_over_torch_blocks(client):
     assert np.array_equal(compute(client, out), X)
 
 
+@on_the_cluster
 def test_dask_dataframe_keeps_feature_names(client):
     pd = pytest.importorskip("pandas")
     dd = pytest.importorskip("dask.dataframe")
@@ -280,6 +293,7 @@ def run_on(scheduler, client, collection):
     return compute(client, collection)
 
 
+@on_the_cluster
 @pytest.mark.parametrize("scheduler", ["cluster", "threads"])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_data_checks_run_per_block_with_the_same_errors(client, scheduler, value):
@@ -382,6 +396,7 @@ def test_missing_extra_is_named(monkeypatch):
 # -- the estimator on the workers --------------------------------------------------------
 
 
+@on_the_cluster
 def test_deserialised_once_per_worker_and_released(client):
     X = features(800)
     model = TorchTransformer(network(out=7), batch_size=16, device="cpu").fit(X)
@@ -413,6 +428,7 @@ def test_deserialised_once_per_worker_and_released(client):
     assert all(s["live"] == [other_token] for s in ran_other), states  # the first is freed
 
 
+@on_the_cluster
 def test_modules_defined_by_value_travel(client):
     X = features(64)
     model = TorchTransformer(_Doubled(), batch_size=8, device="cpu").fit(X)
@@ -428,6 +444,7 @@ class _Doubled(torch.nn.Module):
         return 2 * x
 
 
+@on_the_cluster
 def test_workers_build_on_their_own_device(client):
     model = TorchTransformer(network(), device="auto").fit(features(8))
 
@@ -481,6 +498,7 @@ class _Slow(torch.nn.Module):
         return 2 * x
 
 
+@on_the_cluster
 def test_worker_killed_mid_computation(client):
     X = features(640)
     model = TorchTransformer(_Slow(), batch_size=16, device="cpu").fit(X)
@@ -517,6 +535,7 @@ def test_worker_killed_mid_computation(client):
 # -- routes for estimators that take no dask arrays -------------------------------------
 
 
+@on_the_cluster
 def test_grid_search_through_dask_ml(client):
     model_selection = pytest.importorskip("dask_ml.model_selection")
     from sklearn.linear_model import LogisticRegression
@@ -537,6 +556,7 @@ def test_grid_search_through_dask_ml(client):
                        reference.cv_results_["mean_test_score"])
 
 
+@pytest.mark.slow
 def test_example_runs_and_reports():
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "dask_scale_out.py")],
                             capture_output=True, text=True, timeout=TIMEOUT)
@@ -600,6 +620,7 @@ def placed(token):
     return str(estimator.device_), str(estimator.module_.scale.device), own
 
 
+@on_the_cluster
 @pytest.mark.parametrize("source", ["array", "dataframe"])
 def test_each_worker_lost_once_costs_time_not_the_result(client, tmp_path, source):
     X = features(640)
@@ -655,6 +676,7 @@ class _Gated(torch.nn.Module):
         return 2 * x
 
 
+@on_the_cluster
 def test_a_worker_joining_mid_computation_takes_blocks(client, tmp_path):
     cluster = client.cluster
     names = worker_names(client)
@@ -683,3 +705,33 @@ def test_a_worker_joining_mid_computation_takes_blocks(client, tmp_path):
     while worker_names(client) != names and time.monotonic() < deadline:
         time.sleep(0.1)
     assert worker_names(client) == names
+
+
+# -- TorchTransformer and ToNumpy on dask inputs at the edges (docs/guide/dask.rst) ------
+
+
+@pytest.mark.skipif(SANITIZED, reason="dask is kept out of the sanitizer pass, as in "
+                    "tests/test_dask.py: its imports (pyarrow, numba) leave registries at exit "
+                    "and run no native code of ours the rest of the suite does not")
+def test_dask_inputs_at_the_edges():
+    pd = pytest.importorskip("pandas")
+    da = pytest.importorskip("dask.array")
+    dd = pytest.importorskip("dask.dataframe")
+    pytest.importorskip("distributed")
+    import dask
+
+    X = np.random.default_rng(0).standard_normal((50, 3)).astype(np.float32)
+    with dask.config.set(scheduler="synchronous"):
+        t = TorchTransformer(torch.nn.Linear(3, 2), batch_size=8).fit(X)
+        np.testing.assert_array_equal(t.transform(da.from_array(X, chunks=(7, 1))).compute(),
+                                      t.transform(X))
+        with pytest.raises(ValueError, match="unknown chunk sizes"):
+            t.transform(dd.from_pandas(pd.DataFrame(X), npartitions=3).to_dask_array())
+        with pytest.raises(ValueError, match="Input X contains NaN"):
+            t.transform(da.from_array(np.where(X > 1, np.nan, X), chunks=7)).compute()
+        frame = pd.DataFrame(X, columns=list("abc"))
+        named = TorchTransformer(torch.nn.Linear(3, 2)).fit(frame)
+        with pytest.raises(ValueError, match="unseen at fit time"):
+            named.transform(dd.from_pandas(frame.rename(columns={"c": "d"}), npartitions=3))
+        assert np.isnan(ToNumpy().fit(X).transform(
+            da.from_array(np.full((3, 3), np.nan), chunks=2)).compute()).all()

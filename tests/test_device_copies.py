@@ -15,6 +15,7 @@ import threading
 import numpy as np
 import pytest
 from device_producers import CURRENT_STREAMS, DeviceArray, ExchangeDeviceArray, values
+from helpers import fast_sample
 
 import tensorbridge as tb
 from tensorbridge import _core
@@ -31,7 +32,7 @@ def test_driver_is_resolved_through_cuGetProcAddress_with_explicit_versions(stan
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("dtype", ["float32", "int8", "float64", "complex64"])
+@pytest.mark.parametrize("dtype", fast_sample(["float32", "int8", "float64", "complex64"]))
 def test_device_memory_to_numpy(standin, Device, size, dtype):
     _core.set_staging_chunk_bytes(1 << 20)  # 5 MB takes five chunks through three slots
     expected = values(SIZES[size], dtype)

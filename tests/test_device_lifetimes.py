@@ -9,7 +9,9 @@ import textwrap
 import threading
 
 import numpy as np
+import pytest
 from device_producers import DeviceArray, values
+from helpers import refusal, report_from_a_forked_child
 
 import tensorbridge as tb
 from tensorbridge import _core
@@ -65,28 +67,17 @@ def test_threads_convert_concurrently(standin, Device):
 def test_fork_child_starts_with_an_empty_pool_and_no_driver(standin):
     keep = tb.empty_pinned((1000,), np.float32)  # the parent holds pinned memory
     assert tb.pinned_memory_stats()["in_use_bytes"] > 0
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report and leave without running any cleanup
-        try:
-            report = (f"{tb.cuda_available()} {tb.pinned_memory_stats()['in_use_bytes']} "
-                      f"{tb.pinned_memory_stats()['reserved_bytes']}")
-            try:
-                tb.empty_pinned((10,), np.float32)
-            except RuntimeError as error:
-                report += " refused:" + str(error).split(":")[0]
-            os.write(write, report.encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    report = os.read(read, 1000).decode()
-    assert status == 0
-    assert report == "False 0 0 refused:empty_pinned"
+    def child():
+        stats = tb.pinned_memory_stats()
+        return (f"{tb.cuda_available()} {stats['in_use_bytes']} {stats['reserved_bytes']}"
+                + refusal(lambda: tb.empty_pinned((10,), np.float32)))
+
+    assert report_from_a_forked_child(child) == "False 0 0 refused:empty_pinned"
     keep[:] = 1  # the parent's pool is untouched
     del keep
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_interpreter_exit_with_copies_in_flight():
     code = textwrap.dedent("""
         import os, numpy as np, tensorbridge as tb

@@ -6,16 +6,16 @@ import subprocess
 import sys
 
 import pytest
-from helpers import missing_modules
+from helpers import fast_sample, missing_modules
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.mark.parametrize(("script", "expected"), [
+@pytest.mark.parametrize(("script", "expected"), fast_sample([
     ("feature_extraction.py", r"^accuracy: 0\.9\d\d$"),
     ("batched_scaling.py", r"^features: \(200000, 8\), mean after scaling: \d\.\de-\d\d$"),
     ("augmented_images.py", r"^trained on 900 images, accuracy: (0\.9\d\d|1\.000)$"),
-])
+]))
 def test_example_runs_and_reports(script, expected):
     missing = missing_modules((EXAMPLES / script).read_text())
     if missing:

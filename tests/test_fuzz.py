@@ -18,11 +18,24 @@ from hypothesis import strategies as st
 
 import tensorbridge as tb
 
-pytestmark = pytest.mark.slow  # the longest part of the suite: -m "not slow" skips it
-
 FUZZ_CASES = {"dlpack": 0, "to_numpy": 0, "collect": 0}
 # Cases per test; .ci/run lowers it for the slow valgrind pass.
 EXAMPLES = int(os.environ.get("TENSORBRIDGE_FUZZ_EXAMPLES", "400"))
+# The fast tier (-m "not slow") tries a sample of each loop; the full loops are
+# the longest part of the suite.
+SAMPLE = 5
+
+
+def tiers(examples):
+    return pytest.mark.parametrize("examples", [
+        pytest.param(min(SAMPLE, examples), id="sample"),
+        pytest.param(examples, id="full", marks=pytest.mark.slow)])
+
+
+def fuzz(check, examples, **strategies):
+    """Runs `check` over `examples` cases drawn from `strategies`."""
+    settings(max_examples=examples, deadline=None,
+             suppress_health_check=[HealthCheck.too_slow])(given(**strategies)(check))()
 NPY_MAXDIMS = 64
 BASE_BYTES = 8192
 MIDDLE = 4096  # data points here, so negative strides stay inside the buffer
@@ -86,9 +99,12 @@ def expected_outcome(spec):
     return None, dtype
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=producers())
-def test_dlpack_import_matches_the_contract(spec):
+@tiers(EXAMPLES)
+def test_dlpack_import_matches_the_contract(examples):
+    fuzz(check_dlpack_import, examples, spec=producers())
+
+
+def check_dlpack_import(spec):
     FUZZ_CASES["dlpack"] += 1
     base = np.arange(BASE_BYTES, dtype=np.uint8)
     overrides = {
@@ -127,10 +143,12 @@ def test_dlpack_import_matches_the_contract(spec):
     assert producer.deleted == 1
 
 
-@settings(max_examples=max(1, EXAMPLES * 3 // 8), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(spec=producers(), copy=st.sampled_from([None, True, False]))
-def test_to_numpy_on_random_producers_returns_values_or_documented_errors(spec, copy):
+@tiers(max(1, EXAMPLES * 3 // 8))
+def test_to_numpy_on_random_producers_returns_values_or_documented_errors(examples):
+    fuzz(check_to_numpy, examples, spec=producers(), copy=st.sampled_from([None, True, False]))
+
+
+def check_to_numpy(spec, copy):
     FUZZ_CASES["to_numpy"] += 1
     if spec["device"] not in (1, 3):
         spec["device"] = 1  # device producers are covered by the engine tests
@@ -154,12 +172,14 @@ def test_to_numpy_on_random_producers_returns_values_or_documented_errors(spec, 
     assert producer.deleted == 1  # one capsule made (a legacy producer refuses max_version)
 
 
-@settings(max_examples=max(1, EXAMPLES // 4), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(rows=st.lists(st.integers(0, 50), min_size=0, max_size=8),
-       width=st.integers(0, 6), dtype=st.sampled_from(["f4", "i8", "u1", "c16", "?"]),
-       break_at=st.one_of(st.none(), st.integers(1, 8)))
-def test_collect_on_random_batches(rows, width, dtype, break_at):
+@tiers(max(1, EXAMPLES // 4))
+def test_collect_on_random_batches(examples):
+    fuzz(check_collect, examples, rows=st.lists(st.integers(0, 50), min_size=0, max_size=8),
+         width=st.integers(0, 6), dtype=st.sampled_from(["f4", "i8", "u1", "c16", "?"]),
+         break_at=st.one_of(st.none(), st.integers(1, 8)))
+
+
+def check_collect(rows, width, dtype, break_at):
     FUZZ_CASES["collect"] += 1
     batches = [np.full((n, width), i, dtype) for i, n in enumerate(rows)]
     if break_at is not None and break_at < len(batches):

@@ -121,6 +121,7 @@ def test_unknown_stages_and_a_missing_out_are_usage_errors(tmp_path):
     assert result.returncode == 2 and "set OUT" in result.stderr
 
 
+@pytest.mark.slow
 def test_one_selected_stage_runs_and_every_stage_is_in_the_summary(tmp_path):
     # A relative OUT, from another folder: resolved against the caller's.
     result = gpu_check(cwd=tmp_path, OUT="out", STAGES="environment")
@@ -188,6 +189,7 @@ def inner_pytest(tmp_path, source, *options):
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_a_hanging_test_ends_the_run_with_its_traceback(tmp_path):
     result = inner_pytest(tmp_path, "import time\n\ndef test_hangs():\n    time.sleep(600)\n",
                           "--per-test-timeout=3", "-o", "faulthandler_timeout=1")
@@ -197,6 +199,7 @@ def test_a_hanging_test_ends_the_run_with_its_traceback(tmp_path):
     assert "Timeout (0:00:03)!" in output and "in test_hangs" in output
 
 
+@pytest.mark.slow
 def test_a_run_whose_gpu_tests_all_skip_fails_when_they_are_required(tmp_path):
     source = ("import pytest\n\ndef test_fine():\n    pass\n\n"
               "@pytest.mark.gpu\ndef test_on_the_gpu():\n    pytest.skip('no GPU')\n")
@@ -216,6 +219,7 @@ def test_a_run_whose_gpu_tests_all_skip_fails_when_they_are_required(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_a_tensorbridge_warning_fails_the_run_and_any_other_is_only_reported(tmp_path):
     (tmp_path / "tensorbridge_probe_pkg.py").write_text(
         "import warnings\n\ndef ours():\n    warnings.warn('ours', UserWarning)\n")
@@ -237,6 +241,7 @@ def test_a_tensorbridge_warning_fails_the_run_and_any_other_is_only_reported(tmp
     assert result.returncode != 0 and "FutureWarning: at collection" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_selection_keeps_marked_tests_and_whole_files(tmp_path):
     (tmp_path / "test_other.py").write_text("def test_plain():\n    pass\n")
     source = ("import pytest\n\ndef test_plain():\n    pass\n\n"
@@ -293,6 +298,7 @@ def test_a_crashed_test_is_named_and_the_rest_still_run(tmp_path, capsys):
     assert 'failures="1"' in (tmp_path / "junit.2.xml").read_text()
 
 
+@pytest.mark.slow
 def test_a_green_run_is_one_pytest_run(tmp_path, capsys):
     (tmp_path / "test_inner.py").write_text("def test_fine():\n    pass\n")
     env = {**os.environ, "PYTHONPATH": str(SCRIPTS)}
@@ -346,6 +352,7 @@ def run_checks(monkeypatch, capsys, checks, budget=None):
     return rc, [json.loads(line) for line in lines if line.startswith("{")], lines[-1]
 
 
+@pytest.mark.slow
 def test_each_smoke_check_gets_a_verdict_even_when_one_crashes_or_hangs(monkeypatch, capsys):
     def child(name):  # what each "check" does in its own process
         return {"fine": "print('{\"check\": \"fine\", \"status\": \"passed\"}')",

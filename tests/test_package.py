@@ -1,10 +1,16 @@
-"""The package as pip installs it: its metadata, license, extras and typing marker."""
+"""The package as pip installs it: its metadata, license, extras and typing marker;
+and the suite's own configuration, by how pytest behaves under it."""
 
 import importlib.metadata
 import pathlib
 import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
+from conftest import TIERS
+from helpers import installed_editable
 
 import tensorbridge
 
@@ -37,8 +43,9 @@ def test_classifiers_say_what_is_supported():
     assert any(c.startswith("Topic :: ") for c in classifiers)
     # Typing :: Typed promises the PEP 561 marker in the package
     assert "Typing :: Typed" in classifiers
-    assert "tensorbridge/py.typed" in installed_files()
     assert (pathlib.Path(tensorbridge.__file__).parent / "py.typed").exists()
+    if not installed_editable():  # an editable install lists its redirect to src/, not src/
+        assert "tensorbridge/py.typed" in installed_files()
 
 
 def test_the_long_description_is_the_readme_and_renders():
@@ -64,13 +71,56 @@ def test_extras_never_pin_or_cap_torch():
     assert {r.split(";")[0].strip() for r in torch} == {"torch>=2.4"}
 
 
-def test_the_install_guide_says_how_to_get_the_cpu_build_of_torch():
-    guide = (ROOT / "docs" / "guide" / "install.rst").read_text()
-    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in guide
-    assert "CUDA build" in guide and "GB" in guide
+# -- the suite's own configuration, as it behaves -------------------------------------
+
+def run_pytest_here(tmp_path, *args):
+    """pytest in a fresh interpreter, over tests written to tmp_path, under this
+    project's configuration (pyproject.toml)."""
+    return subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"),
+                           "--rootdir", str(tmp_path), "-p", "no:cacheprovider", *args],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
-def test_a_green_run_lists_only_failures_and_errors(pytestconfig):
-    addopts = pytestconfig.getini("addopts")
-    assert "-rfE" in addopts and not any(o.startswith("-r") and o != "-rfE" for o in addopts)
-    assert "--strict-markers" in addopts and pytestconfig.getini("xfail_strict")
+def test_a_run_summarises_failures_and_errors_only_and_is_strict(tmp_path):
+    (tmp_path / "test_outcomes.py").write_text(textwrap.dedent("""
+        import warnings
+        import pytest
+
+        def test_passes():
+            pass
+
+        def test_fails():
+            assert False
+
+        def test_warns():
+            warnings.warn("a warning is an error")
+
+        @pytest.mark.skip(reason="skipped here")
+        def test_skipped():
+            pass
+
+        @pytest.mark.xfail(reason="fails here")
+        def test_xfails():
+            assert False
+
+        @pytest.mark.xfail(reason="meant to fail")
+        def test_xpasses():
+            pass
+    """))
+    (tmp_path / "test_undeclared_marker.py").write_text(
+        "import pytest\n\n@pytest.mark.undeclared\ndef test_marked():\n    pass\n")
+    # (the marker's error would otherwise stop the run before any test)
+    result = run_pytest_here(tmp_path, "-q", "--continue-on-collection-errors", ".")
+    summary = result.stdout.split("short test summary info")[1]
+    listed = sorted(re.findall(r"^([A-Z]+) (?:\S+::)?(\S+)", summary, re.M))
+    assert listed == [("ERROR", "test_undeclared_marker.py"), ("FAILED", "test_fails"),
+                      ("FAILED", "test_warns"), ("FAILED", "test_xpasses")], result.stdout
+    assert "3 failed, 1 passed, 1 skipped, 1 xfailed, 1 error in" in summary, result.stdout
+
+
+def test_every_test_file_keeps_tests_in_the_fast_tier(pytestconfig):
+    # -m "not slow" is the inner loop: it must still touch every concept.
+    tiers = pytestconfig.stash[TIERS]
+    files = {name for name, _ in tiers}
+    fast = {name for name, slow in tiers if not slow}
+    assert files - fast == set(), "these test files have only slow tests"

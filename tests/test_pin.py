@@ -14,6 +14,7 @@ import threading
 import numpy as np
 import pytest
 from device_producers import DeviceArray, values
+from helpers import refusal, report_from_a_forked_child
 
 import tensorbridge as tb
 from tensorbridge import _core
@@ -296,28 +297,16 @@ def test_an_interrupted_copy_keeps_the_pin_until_it_completes():
 def test_a_forked_child_never_unregisters_its_parents_pins(standin):
     a = np.zeros((256, 256), np.float32)
     handle = tb.pin(a)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its copy of the handle is inert
-        try:
-            report = f"{registered()} {handle.closed}"
-            handle.close()
-            del handle
-            gc.collect()
-            report += f" {standin.register_calls_after_fork()}"
-            try:
-                tb.pin(np.zeros(10))
-            except RuntimeError as error:
-                report += " refused:" + str(error).split(":")[0]
-            os.write(write, report.encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    report = os.read(read, 1000).decode()
-    os.close(read)
-    assert status == 0
-    assert report == "0 False 0 refused:pin"
+    def child():  # its copy of the handle is inert
+        nonlocal handle
+        report = f"{registered()} {handle.closed}"
+        handle.close()
+        del handle
+        gc.collect()
+        report += f" {standin.register_calls_after_fork()}"
+        return report + refusal(lambda: tb.pin(np.zeros(10)))
+
+    assert report_from_a_forked_child(child) == "0 False 0 refused:pin"
     # The parent's pin is whole: registered, copies go direct, and it unpins.
     assert registered() == a.nbytes == standin.registered_bytes()
     before = staged(standin)

@@ -32,6 +32,7 @@ def test_the_readme_has_cpu_and_gpu_examples():
     assert len(CPU_BLOCKS) >= 5 and GPU_BLOCKS
 
 
+@pytest.mark.slow  # each a fresh interpreter, most importing torch
 @pytest.mark.parametrize("block", CPU_BLOCKS, ids=lambda b: b.splitlines()[0][:40])
 def test_readme_cpu_examples_run(block):
     run_block(block)

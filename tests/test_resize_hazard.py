@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from helpers import data_address
+from helpers import data_address, is_view_of
 
 import tensorbridge as tb
 
@@ -68,3 +68,14 @@ def test_numpy_method_still_forbids_it_for_comparison():
     t.numpy()
     with pytest.raises(RuntimeError, match="not resizable"):
         t.resize_(1 << 20)
+
+
+# Ported from PyTorch's test/test_numpy_interop.py.
+def test_the_result_cannot_be_resized(path):
+    # Upstream also checks that t.resize_() is refused after t.numpy(); for
+    # to_numpy that is the documented hazard (tests/test_resize_hazard.py).
+    t = torch.randn(5, 5)
+    a = tb.to_numpy(t)
+    with pytest.raises(ValueError, match="does not own its data"):
+        a.resize((10, 10))
+    assert a.shape == (5, 5) and is_view_of(a, t)

@@ -142,3 +142,65 @@ def test_sklearn_is_imported_only_when_used():
     code = "import sys, tensorbridge; print('sklearn' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+# -- ToNumpy: inputs at the edges (docs/guide/sklearn.rst) ------------------------------
+
+
+def test_a_pipeline_with_to_numpy_takes_set_output_pandas():
+    pd = pytest.importorskip("pandas")
+    X = torch.randn(5, 3)
+    out = make_pipeline(ToNumpy(), StandardScaler()).set_output(transform="pandas") \
+        .fit_transform(X)
+    assert isinstance(out, pd.DataFrame) and out.shape == (5, 3)
+
+
+def test_a_pipeline_with_to_numpy_gives_feature_names_out():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(np.ones((4, 3)), columns=["a", "b", "c"])
+    assert list(make_pipeline(ToNumpy(), StandardScaler()).fit(frame)
+                .get_feature_names_out()) == ["a", "b", "c"]
+    assert list(ToNumpy().fit(np.ones((4, 2))).get_feature_names_out()) == ["x0", "x1"]
+
+
+def test_to_numpy_step_takes_complex_tensors():
+    t = torch.ones(3, 2, dtype=torch.complex64)
+    out = ToNumpy().fit(t).transform(t)
+    assert out.dtype == np.complex64 and np.shares_memory(out, t.numpy())
+
+
+def test_to_numpy_step_takes_image_tensors():
+    images = torch.randn(4, 1, 2, 2)
+    out = make_pipeline(ToNumpy(), TorchTransformer(torch.nn.Flatten())).fit_transform(images)
+    assert out.shape == (4, 4)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.ones(3, 2, dtype=torch.float16), lambda: torch.ones(3, 2, dtype=torch.int8),
+    lambda: torch.ones(3, 2, requires_grad=True), lambda: torch.ones(2, 3).T])
+def test_to_numpy_step_is_zero_copy_for_narrow_grad_and_strided_tensors(make):
+    # (bfloat16 and float8 are widened to float32: tests/test_sklearn.py)
+    t = make()
+    out = ToNumpy().fit(t).transform(t)
+    assert np.shares_memory(out, t.detach().numpy()) and out.flags.writeable
+
+
+def test_to_numpy_step_keeps_nan_and_narrow_numpy_dtypes():
+    step = ToNumpy().fit(np.array([[np.nan, 1.0]]))
+    assert np.isinf(step.transform(np.array([[np.nan, np.inf]]))[0, 1])
+    for dtype in (np.float16, np.int16, np.bool_):
+        assert ToNumpy().fit_transform(np.ones((2, 2), dtype)).dtype == dtype
+
+
+def test_to_numpy_step_errors():
+    pd = pytest.importorskip("pandas")
+    step = ToNumpy().fit(np.ones((3, 3)))
+    with pytest.raises(ValueError, match="X has 5 features, but ToNumpy is expecting 3"):
+        step.transform(torch.ones(2, 5))
+    with pytest.raises(ValueError, match="0 sample"):
+        step.transform(torch.ones(0, 3))
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        ToNumpy().fit(torch.ones(3))
+    with pytest.raises(ValueError, match="same order"):
+        ToNumpy().fit(pd.DataFrame(np.ones((2, 2)), columns=["a", "b"])).transform(
+            pd.DataFrame(np.ones((2, 2)), columns=["b", "a"]))

@@ -96,6 +96,7 @@ def test_every_fold_of_cross_validation_trains_its_own_net():
     assert len(TRAININGS) == 3 and len(set(TRAININGS)) == 3
 
 
+@pytest.mark.slow
 def test_grid_search_over_the_nets_parameters():
     X, y = data()
     t = TorchTransformer(net())

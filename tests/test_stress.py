@@ -15,16 +15,18 @@ from device_producers import DeviceArray, ExchangeDeviceArray
 import tensorbridge as tb
 from tensorbridge import _core
 
-pytestmark = pytest.mark.slow
-
 SECONDS = float(os.environ.get("TENSORBRIDGE_STRESS_SECONDS", "4"))
 
 
-def test_threads_convert_collect_and_drop_transfers(standin):
+# The fast tier (-m "not slow") runs a second of it.
+@pytest.mark.parametrize("seconds", [
+    pytest.param(min(1.0, SECONDS), id="sample"),
+    pytest.param(SECONDS, id="full", marks=pytest.mark.slow)])
+def test_threads_convert_collect_and_drop_transfers(standin, seconds):
     standin.set_delay_us(0, 1500)
     _core.set_staging_chunk_bytes(128 << 10)
     tb.set_pinned_memory_limit(8 << 20)  # small: forces staging in chunks and fallbacks
-    deadline = time.monotonic() + SECONDS
+    deadline = time.monotonic() + seconds
     errors, counts = [], {"sync": 0, "async": 0, "dropped": 0, "collect": 0, "pinned": 0}
     producers = []
     lock = threading.Lock()

@@ -8,12 +8,11 @@ reached by making torch say it has one."""
 import importlib.util
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import sklearn
+from helpers import passed_with_scipy_array_api
 from sklearn.utils.estimator_checks import check_estimator, parametrize_with_checks
 
 import tensorbridge as tb
@@ -41,15 +40,9 @@ if not DISPATCH:
     def test_scikit_learn_checks_pass_with_no_expected_failure(estimator, check):
         check(estimator)
 
+    @pytest.mark.slow  # the module again, in a fresh interpreter
     def test_under_dispatch_in_a_process_with_scipy_array_api():
-        env = dict(os.environ, SCIPY_ARRAY_API="1")
-        result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", __file__],
-            capture_output=True, text=True, env=env, timeout=600,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-        summary = result.stdout.strip().splitlines()[-1]
-        assert int(re.search(r"(\d+) passed", summary).group(1)) >= 10, result.stdout[-3000:]
+        assert passed_with_scipy_array_api(__file__) >= 10
 
     def test_without_dispatch_the_result_is_numpy_as_toNumpy_gives():
         X, _ = data()

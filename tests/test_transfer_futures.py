@@ -15,6 +15,7 @@ import threading
 import numpy as np
 import pytest
 from device_producers import DeviceArray, values
+from helpers import report_from_a_forked_child
 
 import tensorbridge as tb
 from tensorbridge import _core, _transfer
@@ -223,27 +224,19 @@ def test_a_cancelled_await_leaves_the_copy_to_finish_in_the_background(standin, 
 def test_a_forked_child_leaves_the_parents_notifier_alone(standin, gate):
     transfer, _, opened = gated_copy(standin, gate)  # the parent's notifier is running
     assert _transfer._notifier is not None and _transfer._watched
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report and leave without running any cleanup
-        try:
-            finished = tb.to_numpy_async(np.ones(2))
-            seen = []
-            finished.add_done_callback(seen.append)
-            report = (f"{_transfer._notifier} {len(_transfer._watched)} {seen == [finished]} "
-                      f"{asyncio.run(_awaited(finished)).tolist()}")
-            os.write(write, report.encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    report = os.read(read, 1000).decode()
-    assert status == 0
-    assert report == "None 0 True [1.0, 1.0]"
+    def child():
+        finished = tb.to_numpy_async(np.ones(2))
+        seen = []
+        finished.add_done_callback(seen.append)
+        return (f"{_transfer._notifier} {len(_transfer._watched)} {seen == [finished]} "
+                f"{asyncio.run(_awaited(finished)).tolist()}")
+
+    assert report_from_a_forked_child(child) == "None 0 True [1.0, 1.0]"
     opened.value = 1
     transfer.wait()
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_callbacks_due_at_interpreter_exit_run_before_it():
     code = textwrap.dedent("""
         import os, numpy as np, tensorbridge as tb

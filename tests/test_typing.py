@@ -35,6 +35,7 @@ def test_the_package_ships_its_types():
     assert shutil.os.path.exists(f"{package}/_core.pyi")
 
 
+@pytest.mark.slow  # mypy
 def test_mypy_sees_the_public_types(tmp_path):
     (tmp_path / "user.py").write_text(USER_CODE)
     result = subprocess.run(
@@ -54,6 +55,7 @@ def test_mypy_sees_the_public_types(tmp_path):
     assert len(errors) == 1 and "copy" in errors[0] and "user.py:13" in errors[0], result.stdout
 
 
+@pytest.mark.slow  # stubtest
 def test_the_stub_matches_the_native_module():
     # Every name, signature and default of _core.pyi against the built module.
     here = pathlib.Path(__file__).parent
