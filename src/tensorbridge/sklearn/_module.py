@@ -38,11 +38,11 @@ def returned_dtype_name(dtype) -> str:
         return str(dtype).removeprefix("torch.")
 
 
-def resolve_device(torch, given, name=_NAME):
-    """`given` (a ``device`` parameter) as a torch device this machine has:
-    TorchTransformer's may be "auto" (CUDA when available, else the CPU); for
-    ToDevice, CUDA where torch has none is refused saying why."""
-    auto = name == _NAME
+def resolve_device(torch, given, name=_NAME, *, auto=True):
+    """`given` (a ``device`` parameter) as a torch device this machine has.
+    With `auto` (TorchTransformer's), "auto" means CUDA when available, else
+    the CPU; without it (ToDevice's), CUDA where torch has none is refused
+    with the driver's reason (cuda_status)."""
     if auto and isinstance(given, str) and given == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     usable = "'auto', 'cpu' or 'cuda:N'" if auto else "'cpu', 'cuda' or 'cuda:N'"

@@ -150,7 +150,7 @@ def _torch_device(device):
     except ImportError as error:
         raise ImportError("ToDevice: namespace='torch' needs torch, which is not installed "
                           "here; install it, or use namespace='cupy'") from error
-    return resolve_device(torch, device, "ToDevice")
+    return resolve_device(torch, device, "ToDevice", auto=False)
 
 
 def _cupy_device(device):
