@@ -98,6 +98,12 @@ def pytest_collection_finish(session):
     gc.freeze()
 
 
+def pytest_sessionfinish(session):
+    # Frozen objects are never collected, not even at exit: thawed, the
+    # interpreter frees at shutdown what it always did (LeakSanitizer's view).
+    gc.unfreeze()
+
+
 # Every collected test as (file name, marked slow), kept before `-m` deselects
 # any: test_package.py checks that each file keeps tests in the fast tier.
 TIERS = pytest.StashKey[list]()
