@@ -62,7 +62,10 @@ def client():
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}):
         cluster = distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, silence_logs=logging.CRITICAL, timeout=TIMEOUT)
+            dashboard_address=None, silence_logs=logging.CRITICAL, timeout=TIMEOUT,
+            # without a dashboard the scheduler still serves HTTP, on 8787 unless
+            # told: a free port, so that a second suite on the machine never warns
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
         client = distributed.Client(cluster, timeout=TIMEOUT)
         try:
             client.wait_for_workers(2, timeout=TIMEOUT)
