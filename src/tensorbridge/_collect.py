@@ -221,8 +221,8 @@ class _Writer:
         while True:
             if native:
                 if self.buffer is not None:
-                    if not self._rows_fixed():  # the loop may grow (move) the buffer
-                        self.wait_downloads()
+                    # Lets the loop grow (move) the buffer; a download in flight holds
+                    # its rows' view, so the loop leaves growing to _make_room then.
                     self.window = None
                 self.rows, index, trailing, dtype, exhausted, batch = _core.gather_host(
                     iterator, self.buffer if self.out is None else self.out, self.rows, index,
